@@ -1,0 +1,80 @@
+"""Argon2id key derivation behind a bounded semaphore.
+
+Argon2id makes each passphrase guess expensive for anyone holding a copy of the
+database. The same cost could let a flood of logins exhaust the server's memory,
+so every derivation passes a bounded semaphore; when it is saturated the caller
+gets :class:`KdfBusyError` at once instead of a queue that stalls everything.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+from argon2.low_level import Type, hash_secret_raw
+
+from stillroom.crypto.keys import KEY_BYTES
+
+#: Bytes of the per-account salt.
+SALT_BYTES = 16
+
+
+@dataclass(frozen=True)
+class Argon2Params:
+    """Argon2id cost parameters.
+
+    :param time_cost: passes over memory.
+    :param memory_kib: memory per derivation in KiB.
+    :param parallelism: lanes.
+    """
+
+    time_cost: int
+    memory_kib: int
+    parallelism: int
+
+
+#: RFC 9106, section 4, second recommended option: 64 MiB, t=3, p=4.
+PRODUCTION = Argon2Params(time_cost=3, memory_kib=64 * 1024, parallelism=4)
+
+#: Deliberately weak parameters for the test suite only.
+FAST_FOR_TESTS = Argon2Params(time_cost=1, memory_kib=8 * 1024, parallelism=1)
+
+
+class KdfBusyError(Exception):
+    """Every key-derivation slot is taken; the user should try again in a moment."""
+
+
+class KeyDeriver:
+    """Derives wrapping keys with argon2id, at most ``concurrency`` at a time.
+
+    :param params: argon2id cost.
+    :param concurrency: derivations allowed to run at once (bounds memory use at
+        ``concurrency * params.memory_kib``).
+    :param wait_seconds: how long a caller waits for a free slot before
+        :class:`KdfBusyError`.
+    """
+
+    def __init__(self, params: Argon2Params, concurrency: int, wait_seconds: float) -> None:
+        self.params = params
+        self.wait_seconds = wait_seconds
+        self._slots = threading.BoundedSemaphore(concurrency)
+
+    def derive(self, secret: bytes, salt: bytes) -> bytes:
+        """Return a 32-byte key derived from ``secret`` and ``salt``.
+
+        :raises KdfBusyError: when no slot frees up within ``wait_seconds``.
+        """
+        if not self._slots.acquire(timeout=self.wait_seconds):
+            raise KdfBusyError("all argon2 slots are busy")
+        try:
+            return hash_secret_raw(
+                secret=secret,
+                salt=salt,
+                time_cost=self.params.time_cost,
+                memory_cost=self.params.memory_kib,
+                parallelism=self.params.parallelism,
+                hash_len=KEY_BYTES,
+                type=Type.ID,
+            )
+        finally:
+            self._slots.release()

@@ -1,0 +1,132 @@
+"""Helpers for the tests: fast argon2, a movable clock, page forms, a real server."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from flask.testing import FlaskClient
+
+from stillroom.crypto.kdf import FAST_FOR_TESTS
+
+FAST_ARGON2 = {
+    "argon2_time_cost": FAST_FOR_TESTS.time_cost,
+    "argon2_memory_kib": FAST_FOR_TESTS.memory_kib,
+    "argon2_parallelism": FAST_FOR_TESTS.parallelism,
+}
+
+
+class Clock:
+    """A clock the tests can move forward."""
+
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+FORM_TOKEN = re.compile(r'name="form_token" value="([^"]+)"')
+PENDING = re.compile(r'name="pending" value="([^"]+)"')
+PASSPHRASE = re.compile(r'id="passphrase">([^<]+)<')
+
+
+def form_fields(html: str) -> dict[str, str]:
+    """Return the hidden fields of the first form on a page."""
+    fields = {"form_token": FORM_TOKEN.search(html).group(1)}  # type: ignore[union-attr]
+    pending = PENDING.search(html)
+    if pending:
+        fields["pending"] = pending.group(1)
+    return fields
+
+
+class AuthActions:
+    """Create accounts, log in and out through the real pages."""
+
+    def __init__(self, client: FlaskClient, lang: str = "en") -> None:
+        self.client = client
+        self.lang = lang
+
+    def post(self, path: str, data: dict[str, str] | None = None, page: str | None = None):
+        html = self.client.get(f"/{self.lang}{page or path}").get_data(as_text=True)
+        return self.client.post(f"/{self.lang}{path}", data={**form_fields(html), **(data or {})})
+
+    def create(self) -> str:
+        html = self.client.get(f"/{self.lang}/create").get_data(as_text=True)
+        passphrase = PASSPHRASE.search(html).group(1)  # type: ignore[union-attr]
+        response = self.client.post(
+            f"/{self.lang}/create", data={**form_fields(html), "confirm": passphrase}
+        )
+        assert response.status_code == 302, response.get_data(as_text=True)
+        return passphrase
+
+    def login(self, passphrase: str):
+        return self.post("/login", {"passphrase": passphrase})
+
+    def logout(self):
+        return self.post("/logout", page="/")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class LiveServer:
+    url: str
+    data_dir: Path
+    process: subprocess.Popen[str]
+
+
+def start_server(data_dir: Path, extra_env: dict[str, str] | None = None) -> LiveServer:
+    """Start ``stillroom serve --no-tor`` as a real process and wait until it answers."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "PYTHONSAFEPATH": "1",
+        "STILLROOM_DATA_DIR": str(data_dir),
+        "STILLROOM_PARTICIPANT_PORT": str(port),
+        **{f"STILLROOM_{key.upper()}": str(value) for key, value in FAST_ARGON2.items()},
+        **(extra_env or {}),
+    }
+    stillroom = Path(sys.executable).with_name("stillroom")
+    process = subprocess.Popen(
+        [str(stillroom), "serve", "--no-tor"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited: {process.stdout.read()}")  # type: ignore[union-attr]
+        try:
+            urllib.request.urlopen(f"{url}/", timeout=1).close()
+            return LiveServer(url, data_dir, process)
+        except OSError:
+            time.sleep(0.1)
+    process.kill()
+    raise RuntimeError("server did not answer within 30 s")
+
+
+def stop_server(server: LiveServer) -> None:
+    server.process.terminate()
+    try:
+        server.process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        server.process.kill()
+        server.process.wait()

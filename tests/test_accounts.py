@@ -1,0 +1,151 @@
+"""Passphrase-only accounts: create, log in, log out, replace, delete."""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+
+from support import PASSPHRASE, AuthActions, form_fields
+
+from stillroom.webapp.settings import Settings
+
+
+def rows(settings: Settings, table: str) -> list[tuple[object, ...]]:
+    with sqlite3.connect(settings.database_path) as conn:
+        return conn.execute(f"SELECT * FROM {table}").fetchall()
+
+
+def test_create_shows_passphrase_once_and_needs_it_typed_back(client, settings):
+    page = client.get("/en/create").get_data(as_text=True)
+    passphrase = PASSPHRASE.search(page).group(1)
+    assert len(passphrase.split()) == 7
+    assert "cannot recover" in page or "nobody can recover" in page
+    wrong = client.post("/en/create", data={**form_fields(page), "confirm": "not it"})
+    assert wrong.status_code == 400
+    assert passphrase in wrong.get_data(as_text=True), "the same passphrase is shown again"
+    assert rows(settings, "participants") == [], "no account before the passphrase is confirmed"
+    typed = "  " + passphrase.upper().replace(" ", "   ") + " "
+    created = client.post("/en/create", data={**form_fields(page), "confirm": typed})
+    assert created.status_code == 302
+    assert created.headers["Location"].startswith("/en/account")
+    assert len(rows(settings, "participants")) == 1
+    account = client.get("/en/account").get_data(as_text=True)
+    assert passphrase not in account
+
+
+def test_no_identifier_is_asked_for(client):
+    for path in ("/en/create", "/en/login"):
+        page = client.get(path).get_data(as_text=True)
+        names = set(re.findall(r'<(?:input|textarea|select)[^>]* name="([^"]+)"', page))
+        assert names <= {"form_token", "pending", "confirm", "passphrase"}, names
+
+
+def test_login_logout_login(client, auth: AuthActions):
+    passphrase = auth.create()
+    assert auth.logout().status_code == 302
+    assert client.get("/en/account").status_code == 302
+    assert auth.login("wrong words entirely").status_code == 401
+    response = auth.login(passphrase)
+    assert response.status_code == 302
+    assert client.get("/en/account").status_code == 200
+
+
+def test_login_rotates_the_session_token(client, auth: AuthActions, settings):
+    passphrase = auth.create()
+    first = client.get_cookie("session").value
+    auth.logout()
+    auth.login(passphrase)
+    second = client.get_cookie("session").value
+    assert first != second
+    assert len(rows(settings, "sessions")) == 1
+
+
+def test_session_cookie_attributes(client):
+    page = client.get("/en/create").get_data(as_text=True)
+    assert "Set-Cookie" not in client.get("/en/").headers, "no cookie before login"
+    passphrase = PASSPHRASE.search(page).group(1)
+    response = client.post("/en/create", data={**form_fields(page), "confirm": passphrase})
+    cookies = response.headers.getlist("Set-Cookie")
+    assert len(cookies) == 1
+    cookie = cookies[0]
+    token = cookie.split(";")[0].split("=", 1)[1]
+    assert len(token) >= 43  # 32 random bytes, URL-safe base64
+    lowered = cookie.lower()
+    assert "httponly" in lowered and "samesite=strict" in lowered
+    assert "expires" not in lowered and "max-age" not in lowered
+
+
+def test_database_holds_no_token_and_no_open_key(client, auth: AuthActions, settings):
+    auth.create()
+    token = client.get_cookie("session").value
+    raw = b"".join(path.read_bytes() for path in settings.data_dir.iterdir())
+    assert token.encode() not in raw
+    [(stored_hash, _, wrapped, *_)] = rows(settings, "sessions")
+    assert len(stored_hash) == 32 and len(wrapped) == 32 + 40, "hash and SecretBox only"
+
+
+def test_idle_timeout_ends_session(client, auth: AuthActions, clock, settings):
+    auth.create()
+    clock.advance(settings.idle_timeout_minutes * 60 - 5)
+    assert client.get("/en/account").status_code == 200
+    clock.advance(settings.idle_timeout_minutes * 60 + 1)
+    response = client.get("/en/account")
+    assert response.status_code == 302
+    assert "session-ended" in response.headers["Location"]
+    assert rows(settings, "sessions") == []
+
+
+def test_absolute_timeout_ends_an_active_session(client, auth: AuthActions, clock, settings):
+    auth.create()
+    for _ in range(settings.absolute_timeout_hours * 60 // 20):
+        clock.advance(20 * 60)
+        client.get("/en/account")
+    assert client.get("/en/account").status_code == 302
+
+
+def test_replace_passphrase(client, auth: AuthActions, settings, app):
+    old = auth.create()
+    other = app.test_client()
+    AuthActions(other).login(old)
+    assert other.get("/en/account").status_code == 200
+    page = client.get("/en/account/passphrase").get_data(as_text=True)
+    new = PASSPHRASE.search(page).group(1)
+    wrong_current = client.post(
+        "/en/account/passphrase",
+        data={**form_fields(page), "current": "nope nope", "confirm": new},
+    )
+    assert wrong_current.status_code == 400
+    key_before = rows(settings, "participants")[0][4]
+    done = client.post(
+        "/en/account/passphrase", data={**form_fields(page), "current": old, "confirm": new}
+    )
+    assert done.status_code == 302
+    assert client.get("/en/account").status_code == 200, "this browser stays logged in"
+    assert other.get("/en/account").status_code == 302, "every other session ended"
+    assert rows(settings, "participants")[0][4] != key_before, "key re-wrapped"
+    auth.logout()
+    assert auth.login(old).status_code == 401
+    assert auth.login(new).status_code == 302
+
+
+def test_delete_account_removes_every_row(client, auth: AuthActions, settings, app):
+    keep = AuthActions(app.test_client())
+    keep.create()
+    passphrase = auth.create()
+    assert len(rows(settings, "participants")) == 2
+    response = auth.post("/account/delete")
+    assert response.status_code == 302
+    assert "Set-Cookie" in response.headers
+    assert len(rows(settings, "participants")) == 1
+    assert len(rows(settings, "sessions")) == 1
+    assert client.get("/en/account").status_code == 302
+    assert auth.login(passphrase).status_code == 401
+    wal = settings.database_path.with_name("stillroom.db-wal")
+    assert not wal.exists() or wal.stat().st_size == 0
+
+
+def test_logout_needs_post_and_token(client, auth: AuthActions):
+    auth.create()
+    assert client.get("/en/logout").status_code == 405
+    assert client.post("/en/logout").status_code == 400
+    assert client.get("/en/account").status_code == 200

@@ -1,0 +1,52 @@
+"""The Flask apps of Stillroom, their store, languages and security.
+
+:func:`create_participant_app` builds the app that is served only through the onion
+service. The therapist portal arrives with its own issue.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from flask import Flask
+
+from stillroom.crypto.kdf import KeyDeriver
+from stillroom.webapp import assets, db, i18n, participant, security
+from stillroom.webapp.instance import prepare_instance, subkey
+from stillroom.webapp.settings import Settings
+
+
+def create_participant_app(
+    settings: Settings | None = None, clock: Callable[[], float] = time.time
+) -> Flask:
+    """Build the participant (onion) app.
+
+    :param settings: the deployment's settings; read from the environment when omitted.
+    :param clock: the time source, replaceable so that tests can move time.
+    """
+    settings = Settings.load() if settings is None else settings
+    secret = prepare_instance(settings)
+    app = Flask(
+        __name__,
+        instance_path=str(settings.data_dir.resolve()),
+        static_folder=None,
+    )
+    app.config.update(
+        SETTINGS=settings,
+        CLOCK=clock,
+        FORM_KEY=subkey(secret, b"form-key"),
+        LOOKUP_KEY=subkey(secret, b"lookup-key"),
+        PENDING_KEY=subkey(secret, b"pending-key"),
+        KEY_DERIVER=KeyDeriver(
+            settings.argon2, settings.argon2_concurrency, settings.argon2_wait_seconds
+        ),
+    )
+    app.jinja_env.trim_blocks = True
+    app.jinja_env.lstrip_blocks = True
+    db.init_app(app)
+    security.init_app(app)
+    i18n.init_app(app)
+    assets.init_app(app)
+    participant.init_app(app)
+    return app

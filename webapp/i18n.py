@@ -1,0 +1,47 @@
+"""Languages: the first path segment picks one of five; nothing else is consulted.
+
+Tor Browser always sends ``Accept-Language: en-US``, so the header says nothing
+about the participant and is never read.
+"""
+
+from __future__ import annotations
+
+from flask import Flask, g, request, url_for
+from flask_babel import Babel
+
+from stillroom.webapp.paths import package_dir
+from stillroom.webapp.settings import LANGUAGES
+
+#: Each language named in itself, for the language links.
+LANGUAGE_NAMES = {
+    "en": "English",
+    "de": "Deutsch",
+    "cs": "Čeština",
+    "pt": "Português",
+    "es": "Español",
+}
+
+
+def current_language() -> str:
+    """Return the language of this request (English where the path names none)."""
+    language: str = g.get("lang", "en")
+    return language
+
+
+def language_url(code: str) -> str:
+    """Return this page in the language ``code``, or that language's home page."""
+    endpoint = request.endpoint or ""
+    if endpoint.startswith("participant.") and request.method == "GET":
+        return url_for(endpoint, **{**(request.view_args or {}), "lang": code})
+    return url_for("participant.home", lang=code)
+
+
+def init_app(app: Flask) -> None:
+    """Attach flask-babel with catalogs from the installed ``stillroom.locale``."""
+    app.config["BABEL_TRANSLATION_DIRECTORIES"] = str(package_dir("locale"))
+    app.config["BABEL_DEFAULT_LOCALE"] = "en"
+    Babel(app, locale_selector=current_language)
+    app.jinja_env.globals.update(
+        languages=LANGUAGES, language_names=LANGUAGE_NAMES, language_url=language_url
+    )
+    app.context_processor(lambda: {"lang": current_language()})

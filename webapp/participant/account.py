@@ -1,0 +1,184 @@
+"""Accounts without identifiers: create, log in, log out, replace the passphrase, delete."""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any
+
+from flask import current_app, make_response, redirect, render_template, request, url_for
+from flask_babel import lazy_gettext as _l
+from werkzeug.wrappers import Response
+
+from stillroom.crypto.keys import UnwrapError
+from stillroom.crypto.passphrase import PassphraseInputError, generate_passphrase
+from stillroom.webapp.accounts import (
+    UnknownPassphraseError,
+    create_account,
+    delete_account,
+    passphrase_matches,
+    replace_passphrase,
+    unlock_account,
+)
+from stillroom.webapp.i18n import current_language
+from stillroom.webapp.participant.blueprint import (
+    bp,
+    clear_session_cookie,
+    current_session,
+    db,
+    login_required,
+    now,
+    open_pending,
+    read_passphrase,
+    seal_pending,
+    set_session_cookie,
+    timeouts,
+)
+from stillroom.webapp.participant.pages import notice
+from stillroom.webapp.sessions import end_session, start_session
+
+UNREADABLE = _l(
+    "This passphrase could not be read. Type only the words, separated by spaces."
+)
+MISMATCH = _l("That is not the passphrase shown above. Please compare it word by word.")
+EXPIRED = _l("That passphrase was never confirmed and has expired. Here is a new one.")
+NO_ACCOUNT = _l("No account has this passphrase. Please check each word and try again.")
+WRONG_CURRENT = _l("Your current passphrase was not right. Nothing has been changed.")
+
+
+def today() -> str:
+    """Return today's date (UTC): the finest time we keep about a login."""
+    return datetime.datetime.fromtimestamp(now(), datetime.UTC).date().isoformat()
+
+
+def deriver() -> Any:
+    """Return the app's argon2id key deriver."""
+    return current_app.config["KEY_DERIVER"]
+
+
+def lookup_key() -> bytes:
+    """Return the server key for account lookups."""
+    key: bytes = current_app.config["LOOKUP_KEY"]
+    return key
+
+
+def log_in_browser(account: Any, done: str) -> Response:
+    """Start a new session for ``account`` and send the browser to its account page."""
+    old = current_session()
+    if old is not None:
+        end_session(db(), old.token_hash)
+    token = start_session(db(), account, now(), timeouts())
+    return set_session_cookie(redirect(url_for("participant.account", done=done)), token)
+
+
+@bp.route("/create", methods=["GET", "POST"])
+def create() -> Any:
+    """Show a new passphrase once, and create the account when it is typed back."""
+    if current_session() is not None:
+        return redirect(url_for("participant.account"))
+    error = None
+    passphrase = None
+    if request.method == "POST":
+        passphrase = open_pending(request.form.get("pending", ""))
+        if passphrase is None:
+            error = EXPIRED
+        else:
+            try:
+                typed = read_passphrase("confirm")
+            except PassphraseInputError:
+                error = UNREADABLE
+            else:
+                if typed == passphrase:
+                    account = create_account(db(), deriver(), lookup_key(), passphrase, today())
+                    return log_in_browser(account, "created")
+                error = MISMATCH
+    if passphrase is None:
+        passphrase = generate_passphrase(current_language())
+    status = 400 if error else 200
+    return render_template(
+        "participant/create.html", passphrase=passphrase, pending=seal_pending(passphrase),
+        error=error,
+    ), status
+
+
+@bp.route("/login", methods=["GET", "POST"])
+def login() -> Any:
+    """Log in with the passphrase alone."""
+    if current_session() is not None:
+        return redirect(url_for("participant.account"))
+    error = None
+    if request.method == "POST":
+        try:
+            typed = read_passphrase("passphrase")
+            account = unlock_account(db(), deriver(), lookup_key(), typed, today())
+        except PassphraseInputError:
+            error = UNREADABLE
+        except (UnknownPassphraseError, UnwrapError):
+            error = NO_ACCOUNT
+        else:
+            return log_in_browser(account, "")
+    status = {None: 200, NO_ACCOUNT: 401}.get(error, 400)
+    return render_template("participant/login.html", error=error, notice=notice()), status
+
+
+@bp.post("/logout")
+def logout() -> Response:
+    """End this session at once and forget the cookie."""
+    session = current_session()
+    if session is not None:
+        end_session(db(), session.token_hash)
+    return clear_session_cookie(redirect(url_for("participant.home", done="logged-out")))
+
+
+@bp.get("/account")
+@login_required
+def account() -> str:
+    """The participant's own page: where booking and chat will live."""
+    return render_template("participant/account.html", notice=notice())
+
+
+@bp.route("/account/passphrase", methods=["GET", "POST"])
+@login_required
+def change_passphrase() -> Any:
+    """Replace the passphrase with a new generated one; every other session ends."""
+    session = current_session()
+    assert session is not None
+    error = None
+    passphrase = None
+    if request.method == "POST":
+        passphrase = open_pending(request.form.get("pending", ""))
+        try:
+            current = read_passphrase("current")
+            typed = read_passphrase("confirm")
+        except PassphraseInputError:
+            error = UNREADABLE
+        else:
+            if passphrase is None:
+                error = EXPIRED
+            elif not passphrase_matches(db(), lookup_key(), session.account.participant_id, current):
+                error = WRONG_CURRENT
+            elif typed != passphrase:
+                error = MISMATCH
+            else:
+                replace_passphrase(db(), deriver(), lookup_key(), session.account, passphrase)
+                token = start_session(db(), session.account, now(), timeouts())
+                response = redirect(url_for("participant.account", done="replaced"))
+                return set_session_cookie(response, token)
+    if passphrase is None:
+        passphrase = generate_passphrase(current_language())
+    return render_template(
+        "participant/passphrase.html", passphrase=passphrase, pending=seal_pending(passphrase),
+        error=error,
+    ), (400 if error else 200)
+
+
+@bp.route("/account/delete", methods=["GET", "POST"])
+@login_required
+def delete() -> Any:
+    """Delete the account and everything in it, now, after one confirmation."""
+    session = current_session()
+    assert session is not None
+    if request.method == "GET":
+        return render_template("participant/delete.html")
+    delete_account(db(), session.account.participant_id)
+    response = make_response(redirect(url_for("participant.home", done="deleted")))
+    return clear_session_cookie(response)

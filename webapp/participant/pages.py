@@ -1,0 +1,59 @@
+"""Information pages: language choice, home, help now, what we store."""
+
+from __future__ import annotations
+
+from flask import render_template, request
+from flask_babel import force_locale, gettext
+from flask_babel import lazy_gettext as _l
+
+from stillroom.webapp.i18n import LANGUAGE_NAMES, current_language
+from stillroom.webapp.inventory import INVENTORY
+from stillroom.webapp.participant.blueprint import bp, settings
+
+#: Short confirmations shown after an action; the URL carries only the key.
+NOTICES = {
+    "created": _l("Your account is ready. Keep your passphrase safe: it is the only way in."),
+    "logged-out": _l("You are logged out."),
+    "replaced": _l("Your passphrase has been replaced. The old one no longer works."),
+    "deleted": _l("Your account and everything in it have been deleted."),
+    "session-ended": _l("Your session has ended. Please log in again."),
+}
+
+
+def notice() -> object | None:
+    """Return the confirmation named in ``?done=``, if it is one we know."""
+    return NOTICES.get(request.args.get("done", ""))
+
+
+def choose_language() -> str:
+    """Offer the five languages, each introduced in itself."""
+    choices = []
+    for code, name in LANGUAGE_NAMES.items():
+        with force_locale(code):
+            choices.append((code, name, gettext("Free, anonymous and confidential help.")))
+    return render_template("participant/choose.html", choices=choices)
+
+
+@bp.get("/")
+def home() -> str:
+    """What the service is, how it works and how to stay safe."""
+    return render_template("participant/home.html", notice=notice())
+
+
+@bp.get("/help")
+def help_now() -> str:
+    """Emergency number and the operator's local crisis lines."""
+    lines = settings().crisis_lines(current_language())
+    return render_template("participant/help.html", lines=lines)
+
+
+@bp.get("/privacy")
+def privacy() -> str:
+    """What is stored, why, and for how long, from the data inventory."""
+    tables = [table for table in INVENTORY if table.public]
+    return render_template(
+        "participant/privacy.html",
+        tables=tables,
+        idle_minutes=settings().idle_timeout_minutes,
+        absolute_hours=settings().absolute_timeout_hours,
+    )

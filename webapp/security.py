@@ -1,0 +1,140 @@
+"""HTTP hygiene in one place: headers, form tokens, size limits and error pages.
+
+Every response passes :func:`harden_response`; every error, whatever raised it,
+ends on the same small generic page, in the language of the URL when there is one.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import logging
+
+from flask import Flask, Response, current_app, g, render_template, request
+from flask_babel import lazy_gettext as _l
+from werkzeug.exceptions import (
+    BadRequest,
+    Forbidden,
+    HTTPException,
+    InternalServerError,
+    ServiceUnavailable,
+)
+
+from stillroom.crypto.kdf import KdfBusyError
+from stillroom.crypto.keys import keyed_hash
+
+log = logging.getLogger(__name__)
+
+CONTENT_SECURITY_POLICY = (
+    "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
+    "frame-src 'self'; frame-ancestors 'self'; base-uri 'none'"
+)
+
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+    "Referrer-Policy": "no-referrer",
+    "X-Content-Type-Options": "nosniff",
+    "Cross-Origin-Opener-Policy": "same-origin",
+    "Cross-Origin-Resource-Policy": "same-origin",
+}
+
+#: What each error page says. The same few sentences for everyone, so an error
+#: reveals nothing about what exists.
+ERROR_TEXT = {
+    400: _l("Something in this request could not be read. Please go back and try again."),
+    403: _l("This request was refused. Please go back, reload the page and try again."),
+    404: _l("There is no page at this address."),
+    405: _l("This page cannot be used that way. Please go back and use the buttons."),
+    413: _l("What you sent is too long. Please shorten it and try again."),
+    500: _l("Something went wrong on our side. Nothing you did caused it. Please try again."),
+    503: _l("The service is busy right now. Please wait a moment and try again."),
+}
+
+
+class FormTokenError(BadRequest):
+    """A form came back without a valid token: expired, from another session, or forged."""
+
+    code = 400
+
+
+def harden_response(response: Response) -> Response:
+    """Add the security headers and keep personal pages out of every cache."""
+    response.headers.update(SECURITY_HEADERS)
+    response.headers.setdefault("Cache-Control", "no-store")
+    response.headers.pop("Server", None)
+    return response
+
+
+def form_token(binding: bytes, now: float) -> str:
+    """Return a token for a form, bound to ``binding`` (a session hash, or ``b""``).
+
+    The token carries the minute it was issued and a MAC under the server's form
+    key, so no state is needed before login and no cookie is set for it.
+    """
+    minute = int(now // 60).to_bytes(4, "big")
+    mac = keyed_hash(minute + binding, current_app.config["FORM_KEY"], b"form-token")[:16]
+    return base64.urlsafe_b64encode(minute + mac).decode()
+
+
+def check_form_token(token: str, binding: bytes, max_age_minutes: int, now: float) -> None:
+    """Accept a form token issued for ``binding`` within ``max_age_minutes``.
+
+    :raises FormTokenError: for a missing, forged, foreign or expired token.
+    """
+    try:
+        raw = base64.urlsafe_b64decode(token.encode("ascii"))
+    except (UnicodeError, binascii.Error, ValueError):
+        raise FormTokenError from None
+    if len(raw) != 20:
+        raise FormTokenError
+    minute = raw[:4]
+    expected = keyed_hash(minute + binding, current_app.config["FORM_KEY"], b"form-token")[:16]
+    age = int(now // 60) - int.from_bytes(minute, "big")
+    if not hmac.compare_digest(raw[4:], expected) or not 0 <= age <= max_age_minutes:
+        raise FormTokenError
+
+
+def refuse_cross_site_posts() -> None:
+    """Refuse a POST that the browser says came from another site.
+
+    Fetch metadata is sent even under ``Referrer-Policy: no-referrer``, and it stops
+    another site from logging a visitor into an account of the attacker's choosing.
+    """
+    site = request.headers.get("Sec-Fetch-Site")
+    if request.method == "POST" and site not in (None, "same-origin", "none"):
+        raise Forbidden
+
+
+def render_error(error: HTTPException) -> tuple[str, int, dict[str, str]]:
+    """Render the generic error page for an HTTP error."""
+    code = error.code if error.code in ERROR_TEXT else 500
+    headers = {"Retry-After": "5"} if code == 503 else {}
+    return render_template("error.html", code=code, message=ERROR_TEXT[code]), code, headers
+
+
+def render_unexpected(error: Exception) -> tuple[str, int, dict[str, str]]:
+    """Log what broke (type and place, never values) and show the generic 500 page."""
+    trace = error.__traceback__
+    while trace is not None and trace.tb_next is not None:
+        trace = trace.tb_next
+    where = f"{trace.tb_frame.f_code.co_filename}:{trace.tb_lineno}" if trace else "?"
+    log.error("unhandled %s at %s", type(error).__name__, where)
+    return render_error(InternalServerError())
+
+
+def render_busy(_error: KdfBusyError) -> tuple[str, int, dict[str, str]]:
+    """Show the small 'busy' page when every argon2 slot is taken."""
+    return render_error(ServiceUnavailable())
+
+
+def init_app(app: Flask) -> None:
+    """Install the headers, the request limits and the error pages."""
+    settings = app.config["SETTINGS"]
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_request_kib * 1024
+    app.config["MAX_FORM_MEMORY_SIZE"] = settings.max_request_kib * 1024
+    app.after_request(harden_response)
+    app.register_error_handler(HTTPException, render_error)
+    app.register_error_handler(KdfBusyError, render_busy)
+    app.register_error_handler(Exception, render_unexpected)
+    app.jinja_env.globals["error_text"] = ERROR_TEXT

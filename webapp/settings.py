@@ -1,0 +1,124 @@
+"""Settings: one frozen dataclass, filled from ``STILLROOM_*`` variables or a TOML file.
+
+Every field carries its help text, so ``stillroom --help`` and the README list the
+same settings as the code uses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from stillroom.crypto.kdf import PRODUCTION, Argon2Params
+
+LANGUAGES = ("en", "de", "cs", "pt", "es")
+
+
+class SettingsError(ValueError):
+    """A setting has a value that cannot be used; the message names it and the fix."""
+
+
+def _setting(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything an operator can configure, with the defaults a deployment starts from."""
+
+    data_dir: Path = _setting(
+        Path("instance"), "Directory for the database and secrets (created 0700)."
+    )
+    participant_port: int = _setting(
+        8080, "Port of the participant app, always on 127.0.0.1 (the onion service's target)."
+    )
+    server_threads: int = _setting(8, "Worker threads of the WSGI server.")
+    idle_timeout_minutes: int = _setting(30, "A session ends after this many idle minutes.")
+    absolute_timeout_hours: int = _setting(8, "A session ends this many hours after login.")
+    argon2_time_cost: int = _setting(PRODUCTION.time_cost, "Argon2id passes (at least 3).")
+    argon2_memory_kib: int = _setting(
+        PRODUCTION.memory_kib, "Argon2id memory per derivation in KiB (at least 65536)."
+    )
+    argon2_parallelism: int = _setting(PRODUCTION.parallelism, "Argon2id lanes.")
+    argon2_concurrency: int = _setting(
+        2, "Argon2id derivations allowed at once; more get a 'busy' page."
+    )
+    argon2_wait_seconds: float = _setting(
+        2.0, "Seconds a login waits for a free argon2 slot before the 'busy' page."
+    )
+    max_request_kib: int = _setting(16, "Largest request body accepted, in KiB.")
+    crisis_lines_en: str = _setting(
+        "", "Local crisis lines shown on the English help page, separated by ';'."
+    )
+    crisis_lines_de: str = _setting("", "Local crisis lines for the German help page.")
+    crisis_lines_cs: str = _setting("", "Local crisis lines for the Czech help page.")
+    crisis_lines_pt: str = _setting("", "Local crisis lines for the Portuguese help page.")
+    crisis_lines_es: str = _setting("", "Local crisis lines for the Spanish help page.")
+
+    @property
+    def argon2(self) -> Argon2Params:
+        """The argon2id parameters as one value."""
+        return Argon2Params(self.argon2_time_cost, self.argon2_memory_kib, self.argon2_parallelism)
+
+    @property
+    def database_path(self) -> Path:
+        """The SQLite file inside the data directory."""
+        return self.data_dir / "stillroom.db"
+
+    def crisis_lines(self, language: str) -> list[str]:
+        """Return the operator's crisis lines for ``language``, one entry each."""
+        raw: str = getattr(self, f"crisis_lines_{language}")
+        return [line.strip() for line in raw.split(";") if line.strip()]
+
+    @classmethod
+    def load(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Build settings from a TOML file, then ``STILLROOM_*`` variables, then overrides.
+
+        ``STILLROOM_CONFIG`` names the TOML file (keys are the field names).
+
+        :raises SettingsError: for an unknown key or a value of the wrong type.
+        """
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        config_file = environ.get("STILLROOM_CONFIG")
+        if config_file:
+            try:
+                values.update(tomllib.loads(Path(config_file).read_text(encoding="utf-8")))
+            except (OSError, tomllib.TOMLDecodeError) as error:
+                raise SettingsError(f"STILLROOM_CONFIG={config_file}: {error}") from error
+        for item in dataclasses.fields(cls):
+            env_name = env_var(item.name)
+            if env_name in environ:
+                values[item.name] = environ[env_name]
+        values.update(overrides)
+        known = {item.name: item for item in dataclasses.fields(cls)}
+        unknown = set(values) - set(known)
+        if unknown:
+            raise SettingsError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+        return cls(**{name: _convert(known[name], value) for name, value in values.items()})
+
+
+def env_var(name: str) -> str:
+    """Return the environment variable for the setting ``name``."""
+    return f"STILLROOM_{name.upper()}"
+
+
+def _convert(item: dataclasses.Field[Any], value: Any) -> Any:
+    kind = {"Path": Path, "int": int, "float": float, "str": str}[str(item.type)]
+    try:
+        return kind(value)
+    except (TypeError, ValueError) as error:
+        raise SettingsError(f"{env_var(item.name)}: expected {item.type}, got {value!r}") from error
+
+
+def describe_settings() -> str:
+    """Return a plain-text list of every setting, its variable, default and meaning."""
+    lines = []
+    for item in dataclasses.fields(Settings):
+        lines.append(f"{env_var(item.name)} (default {item.default}): {item.metadata['help']}")
+    return "\n".join(lines)
