@@ -35,7 +35,7 @@ $(BIN)/python:
 # The catalogs are compiled before the install so the strict editable install links them.
 catalogs: $(BIN)/python
 	$(BIN)/python -m pip install -q --upgrade pip "babel~=2.17"
-	$(BIN)/pybabel compile -d locale -q
+	$(BIN)/pybabel compile -d locale --statistics
 
 install: debs catalogs
 	$(BIN)/python -m pip install -q --config-settings editable_mode=strict -e .

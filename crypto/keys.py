@@ -85,4 +85,3 @@ def token_key(token: str) -> bytes:
     return nacl.hash.blake2b(
         token.encode(), digest_size=KEY_BYTES, person=b"session-wrapkey", encoder=RawEncoder
     )
-

@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
-from support import FAST_ARGON2, AuthActions, Clock, LiveServer, start_server, stop_server
 
 from stillroom.webapp import create_participant_app
 from stillroom.webapp.settings import Settings
+
+from support import FAST_ARGON2, AuthActions, Clock, LiveServer, start_server, stop_server
 
 
 @pytest.fixture
@@ -45,4 +46,3 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
     server = start_server(tmp_path_factory.mktemp("live") / "instance")
     yield server
     stop_server(server)
-

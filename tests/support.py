@@ -87,7 +87,12 @@ def free_port() -> int:
 class LiveServer:
     url: str
     data_dir: Path
-    process: subprocess.Popen[str]
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def output(self) -> str:
+        """Return everything the server printed so far."""
+        return self.log.read_text(errors="replace")
 
 
 def start_server(data_dir: Path, extra_env: dict[str, str] | None = None) -> LiveServer:
@@ -102,24 +107,25 @@ def start_server(data_dir: Path, extra_env: dict[str, str] | None = None) -> Liv
         **(extra_env or {}),
     }
     stillroom = Path(sys.executable).with_name("stillroom")
-    process = subprocess.Popen(
-        [str(stillroom), "serve", "--no-tor"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    url = f"http://127.0.0.1:{port}"
+    log = data_dir.parent / f"server-{port}.log"
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            [str(stillroom), "serve", "--no-tor"],
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+    server = LiveServer(f"http://127.0.0.1:{port}", data_dir, process, log)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"server exited: {process.stdout.read()}")  # type: ignore[union-attr]
+            raise RuntimeError(f"server exited: {server.output()}")
         try:
-            urllib.request.urlopen(f"{url}/", timeout=1).close()
-            return LiveServer(url, data_dir, process)
+            urllib.request.urlopen(f"{server.url}/", timeout=1).close()
+            return server
         except OSError:
             time.sleep(0.1)
-    process.kill()
+    stop_server(server)
     raise RuntimeError("server did not answer within 30 s")
 
 

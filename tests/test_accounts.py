@@ -5,9 +5,9 @@ from __future__ import annotations
 import re
 import sqlite3
 
-from support import PASSPHRASE, AuthActions, form_fields
-
 from stillroom.webapp.settings import Settings
+
+from support import PASSPHRASE, AuthActions, form_fields
 
 
 def rows(settings: Settings, table: str) -> list[tuple[object, ...]]:
@@ -131,8 +131,11 @@ def test_replace_passphrase(client, auth: AuthActions, settings, app):
 def test_delete_account_removes_every_row(client, auth: AuthActions, settings, app):
     keep = AuthActions(app.test_client())
     keep.create()
+    [kept] = rows(settings, "participants")
     passphrase = auth.create()
-    assert len(rows(settings, "participants")) == 2
+    [(participant_id, _, _, public_key, wrapped, _)] = [
+        row for row in rows(settings, "participants") if row != kept
+    ]
     response = auth.post("/account/delete")
     assert response.status_code == 302
     assert "Set-Cookie" in response.headers
@@ -142,6 +145,9 @@ def test_delete_account_removes_every_row(client, auth: AuthActions, settings, a
     assert auth.login(passphrase).status_code == 401
     wal = settings.database_path.with_name("stillroom.db-wal")
     assert not wal.exists() or wal.stat().st_size == 0
+    raw = b"".join(path.read_bytes() for path in settings.data_dir.iterdir())
+    for trace in (participant_id.encode(), public_key, wrapped):
+        assert trace not in raw, "secure_delete and the checkpoint leave no bytes behind"
 
 
 def test_logout_needs_post_and_token(client, auth: AuthActions):
@@ -149,3 +155,13 @@ def test_logout_needs_post_and_token(client, auth: AuthActions):
     assert client.get("/en/logout").status_code == 405
     assert client.post("/en/logout").status_code == 400
     assert client.get("/en/account").status_code == 200
+
+
+def test_expired_sessions_are_removed_even_if_never_presented_again(
+    app, auth: AuthActions, clock, settings
+):
+    abandoned = AuthActions(app.test_client())
+    abandoned.create()
+    clock.advance(settings.absolute_timeout_hours * 3600 + 1)
+    auth.create()
+    assert len(rows(settings, "sessions")) == 1, "only the new session is left"

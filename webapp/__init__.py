@@ -14,6 +14,7 @@ from flask import Flask
 from stillroom.crypto.kdf import KeyDeriver
 from stillroom.webapp import assets, db, i18n, participant, security
 from stillroom.webapp.instance import prepare_instance, subkey
+from stillroom.webapp.sessions import end_expired_sessions
 from stillroom.webapp.settings import Settings
 
 
@@ -49,4 +50,6 @@ def create_participant_app(
     i18n.init_app(app)
     assets.init_app(app)
     participant.init_app(app)
+    with app.app_context():
+        end_expired_sessions(db.get_db(), int(clock()))
     return app

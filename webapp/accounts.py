@@ -51,7 +51,7 @@ def create_account(
     wrapped = wrap_key(secret_key, deriver.derive(passphrase.encode(), salt))
     participant_id = secrets.token_hex(16)
     with transaction(db):
-        db["participants"].insert(
+        db.table("participants").insert(
             {
                 "id": participant_id,
                 "lookup_hash": lookup_hash(passphrase, lookup_key),
@@ -89,7 +89,9 @@ def unlock_account(
     return Unlocked(participant_id, secret_key)
 
 
-def passphrase_matches(db: Database, lookup_key: bytes, participant_id: str, passphrase: str) -> bool:
+def passphrase_matches(
+    db: Database, lookup_key: bytes, participant_id: str, passphrase: str
+) -> bool:
     """Return whether ``passphrase`` is the current one of the account (no argon2 needed)."""
     row = db.execute(
         "SELECT 1 FROM participants WHERE id = ? AND lookup_hash = ?",

@@ -11,9 +11,9 @@ from stillroom.webapp import create_participant_app
 from stillroom.webapp.settings import Settings, SettingsError, describe_settings
 
 SETTINGS_EPILOG = (
-    "\b\nSettings come from STILLROOM_* environment variables, or from the TOML file named "
-    "by STILLROOM_CONFIG (keys are the names without the prefix, in lower case):\n\n"
-    + describe_settings()
+    "Settings come from STILLROOM_* environment variables, or from the TOML file named "
+    "by STILLROOM_CONFIG (keys are the names without the prefix, in lower case); the "
+    "environment wins over the file.\n\n\b\n" + describe_settings()
 )
 
 

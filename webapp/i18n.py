@@ -24,7 +24,10 @@ LANGUAGE_NAMES = {
 
 def current_language() -> str:
     """Return the language of this request (English where the path names none)."""
-    language: str = g.get("lang", "en")
+    if "lang" not in g:
+        first = request.path.strip("/").split("/", 1)[0]
+        g.lang = first if first in LANGUAGES else "en"
+    language: str = g.lang
     return language
 
 

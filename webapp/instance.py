@@ -9,7 +9,8 @@ from stillroom.crypto.keys import keyed_hash, random_bytes
 from stillroom.webapp.settings import Settings
 from stillroom.webapp.store import migrate
 
-SECRET_FILE = "server.key"
+#: The server secret: keys the account lookup hash, form tokens and pending passphrases.
+SECRET_FILE = "server.key"  # noqa: S105 - a file name, not a secret
 
 
 def prepare_instance(settings: Settings) -> bytes:

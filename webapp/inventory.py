@@ -69,8 +69,7 @@ INVENTORY: tuple[Table, ...] = (
         purpose=_l("Logged-in sessions. Your browser holds a random token; we hold its hash."),
         readers=_l("The server, while you are logged in."),
         retention=_l(
-            "Deleted when you log out, after %(idle)s idle minutes,"
-            " or %(hours)s hours after login."
+            "Deleted when you log out, after %(idle)s idle minutes, or %(hours)s hours after login."
         ),
         columns=(
             Column("token_hash", _l("A hash of the session token in your cookie.")),

@@ -11,7 +11,7 @@ import binascii
 import hmac
 import logging
 
-from flask import Flask, Response, current_app, g, render_template, request
+from flask import Flask, Response, current_app, render_template, request
 from flask_babel import lazy_gettext as _l
 from werkzeug.exceptions import (
     BadRequest,

@@ -12,7 +12,14 @@ from dataclasses import dataclass
 
 from sqlite_utils import Database
 
-from stillroom.crypto.keys import UnwrapError, new_token, token_hash, token_key, unwrap_key, wrap_key
+from stillroom.crypto.keys import (
+    UnwrapError,
+    new_token,
+    token_hash,
+    token_key,
+    unwrap_key,
+    wrap_key,
+)
 from stillroom.webapp.accounts import Unlocked
 from stillroom.webapp.store import transaction
 
@@ -40,7 +47,7 @@ def start_session(db: Database, account: Unlocked, now: int, timeouts: Timeouts)
     """Create a session for ``account`` and return its token (for the cookie only)."""
     token = new_token()
     with transaction(db):
-        db["sessions"].insert(
+        db.table("sessions").insert(
             {
                 "token_hash": token_hash(token),
                 "participant_id": account.participant_id,

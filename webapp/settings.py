@@ -40,9 +40,11 @@ class Settings:
     server_threads: int = _setting(8, "Worker threads of the WSGI server.")
     idle_timeout_minutes: int = _setting(30, "A session ends after this many idle minutes.")
     absolute_timeout_hours: int = _setting(8, "A session ends this many hours after login.")
-    argon2_time_cost: int = _setting(PRODUCTION.time_cost, "Argon2id passes (at least 3).")
+    argon2_time_cost: int = _setting(
+        PRODUCTION.time_cost, "Argon2id passes (RFC 9106 recommends 3)."
+    )
     argon2_memory_kib: int = _setting(
-        PRODUCTION.memory_kib, "Argon2id memory per derivation in KiB (at least 65536)."
+        PRODUCTION.memory_kib, "Argon2id memory per derivation in KiB (RFC 9106 recommends 65536)."
     )
     argon2_parallelism: int = _setting(PRODUCTION.parallelism, "Argon2id lanes.")
     argon2_concurrency: int = _setting(
@@ -120,5 +122,6 @@ def describe_settings() -> str:
     """Return a plain-text list of every setting, its variable, default and meaning."""
     lines = []
     for item in dataclasses.fields(Settings):
-        lines.append(f"{env_var(item.name)} (default {item.default}): {item.metadata['help']}")
+        default = item.default if item.default != "" else "(empty)"
+        lines.append(f"{env_var(item.name)}={default}\n    {item.metadata['help']}")
     return "\n".join(lines)

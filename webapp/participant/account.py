@@ -13,6 +13,7 @@ from stillroom.crypto.keys import UnwrapError
 from stillroom.crypto.passphrase import PassphraseInputError, generate_passphrase
 from stillroom.webapp.accounts import (
     UnknownPassphraseError,
+    Unlocked,
     create_account,
     delete_account,
     passphrase_matches,
@@ -34,11 +35,9 @@ from stillroom.webapp.participant.blueprint import (
     timeouts,
 )
 from stillroom.webapp.participant.pages import notice
-from stillroom.webapp.sessions import end_session, start_session
+from stillroom.webapp.sessions import end_expired_sessions, end_session, start_session
 
-UNREADABLE = _l(
-    "This passphrase could not be read. Type only the words, separated by spaces."
-)
+UNREADABLE = _l("This passphrase could not be read. Type only the words, separated by spaces.")
 MISMATCH = _l("That is not the passphrase shown above. Please compare it word by word.")
 EXPIRED = _l("That passphrase was never confirmed and has expired. Here is a new one.")
 NO_ACCOUNT = _l("No account has this passphrase. Please check each word and try again.")
@@ -61,11 +60,12 @@ def lookup_key() -> bytes:
     return key
 
 
-def log_in_browser(account: Any, done: str) -> Response:
+def log_in_browser(account: Unlocked, done: str | None) -> Response:
     """Start a new session for ``account`` and send the browser to its account page."""
     old = current_session()
     if old is not None:
         end_session(db(), old.token_hash)
+    end_expired_sessions(db(), now())
     token = start_session(db(), account, now(), timeouts())
     return set_session_cookie(redirect(url_for("participant.account", done=done)), token)
 
@@ -95,7 +95,9 @@ def create() -> Any:
         passphrase = generate_passphrase(current_language())
     status = 400 if error else 200
     return render_template(
-        "participant/create.html", passphrase=passphrase, pending=seal_pending(passphrase),
+        "participant/create.html",
+        passphrase=passphrase,
+        pending=seal_pending(passphrase),
         error=error,
     ), status
 
@@ -115,7 +117,7 @@ def login() -> Any:
         except (UnknownPassphraseError, UnwrapError):
             error = NO_ACCOUNT
         else:
-            return log_in_browser(account, "")
+            return log_in_browser(account, None)
     status = {None: 200, NO_ACCOUNT: 401}.get(error, 400)
     return render_template("participant/login.html", error=error, notice=notice()), status
 
@@ -154,7 +156,9 @@ def change_passphrase() -> Any:
         else:
             if passphrase is None:
                 error = EXPIRED
-            elif not passphrase_matches(db(), lookup_key(), session.account.participant_id, current):
+            elif not passphrase_matches(
+                db(), lookup_key(), session.account.participant_id, current
+            ):
                 error = WRONG_CURRENT
             elif typed != passphrase:
                 error = MISMATCH
@@ -166,7 +170,9 @@ def change_passphrase() -> Any:
     if passphrase is None:
         passphrase = generate_passphrase(current_language())
     return render_template(
-        "participant/passphrase.html", passphrase=passphrase, pending=seal_pending(passphrase),
+        "participant/passphrase.html",
+        passphrase=passphrase,
+        pending=seal_pending(passphrase),
         error=error,
     ), (400 if error else 200)
 

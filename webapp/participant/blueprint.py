@@ -8,8 +8,9 @@ import functools
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from flask import Blueprint, Response, current_app, g, redirect, request, url_for
+from flask import Blueprint, current_app, g, redirect, request, url_for
 from sqlite_utils import Database
+from werkzeug.wrappers import Response
 
 from stillroom.crypto.keys import UnwrapError, unwrap_key, wrap_key
 from stillroom.crypto.passphrase import MAX_INPUT_CHARS, PassphraseInputError, normalise_passphrase
@@ -94,7 +95,10 @@ def drop_stale_cookie(response: Response) -> Response:
 @bp.app_context_processor
 def template_values() -> dict[str, Any]:
     """Give templates the form token and whether someone is logged in."""
-    return {"form_token": lambda: form_token(_binding(), now()), "logged_in": current_session() is not None}
+    return {
+        "form_token": lambda: form_token(_binding(), now()),
+        "logged_in": current_session() is not None,
+    }
 
 
 def _binding() -> bytes:
@@ -131,15 +135,16 @@ def clear_session_cookie(response: Response) -> Response:
 def read_passphrase(field: str) -> str:
     """Return the normalised passphrase typed into ``field``.
 
-    :raises PassphraseInputError: when it is empty, too long, holds control
-        characters, or was not valid UTF-8 (which arrives as U+FFFD).
+    :raises PassphraseInputError: when it is empty, too long, or holds anything but
+        words (control characters, digits, or undecodable bytes, which arrive as
+        U+FFFD or as undecoded ``%XX``).
     """
     raw = request.form.get(field, "")
     if len(raw) > MAX_INPUT_CHARS or "\ufffd" in raw:
         raise PassphraseInputError("unreadable passphrase")
     passphrase = normalise_passphrase(raw)
-    if not passphrase:
-        raise PassphraseInputError("empty passphrase")
+    if not passphrase or not all(char.isalpha() or char in " -" for char in passphrase):
+        raise PassphraseInputError("not a passphrase of words")
     return passphrase
 
 
@@ -157,11 +162,12 @@ def seal_pending(passphrase: str) -> str:
 def open_pending(value: str) -> str | None:
     """Return the passphrase sealed by :func:`seal_pending`, or ``None`` if unusable."""
     try:
-        raw = unwrap_key(base64.urlsafe_b64decode(value.encode("ascii")), current_app.config["PENDING_KEY"])
+        raw = unwrap_key(
+            base64.urlsafe_b64decode(value.encode("ascii")), current_app.config["PENDING_KEY"]
+        )
     except (UnicodeError, binascii.Error, ValueError, UnwrapError):
         return None
     age = now() // 60 - int.from_bytes(raw[:4], "big")
     if not 0 <= age <= PENDING_MINUTES:
         return None
     return raw[4:].decode()
-

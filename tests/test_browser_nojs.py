@@ -1,0 +1,358 @@
+"""A real Firefox ESR with JavaScript off (as Tor Browser at "Safest") walks the participant app."""
+
+from __future__ import annotations
+
+import gc
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+from marionette_driver import Wait
+from marionette_driver.by import By
+from marionette_driver.errors import NoSuchElementException, StaleElementException
+from marionette_driver.marionette import Marionette, WebElement
+
+from stillroom.webapp.settings import LANGUAGES
+
+from support import LiveServer
+
+FIREFOX = Path("/usr/bin/firefox-esr")
+SCREENSHOTS = Path(__file__).resolve().parent / "artifacts" / "screenshots"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+#: Upper bound for every wait in this file, in seconds.
+WAIT_SECONDS = 10
+
+#: Tor Browser at "Safest", kept on loopback: anything not on 127.0.0.1 goes to a dead proxy.
+PREFS: dict[str, object] = {
+    "javascript.enabled": False,
+    "privacy.resistFingerprinting": True,
+    "svg.disabled": True,
+    "webgl.disabled": True,
+    "mathml.disabled": True,
+    "browser.privatebrowsing.autostart": True,
+    "network.proxy.type": 1,
+    "network.proxy.http": "127.0.0.1",
+    "network.proxy.http_port": 9,
+    "network.proxy.ssl": "127.0.0.1",
+    "network.proxy.ssl_port": 9,
+    "network.proxy.allow_hijacking_localhost": False,
+    "network.trr.mode": 5,
+    "network.dns.native-is-localhost": True,
+    "network.prefetch-next": False,
+    "network.dns.disablePrefetch": True,
+    "network.predictor.enabled": False,
+    "network.http.speculative-parallel-limit": 0,
+    "browser.safebrowsing.malware.enabled": False,
+    "browser.safebrowsing.phishing.enabled": False,
+    "browser.safebrowsing.downloads.enabled": False,
+    "toolkit.telemetry.enabled": False,
+    "datareporting.healthreport.uploadEnabled": False,
+    "datareporting.policy.dataSubmissionEnabled": False,
+}
+
+PROBE_PAGE = b"""<!doctype html>
+<html><head><meta charset="utf-8"><title>probe</title></head>
+<body>
+<p id="marker">untouched</p>
+<script>
+document.getElementById("marker").textContent = "script ran";
+new Image().src = "/hit?from=image";
+fetch("/hit?from=fetch");
+</script>
+<noscript><p id="noscript">scripts are off</p></noscript>
+</body></html>
+"""
+
+pytestmark = pytest.mark.browser
+
+
+@pytest.fixture(scope="session")
+def firefox() -> Iterator[Marionette]:
+    """One headless Firefox ESR with Tor-Browser-like prefs for the whole session."""
+    if not FIREFOX.exists():
+        pytest.fail(f"{FIREFOX} is missing: install the firefox-esr package to run browser tests")
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        # While Firefox starts, the driver polls its port and drops each refused socket
+        # unclosed; collect them here so they cannot fail a later test.
+        warnings.filterwarnings("ignore", r"unclosed <socket\.socket", ResourceWarning)
+        browser = Marionette(
+            bin=str(FIREFOX),
+            headless=True,
+            port=0,
+            startup_timeout=60,
+            socket_timeout=60,
+            prefs=PREFS,
+            gecko_log=str(SCREENSHOTS.parent / "gecko.log"),
+        )
+        gc.collect()
+    try:
+        browser.start_session()
+        browser.timeout.page_load = 30
+        browser.timeout.implicit = 0
+        yield browser
+    finally:
+        browser.cleanup()
+
+
+def wait(browser: Marionette, condition: Callable[[Marionette], object]) -> object:
+    """Wait (bounded) until ``condition`` is truthy, ignoring a page that is being replaced."""
+    return Wait(
+        browser,
+        timeout=WAIT_SECONDS,
+        interval=0.1,
+        ignored_exceptions=(NoSuchElementException, StaleElementException),
+    ).until(condition)
+
+
+def path_of(browser: Marionette) -> str:
+    return urlsplit(str(browser.get_url())).path
+
+
+def query_of(browser: Marionette) -> str:
+    return urlsplit(str(browser.get_url())).query
+
+
+def is_gone(element: WebElement) -> bool:
+    """Return whether ``element`` belongs to a document that has been replaced."""
+    try:
+        element.tag_name  # noqa: B018 - touching the element is the check
+    except (StaleElementException, NoSuchElementException):
+        return True
+    return False
+
+
+def page_ready(browser: Marionette) -> bool:
+    """Return whether the current document has finished loading (works with JS off)."""
+    return bool(browser.execute_script("return document.readyState === 'complete';"))
+
+
+def assert_no_scripts(browser: Marionette) -> None:
+    assert browser.find_elements(By.TAG_NAME, "script") == [], browser.get_url()
+
+
+def visit(browser: Marionette, url: str) -> None:
+    """Load ``url`` and check that the page carries no script at all."""
+    browser.navigate(url)
+    wait(browser, page_ready)
+    assert_no_scripts(browser)
+
+
+def press(browser: Marionette, button: WebElement) -> None:
+    """Click a form button and wait until the answer has replaced the page."""
+    old_page = browser.find_element(By.TAG_NAME, "html")
+    button.click()
+    wait(browser, lambda b: is_gone(old_page) and page_ready(b))
+    assert_no_scripts(browser)
+
+
+def type_into(browser: Marionette, element_id: str, text: str) -> None:
+    field = browser.find_element(By.ID, element_id)
+    field.clear()
+    field.send_keys(text)
+
+
+def main_button(browser: Marionette) -> WebElement:
+    """Return the submit button of the form inside <main>."""
+    return browser.find_element(By.CSS_SELECTOR, "main form button")
+
+
+def shown_passphrase(browser: Marionette) -> str:
+    passphrase = str(browser.find_element(By.ID, "passphrase").text).strip()
+    assert len(passphrase.split()) >= 5, passphrase
+    return passphrase
+
+
+def has(browser: Marionette, selector: str) -> bool:
+    return bool(browser.find_elements(By.CSS_SELECTOR, selector))
+
+
+def create_account(browser: Marionette, base: str) -> str:
+    """Create an account through the create page and return its passphrase."""
+    visit(browser, f"{base}/create")
+    passphrase = shown_passphrase(browser)
+    type_into(browser, "confirm", passphrase)
+    press(browser, main_button(browser))
+    return passphrase
+
+
+def log_in(browser: Marionette, base: str, passphrase: str) -> None:
+    visit(browser, f"{base}/login")
+    type_into(browser, "passphrase", passphrase)
+    press(browser, main_button(browser))
+
+
+def log_out(browser: Marionette) -> None:
+    press(browser, browser.find_element(By.CSS_SELECTOR, "footer form button"))
+
+
+def start_clean(browser: Marionette, live_server: LiveServer) -> None:
+    """Begin on the app with no session cookie left over from another test."""
+    visit(browser, f"{live_server.url}/en/")
+    browser.delete_all_cookies()
+
+
+def test_javascript_is_really_off(firefox: Marionette) -> None:
+    """The browser under test runs no page script at all, so the app is checked without JS."""
+    hits: list[str] = []
+
+    class Probe(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path.startswith("/hit"):
+                hits.append(self.path)
+                body, kind = b"", "text/plain"
+            elif self.path == "/":
+                body, kind = PROBE_PAGE, "text/html; charset=utf-8"
+            else:
+                self.send_error(404)
+                return
+            self.send_response(200)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Cache-Control", "no-store")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Probe)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1})
+    thread.start()
+    try:
+        host, port = server.server_address[:2]
+        firefox.navigate(f"http://{host!s}:{port}/")
+        wait(firefox, page_ready)
+        time.sleep(1.0)  # give a script that did run time to reach the counter
+        assert firefox.find_element(By.ID, "marker").text == "untouched"
+        assert hits == []
+        assert firefox.find_element(By.ID, "noscript").is_displayed()
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=WAIT_SECONDS)
+    assert not thread.is_alive()
+
+
+@pytest.mark.parametrize("lang", ["en", "de", "cs"])
+def test_participant_journey(firefox: Marionette, live_server: LiveServer, lang: str) -> None:
+    """Create, log out, log in, replace the passphrase and delete all work with JavaScript off."""
+    base = f"{live_server.url}/{lang}"
+    start_clean(firefox, live_server)
+
+    first = create_account(firefox, base)
+    assert path_of(firefox) == f"/{lang}/account"
+    assert query_of(firefox) == "done=created"
+    assert has(firefox, "p.notice")
+    assert first not in firefox.page_source, "the passphrase is shown only once"
+
+    log_out(firefox)
+    assert path_of(firefox) == f"/{lang}/"
+    assert has(firefox, "p.notice")
+    assert not has(firefox, "footer form"), "no log-out button once logged out"
+
+    log_in(firefox, base, first)
+    assert path_of(firefox) == f"/{lang}/account"
+
+    visit(firefox, f"{base}/account/passphrase")
+    type_into(firefox, "current", first)
+    second = shown_passphrase(firefox)
+    assert second != first
+    type_into(firefox, "confirm", second)
+    press(firefox, main_button(firefox))
+    assert path_of(firefox) == f"/{lang}/account"
+    assert query_of(firefox) == "done=replaced"
+    assert has(firefox, "p.notice")
+    log_out(firefox)
+
+    log_in(firefox, base, first)
+    assert path_of(firefox) == f"/{lang}/login"
+    assert has(firefox, "p.error"), "the old passphrase no longer works"
+    assert not has(firefox, "footer form")
+
+    log_in(firefox, base, second)
+    assert path_of(firefox) == f"/{lang}/account"
+
+    visit(firefox, f"{base}/account/delete")
+    press(firefox, firefox.find_element(By.CSS_SELECTOR, "main button.danger"))
+    assert path_of(firefox) == f"/{lang}/"
+    assert query_of(firefox) == "done=deleted"
+    assert has(firefox, "p.notice")
+
+    log_in(firefox, base, second)
+    assert path_of(firefox) == f"/{lang}/login"
+    assert has(firefox, "p.error"), "a deleted account cannot be logged into"
+    visit(firefox, f"{base}/account")
+    assert path_of(firefox) == f"/{lang}/login", "the account page needs a login again"
+
+
+def save_screenshot(browser: Marionette, name: str) -> Path:
+    """Save a full-page PNG of the current page and check the common page frame."""
+    languages = {
+        str(link.get_attribute("hreflang"))
+        for link in browser.find_elements(By.CSS_SELECTOR, "header nav a[hreflang]")
+    }
+    assert languages == set(LANGUAGES), (name, languages)
+    help_links = [
+        link
+        for link in browser.find_elements(By.CSS_SELECTOR, "a[href]")
+        if str(link.get_attribute("href")).endswith("/help")
+    ]
+    assert help_links, f"{name}: no link to the help page"
+    target = SCREENSHOTS / f"{name}.png"
+    target.write_bytes(browser.screenshot(format="binary", full=True))
+    return target
+
+
+def test_screenshot_every_page_in_every_language(
+    firefox: Marionette, live_server: LiveServer
+) -> None:
+    """Every page renders, with language and help links, in all five languages without JS."""
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    start_clean(firefox, live_server)
+    saved = []
+    visit(firefox, f"{live_server.url}/")
+    saved.append(save_screenshot(firefox, "root"))
+
+    for lang in LANGUAGES:
+        base = f"{live_server.url}/{lang}"
+        for page, path in [
+            ("home", "/"),
+            ("help", "/help"),
+            ("privacy", "/privacy"),
+            ("not-found", "/no-such-page"),
+            ("create", "/create"),
+        ]:
+            visit(firefox, base + path)
+            saved.append(save_screenshot(firefox, f"{lang}-{page}"))
+
+        passphrase = create_account(firefox, base)
+        assert path_of(firefox) == f"/{lang}/account"
+        log_out(firefox)
+
+        visit(firefox, f"{base}/login")
+        saved.append(save_screenshot(firefox, f"{lang}-login"))
+        log_in(firefox, base, passphrase)
+        assert path_of(firefox) == f"/{lang}/account"
+
+        for page, path in [
+            ("account", "/account"),
+            ("passphrase", "/account/passphrase"),
+            ("delete", "/account/delete"),
+        ]:
+            visit(firefox, base + path)
+            assert path_of(firefox) == f"/{lang}{path}"
+            saved.append(save_screenshot(firefox, f"{lang}-{page}"))
+        log_out(firefox)
+        assert path_of(firefox) == f"/{lang}/"
+
+    assert len(saved) == 1 + 9 * len(LANGUAGES)
+    for shot in saved:
+        data = shot.read_bytes()
+        assert data.startswith(PNG_SIGNATURE) and len(data) > 1000, shot

@@ -1,0 +1,91 @@
+"""The ``stillroom`` command, run as a real process."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from stillroom.webapp.settings import Settings, env_var
+
+STILLROOM = str(Path(sys.executable).with_name("stillroom"))
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [STILLROOM, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONSAFEPATH": "1", **(env or {})},
+    )
+
+
+def test_help_describes_every_setting():
+    for command in ([], ["serve"]):
+        result = run(*command, "--help")
+        assert result.returncode == 0
+        for item in dataclasses.fields(Settings):
+            assert env_var(item.name) in result.stdout, (command, item.name)
+
+
+def test_readme_documents_every_setting():
+    text = README.read_text()
+    for item in dataclasses.fields(Settings):
+        assert env_var(item.name) in text, item.name
+
+
+def test_serve_without_tor_flag_explains_itself():
+    result = run("serve")
+    assert result.returncode != 0
+    assert "--no-tor" in result.stderr
+
+
+def test_a_bad_setting_names_the_variable(tmp_path):
+    result = run("serve", "--no-tor", env={"STILLROOM_PARTICIPANT_PORT": "eighty"})
+    assert result.returncode == 2
+    assert "STILLROOM_PARTICIPANT_PORT" in result.stderr
+
+
+def listening_addresses(port: int) -> set[str]:
+    """Return the local addresses that listen on ``port`` (from /proc, no traffic)."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, port_hex = local.split(":")
+            if int(port_hex, 16) == port and state == "0A":  # LISTEN
+                found.add(address)
+    return found
+
+
+def test_serve_runs_a_production_server_on_loopback_only(live_server):
+    response = urllib.request.urlopen(f"{live_server.url}/en/", timeout=5)
+    assert response.status == 200
+    assert response.headers["Server"] is None
+    assert "Werkzeug" not in str(response.headers)
+    port = int(live_server.url.rsplit(":", 1)[1])
+    assert listening_addresses(port) == {"0100007F"}  # 127.0.0.1 and nothing else
+
+
+def test_serve_creates_a_private_data_directory(live_server):
+    data_dir = live_server.data_dir
+    assert data_dir.stat().st_mode & 0o777 == 0o700
+    for path in data_dir.iterdir():
+        assert path.stat().st_mode & 0o777 == 0o600, path.name
+
+
+def test_serve_logs_nothing_about_requests(live_server):
+    for path in ("/en/", "/de/login", "/xx/"):
+        urllib.request.urlopen(f"{live_server.url}/", timeout=5).close()
+        with contextlib.suppress(urllib.error.HTTPError):
+            urllib.request.urlopen(f"{live_server.url}{path}", timeout=5).close()
+    output = live_server.output()
+    assert "127.0.0.1:" in output, "the log is read (it shows the URL it serves)"
+    assert "127.0.0.1 -" not in output and "GET " not in output and "/de/login" not in output

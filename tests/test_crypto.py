@@ -1,0 +1,116 @@
+"""The crypto package: passphrase strength, normalisation, argon2 costs, key wrapping."""
+
+from __future__ import annotations
+
+import math
+import threading
+
+import pytest
+
+from stillroom.crypto import kdf, keys, passphrase
+from stillroom.webapp.settings import LANGUAGES, Settings
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+def test_passphrases_have_at_least_89_bits(language):
+    words = passphrase.wordlist(language)
+    bits = passphrase.WORD_COUNT * math.log2(len(set(words)))
+    assert passphrase.WORD_COUNT >= 7
+    assert len(words) >= 7776
+    assert bits >= 89
+    generated = passphrase.generate_passphrase(language).split(" ")
+    assert len(generated) == passphrase.WORD_COUNT
+    assert set(generated) <= set(words)
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+def test_every_word_survives_normalisation_unchanged(language):
+    words = passphrase.wordlist(language)
+    assert all(passphrase.normalise_passphrase(word) == word for word in words)
+    assert all(" " not in word for word in words), "a word with a space would merge with others"
+
+
+@pytest.mark.parametrize(
+    ("typed", "expected"),
+    [
+        ("Apple  Banana\tcherry ", "apple banana cherry"),
+        ("\u00c4rger", "\u00e4rger"),
+        ("A\u0308rger", "\u00e4rger"),  # decomposed umlaut composes (NFC)
+        ("STRASSE", "strasse"),
+    ],
+)
+def test_normalisation(typed, expected):
+    assert passphrase.normalise_passphrase(typed) == expected
+
+
+@pytest.mark.parametrize("typed", ["a\x00b", "a\u202eb", "x" * 201, "a\x07b"])
+def test_normalisation_refuses_control_characters_and_huge_input(typed):
+    with pytest.raises(passphrase.PassphraseInputError):
+        passphrase.normalise_passphrase(typed)
+
+
+def test_production_argon2_parameters_meet_rfc_9106():
+    assert kdf.PRODUCTION.memory_kib >= 64 * 1024
+    assert kdf.PRODUCTION.time_cost >= 3
+    defaults = Settings()
+    assert defaults.argon2 == kdf.PRODUCTION, "a deployment gets production costs by default"
+
+
+def test_wrapped_key_opens_only_with_its_key():
+    public, secret = keys.new_keypair()
+    assert len(public) == len(secret) == 32
+    deriver = kdf.KeyDeriver(kdf.FAST_FOR_TESTS, concurrency=1, wait_seconds=1)
+    salt = keys.random_bytes(kdf.SALT_BYTES)
+    key = deriver.derive(b"correct horse", salt)
+    assert key == deriver.derive(b"correct horse", salt)
+    wrapped = keys.wrap_key(secret, key)
+    assert secret not in wrapped
+    assert keys.unwrap_key(wrapped, key) == secret
+    with pytest.raises(keys.UnwrapError):
+        keys.unwrap_key(wrapped, deriver.derive(b"wrong horse", salt))
+    tampered = bytes([wrapped[0] ^ 1]) + wrapped[1:]
+    with pytest.raises(keys.UnwrapError):
+        keys.unwrap_key(tampered, key)
+
+
+def test_lookup_hash_depends_on_the_server_secret():
+    a = keys.keyed_hash(b"same words", b"k" * 32, b"account-lookup")
+    b = keys.keyed_hash(b"same words", b"j" * 32, b"account-lookup")
+    assert a != b and len(a) == 32
+
+
+def test_session_hash_and_key_are_unrelated():
+    token = keys.new_token()
+    assert len(token) >= 43
+    assert keys.token_hash(token) != keys.token_key(token)
+
+
+def test_saturated_deriver_says_busy_instead_of_queueing():
+    deriver = kdf.KeyDeriver(kdf.FAST_FOR_TESTS, concurrency=1, wait_seconds=0.05)
+    deriver._slots.acquire()  # another derivation is running
+    try:
+        with pytest.raises(kdf.KdfBusyError):
+            deriver.derive(b"x", b"s" * 16)
+    finally:
+        deriver._slots.release()
+    assert deriver.derive(b"x", b"s" * 16)
+
+
+def test_concurrent_derivations_never_exceed_the_bound():
+    deriver = kdf.KeyDeriver(kdf.FAST_FOR_TESTS, concurrency=2, wait_seconds=0)
+    outcomes: list[str] = []
+
+    def attempt() -> None:
+        try:
+            deriver.derive(b"x", b"s" * 16)
+            outcomes.append("ok")
+        except kdf.KdfBusyError:
+            outcomes.append("busy")
+
+    threads = [threading.Thread(target=attempt) for _ in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert len(outcomes) == 16
+    assert "ok" in outcomes

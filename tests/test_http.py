@@ -1,0 +1,207 @@
+"""HTTP hygiene, language in the path, bad input: on every route of the participant app."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from stillroom.webapp.security import SECURITY_HEADERS
+from stillroom.webapp.settings import LANGUAGES
+
+from support import PASSPHRASE, AuthActions, form_fields
+
+PAGES = ["/", "/privacy", "/help", "/create", "/login"]
+ACCOUNT_PAGES = ["/account", "/account/passphrase", "/account/delete"]
+
+
+def every_rule_url(app) -> list[str]:
+    """Return one concrete URL for every route the app has, in every language."""
+    urls = []
+    for rule in app.url_map.iter_rules():
+        if rule.endpoint == "stylesheet":
+            urls.append(app.jinja_env.globals["stylesheet_url"])
+        elif "lang" in rule.arguments:
+            urls.extend(re.sub(r"<[^>]*:lang>", lang, rule.rule) for lang in LANGUAGES)
+        else:
+            urls.append(rule.rule)
+    return urls
+
+
+def test_every_route_sends_the_security_headers(app, client, auth: AuthActions):
+    auth.create()
+    urls = [*every_rule_url(app), "/xx/", "/en/nothing-here"]
+    assert len(urls) > 40
+    for url in urls:
+        response = client.get(url)
+        for name, value in SECURITY_HEADERS.items():
+            assert response.headers.get(name) == value, (url, name)
+        assert "Server" not in response.headers
+        assert "script-src" not in response.headers["Content-Security-Policy"]
+        if url.endswith(".css"):
+            assert "immutable" in response.headers["Cache-Control"]
+        else:
+            assert response.headers["Cache-Control"] == "no-store", url
+    post = auth.post("/logout", page="/")
+    assert post.headers["Referrer-Policy"] == "no-referrer"
+
+
+def visit_all(client, auth: AuthActions, lang: str) -> dict[str, str]:
+    pages = {path: client.get(f"/{lang}{path}").get_data(as_text=True) for path in PAGES}
+    auth.lang = lang
+    auth.create()
+    pages.update(
+        {path: client.get(f"/{lang}{path}").get_data(as_text=True) for path in ACCOUNT_PAGES}
+    )
+    pages["404"] = client.get(f"/{lang}/no-such-page").get_data(as_text=True)
+    auth.logout()
+    return pages
+
+
+@pytest.mark.parametrize("lang", LANGUAGES)
+def test_pages_have_no_script_and_link_languages_and_help(client, auth, lang):
+    for path, html in visit_all(client, auth, lang).items():
+        assert "<script" not in html.lower(), path
+        assert "<img" not in html.lower() and "@font-face" not in html, path
+        assert f'<html lang="{lang}">' in html, path
+        for other in LANGUAGES:
+            assert f'hreflang="{other}"' in html, (path, other)
+        assert f'href="/{lang}/help"' in html, path
+        assert html.count('rel="stylesheet"') == 1
+        assert "http://" not in html and "https://" not in html, "no clearnet links"
+
+
+def test_root_offers_the_choice_of_languages(client):
+    html = client.get("/").get_data(as_text=True)
+    for lang in LANGUAGES:
+        assert f'href="/{lang}/"' in html
+
+
+def test_accept_language_is_never_read(client):
+    html = client.get("/en/", headers={"Accept-Language": "de-DE,de;q=0.9"}).get_data(as_text=True)
+    assert '<html lang="en">' in html
+    assert "Accept-Language" not in client.get("/en/").headers.get("Vary", "")
+
+
+def test_unknown_language_gets_a_404_with_language_links(client):
+    response = client.get("/xx/login")
+    assert response.status_code == 404
+    html = response.get_data(as_text=True)
+    for lang in LANGUAGES:
+        assert f'href="/{lang}/"' in html
+
+
+def test_error_pages_are_identical_for_existing_and_missing_things(client):
+    a = client.get("/en/no-such-page").get_data()
+    b = client.get("/en/account/nothing").get_data()
+    assert a == b
+
+
+def test_no_cookie_before_login(client):
+    for path in PAGES:
+        assert "Set-Cookie" not in client.get(f"/en{path}").headers
+
+
+def test_oversized_body_gets_a_translated_413(client, settings):
+    page = client.get("/de/login").get_data(as_text=True)
+    body = {**form_fields(page), "passphrase": "x" * (settings.max_request_kib * 1024 + 10)}
+    response = client.post("/de/login", data=body)
+    assert response.status_code == 413
+    assert '<html lang="de">' in response.get_data(as_text=True)
+    assert "too long" not in response.get_data(as_text=True), "German, not English"
+
+
+@pytest.mark.parametrize(
+    "typed",
+    ["x " * 150, "word\x00word", "word\u202eword", "\x1b[31mred", "1234 5678"],
+)
+def test_bad_passphrase_input_gets_a_calm_error(client, typed):
+    page = client.get("/en/login").get_data(as_text=True)
+    response = client.post("/en/login", data={**form_fields(page), "passphrase": typed})
+    assert response.status_code == 400
+    html = response.get_data(as_text=True)
+    assert 'class="error"' in html
+
+
+def test_invalid_utf8_gets_a_calm_error(client):
+    page = client.get("/en/login").get_data(as_text=True)
+    token = form_fields(page)["form_token"]
+    body = f"form_token={token}&passphrase=".encode() + b"%ff%fe%c3"
+    response = client.post("/en/login", data=body, content_type="application/x-www-form-urlencoded")
+    assert response.status_code == 400
+    assert 'class="error"' in response.get_data(as_text=True)
+
+
+@pytest.mark.parametrize("path", ["/create", "/login", "/logout"])
+def test_posts_without_a_valid_form_token_are_refused(client, path):
+    assert client.post(f"/en{path}", data={"confirm": "x"}).status_code == 400
+    forged = {"form_token": "AAAAAAAAAAAAAAAAAAAAAAAAAAA="}
+    assert client.post(f"/en{path}", data=forged).status_code == 400
+
+
+def test_cross_site_posts_are_refused(client, auth):
+    passphrase = auth.create()
+    auth.logout()
+    page = client.get("/en/login").get_data(as_text=True)
+    response = client.post(
+        "/en/login",
+        data={**form_fields(page), "passphrase": passphrase},
+        headers={"Sec-Fetch-Site": "cross-site"},
+    )
+    assert response.status_code == 403
+
+
+def test_form_token_from_before_login_does_not_work_after_it(client, auth):
+    passphrase = auth.create()
+    auth.logout()
+    old_page = client.get("/en/create").get_data(as_text=True)
+    auth.login(passphrase)
+    response = client.post("/en/logout", data=form_fields(old_page))
+    assert response.status_code == 400
+
+
+def test_tampered_pending_passphrase_is_refused_calmly(client, settings):
+    page = client.get("/en/create").get_data(as_text=True)
+    passphrase = PASSPHRASE.search(page).group(1)
+    fields = form_fields(page)
+    fields["pending"] = fields["pending"][:-4] + "AAA="
+    response = client.post("/en/create", data={**fields, "confirm": passphrase})
+    assert response.status_code == 400
+    assert 'class="error"' in response.get_data(as_text=True)
+
+
+def test_busy_argon2_gives_a_small_503_page(app, client):
+    deriver = app.config["KEY_DERIVER"]
+    deriver.wait_seconds = 0
+    page = client.get("/es/create").get_data(as_text=True)
+    passphrase = PASSPHRASE.search(page).group(1)
+    for _ in range(app.config["SETTINGS"].argon2_concurrency):
+        deriver._slots.acquire()
+    try:
+        response = client.post("/es/create", data={**form_fields(page), "confirm": passphrase})
+    finally:
+        for _ in range(app.config["SETTINGS"].argon2_concurrency):
+            deriver._slots.release()
+    assert response.status_code == 503
+    assert response.headers["Retry-After"]
+    assert '<html lang="es">' in response.get_data(as_text=True)
+    assert len(response.get_data()) < 4096
+
+
+def test_no_input_produces_a_500(client):
+    nasty = ["", "\x00", "%00", "../../etc/passwd", "a" * 5000, "<script>", "\u202e"]
+    for value in nasty:
+        for path in PAGES + ACCOUNT_PAGES + ["/logout"]:
+            response = client.post(
+                f"/en{path}",
+                data={
+                    "passphrase": value,
+                    "confirm": value,
+                    "current": value,
+                    "pending": value,
+                    "form_token": value,
+                },
+            )
+            assert response.status_code < 500, (path, value)
+        assert client.get(f"/en/{value}").status_code < 500
+    assert not re.search("Traceback", client.get("/en/%ff").get_data(as_text=True))
