@@ -65,13 +65,12 @@ def normalise_passphrase(text: str) -> str:
     Participants copy passphrases by hand, so case, repeated or unusual spaces and
     Unicode composition must not matter: NFC, case-folded, single spaces.
 
-    :raises PassphraseInputError: when the text is too long or holds control
-        characters (other than ordinary whitespace, which is folded).
+    :raises PassphraseInputError: when the text is too long or holds control or
+        format characters (tab and line breaks are folded like spaces).
     """
     if len(text) > MAX_INPUT_CHARS:
         raise PassphraseInputError("passphrase too long")
-    words = unicodedata.normalize("NFC", text).casefold().split()
-    joined = " ".join(words)
-    if any(unicodedata.category(char)[0] == "C" for char in joined):
+    if any(unicodedata.category(char)[0] == "C" and char not in "\t\n\r" for char in text):
         raise PassphraseInputError("control characters in passphrase")
-    return joined
+    words = text.casefold().split()
+    return unicodedata.normalize("NFC", " ".join(words))

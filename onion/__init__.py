@@ -1,5 +1,6 @@
 """Tor through stem: launch or attach, publish the onion service, report status.
 
-The onion service arrives with its own issue; until then ``stillroom serve --no-tor``
-serves the participant app on 127.0.0.1 for development.
+No web framework here: ``stillroom serve`` calls :func:`start` and
+:func:`stillroom.onion.service.publish`, and every Tor failure surfaces as one of
+the exceptions in :mod:`stillroom.onion.errors`.
 """

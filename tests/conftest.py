@@ -25,9 +25,19 @@ def clock() -> Clock:
     return Clock()
 
 
+class LoopbackClient(FlaskClient):
+    """A test client that arrives as the onion service does: Host 127.0.0.1."""
+
+    def open(self, *args, **kwargs):
+        kwargs.setdefault("base_url", "http://127.0.0.1")
+        return super().open(*args, **kwargs)
+
+
 @pytest.fixture
 def app(settings: Settings, clock: Clock) -> Flask:
-    return create_participant_app(settings, clock=clock)
+    app = create_participant_app(settings, clock=clock)
+    app.test_client_class = LoopbackClient
+    return app
 
 
 @pytest.fixture

@@ -52,10 +52,10 @@ def test_login_logout_login(client, auth: AuthActions):
 
 def test_login_rotates_the_session_token(client, auth: AuthActions, settings):
     passphrase = auth.create()
-    first = client.get_cookie("session").value
+    first = client.get_cookie("stillroom", domain="127.0.0.1").value
     auth.logout()
     auth.login(passphrase)
-    second = client.get_cookie("session").value
+    second = client.get_cookie("stillroom", domain="127.0.0.1").value
     assert first != second
     assert len(rows(settings, "sessions")) == 1
 
@@ -77,7 +77,7 @@ def test_session_cookie_attributes(client):
 
 def test_database_holds_no_token_and_no_open_key(client, auth: AuthActions, settings):
     auth.create()
-    token = client.get_cookie("session").value
+    token = client.get_cookie("stillroom", domain="127.0.0.1").value
     raw = b"".join(path.read_bytes() for path in settings.data_dir.iterdir())
     assert token.encode() not in raw
     [(stored_hash, _, wrapped, *_)] = rows(settings, "sessions")
@@ -165,3 +165,14 @@ def test_expired_sessions_are_removed_even_if_never_presented_again(
     clock.advance(settings.absolute_timeout_hours * 3600 + 1)
     auth.create()
     assert len(rows(settings, "sessions")) == 1, "only the new session is left"
+
+
+def test_sending_the_create_form_twice_logs_in_once(client, settings):
+    page = client.get("/en/create").get_data(as_text=True)
+    data = {**form_fields(page), "confirm": PASSPHRASE.search(page).group(1)}
+    first = client.post("/en/create", data=data)
+    client.delete_cookie("stillroom", domain="127.0.0.1")
+    second = client.post("/en/create", data=data)
+    assert first.status_code == second.status_code == 302
+    assert len(rows(settings, "participants")) == 1
+    assert client.get("/en/account").status_code == 200

@@ -41,12 +41,6 @@ def test_readme_documents_every_setting():
         assert env_var(item.name) in text, item.name
 
 
-def test_serve_without_tor_flag_explains_itself():
-    result = run("serve")
-    assert result.returncode != 0
-    assert "--no-tor" in result.stderr
-
-
 def test_a_bad_setting_names_the_variable(tmp_path):
     result = run("serve", "--no-tor", env={"STILLROOM_PARTICIPANT_PORT": "eighty"})
     assert result.returncode == 2
@@ -89,3 +83,20 @@ def test_serve_logs_nothing_about_requests(live_server):
     output = live_server.output()
     assert "127.0.0.1:" in output, "the log is read (it shows the URL it serves)"
     assert "127.0.0.1 -" not in output and "GET " not in output and "/de/login" not in output
+
+
+def test_large_bodies_get_the_apps_translated_413(live_server):
+    """Bodies up to the server's cap reach the app, which answers in the page's language."""
+    request = urllib.request.Request(
+        f"{live_server.url}/de/login",
+        data=b"passphrase=" + b"x" * (200 * 1024),
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    try:
+        urllib.request.urlopen(request, timeout=10)
+    except urllib.error.HTTPError as error:
+        assert error.code == 413
+        assert error.headers["Content-Security-Policy"]
+        assert '<html lang="de">' in error.read().decode()
+    else:
+        raise AssertionError("a 200 KiB body was accepted")

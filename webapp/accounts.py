@@ -9,6 +9,7 @@ argon2id key that only the passphrase gives.
 from __future__ import annotations
 
 import secrets
+import sqlite3
 from dataclasses import dataclass
 
 from sqlite_utils import Database
@@ -22,8 +23,8 @@ class UnknownPassphraseError(Exception):
     """No account has this passphrase."""
 
 
-class PassphraseMismatchError(Exception):
-    """The passphrase typed again is not the one that was shown."""
+class AccountExistsError(Exception):
+    """An account with this passphrase exists already (the form was sent twice)."""
 
 
 @dataclass(frozen=True)
@@ -44,23 +45,31 @@ def create_account(
 ) -> Unlocked:
     """Create an account for a normalised, server-generated ``passphrase``.
 
+    :raises AccountExistsError: when the same confirmation arrives twice.
     :raises stillroom.crypto.kdf.KdfBusyError: when argon2 is saturated.
     """
+    if db.execute(
+        "SELECT 1 FROM participants WHERE lookup_hash = ?", [lookup_hash(passphrase, lookup_key)]
+    ).fetchone():
+        raise AccountExistsError
     public_key, secret_key = new_keypair()
     salt = random_bytes(SALT_BYTES)
     wrapped = wrap_key(secret_key, deriver.derive(passphrase.encode(), salt))
     participant_id = secrets.token_hex(16)
-    with transaction(db):
-        db.table("participants").insert(
-            {
-                "id": participant_id,
-                "lookup_hash": lookup_hash(passphrase, lookup_key),
-                "kdf_salt": salt,
-                "public_key": public_key,
-                "wrapped_secret_key": wrapped,
-                "last_login_day": today,
-            }
-        )
+    try:
+        with transaction(db):
+            db.table("participants").insert(
+                {
+                    "id": participant_id,
+                    "lookup_hash": lookup_hash(passphrase, lookup_key),
+                    "kdf_salt": salt,
+                    "public_key": public_key,
+                    "wrapped_secret_key": wrapped,
+                    "last_login_day": today,
+                }
+            )
+    except sqlite3.IntegrityError:
+        raise AccountExistsError from None
     return Unlocked(participant_id, secret_key)
 
 
@@ -118,6 +127,7 @@ def replace_passphrase(
             [lookup_hash(new_passphrase, lookup_key), salt, wrapped, account.participant_id],
         )
         db.execute("DELETE FROM sessions WHERE participant_id = ?", [account.participant_id])
+    checkpoint(db)  # the old wrapping must not linger in the write-ahead log
 
 
 def delete_account(db: Database, participant_id: str) -> None:

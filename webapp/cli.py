@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import logging
+import signal
+import sys
+from pathlib import Path
+from typing import NoReturn
 
 import click
 import waitress
+from flask import Flask
 
+from stillroom.onion import clients, service, tor
+from stillroom.onion.errors import TorError
 from stillroom.webapp import create_participant_app
+from stillroom.webapp.retention import start_periodic_purge
 from stillroom.webapp.settings import Settings, SettingsError, describe_settings
 
 SETTINGS_EPILOG = (
@@ -25,6 +33,69 @@ def load_settings() -> Settings:
         raise click.UsageError(str(error)) from error
 
 
+def fail(error: Exception) -> NoReturn:
+    """Print an operator-facing error and exit with status 1."""
+    click.echo(f"Error: {error}", err=True)
+    sys.exit(1)
+
+
+def say(message: str) -> None:
+    """Print a progress line at once (a supervisor reading the log must see it)."""
+    click.echo(message)
+
+
+def start_tor(settings: Settings) -> tor.Tor:
+    """Launch a private tor or attach to the operator's, and wait for bootstrap."""
+    if settings.tor_control:
+        say(f"Attaching to tor at {settings.tor_control}")
+        handle = tor.attach(settings.tor_control, settings.tor_control_password or None)
+    else:
+        say("Starting a private tor")
+        extra = Path(settings.tor_extra_config) if settings.tor_extra_config else None
+        handle = tor.launch(settings.data_dir, extra)
+    try:
+        tor.wait_for_bootstrap(handle.controller, settings.tor_bootstrap_timeout, say)
+    except BaseException:
+        handle.close()
+        raise
+    return handle
+
+
+def defences(settings: Settings) -> service.Defences:
+    """Return the onion service's flood defences from the settings."""
+    return service.Defences(
+        pow_queue_rate=settings.pow_queue_rate,
+        pow_queue_burst=settings.pow_queue_burst,
+        max_streams=settings.onion_max_streams,
+    )
+
+
+def run_until_stopped(app: Flask, settings: Settings) -> None:
+    """Serve ``app`` with waitress on 127.0.0.1 until Ctrl-C or SIGTERM."""
+    server = waitress.create_server(
+        app,
+        host="127.0.0.1",
+        port=settings.participant_port,
+        threads=settings.server_threads,
+        ident="",
+        # Bodies past the app's limit still reach it (and get its translated 413) up
+        # to here; waitress keeps bodies this small in memory, never in a temp file.
+        max_request_body_size=256 * 1024,
+        clear_untrusted_proxy_headers=True,
+        expose_tracebacks=False,
+    )
+    stop_purge = start_periodic_purge(settings.database_path)
+    # Trivial on purpose: the exit unwinds through the callers' cleanup.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop_purge.set()
+        server.close()
+
+
 @click.group(epilog=SETTINGS_EPILOG)
 @click.version_option(package_name="stillroom")
 def main() -> None:
@@ -39,22 +110,107 @@ def main() -> None:
     help="Serve without Tor, on 127.0.0.1 only, for development and tests.",
 )
 def serve(no_tor: bool) -> None:
-    """Migrate the database and serve the participant app on 127.0.0.1."""
-    if not no_tor:
-        raise click.UsageError(
-            "publishing through Tor is not built yet; run 'stillroom serve --no-tor' for now"
-        )
+    """Start Tor, publish the onion service and serve the participant app.
+
+    The app listens on 127.0.0.1 only; the onion service is its only way in.
+    """
     settings = load_settings()
-    app = create_participant_app(settings)
-    url = f"http://127.0.0.1:{settings.participant_port}/"
-    click.echo(f"Participant app (development, no Tor): {url}")
-    waitress.serve(
-        app,
-        host="127.0.0.1",
-        port=settings.participant_port,
-        threads=settings.server_threads,
-        ident="",
-        max_request_body_size=settings.max_request_kib * 1024 * 4,
-        clear_untrusted_proxy_headers=True,
-        expose_tracebacks=False,
-    )
+    try:
+        tor.check_port_free(settings.participant_port)
+        app = create_participant_app(settings)
+        if no_tor:
+            say(
+                f"Participant app (development, no Tor): http://127.0.0.1:{settings.participant_port}/"
+            )
+            run_until_stopped(app, settings)
+            return
+        handle = start_tor(settings)
+    except TorError as error:
+        fail(error)
+    address = None
+    try:
+        address = service.publish(
+            handle.controller,
+            settings.data_dir,
+            settings.participant_port,
+            defences(settings),
+            clients.client_public_keys(settings.data_dir),
+            settings.tor_publish_timeout,
+        )
+        app.config["ONION_ADDRESS"] = address
+        say(f"Onion service published: http://{address}/")
+        run_until_stopped(app, settings)
+    except TorError as error:
+        fail(error)
+    finally:
+        if address:
+            service.unpublish(handle.controller, address)
+        handle.close()
+        say("Onion service removed; tor stopped.")
+
+
+@main.group()
+def onion() -> None:
+    """Inspect the onion service and manage restricted discovery."""
+
+
+@onion.command()
+def status() -> None:
+    """Show the address, tor's bootstrap, the descriptor and its proof-of-work state."""
+    settings = load_settings()
+    address = service.read_address(settings.data_dir)
+    click.echo(f"address: {address or 'not published yet'}")
+    control = settings.tor_control or str(settings.data_dir / "tor" / "control")
+    try:
+        handle = tor.attach(control, settings.tor_control_password or None)
+    except TorError as error:
+        fail(error)
+    try:
+        progress, summary = tor.bootstrap_status(handle.controller)
+        click.echo(f"bootstrap: {progress}% {summary}")
+        report = service.describe(handle.controller, address) if address else {}
+        for key, value in report.items():
+            click.echo(f"{key}: {value}")
+    finally:
+        handle.controller.close()
+
+
+@onion.group(name="clients")
+def onion_clients() -> None:
+    """Restricted discovery: only holders of a client key can find the service."""
+
+
+@onion_clients.command(name="add")
+@click.argument("name")
+def clients_add(name: str) -> None:
+    """Authorise a new client NAME and print its key line once (restart serve to apply)."""
+    settings = load_settings()
+    address = service.read_address(settings.data_dir)
+    if address is None:
+        fail(RuntimeError("the onion service has no address yet: run 'stillroom serve' once"))
+    try:
+        line = clients.add_client(settings.data_dir, name, address)
+    except clients.ClientNameError as error:
+        fail(RuntimeError(f"bad or existing client name {error}: use a-z, 0-9 and '-'"))
+    click.echo("Give this line to the participant, once, by a safe channel; it is not kept:")
+    click.echo(line)
+
+
+@onion_clients.command(name="list")
+def clients_list() -> None:
+    """List the authorised clients by name."""
+    for name in clients.list_clients(load_settings().data_dir):
+        click.echo(name)
+
+
+@onion_clients.command(name="remove")
+@click.argument("name")
+def clients_remove(name: str) -> None:
+    """Remove client NAME (takes effect when serve restarts)."""
+    try:
+        removed = clients.remove_client(load_settings().data_dir, name)
+    except clients.ClientNameError as error:
+        fail(RuntimeError(f"bad client name {error}"))
+    if not removed:
+        fail(RuntimeError(f"no client named {name}"))
+    click.echo(f"removed {name}; restart 'stillroom serve' to apply")

@@ -18,6 +18,7 @@ from werkzeug.exceptions import (
     Forbidden,
     HTTPException,
     InternalServerError,
+    MisdirectedRequest,
     ServiceUnavailable,
 )
 
@@ -45,11 +46,23 @@ ERROR_TEXT = {
     400: _l("Something in this request could not be read. Please go back and try again."),
     403: _l("This request was refused. Please go back, reload the page and try again."),
     404: _l("There is no page at this address."),
+    421: _l("This address is not served here. Please open the service in Tor Browser."),
     405: _l("This page cannot be used that way. Please go back and use the buttons."),
     413: _l("What you sent is too long. Please shorten it and try again."),
     500: _l("Something went wrong on our side. Nothing you did caused it. Please try again."),
     503: _l("The service is busy right now. Please wait a moment and try again."),
 }
+
+
+#: Shown when a Tor2web proxy forwards a request: it would see everything.
+TOR2WEB_TEXT = _l(
+    "This service cannot be used through a Tor2web proxy, because such a proxy sees"
+    " everything you do here. Please open the .onion address in Tor Browser."
+)
+
+
+class Tor2webError(Forbidden):
+    """A Tor2web proxy forwarded the request; it would see the participant's traffic."""
 
 
 class FormTokenError(BadRequest):
@@ -106,11 +119,28 @@ def refuse_cross_site_posts() -> None:
         raise Forbidden
 
 
+def refuse_foreign_hosts() -> None:
+    """Answer only for 127.0.0.1 and our own onion address.
+
+    Any other Host header means DNS rebinding, a misrouted proxy or a Tor2web
+    gateway; none of them may reach a participant's pages.
+
+    :raises Tor2webError: for a request that a Tor2web proxy forwarded.
+    :raises MisdirectedRequest: for any other Host.
+    """
+    if "X-Tor2web" in request.headers:
+        raise Tor2webError
+    host = request.host.lower().rsplit(":", 1)[0]
+    if host not in {"127.0.0.1", current_app.config.get("ONION_ADDRESS")}:
+        raise MisdirectedRequest
+
+
 def render_error(error: HTTPException) -> tuple[str, int, dict[str, str]]:
     """Render the generic error page for an HTTP error."""
     code = error.code if error.code in ERROR_TEXT else 500
+    message = TOR2WEB_TEXT if isinstance(error, Tor2webError) else ERROR_TEXT[code]
     headers = {"Retry-After": "5"} if code == 503 else {}
-    return render_template("error.html", code=code, message=ERROR_TEXT[code]), code, headers
+    return render_template("error.html", code=code, message=message), code, headers
 
 
 def render_unexpected(error: Exception) -> tuple[str, int, dict[str, str]]:
@@ -133,6 +163,7 @@ def init_app(app: Flask) -> None:
     settings = app.config["SETTINGS"]
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_kib * 1024
     app.config["MAX_FORM_MEMORY_SIZE"] = settings.max_request_kib * 1024
+    app.before_request(refuse_foreign_hosts)
     app.after_request(harden_response)
     app.register_error_handler(HTTPException, render_error)
     app.register_error_handler(KdfBusyError, render_busy)

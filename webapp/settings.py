@@ -54,6 +54,35 @@ class Settings:
         2.0, "Seconds a login waits for a free argon2 slot before the 'busy' page."
     )
     max_request_kib: int = _setting(16, "Largest request body accepted, in KiB.")
+    onion_address: str = _setting(
+        "",
+        "The .onion address when the system tor publishes the service itself"
+        " (torrc.example); the app then answers for it as well as 127.0.0.1.",
+    )
+    tor_control: str = _setting(
+        "",
+        "Attach to a running tor: its ControlPort as HOST:PORT or its ControlSocket path."
+        " Empty: launch a private tor under the data directory.",
+    )
+    tor_control_password: str = _setting(
+        "", "Password for an attached tor's control port (empty: cookie authentication)."
+    )
+    tor_extra_config: str = _setting(
+        "", "File of extra torrc lines for the tor that 'serve' launches."
+    )
+    tor_bootstrap_timeout: int = _setting(300, "Seconds to wait for tor to bootstrap.")
+    tor_publish_timeout: int = _setting(
+        180, "Seconds to wait for the first upload of the onion service descriptor."
+    )
+    pow_queue_rate: int = _setting(
+        250, "Onion proof-of-work: introductions per second let through under attack."
+    )
+    pow_queue_burst: int = _setting(
+        2500, "Onion proof-of-work: introductions queued before the cheapest are dropped."
+    )
+    onion_max_streams: int = _setting(
+        20, "Streams allowed per circuit to the onion service; more close the circuit."
+    )
     crisis_lines_en: str = _setting(
         "", "Local crisis lines shown on the English help page, separated by ';'."
     )

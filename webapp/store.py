@@ -7,7 +7,9 @@ never deadlock upgrading a read lock.
 
 from __future__ import annotations
 
+import logging
 import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,6 +29,7 @@ PRAGMAS = (
 )
 
 migrations = Migrations("stillroom")
+log = logging.getLogger(__name__)
 
 
 @migrations()
@@ -94,10 +97,23 @@ def migrate(path: Path) -> None:
             sibling.chmod(0o600)
 
 
-def checkpoint(db: Database) -> None:
+class CheckpointBusyError(Exception):
+    """Readers kept the write-ahead log from being truncated; it holds old pages still."""
+
+
+def checkpoint(db: Database, attempts: int = 20) -> None:
     """Fold the write-ahead log into the main file and truncate it.
 
     Without this, deleted rows survive in the ``-wal`` file until the next
-    automatic checkpoint.
+    automatic checkpoint. A reader holding an old snapshot blocks the truncation,
+    so it is retried briefly.
+
+    :raises CheckpointBusyError: when readers block it on every attempt.
     """
-    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    for _ in range(attempts):
+        busy = db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+        if not busy:
+            return
+        time.sleep(0.05)
+    log.warning("write-ahead log still busy after %d checkpoint attempts", attempts)
+    raise CheckpointBusyError

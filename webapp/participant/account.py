@@ -12,6 +12,7 @@ from werkzeug.wrappers import Response
 from stillroom.crypto.keys import UnwrapError
 from stillroom.crypto.passphrase import PassphraseInputError, generate_passphrase
 from stillroom.webapp.accounts import (
+    AccountExistsError,
     UnknownPassphraseError,
     Unlocked,
     create_account,
@@ -88,7 +89,10 @@ def create() -> Any:
                 error = UNREADABLE
             else:
                 if typed == passphrase:
-                    account = create_account(db(), deriver(), lookup_key(), passphrase, today())
+                    try:
+                        account = create_account(db(), deriver(), lookup_key(), passphrase, today())
+                    except AccountExistsError:  # sent twice: the first one created it
+                        account = unlock_account(db(), deriver(), lookup_key(), passphrase, today())
                     return log_in_browser(account, "created")
                 error = MISMATCH
     if passphrase is None:

@@ -21,7 +21,7 @@ from stillroom.webapp.settings import LANGUAGES, Settings
 
 bp = Blueprint("participant", __name__, url_prefix=f"/<any({','.join(LANGUAGES)}):lang>")
 
-COOKIE = "session"
+COOKIE = "stillroom"
 #: How long a shown, not yet confirmed passphrase stays valid, in minutes.
 PENDING_MINUTES = 60
 
@@ -76,6 +76,8 @@ def load_session_and_check_form() -> None:
     g.stale_cookie = token is not None and g.session is None
     if request.method == "POST":
         refuse_cross_site_posts()
+        if request.endpoint == "participant.logout" and g.session is None:
+            return  # nothing to end; the view just confirms and clears the cookie
         check_form_token(
             request.form.get("form_token", ""),
             _binding(),

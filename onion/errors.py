@@ -1,0 +1,94 @@
+"""One exception per way Tor can fail, each telling the operator what to do.
+
+``str(error)`` is a single sentence with the fix; ``stillroom serve`` prints it and
+exits with status 1.
+"""
+
+from __future__ import annotations
+
+
+class TorError(Exception):
+    """Base class: something about Tor stops the onion service from starting."""
+
+
+class TorMissingError(TorError):
+    """The tor binary is not installed."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "tor is not installed: run 'sudo apt-get install tor' (or the Quick start "
+            "command), then start Stillroom again."
+        )
+
+
+class TorTooOldError(TorError):
+    """The tor found is too old for the proof-of-work defences."""
+
+    def __init__(self, found: str, needed: str) -> None:
+        super().__init__(
+            f"tor {found} is too old: Stillroom needs {needed} or newer for its "
+            "proof-of-work defences; install a current tor from Debian backports or the "
+            "Tor Project's package repository."
+        )
+
+
+class ControlUnreachableError(TorError):
+    """Nothing answers on the configured control port or socket."""
+
+    def __init__(self, target: str, reason: str) -> None:
+        super().__init__(
+            f"cannot reach tor's control interface at {target} ({reason}): check that tor "
+            "runs and that STILLROOM_TOR_CONTROL names its ControlPort or ControlSocket."
+        )
+
+
+class ControlAuthError(TorError):
+    """Tor refused the control authentication."""
+
+    def __init__(self, target: str, reason: str) -> None:
+        super().__init__(
+            f"tor at {target} refused authentication ({reason}): set "
+            "STILLROOM_TOR_CONTROL_PASSWORD to its HashedControlPassword secret, or let "
+            "this user read tor's cookie file (add it to the debian-tor group)."
+        )
+
+
+class BootstrapTimeoutError(TorError):
+    """Tor did not finish bootstrapping in time."""
+
+    def __init__(self, seconds: int, last: str) -> None:
+        super().__init__(
+            f"tor did not finish bootstrapping within {seconds} s (last: {last}): check "
+            "the machine's network connection and clock, or raise "
+            "STILLROOM_TOR_BOOTSTRAP_TIMEOUT."
+        )
+
+
+class PublishTimeoutError(TorError):
+    """The onion service descriptor was not uploaded in time."""
+
+    def __init__(self, seconds: int) -> None:
+        super().__init__(
+            f"the onion service descriptor was not uploaded within {seconds} s: check that "
+            "tor can reach the network, or raise STILLROOM_TOR_PUBLISH_TIMEOUT."
+        )
+
+
+class PortInUseError(TorError):
+    """The participant app's port on 127.0.0.1 is taken by another program."""
+
+    def __init__(self, port: int) -> None:
+        super().__init__(
+            f"port {port} on 127.0.0.1 is already in use: stop the program that holds it "
+            "(see 'ss -ltnp'), or set STILLROOM_PARTICIPANT_PORT to a free port."
+        )
+
+
+class TorRefusedError(TorError):
+    """Tor answered a command with an error the operator has to look at."""
+
+    def __init__(self, command: str, answer: str) -> None:
+        super().__init__(
+            f"tor refused {command}: {answer}; check the STILLROOM_TOR_* and STILLROOM_POW_* "
+            "settings, and that tor is at least 0.4.9.2."
+        )

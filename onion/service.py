@@ -1,0 +1,175 @@
+"""Publish the participant app as a v3 onion service with ``ADD_ONION``.
+
+The service key lives in Stillroom's data directory (0600) and is handed to tor
+over the control connection, so the address stays the same across restarts and
+an operator's tor never needs to read our files. Stem has no parameters for tor's
+proof-of-work defences, so the ``ADD_ONION`` command is written here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import stem
+import stem.control
+from stem.descriptor.hidden_service import HiddenServiceDescriptorV3
+from stem.response.events import HSDescEvent
+
+from stillroom.onion.errors import PublishTimeoutError, TorRefusedError
+
+KEY_FILE = "onion.key"
+ADDRESS_FILE = "onion.hostname"
+
+
+@dataclass(frozen=True)
+class Defences:
+    """What protects the service from floods.
+
+    :param pow_queue_rate: introductions per second tor lets through once PoW is needed.
+    :param pow_queue_burst: introductions tor queues before dropping the cheapest.
+    :param max_streams: streams allowed per rendezvous circuit; a circuit that asks
+        for more is closed, which stops one client hogging the app.
+    """
+
+    pow_queue_rate: int = 250
+    pow_queue_burst: int = 2500
+    max_streams: int = 20
+
+
+def read_key(data_dir: Path) -> str | None:
+    """Return the stored service key (``ED25519-V3:…``), or ``None`` before the first run."""
+    path = data_dir / KEY_FILE
+    return path.read_text(encoding="ascii").strip() if path.exists() else None
+
+
+def read_address(data_dir: Path) -> str | None:
+    """Return the service's .onion address as recorded at its first publication."""
+    path = data_dir / ADDRESS_FILE
+    return path.read_text(encoding="ascii").strip() if path.exists() else None
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write ``text`` to a file that only the owner can read, replacing it atomically."""
+    temporary = path.with_suffix(".new")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="ascii") as handle:
+        handle.write(text + "\n")
+    temporary.replace(path)
+
+
+def add_onion_command(
+    key: str | None, target_port: int, defences: Defences, client_keys: list[str]
+) -> str:
+    """Return the ``ADD_ONION`` command for the participant app.
+
+    ``Detach`` keeps the service visible to ``stillroom onion status`` (another
+    control connection); ``MaxStreamsCloseCircuit`` closes a circuit that exceeds
+    ``MaxStreams``; ``V3Auth`` with ``ClientAuthV3`` restricts discovery to clients
+    holding a key.
+    """
+    flags = ["Detach", "MaxStreamsCloseCircuit"]
+    if client_keys:
+        flags.append("V3Auth")
+    parts = [
+        "ADD_ONION",
+        key or "NEW:ED25519-V3",
+        "Flags=" + ",".join(flags),
+        f"MaxStreams={defences.max_streams}",
+        "PoWDefensesEnabled=1",
+        f"PoWQueueRate={defences.pow_queue_rate}",
+        f"PoWQueueBurst={defences.pow_queue_burst}",
+        f"Port=80,127.0.0.1:{target_port}",
+        *(f"ClientAuthV3={public}" for public in client_keys),
+    ]
+    return " ".join(parts)
+
+
+def publish(
+    controller: stem.control.Controller,
+    data_dir: Path,
+    target_port: int,
+    defences: Defences,
+    client_keys: list[str],
+    timeout: int | None,
+) -> str:
+    """Publish the service and wait until tor has uploaded its descriptor once.
+
+    :param timeout: seconds to wait for the upload; ``None`` returns at once (a tor
+        without network builds no descriptor).
+    :returns: the .onion address.
+    :raises TorRefusedError: when tor rejects the command.
+    :raises PublishTimeoutError: when no descriptor upload succeeds within ``timeout``.
+    """
+    key = read_key(data_dir)
+    known = read_address(data_dir)
+    if known:
+        unpublish(controller, known)  # left behind by a run that was killed
+    uploaded = threading.Event()
+    service_id: list[str] = []
+
+    def on_descriptor(event: HSDescEvent) -> None:
+        if event.action == stem.HSDescAction.UPLOADED and event.address in service_id:
+            uploaded.set()
+
+    controller.add_event_listener(on_descriptor, stem.control.EventType.HS_DESC)
+    try:
+        answer = controller.msg(add_onion_command(key, target_port, defences, client_keys))
+        if not answer.is_ok():
+            raise TorRefusedError("ADD_ONION", str(answer))
+        fields = dict(line.split("=", 1) for line in str(answer).splitlines() if "=" in line)
+        service_id.append(fields["ServiceID"])
+        if key is None:
+            _write_private(data_dir / KEY_FILE, fields["PrivateKey"])
+        _write_private(data_dir / ADDRESS_FILE, f"{fields['ServiceID']}.onion")
+        if timeout is not None and not uploaded.wait(timeout):
+            raise PublishTimeoutError(timeout)
+    finally:
+        controller.remove_event_listener(on_descriptor)
+    return f"{service_id[0]}.onion"
+
+
+def unpublish(controller: stem.control.Controller, address: str) -> None:
+    """Remove the service from tor; a tor that is already gone is not an error."""
+    with contextlib.suppress(stem.ControllerError, stem.SocketError):
+        controller.msg(f"DEL_ONION {address.removesuffix('.onion')}")
+
+
+def published_services(controller: stem.control.Controller) -> set[str]:
+    """Return the addresses of the detached services this tor currently runs."""
+    try:
+        listing = controller.get_info("onions/detached")
+    except stem.ControllerError:
+        return set()
+    return {f"{line.strip()}.onion" for line in listing.splitlines() if line.strip()}
+
+
+def describe(controller: stem.control.Controller, address: str) -> dict[str, str]:
+    """Read back what tor publishes for ``address``: presence, descriptor, proof-of-work.
+
+    The proof-of-work parameters are read from the descriptor tor built, decrypted
+    with the address as anyone on the network would, so the report shows what
+    clients really see. With restricted discovery the inner layer is encrypted to
+    the clients, and the report says so instead.
+    """
+    report = {"published": "yes" if address in published_services(controller) else "no"}
+    service_id = address.removesuffix(".onion")
+    try:
+        text = controller.get_info(f"hs/service/desc/id/{service_id}")
+    except stem.ControllerError:
+        report["descriptor"] = "not built yet (tor has no consensus, or the service is new)"
+        return report
+    descriptor = HiddenServiceDescriptorV3.from_str(text)
+    report["descriptor"] = f"revision {descriptor.revision_counter}"
+    try:
+        inner = descriptor.decrypt(address)
+    except (ValueError, stem.DescriptorUnavailable):
+        report["pow"] = "unknown (descriptor encrypted for authorised clients only)"
+        return report
+    report["introduction points"] = str(len(inner.introduction_points))
+    pow_lines = [line for line in str(inner).splitlines() if line.startswith("pow-params ")]
+    report["pow"] = f"on ({pow_lines[0]})" if pow_lines else "off"
+    return report

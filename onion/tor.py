@@ -1,0 +1,193 @@
+"""Start a private tor, or attach to the operator's, and watch it bootstrap.
+
+A launched tor runs with its own DataDirectory inside Stillroom's data directory,
+a ControlSocket with cookie authentication, no SocksPort (the service needs no
+client port) and ``SafeLogging 1``. Stem keeps one controller open for tor's whole
+life: with ``take_ownership`` tor exits when that controller closes or this process
+dies, so no orphaned tor is ever left behind.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import stem
+import stem.connection
+import stem.control
+import stem.process
+import stem.version
+
+from stillroom.onion.errors import (
+    BootstrapTimeoutError,
+    ControlAuthError,
+    ControlUnreachableError,
+    PortInUseError,
+    TorMissingError,
+    TorTooOldError,
+)
+
+#: The first tor that accepts the proof-of-work options on ADD_ONION.
+MINIMUM_VERSION = stem.version.Version("0.4.9.2")
+
+#: Options every launched tor gets; extra lines from the operator come on top.
+BASE_CONFIG = {
+    "SocksPort": "0",
+    "SafeLogging": "1",
+    "CookieAuthentication": "1",
+    "AvoidDiskWrites": "1",
+    "Log": "notice stdout",
+}
+
+Progress = Callable[[str], None]
+
+
+def check_port_free(port: int) -> None:
+    """Refuse to start when another program already listens on 127.0.0.1:``port``.
+
+    :raises PortInUseError: when the port is taken.
+    """
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            raise PortInUseError(port) from None
+
+
+def find_tor() -> str:
+    """Return the path of the tor binary, checking that it is new enough.
+
+    :raises TorMissingError: when tor is not installed.
+    :raises TorTooOldError: when it predates :data:`MINIMUM_VERSION`.
+    """
+    path = shutil.which("tor") or shutil.which("tor", path="/usr/sbin:/usr/local/sbin")
+    if path is None:
+        raise TorMissingError
+    check_version(stem.version.get_system_tor_version(path))
+    return path
+
+
+def check_version(version: stem.version.Version) -> None:
+    """Refuse a tor older than :data:`MINIMUM_VERSION`."""
+    if version < MINIMUM_VERSION:
+        raise TorTooOldError(str(version), str(MINIMUM_VERSION))
+
+
+def read_extra_config(path: Path | None) -> dict[str, list[str]]:
+    """Parse a file of extra torrc lines (``Key value``; ``#`` starts a comment)."""
+    options: dict[str, list[str]] = {}
+    if path is None:
+        return options
+    for line in path.read_text(encoding="utf-8").splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            key, _, value = line.partition(" ")
+            options.setdefault(key, []).append(value.strip())
+    return options
+
+
+@dataclass
+class Tor:
+    """A controller for tor and, when we launched it, tor's process."""
+
+    controller: stem.control.Controller
+    process: subprocess.Popen[bytes] | None = None
+
+    def close(self) -> None:
+        """Close the controller; a tor we launched exits with it, and we wait for that."""
+        self.controller.close()
+        if self.process is not None:
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def launch(data_dir: Path, extra_config: Path | None, startup_timeout: int = 90) -> Tor:
+    """Start a private tor under ``data_dir/tor``, owned by this process.
+
+    :raises TorMissingError: when tor is not installed.
+    :raises TorTooOldError: when tor is too old.
+    """
+    tor = find_tor()
+    tor_dir = data_dir / "tor"
+    tor_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tor_dir.chmod(0o700)
+    control = tor_dir / "control"
+    config: dict[str, str | list[str]] = {
+        **BASE_CONFIG,
+        "DataDirectory": str(tor_dir),
+        "ControlSocket": str(control),
+    }
+    for key, values in read_extra_config(extra_config).items():
+        config[key] = values if len(values) > 1 else values[0]
+    process = stem.process.launch_tor_with_config(
+        config=config,
+        tor_cmd=tor,
+        completion_percent=0,
+        timeout=startup_timeout,
+        take_ownership=True,
+    )
+    controller = stem.control.Controller.from_socket_file(str(control))
+    controller.authenticate()
+    return Tor(controller, process)
+
+
+def attach(target: str, password: str | None) -> Tor:
+    """Connect to a running tor's control port (``HOST:PORT``) or socket (a path).
+
+    :raises ControlUnreachableError: when nothing answers there.
+    :raises ControlAuthError: when tor refuses the password or cookie.
+    :raises TorTooOldError: when that tor is too old.
+    """
+    try:
+        if ":" in target and not target.startswith("/"):
+            host, _, port = target.rpartition(":")
+            # Probe first: stem leaks its socket when the connection is refused.
+            socket.create_connection((host, int(port)), timeout=10).close()
+            controller = stem.control.Controller.from_port(address=host, port=int(port))
+        else:
+            controller = stem.control.Controller.from_socket_file(target)
+    except (OSError, stem.SocketError, ValueError) as error:
+        raise ControlUnreachableError(target, str(error) or type(error).__name__) from error
+    try:
+        controller.authenticate(password=password)
+    except stem.connection.AuthenticationFailure as error:
+        controller.close()
+        raise ControlAuthError(target, str(error) or type(error).__name__) from error
+    check_version(controller.get_version())
+    return Tor(controller)
+
+
+def bootstrap_status(controller: stem.control.Controller) -> tuple[int, str]:
+    """Return tor's bootstrap progress in percent and its summary."""
+    phase = controller.get_info("status/bootstrap-phase")
+    progress = int(phase.split("PROGRESS=", 1)[1].split()[0])
+    summary = phase.split('SUMMARY="', 1)[1].split('"', 1)[0] if 'SUMMARY="' in phase else ""
+    return progress, summary
+
+
+def wait_for_bootstrap(
+    controller: stem.control.Controller, timeout: int, progress: Progress
+) -> None:
+    """Report bootstrap progress as it changes until tor reaches 100 %.
+
+    :raises BootstrapTimeoutError: when tor is not done within ``timeout`` seconds.
+    """
+    deadline = time.monotonic() + timeout
+    last = (-1, "")
+    while time.monotonic() < deadline:
+        current = bootstrap_status(controller)
+        if current != last:
+            progress(f"tor bootstrap {current[0]}%: {current[1]}")
+            last = current
+        if current[0] >= 100:
+            return
+        time.sleep(0.25)
+    raise BootstrapTimeoutError(timeout, f"{last[0]}% {last[1]}")

@@ -1,0 +1,277 @@
+"""The onion service with a real tor, offline (``DisableNetwork 1``)."""
+
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import stem.process
+import stem.version
+
+from stillroom.onion import clients, service, tor
+from stillroom.onion.errors import (
+    BootstrapTimeoutError,
+    ControlAuthError,
+    ControlUnreachableError,
+    TorMissingError,
+    TorRefusedError,
+    TorTooOldError,
+)
+
+STILLROOM = str(Path(sys.executable).with_name("stillroom"))
+DEFENCES = service.Defences(pow_queue_rate=50, pow_queue_burst=400, max_streams=10)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def tor_is_installed() -> None:
+    if shutil.which("tor") is None and not Path("/usr/sbin/tor").exists():
+        pytest.fail("tor is missing: install Debian's tor (the README's test command does)")
+
+
+@pytest.fixture
+def offline(tmp_path: Path) -> Path:
+    config = tmp_path / "offline.torrc"
+    config.write_text("DisableNetwork 1\n")
+    return config
+
+
+@pytest.fixture
+def launched(tmp_path: Path, offline: Path) -> Iterator[tor.Tor]:
+    handle = tor.launch(tmp_path / "data", offline)
+    yield handle
+    handle.close()
+
+
+def test_launched_tor_is_private_and_hardened(launched: tor.Tor, tmp_path: Path):
+    controller = launched.controller
+    assert controller.get_conf("SafeLogging") == "1"
+    assert controller.get_conf("SocksPort") == "0"
+    assert controller.get_conf("HiddenServiceSingleHopMode") == "0"
+    assert controller.get_conf("DataDirectory") == str(tmp_path / "data" / "tor")
+    assert (tmp_path / "data" / "tor").stat().st_mode & 0o777 == 0o700
+    assert launched.process is not None and launched.process.poll() is None
+
+
+def test_tor_exits_with_its_owner(tmp_path: Path, offline: Path):
+    handle = tor.launch(tmp_path / "data", offline)
+    handle.close()
+    assert handle.process is not None and handle.process.returncode is not None
+
+
+def test_address_survives_a_restart(tmp_path: Path, offline: Path):
+    data_dir = tmp_path / "data"
+    first = tor.launch(data_dir, offline)
+    try:
+        address = service.publish(first.controller, data_dir, 8080, DEFENCES, [], None)
+        assert address in service.published_services(first.controller)
+    finally:
+        first.close()
+    key = data_dir / service.KEY_FILE
+    assert key.stat().st_mode & 0o777 == 0o600
+    assert key.read_text().startswith("ED25519-V3:")
+    second = tor.launch(data_dir, offline)
+    try:
+        again = service.publish(second.controller, data_dir, 8080, DEFENCES, [], None)
+    finally:
+        second.close()
+    assert again == address
+    assert len(address) == len("x" * 56 + ".onion")
+
+
+def test_republish_replaces_a_service_left_behind(launched: tor.Tor, tmp_path: Path):
+    data_dir = tmp_path / "data"
+    address = service.publish(launched.controller, data_dir, 8080, DEFENCES, [], None)
+    again = service.publish(launched.controller, data_dir, 8080, DEFENCES, [], None)
+    assert again == address
+    service.unpublish(launched.controller, address)
+    assert address not in service.published_services(launched.controller)
+
+
+def test_pow_options_are_sent_and_checked_by_tor(launched: tor.Tor, tmp_path: Path):
+    command = service.add_onion_command(None, 8080, DEFENCES, [])
+    assert "PoWDefensesEnabled=1" in command
+    assert "PoWQueueRate=50" in command and "PoWQueueBurst=400" in command
+    assert "MaxStreams=10" in command and "MaxStreamsCloseCircuit" in command
+    assert launched.controller.msg(command).is_ok()
+    bad = service.Defences(pow_queue_rate=-5)
+    with pytest.raises(TorRefusedError):
+        service.publish(launched.controller, tmp_path / "other", 8080, bad, [], None)
+
+
+def test_client_authorisation_keys(launched: tor.Tor, tmp_path: Path):
+    data_dir = tmp_path / "data"
+    address = service.publish(launched.controller, data_dir, 8080, DEFENCES, [], None)
+    line = clients.add_client(data_dir, "pilot-1", address)
+    assert line.startswith(address.removesuffix(".onion") + ":descriptor:x25519:")
+    private_key = line.rsplit(":", 1)[1]
+    assert private_key not in "".join(p.read_text() for p in (data_dir / "onion-clients").iterdir())
+    assert clients.list_clients(data_dir) == ["pilot-1"]
+    keys = clients.client_public_keys(data_dir)
+    restricted = service.publish(launched.controller, data_dir, 8080, DEFENCES, keys, None)
+    assert restricted == address
+    # A client tor accepts the printed private key (base32 in .auth_private files,
+    # base64 on the control port) for that address.
+    raw = base64.b32decode(private_key + "=" * (-len(private_key) % 8))
+    answer = launched.controller.msg(
+        f"ONION_CLIENT_AUTH_ADD {address.removesuffix('.onion')}"
+        f" x25519:{base64.b64encode(raw).decode()}"
+    )
+    assert answer.is_ok(), str(answer)
+    with pytest.raises(clients.ClientNameError):
+        clients.add_client(data_dir, "pilot-1", address)
+    with pytest.raises(clients.ClientNameError):
+        clients.add_client(data_dir, "../escape", address)
+    assert clients.remove_client(data_dir, "pilot-1")
+    assert clients.list_clients(data_dir) == []
+
+
+def test_bootstrap_timeout_is_reported(launched: tor.Tor):
+    with pytest.raises(BootstrapTimeoutError, match="STILLROOM_TOR_BOOTSTRAP_TIMEOUT"):
+        tor.wait_for_bootstrap(launched.controller, 1, lambda _: None)
+
+
+@pytest.fixture(scope="module")
+def password_tor(tmp_path_factory) -> Iterator[str]:
+    """A tor that accepts only a control password (no cookie), on a loopback port."""
+    data = tmp_path_factory.mktemp("pwtor")
+    data.chmod(0o700)
+    tor_binary = tor.find_tor()
+    hashed = (
+        subprocess.run(
+            [tor_binary, "--quiet", "--hash-password", "right horse"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        .stdout.strip()
+        .splitlines()[-1]
+    )
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    process = stem.process.launch_tor_with_config(
+        config={
+            "DataDirectory": str(data),
+            "ControlPort": f"127.0.0.1:{port}",
+            "HashedControlPassword": hashed,
+            "DisableNetwork": "1",
+            "SocksPort": "0",
+            "Log": "notice stdout",
+        },
+        tor_cmd=tor_binary,
+        completion_percent=0,
+    )
+    yield f"127.0.0.1:{port}"
+    process.terminate()
+    process.wait(timeout=30)
+
+
+def test_wrong_control_password_is_refused(password_tor: str):
+    with pytest.raises(ControlAuthError, match="STILLROOM_TOR_CONTROL_PASSWORD"):
+        tor.attach(password_tor, "wrong horse")
+    right = tor.attach(password_tor, "right horse")
+    right.controller.close()
+
+
+def test_unreachable_control_port_is_reported(tmp_path: Path):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with pytest.raises(ControlUnreachableError, match="STILLROOM_TOR_CONTROL"):
+        tor.attach(f"127.0.0.1:{port}", None)
+
+
+def test_missing_and_old_tor_are_explained(monkeypatch):
+    assert "0.4.9" in str(tor.MINIMUM_VERSION)
+    with pytest.raises(TorTooOldError, match=r"0\.4\.9\.2"):
+        tor.check_version(stem.version.Version("0.4.8.12"))
+    monkeypatch.setattr(tor.shutil, "which", lambda *args, **kwargs: None)
+    with pytest.raises(TorMissingError, match="apt-get install tor"):
+        tor.find_tor()
+
+
+def run_serve(env: dict[str, str], timeout: int = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [STILLROOM, "serve"],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PYTHONSAFEPATH": "1", **env},
+    )
+
+
+def test_serve_exits_non_zero_with_the_fix_when_tor_cannot_bootstrap(tmp_path, offline):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    result = run_serve(
+        {
+            "STILLROOM_DATA_DIR": str(tmp_path / "data"),
+            "STILLROOM_PARTICIPANT_PORT": str(port),
+            "STILLROOM_TOR_EXTRA_CONFIG": str(offline),
+            "STILLROOM_TOR_BOOTSTRAP_TIMEOUT": "2",
+        }
+    )
+    assert result.returncode == 1
+    assert "tor bootstrap 0%" in result.stdout, "progress is shown as it goes"
+    assert "did not finish bootstrapping" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_serve_refuses_a_port_in_use(tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = run_serve(
+            {"STILLROOM_DATA_DIR": str(tmp_path / "data"), "STILLROOM_PARTICIPANT_PORT": str(port)}
+        )
+    assert result.returncode == 1
+    assert f"port {port} on 127.0.0.1 is already in use" in result.stderr
+
+
+def test_serve_explains_refused_control_authentication(tmp_path, password_tor: str):
+    result = run_serve(
+        {
+            "STILLROOM_DATA_DIR": str(tmp_path / "app"),
+            "STILLROOM_PARTICIPANT_PORT": "0",
+            "STILLROOM_TOR_CONTROL": password_tor,
+            "STILLROOM_TOR_CONTROL_PASSWORD": "wrong horse",
+        }
+    )
+    assert result.returncode == 1
+    assert "refused authentication" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_torrc_example_is_valid(tmp_path):
+    example = Path(__file__).resolve().parent.parent / "torrc.example"
+    text = example.read_text()
+    for option in (
+        "HiddenServicePoWDefensesEnabled 1",
+        "HiddenServiceEnableIntroDoSDefense 1",
+        "HiddenServiceMaxStreamsCloseCircuit 1",
+        "SafeLogging 1",
+        "SocksPort 0",
+    ):
+        assert option in text, option
+    hs_dir = tmp_path / "hs"
+    hs_dir.mkdir(mode=0o700)
+    config = tmp_path / "torrc"
+    config.write_text(
+        text.replace("/var/lib/tor/stillroom", str(hs_dir)).replace(
+            "DataDirectory /var/lib/tor", f"DataDirectory {tmp_path / 'data'}"
+        )
+    )
+    tor_binary = shutil.which("tor") or "/usr/sbin/tor"
+    result = subprocess.run(
+        [tor_binary, "--verify-config", "-f", str(config)], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
