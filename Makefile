@@ -14,7 +14,7 @@ TEST_DEBS := $(SERVE_DEBS) firefox-esr
 .PHONY: serve test install install-test debs debs-test catalogs lint
 
 serve: install
-	$(BIN)/stillroom serve --no-tor
+	$(BIN)/stillroom serve
 
 test: install-test
 	$(BIN)/ruff check .

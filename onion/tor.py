@@ -53,6 +53,9 @@ def check_port_free(port: int) -> None:
     :raises PortInUseError: when the port is taken.
     """
     with socket.socket() as probe:
+        # As the server itself does: connections of a previous run in TIME_WAIT
+        # must not count, only a program that listens there now.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind(("127.0.0.1", port))
         except OSError:

@@ -12,6 +12,7 @@ from flask.testing import FlaskClient
 from stillroom.webapp import create_participant_app
 from stillroom.webapp.settings import Settings
 
+import tornet
 from support import FAST_ARGON2, AuthActions, Clock, LiveServer, start_server, stop_server
 
 
@@ -56,3 +57,12 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
     server = start_server(tmp_path_factory.mktemp("live") / "instance")
     yield server
     stop_server(server)
+
+
+@pytest.fixture(scope="session")
+def tor_network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tornet.TorNetwork]:
+    """One private Tor network (5 authorities and a client) shared by the session's tests."""
+    if tornet.find_tor() is None or tornet.find_tor_gencert() is None:
+        pytest.fail(tornet.TOR_MISSING, pytrace=False)
+    with tornet.TorNetwork.build(tmp_path_factory.mktemp("tornet")) as network:
+        yield network

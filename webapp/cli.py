@@ -101,6 +101,7 @@ def run_until_stopped(app: Flask, settings: Settings) -> None:
 def main() -> None:
     """Stillroom: anonymous counselling over a Tor onion service."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("stem").setLevel(logging.WARNING)  # its INFO lines are noise here
 
 
 @main.command(epilog=SETTINGS_EPILOG)

@@ -1,0 +1,202 @@
+"""End to end through a private Tor network on 127.0.0.1: `stillroom serve` as operators run it."""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+import tornet
+from support import FAST_ARGON2, FORM_TOKEN, PASSPHRASE, PENDING, free_port
+
+STILLROOM = str(Path(sys.executable).with_name("stillroom"))
+PUBLISHED = re.compile(r"Onion service published: http://([a-z2-7]{56}\.onion)/")
+
+
+@dataclass
+class Serve:
+    """A running `stillroom serve` whose output is read line by line."""
+
+    process: subprocess.Popen[str]
+    lines: queue.Queue[str] = field(default_factory=queue.Queue)
+    seen: list[str] = field(default_factory=list)
+
+    def wait_for(self, pattern: re.Pattern[str], timeout: float) -> re.Match[str]:
+        """Return the first output line matching ``pattern``, waiting at most ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                line = self.lines.get(timeout=0.5)
+            except queue.Empty:
+                if self.process.poll() is not None:
+                    break
+                continue
+            self.seen.append(line)
+            match = pattern.search(line)
+            if match:
+                return match
+        output = "".join(self.seen)
+        raise AssertionError(f"serve never printed {pattern.pattern}:\n{output}")
+
+    def stop(self) -> int:
+        """Send SIGTERM, as systemd does, and return the exit status."""
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout=60)
+        finally:
+            self.drain()
+
+    def drain(self) -> None:
+        while not self.lines.empty():
+            self.seen.append(self.lines.get())
+
+
+def start_serve(data_dir: Path, port: int, env: dict[str, str]) -> Serve:
+    process = subprocess.Popen(
+        [STILLROOM, "serve"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={
+            **os.environ,
+            "PYTHONSAFEPATH": "1",
+            "PYTHONUNBUFFERED": "1",
+            "STILLROOM_DATA_DIR": str(data_dir),
+            "STILLROOM_PARTICIPANT_PORT": str(port),
+            "STILLROOM_TOR_PUBLISH_TIMEOUT": "90",
+            "STILLROOM_TOR_BOOTSTRAP_TIMEOUT": "90",
+            **{f"STILLROOM_{key.upper()}": str(value) for key, value in FAST_ARGON2.items()},
+            **env,
+        },
+    )
+    serve = Serve(process)
+
+    def pump() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            serve.lines.put(line)
+        process.stdout.close()
+
+    threading.Thread(target=pump, daemon=True).start()
+    return serve
+
+
+def child_pids(pid: int) -> list[int]:
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(child) for child in children.read_text().split()] if children.exists() else []
+
+
+def create_account_through_tor(network: tornet.TorNetwork, address: str) -> str:
+    """Create an account on the onion service with nothing but the Tor client."""
+    status, _, body = network.fetch(f"http://{address}/en/create")
+    assert status == 200
+    page = body.decode()
+    form = {
+        "form_token": FORM_TOKEN.search(page).group(1),
+        "pending": PENDING.search(page).group(1),
+        "confirm": PASSPHRASE.search(page).group(1),
+    }
+    status, headers, _ = network.fetch(
+        f"http://{address}/en/create",
+        method="POST",
+        data=urllib.parse.urlencode(form).encode(),
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert status == 302, status
+    cookie = {k.lower(): v for k, v in headers.items()}["set-cookie"]
+    assert "httponly" in cookie.lower()
+    return cookie.split(";", 1)[0]
+
+
+@pytest.fixture(scope="module")
+def join_config(tor_network: tornet.TorNetwork, tmp_path_factory) -> Path:
+    return tor_network.write_join_config(tmp_path_factory.mktemp("join") / "join.torrc")
+
+
+def test_serve_launches_tor_and_publishes_the_app(tor_network, join_config, tmp_path, capsys):
+    """The README's run command, joined to the private network by one setting."""
+    started = time.monotonic()
+    serve = start_serve(
+        tmp_path / "data", free_port(), {"STILLROOM_TOR_EXTRA_CONFIG": str(join_config)}
+    )
+    try:
+        serve.wait_for(re.compile(r"tor bootstrap 100%"), 120)
+        address = serve.wait_for(PUBLISHED, 120).group(1)
+        to_descriptor = time.monotonic() - started
+        status, headers, body = tor_network.fetch(f"http://{address}/en/")
+        assert status == 200 and b"Stillroom" in body
+        assert "Server" not in headers
+        cookie = create_account_through_tor(tor_network, address)
+        status, _, body = tor_network.fetch(
+            f"http://{address}/en/account", headers={"Cookie": cookie}
+        )
+        assert status == 200 and b'action="/en/logout"' in body
+        tor_pids = child_pids(serve.process.pid)
+        assert tor_pids, "serve launched its own tor"
+        tor_mib = tornet.rss_mib(tor_pids)
+        status_output = subprocess.run(
+            [STILLROOM, "onion", "status"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "PYTHONSAFEPATH": "1", "STILLROOM_DATA_DIR": str(tmp_path / "data")},
+        ).stdout
+        assert f"address: {address}" in status_output
+        assert "bootstrap: 100%" in status_output
+        assert "published: yes" in status_output
+        assert "pow: on (pow-params v1" in status_output, status_output
+    finally:
+        code = serve.stop()
+    output = "".join(serve.seen)
+    assert code == 0, output
+    assert "Onion service removed; tor stopped." in output
+    assert all(not Path(f"/proc/{pid}").exists() for pid in tor_pids), "tor stopped with serve"
+    key = tmp_path / "data" / "onion.key"
+    assert key.stat().st_mode & 0o777 == 0o600
+    assert key.read_text().split(":", 1)[1].strip() not in output, "the key is never printed"
+    with capsys.disabled():
+        print(
+            f"\n[onion] serve to published descriptor: {to_descriptor:.1f} s;"
+            f" serve's tor: {tor_mib:.0f} MiB"
+        )
+
+
+def test_attach_mode_republishes_the_same_address(tor_network, tmp_path, capsys):
+    """An operator's tor keeps running; serve restarts and comes back at the same address."""
+    operator = tornet.TorProcess.launch(
+        "operator", tmp_path / "operator", [*tor_network.join_config_lines(), "SocksPort 0"]
+    )
+    try:
+        env = {"STILLROOM_TOR_CONTROL": str(operator.control_socket)}
+        data, port = tmp_path / "data", free_port()
+        started = time.monotonic()
+        first = start_serve(data, port, env)
+        try:
+            address = first.wait_for(PUBLISHED, 120).group(1)
+            assert tor_network.fetch(f"http://{address}/en/")[0] == 200
+        finally:
+            assert first.stop() == 0
+        assert operator.alive, "serve never stops a tor it attached to"
+        second = start_serve(data, port, env)
+        try:
+            again = second.wait_for(PUBLISHED, 120).group(1)
+            assert again == address
+            status, _, body = tor_network.fetch(f"http://{address}/de/")
+            assert status == 200 and b'lang="de"' in body
+        finally:
+            assert second.stop() == 0
+        elapsed = time.monotonic() - started
+    finally:
+        operator.stop()
+    with capsys.disabled():
+        print(f"\n[onion] attach, publish, restart, republish, fetch twice: {elapsed:.1f} s")
