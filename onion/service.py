@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -173,3 +174,51 @@ def describe(controller: stem.control.Controller, address: str) -> dict[str, str
     pow_lines = [line for line in str(inner).splitlines() if line.startswith("pow-params ")]
     report["pow"] = f"on ({pow_lines[0]})" if pow_lines else "off"
     return report
+
+
+STATUS_FILE = "onion.status"
+
+
+class UploadLog:
+    """Counts the descriptor uploads tor reports for our service while serving.
+
+    ``stillroom onion status`` runs in another process and cannot see past events,
+    so the count and the minute of the last upload go to a small file (0600). It
+    says nothing about participants: only that the service keeps being announced.
+    Attach it before publishing, so the first uploads are counted too.
+    """
+
+    def __init__(self, controller: stem.control.Controller, data_dir: Path) -> None:
+        self.path = data_dir / STATUS_FILE
+        self.path.unlink(missing_ok=True)
+        self._lock = threading.Lock()
+        self._uploads: list[str] = []
+        self._service_id: str | None = None
+        controller.add_event_listener(self._on_descriptor, stem.control.EventType.HS_DESC)
+
+    def track(self, address: str) -> None:
+        """Count from now on (and retroactively) the uploads of ``address``."""
+        with self._lock:
+            self._service_id = address.removesuffix(".onion")
+            self._write()
+
+    def _on_descriptor(self, event: HSDescEvent) -> None:
+        if event.action == stem.HSDescAction.UPLOADED:
+            with self._lock:
+                self._uploads.append(event.address)
+                self._write()
+
+    def _write(self) -> None:
+        count = self._uploads.count(self._service_id) if self._service_id else 0
+        if count:
+            minute = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+            _write_private(self.path, f"{count} {minute}")
+
+
+def read_uploads(data_dir: Path) -> str:
+    """Return the upload count and the last upload's minute, as :func:`record_uploads` wrote."""
+    path = data_dir / STATUS_FILE
+    if not path.exists():
+        return "none recorded yet"
+    count, _, last = path.read_text(encoding="ascii").strip().partition(" ")
+    return f"{count} since serve started (last {last})"

@@ -155,6 +155,7 @@ def test_serve_launches_tor_and_publishes_the_app(tor_network, join_config, tmp_
         assert "bootstrap: 100%" in status_output
         assert "published: yes" in status_output
         assert "pow: on (pow-params v1" in status_output, status_output
+        assert re.search(r"descriptor uploads: [1-9]\d* since serve started", status_output)
     finally:
         code = serve.stop()
     output = "".join(serve.seen)

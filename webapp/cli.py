@@ -130,6 +130,7 @@ def serve(no_tor: bool) -> None:
         fail(error)
     address = None
     try:
+        uploads = service.UploadLog(handle.controller, settings.data_dir)
         address = service.publish(
             handle.controller,
             settings.data_dir,
@@ -138,6 +139,7 @@ def serve(no_tor: bool) -> None:
             clients.client_public_keys(settings.data_dir),
             settings.tor_publish_timeout,
         )
+        uploads.track(address)
         app.config["ONION_ADDRESS"] = address
         say(f"Onion service published: http://{address}/")
         run_until_stopped(app, settings)
@@ -170,6 +172,7 @@ def status() -> None:
         progress, summary = tor.bootstrap_status(handle.controller)
         click.echo(f"bootstrap: {progress}% {summary}")
         report = service.describe(handle.controller, address) if address else {}
+        report["descriptor uploads"] = service.read_uploads(settings.data_dir)
         for key, value in report.items():
             click.echo(f"{key}: {value}")
     finally:
