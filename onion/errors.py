@@ -89,6 +89,38 @@ class TorRefusedError(TorError):
 
     def __init__(self, command: str, answer: str) -> None:
         super().__init__(
-            f"tor refused {command}: {answer}; check the STILLROOM_TOR_* and STILLROOM_POW_* "
-            "settings, and that tor is at least 0.4.9.2."
+            f"tor refused {command}: {answer}; check the STILLROOM_POW_* and "
+            "STILLROOM_ONION_MAX_STREAMS settings and the files in onion-clients/."
+        )
+
+
+class TorConfigError(TorError):
+    """The extra torrc lines cannot be used: unreadable, invalid, or weakening the service."""
+
+    def __init__(self, problem: str) -> None:
+        super().__init__(
+            f"the tor configuration cannot be used ({problem}): fix or remove the lines in "
+            "STILLROOM_TOR_EXTRA_CONFIG (Stillroom sets SocksPort, SafeLogging and the control "
+            "options itself), or fix the attached tor's torrc."
+        )
+
+
+class TorLostError(TorError):
+    """Tor stopped or closed the control connection while Stillroom was using it."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "tor stopped unexpectedly, so the onion service is down: check the lines "
+            "marked 'tor:' above and the system journal, then start Stillroom again "
+            "(under systemd, Restart=on-failure does this)."
+        )
+
+
+class OnionKeyError(TorError):
+    """The stored onion key is empty or damaged."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(
+            f"the onion key in {path} is empty or damaged: restore it from your encrypted "
+            "backup to keep the address, or delete it to start over with a new address."
         )

@@ -20,7 +20,7 @@ import stem.control
 from stem.descriptor.hidden_service import HiddenServiceDescriptorV3
 from stem.response.events import HSDescEvent
 
-from stillroom.onion.errors import PublishTimeoutError, TorRefusedError
+from stillroom.onion.errors import OnionKeyError, PublishTimeoutError, TorRefusedError
 
 KEY_FILE = "onion.key"
 ADDRESS_FILE = "onion.hostname"
@@ -42,9 +42,18 @@ class Defences:
 
 
 def read_key(data_dir: Path) -> str | None:
-    """Return the stored service key (``ED25519-V3:…``), or ``None`` before the first run."""
+    """Return the stored service key (``ED25519-V3:…``), or ``None`` before the first run.
+
+    :raises OnionKeyError: when the file exists but holds no usable key.
+    """
     path = data_dir / KEY_FILE
-    return path.read_text(encoding="ascii").strip() if path.exists() else None
+    if not path.exists():
+        return None
+    path.chmod(0o600)  # a key restored from a backup may come back too open
+    key = path.read_text(encoding="ascii", errors="replace").strip()
+    if not key.startswith("ED25519-V3:") or len(key) != len("ED25519-V3:") + 88:
+        raise OnionKeyError(str(path))
+    return key
 
 
 def read_address(data_dir: Path) -> str | None:
@@ -54,11 +63,13 @@ def read_address(data_dir: Path) -> str | None:
 
 
 def _write_private(path: Path, text: str) -> None:
-    """Write ``text`` to a file that only the owner can read, replacing it atomically."""
-    temporary = path.with_suffix(".new")
+    """Write ``text`` durably to a file only the owner can read, replacing it atomically."""
+    temporary = path.with_name(path.name + ".new")
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="ascii") as handle:
         handle.write(text + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
     temporary.replace(path)
 
 
@@ -67,12 +78,12 @@ def add_onion_command(
 ) -> str:
     """Return the ``ADD_ONION`` command for the participant app.
 
-    ``Detach`` keeps the service visible to ``stillroom onion status`` (another
-    control connection); ``MaxStreamsCloseCircuit`` closes a circuit that exceeds
-    ``MaxStreams``; ``V3Auth`` with ``ClientAuthV3`` restricts discovery to clients
-    holding a key.
+    The service is not detached: it belongs to Stillroom's control connection, so
+    tor removes it by itself when Stillroom stops or dies, even on an operator's
+    tor. ``MaxStreamsCloseCircuit`` closes a circuit that exceeds ``MaxStreams``;
+    ``V3Auth`` with ``ClientAuthV3`` restricts discovery to clients holding a key.
     """
-    flags = ["Detach", "MaxStreamsCloseCircuit"]
+    flags = ["MaxStreamsCloseCircuit"]
     if client_keys:
         flags.append("V3Auth")
     parts = [
@@ -125,6 +136,7 @@ def publish(
         service_id.append(fields["ServiceID"])
         if key is None:
             _write_private(data_dir / KEY_FILE, fields["PrivateKey"])
+            read_key(data_dir)  # what was written must read back
         _write_private(data_dir / ADDRESS_FILE, f"{fields['ServiceID']}.onion")
         if timeout is not None and not uploaded.wait(timeout):
             raise PublishTimeoutError(timeout)
@@ -140,31 +152,31 @@ def unpublish(controller: stem.control.Controller, address: str) -> None:
 
 
 def published_services(controller: stem.control.Controller) -> set[str]:
-    """Return the addresses of the detached services this tor currently runs."""
+    """Return the addresses of the services this control connection has published."""
     try:
-        listing = controller.get_info("onions/detached")
+        listing = controller.get_info("onions/current")
     except stem.ControllerError:
         return set()
     return {f"{line.strip()}.onion" for line in listing.splitlines() if line.strip()}
 
 
 def describe(controller: stem.control.Controller, address: str) -> dict[str, str]:
-    """Read back what tor publishes for ``address``: presence, descriptor, proof-of-work.
+    """Read back what tor publishes for ``address``: descriptor and proof-of-work.
 
     The proof-of-work parameters are read from the descriptor tor built, decrypted
     with the address as anyone on the network would, so the report shows what
     clients really see. With restricted discovery the inner layer is encrypted to
     the clients, and the report says so instead.
     """
-    report = {"published": "yes" if address in published_services(controller) else "no"}
     service_id = address.removesuffix(".onion")
     try:
         text = controller.get_info(f"hs/service/desc/id/{service_id}")
     except stem.ControllerError:
-        report["descriptor"] = "not built yet (tor has no consensus, or the service is new)"
-        return report
+        return {
+            "published": "no (is 'stillroom serve' running and done bootstrapping?)",
+        }
     descriptor = HiddenServiceDescriptorV3.from_str(text)
-    report["descriptor"] = f"revision {descriptor.revision_counter}"
+    report = {"published": "yes", "descriptor": f"revision {descriptor.revision_counter}"}
     try:
         inner = descriptor.decrypt(address)
     except (ValueError, stem.DescriptorUnavailable):
@@ -196,6 +208,10 @@ class UploadLog:
         self._service_id: str | None = None
         controller.add_event_listener(self._on_descriptor, stem.control.EventType.HS_DESC)
 
+    def close(self) -> None:
+        """Forget the count when serving stops, so status never shows a stale one."""
+        self.path.unlink(missing_ok=True)
+
     def track(self, address: str) -> None:
         """Count from now on (and retroactively) the uploads of ``address``."""
         with self._lock:
@@ -216,9 +232,9 @@ class UploadLog:
 
 
 def read_uploads(data_dir: Path) -> str:
-    """Return the upload count and the last upload's minute, as :func:`record_uploads` wrote."""
+    """Return the upload count and the last upload's minute, as :class:`UploadLog` wrote."""
     path = data_dir / STATUS_FILE
     if not path.exists():
-        return "none recorded yet"
+        return "none while serve has been running"
     count, _, last = path.read_text(encoding="ascii").strip().partition(" ")
-    return f"{count} since serve started (last {last})"
+    return f"{count} to directory servers since serve started (last {last})"

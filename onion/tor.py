@@ -12,6 +12,7 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,7 +28,8 @@ from stillroom.onion.errors import (
     BootstrapTimeoutError,
     ControlAuthError,
     ControlUnreachableError,
-    PortInUseError,
+    TorConfigError,
+    TorLostError,
     TorMissingError,
     TorTooOldError,
 )
@@ -41,25 +43,26 @@ BASE_CONFIG = {
     "SafeLogging": "1",
     "CookieAuthentication": "1",
     "AvoidDiskWrites": "1",
-    "Log": "notice stdout",
+    "Log": "NOTICE stdout",
+}
+
+#: Options the extra torrc lines may not set: they would weaken the service or take
+#: the control connection away from Stillroom.
+PROTECTED = {
+    "socksport",
+    "safelogging",
+    "log",
+    "datadirectory",
+    "controlsocket",
+    "controlport",
+    "cookieauthentication",
+    "hashedcontrolpassword",
+    "hiddenservicesinglehopmode",
+    "hiddenservicenonanonymousmode",
+    "__owningcontrollerprocess",
 }
 
 Progress = Callable[[str], None]
-
-
-def check_port_free(port: int) -> None:
-    """Refuse to start when another program already listens on 127.0.0.1:``port``.
-
-    :raises PortInUseError: when the port is taken.
-    """
-    with socket.socket() as probe:
-        # As the server itself does: connections of a previous run in TIME_WAIT
-        # must not count, only a program that listens there now.
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            raise PortInUseError(port) from None
 
 
 def find_tor() -> str:
@@ -82,14 +85,23 @@ def check_version(version: stem.version.Version) -> None:
 
 
 def read_extra_config(path: Path | None) -> dict[str, list[str]]:
-    """Parse a file of extra torrc lines (``Key value``; ``#`` starts a comment)."""
+    """Parse a file of extra torrc lines (``Key value``; ``#`` starts a comment).
+
+    :raises TorConfigError: when the file cannot be read or sets a protected option.
+    """
     options: dict[str, list[str]] = {}
     if path is None:
         return options
-    for line in path.read_text(encoding="utf-8").splitlines():
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeError) as error:
+        raise TorConfigError(f"cannot read {path}: {error.__class__.__name__}") from error
+    for line in text.splitlines():
         line = line.split("#", 1)[0].strip()
         if line:
             key, _, value = line.partition(" ")
+            if key.lower() in PROTECTED:
+                raise TorConfigError(f"{path} sets {key}")
             options.setdefault(key, []).append(value.strip())
     return options
 
@@ -100,9 +112,25 @@ class Tor:
 
     controller: stem.control.Controller
     process: subprocess.Popen[bytes] | None = None
+    closing: bool = False
+
+    @property
+    def launched(self) -> bool:
+        """Whether this tor is ours (it stops with us) rather than the operator's."""
+        return self.process is not None
+
+    def watch(self, on_lost: Callable[[], None]) -> None:
+        """Call ``on_lost`` (from stem's thread) if tor goes away before :meth:`close`."""
+
+        def listener(_controller: object, state: stem.control.State, _when: float) -> None:
+            if state == stem.control.State.CLOSED and not self.closing:
+                on_lost()
+
+        self.controller.add_status_listener(listener)
 
     def close(self) -> None:
         """Close the controller; a tor we launched exits with it, and we wait for that."""
+        self.closing = True
         self.controller.close()
         if self.process is not None:
             try:
@@ -112,11 +140,19 @@ class Tor:
                 self.process.wait()
 
 
-def launch(data_dir: Path, extra_config: Path | None, startup_timeout: int = 90) -> Tor:
+def launch(
+    data_dir: Path,
+    extra_config: Path | None,
+    report: Progress = lambda _line: None,
+    startup_timeout: int = 90,
+) -> Tor:
     """Start a private tor under ``data_dir/tor``, owned by this process.
+
+    Tor's warnings and errors go to ``report`` while it runs.
 
     :raises TorMissingError: when tor is not installed.
     :raises TorTooOldError: when tor is too old.
+    :raises TorConfigError: when the extra lines are unusable or tor refuses them.
     """
     tor = find_tor()
     tor_dir = data_dir / "tor"
@@ -130,16 +166,51 @@ def launch(data_dir: Path, extra_config: Path | None, startup_timeout: int = 90)
     }
     for key, values in read_extra_config(extra_config).items():
         config[key] = values if len(values) > 1 else values[0]
-    process = stem.process.launch_tor_with_config(
-        config=config,
-        tor_cmd=tor,
-        completion_percent=0,
-        timeout=startup_timeout,
-        take_ownership=True,
-    )
+    try:
+        process = stem.process.launch_tor_with_config(
+            config=config,
+            tor_cmd=tor,
+            completion_percent=0,
+            timeout=startup_timeout,
+            take_ownership=True,
+            close_output=False,
+        )
+    except OSError as error:  # stem reports tor's own complaint this way
+        raise TorConfigError(str(error)) from error
+    _forward_warnings(process, report)
     controller = stem.control.Controller.from_socket_file(str(control))
     controller.authenticate()
     return Tor(controller, process)
+
+
+def _forward_warnings(process: subprocess.Popen[bytes], report: Progress) -> None:
+    """Pass tor's warnings and errors on to the operator; drop routine notices.
+
+    Reading tor's output to the end also keeps tor from blocking on a full pipe.
+    """
+
+    def pump() -> None:
+        assert process.stdout is not None
+        for raw in process.stdout:
+            line = raw.decode("utf-8", "replace").strip()
+            if "[warn]" in line or "[err]" in line:
+                report(f"tor: {line.split('] ', 1)[-1]}")
+        process.stdout.close()
+
+    threading.Thread(target=pump, name="tor-output", daemon=True).start()
+    if process.stderr is not None:
+        process.stderr.close()
+
+
+def check_hardening(controller: stem.control.Controller) -> None:
+    """Refuse a tor that would log addresses or run services without anonymity.
+
+    :raises TorConfigError: when ``SafeLogging`` is off or non-anonymous mode is on.
+    """
+    if controller.get_conf("SafeLogging") != "1":
+        raise TorConfigError("SafeLogging is not 1")
+    if controller.get_conf("HiddenServiceNonAnonymousMode") != "0":
+        raise TorConfigError("HiddenServiceNonAnonymousMode is on")
 
 
 def attach(target: str, password: str | None) -> Tor:
@@ -152,6 +223,7 @@ def attach(target: str, password: str | None) -> Tor:
     try:
         if ":" in target and not target.startswith("/"):
             host, _, port = target.rpartition(":")
+            host = host.strip("[]")
             # Probe first: stem leaks its socket when the connection is refused.
             socket.create_connection((host, int(port)), timeout=10).close()
             controller = stem.control.Controller.from_port(address=host, port=int(port))
@@ -182,11 +254,15 @@ def wait_for_bootstrap(
     """Report bootstrap progress as it changes until tor reaches 100 %.
 
     :raises BootstrapTimeoutError: when tor is not done within ``timeout`` seconds.
+    :raises TorLostError: when tor goes away meanwhile.
     """
     deadline = time.monotonic() + timeout
     last = (-1, "")
     while time.monotonic() < deadline:
-        current = bootstrap_status(controller)
+        try:
+            current = bootstrap_status(controller)
+        except (stem.SocketClosed, stem.ControllerError) as error:
+            raise TorLostError from error
         if current != last:
             progress(f"tor bootstrap {current[0]}%: {current[1]}")
             last = current

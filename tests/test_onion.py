@@ -5,12 +5,15 @@ from __future__ import annotations
 import base64
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import nacl.public
 import pytest
 import stem.process
 import stem.version
@@ -61,8 +64,10 @@ def test_launched_tor_is_private_and_hardened(launched: tor.Tor, tmp_path: Path)
 
 def test_tor_exits_with_its_owner(tmp_path: Path, offline: Path):
     handle = tor.launch(tmp_path / "data", offline)
+    started = time.monotonic()
     handle.close()
-    assert handle.process is not None and handle.process.returncode is not None
+    assert time.monotonic() - started < 10, "tor left on its own, it was not killed"
+    assert handle.process is not None and handle.process.returncode == 0
 
 
 def test_address_survives_a_restart(tmp_path: Path, offline: Path):
@@ -111,6 +116,10 @@ def test_client_authorisation_keys(launched: tor.Tor, tmp_path: Path):
     line = clients.add_client(data_dir, "pilot-1", address)
     assert line.startswith(address.removesuffix(".onion") + ":descriptor:x25519:")
     private_key = line.rsplit(":", 1)[1]
+    raw_private = base64.b32decode(private_key + "=" * (-len(private_key) % 8))
+    [public_key] = clients.client_public_keys(data_dir)
+    derived = bytes(nacl.public.PrivateKey(raw_private).public_key)
+    assert base64.b32encode(derived).decode().rstrip("=") == public_key, "a matching pair"
     assert private_key not in "".join(p.read_text() for p in (data_dir / "onion-clients").iterdir())
     assert clients.list_clients(data_dir) == ["pilot-1"]
     keys = clients.client_public_keys(data_dir)
@@ -118,10 +127,9 @@ def test_client_authorisation_keys(launched: tor.Tor, tmp_path: Path):
     assert restricted == address
     # A client tor accepts the printed private key (base32 in .auth_private files,
     # base64 on the control port) for that address.
-    raw = base64.b32decode(private_key + "=" * (-len(private_key) % 8))
     answer = launched.controller.msg(
         f"ONION_CLIENT_AUTH_ADD {address.removesuffix('.onion')}"
-        f" x25519:{base64.b64encode(raw).decode()}"
+        f" x25519:{base64.b64encode(raw_private).decode()}"
     )
     assert answer.is_ok(), str(answer)
     with pytest.raises(clients.ClientNameError):
@@ -254,6 +262,7 @@ def test_serve_explains_refused_control_authentication(tmp_path, password_tor: s
 def test_torrc_example_is_valid(tmp_path):
     example = Path(__file__).resolve().parent.parent / "torrc.example"
     text = example.read_text()
+    active = {line.strip() for line in text.splitlines() if not line.lstrip().startswith("#")}
     for option in (
         "HiddenServicePoWDefensesEnabled 1",
         "HiddenServiceEnableIntroDoSDefense 1",
@@ -261,7 +270,8 @@ def test_torrc_example_is_valid(tmp_path):
         "SafeLogging 1",
         "SocksPort 0",
     ):
-        assert option in text, option
+        assert option in active, option
+    assert not any("SingleHop" in line or "NonAnonymous" in line for line in active)
     hs_dir = tmp_path / "hs"
     hs_dir.mkdir(mode=0o700)
     config = tmp_path / "torrc"
@@ -275,3 +285,121 @@ def test_torrc_example_is_valid(tmp_path):
         [tor_binary, "--verify-config", "-f", str(config)], capture_output=True, text=True
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("line", ["SafeLogging 0", "SocksPort 9050", "Log debug stdout"])
+def test_extra_config_cannot_weaken_the_launched_tor(tmp_path, line):
+    config = tmp_path / "extra.torrc"
+    config.write_text(f"DisableNetwork 1\n{line}\n")
+    result = run_serve(
+        {
+            "STILLROOM_DATA_DIR": str(tmp_path / "data"),
+            "STILLROOM_PARTICIPANT_PORT": "0",
+            "STILLROOM_TOR_EXTRA_CONFIG": str(config),
+        }
+    )
+    assert result.returncode == 1
+    assert f"sets {line.split()[0]}" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("problem", ["missing", "invalid"])
+def test_unusable_extra_config_is_explained(tmp_path, problem):
+    config = tmp_path / "extra.torrc"
+    if problem == "invalid":
+        config.write_text("DisableNetwork 1\nNoSuchTorOption 1\n")
+    result = run_serve(
+        {
+            "STILLROOM_DATA_DIR": str(tmp_path / "data"),
+            "STILLROOM_PARTICIPANT_PORT": "0",
+            "STILLROOM_TOR_EXTRA_CONFIG": str(config),
+        }
+    )
+    assert result.returncode == 1
+    assert "STILLROOM_TOR_EXTRA_CONFIG" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_an_attached_tor_without_safe_logging_is_refused(tmp_path):
+    data = tmp_path / "unsafe"
+    data.mkdir(mode=0o700)
+    control = data / "control"
+    process = stem.process.launch_tor_with_config(
+        config={
+            "DataDirectory": str(data),
+            "ControlSocket": str(control),
+            "CookieAuthentication": "1",
+            "SafeLogging": "0",
+            "DisableNetwork": "1",
+            "SocksPort": "0",
+            "Log": "NOTICE stdout",
+        },
+        tor_cmd=tor.find_tor(),
+        completion_percent=0,
+    )
+    try:
+        result = run_serve(
+            {
+                "STILLROOM_DATA_DIR": str(tmp_path / "app"),
+                "STILLROOM_PARTICIPANT_PORT": "0",
+                "STILLROOM_TOR_CONTROL": str(control),
+            }
+        )
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    assert result.returncode == 1
+    assert "SafeLogging is not 1" in result.stderr
+
+
+def test_serve_exits_non_zero_when_its_tor_dies(tmp_path, offline):
+    """A silent outage must not look like a clean stop: systemd restarts on failure."""
+    process = subprocess.Popen(
+        [STILLROOM, "serve"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={
+            **os.environ,
+            "PYTHONSAFEPATH": "1",
+            "PYTHONUNBUFFERED": "1",
+            "STILLROOM_DATA_DIR": str(tmp_path / "data"),
+            "STILLROOM_PARTICIPANT_PORT": "0",
+            "STILLROOM_TOR_EXTRA_CONFIG": str(offline),
+        },
+    )
+    try:
+        assert process.stdout is not None
+        for _ in range(50):
+            if "tor bootstrap 0%" in process.stdout.readline():
+                break
+        tor_pid = int(
+            Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()[0]
+        )
+        os.kill(tor_pid, signal.SIGKILL)
+        output, _ = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 1
+    assert "tor stopped unexpectedly" in output
+    assert "Traceback" not in output
+
+
+def test_a_damaged_onion_key_is_refused_not_replaced(tmp_path, offline):
+    data = tmp_path / "data"
+    data.mkdir(mode=0o700)
+    (data / service.KEY_FILE).write_text("")
+    result = run_serve(
+        {
+            "STILLROOM_DATA_DIR": str(data),
+            "STILLROOM_PARTICIPANT_PORT": "0",
+            "STILLROOM_TOR_EXTRA_CONFIG": str(offline),
+            "STILLROOM_TOR_BOOTSTRAP_TIMEOUT": "1",
+        }
+    )
+    assert result.returncode == 1
+    assert "onion key" in result.stderr and "backup" in result.stderr
+    assert "Starting a private tor" not in result.stdout, "refused before tor starts"
+    assert (data / service.KEY_FILE).read_text() == ""

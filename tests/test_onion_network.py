@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import queue
 import re
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import stem
 
 import tornet
 from support import FAST_ARGON2, FORM_TOKEN, PASSPHRASE, PENDING, free_port
@@ -155,12 +157,13 @@ def test_serve_launches_tor_and_publishes_the_app(tor_network, join_config, tmp_
         assert "bootstrap: 100%" in status_output
         assert "published: yes" in status_output
         assert "pow: on (pow-params v1" in status_output, status_output
-        assert re.search(r"descriptor uploads: [1-9]\d* since serve started", status_output)
+        uploads = r"descriptor uploads: [1-9]\d* to directory servers since serve started"
+        assert re.search(uploads, status_output)
     finally:
         code = serve.stop()
     output = "".join(serve.seen)
     assert code == 0, output
-    assert "Onion service removed; tor stopped." in output
+    assert "Onion service removed." in output and "Tor stopped." in output
     assert all(not Path(f"/proc/{pid}").exists() for pid in tor_pids), "tor stopped with serve"
     key = tmp_path / "data" / "onion.key"
     assert key.stat().st_mode & 0o777 == 0o600
@@ -188,6 +191,10 @@ def test_attach_mode_republishes_the_same_address(tor_network, tmp_path, capsys)
         finally:
             assert first.stop() == 0
         assert operator.alive, "serve never stops a tor it attached to"
+        assert "Detached from tor; it keeps running." in "".join(first.seen)
+        controller = operator.connect(time.monotonic() + 10)
+        with pytest.raises(stem.ControllerError):
+            controller.get_info(f"hs/service/desc/id/{address.removesuffix('.onion')}")
         second = start_serve(data, port, env)
         try:
             again = second.wait_for(PUBLISHED, 120).group(1)
@@ -201,3 +208,40 @@ def test_attach_mode_republishes_the_same_address(tor_network, tmp_path, capsys)
         operator.stop()
     with capsys.disabled():
         print(f"\n[onion] attach, publish, restart, republish, fetch twice: {elapsed:.1f} s")
+
+
+def test_restricted_discovery_admits_only_key_holders(tor_network, join_config, tmp_path):
+    """A closed pilot: without the printed key the client cannot even find the service."""
+    data, port = tmp_path / "data", free_port()
+    env = {"STILLROOM_TOR_EXTRA_CONFIG": str(join_config)}
+    first = start_serve(data, port, env)
+    try:
+        address = first.wait_for(PUBLISHED, 120).group(1)
+    finally:
+        assert first.stop() == 0
+    added = subprocess.run(
+        [STILLROOM, "onion", "clients", "add", "pilot-1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONSAFEPATH": "1", "STILLROOM_DATA_DIR": str(data)},
+    )
+    assert added.returncode == 0, added.stderr
+    key = re.search(r"the key alone\): ([A-Z2-7]{52})", added.stdout).group(1)
+    restricted = start_serve(data, port, env)
+    client = tor_network.client.connect(time.monotonic() + 10)
+    service_id = address.removesuffix(".onion")
+    try:
+        assert restricted.wait_for(PUBLISHED, 120).group(1) == address
+        with pytest.raises(tornet.TorNetworkError, match="client authorization missing"):
+            tor_network.fetch(f"http://{address}/en/", timeout=5)
+        raw = base64.b32decode(key + "=" * (-len(key) % 8))
+        answer = client.msg(
+            f"ONION_CLIENT_AUTH_ADD {service_id} x25519:{base64.b64encode(raw).decode()}"
+        )
+        assert answer.content()[0][0] in {"250", "251", "252"}, str(answer)  # 25x: accepted
+        status, _, body = tor_network.fetch(f"http://{address}/en/")
+        assert status == 200 and b"Stillroom" in body
+    finally:
+        client.msg(f"ONION_CLIENT_AUTH_REMOVE {service_id}")
+        assert restricted.stop() == 0

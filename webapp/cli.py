@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import signal
 import sys
+import threading
 from pathlib import Path
 from typing import NoReturn
 
 import click
 import waitress
 from flask import Flask
+from waitress.server import BaseWSGIServer
 
 from stillroom.onion import clients, service, tor
-from stillroom.onion.errors import TorError
+from stillroom.onion.errors import PortInUseError, TorError, TorLostError
 from stillroom.webapp import create_participant_app
 from stillroom.webapp.retention import start_periodic_purge
 from stillroom.webapp.settings import Settings, SettingsError, describe_settings
@@ -52,8 +56,9 @@ def start_tor(settings: Settings) -> tor.Tor:
     else:
         say("Starting a private tor")
         extra = Path(settings.tor_extra_config) if settings.tor_extra_config else None
-        handle = tor.launch(settings.data_dir, extra)
+        handle = tor.launch(settings.data_dir, extra, say)
     try:
+        tor.check_hardening(handle.controller)
         tor.wait_for_bootstrap(handle.controller, settings.tor_bootstrap_timeout, say)
     except BaseException:
         handle.close()
@@ -70,26 +75,46 @@ def defences(settings: Settings) -> service.Defences:
     )
 
 
-def run_until_stopped(app: Flask, settings: Settings) -> None:
-    """Serve ``app`` with waitress on 127.0.0.1 until Ctrl-C or SIGTERM."""
-    server = waitress.create_server(
-        app,
-        host="127.0.0.1",
-        port=settings.participant_port,
-        threads=settings.server_threads,
-        ident="",
-        # Bodies past the app's limit still reach it (and get its translated 413) up
-        # to here; waitress keeps bodies this small in memory, never in a temp file.
-        max_request_body_size=256 * 1024,
-        clear_untrusted_proxy_headers=True,
-        expose_tracebacks=False,
-    )
+class StopServing(Exception):
+    """Raised in the main thread by SIGTERM (and by a lost tor) to unwind cleanly."""
+
+
+def stop_serving(*_args: object) -> None:
+    """SIGTERM handler: trivial on purpose; the unwinding does the cleanup."""
+    raise StopServing
+
+
+def create_server(app: Flask, settings: Settings) -> BaseWSGIServer:
+    """Bind the participant app's port on 127.0.0.1 now, before Tor starts.
+
+    :raises PortInUseError: when another program holds the port.
+    """
+    try:
+        server: BaseWSGIServer = waitress.create_server(
+            app,
+            host="127.0.0.1",
+            port=settings.participant_port,
+            threads=settings.server_threads,
+            ident="",
+            # Bodies past the app's limit still reach it (and get its translated 413) up
+            # to here; waitress keeps bodies this small in memory, never in a temp file.
+            max_request_body_size=256 * 1024,
+            clear_untrusted_proxy_headers=True,
+            expose_tracebacks=False,
+        )
+    except OSError as error:
+        if error.errno == errno.EADDRINUSE:
+            raise PortInUseError(settings.participant_port) from error
+        raise
+    return server
+
+
+def run_until_stopped(server: BaseWSGIServer, settings: Settings) -> None:
+    """Serve until Ctrl-C or SIGTERM, purging expired data every minute."""
     stop_purge = start_periodic_purge(settings.database_path)
-    # Trivial on purpose: the exit unwinds through the callers' cleanup.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         server.run()
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, StopServing):
         pass
     finally:
         stop_purge.set()
@@ -116,20 +141,42 @@ def serve(no_tor: bool) -> None:
     The app listens on 127.0.0.1 only; the onion service is its only way in.
     """
     settings = load_settings()
+    signal.signal(signal.SIGTERM, stop_serving)
     try:
-        tor.check_port_free(settings.participant_port)
         app = create_participant_app(settings)
-        if no_tor:
-            say(
-                f"Participant app (development, no Tor): http://127.0.0.1:{settings.participant_port}/"
-            )
-            run_until_stopped(app, settings)
-            return
-        handle = start_tor(settings)
+        server = create_server(app, settings)
     except TorError as error:
         fail(error)
+    if no_tor:
+        where = (
+            f"for the onion service {settings.onion_address} (tor runs outside Stillroom)"
+            if settings.onion_address
+            else "development, no Tor"
+        )
+        say(f"Participant app ({where}): http://127.0.0.1:{settings.participant_port}/")
+        run_until_stopped(server, settings)
+        return
+    failure = serve_through_tor(app, server, settings)
+    if failure is not None:
+        fail(failure)
+
+
+def serve_through_tor(app: Flask, server: BaseWSGIServer, settings: Settings) -> TorError | None:
+    """Start or attach tor, publish, serve; always clean up. Return what went wrong."""
+    lost = threading.Event()
+    handle: tor.Tor | None = None
+    uploads: service.UploadLog | None = None
     address = None
+    failure: TorError | None = None
     try:
+        service.read_key(settings.data_dir)  # a damaged key fails before tor starts
+        handle = start_tor(settings)
+
+        def on_lost() -> None:
+            lost.set()
+            os.kill(os.getpid(), signal.SIGTERM)
+
+        handle.watch(on_lost)
         uploads = service.UploadLog(handle.controller, settings.data_dir)
         address = service.publish(
             handle.controller,
@@ -142,14 +189,22 @@ def serve(no_tor: bool) -> None:
         uploads.track(address)
         app.config["ONION_ADDRESS"] = address
         say(f"Onion service published: http://{address}/")
-        run_until_stopped(app, settings)
+        run_until_stopped(server, settings)
     except TorError as error:
-        fail(error)
+        failure = error
+    except (KeyboardInterrupt, StopServing):
+        pass
     finally:
-        if address:
-            service.unpublish(handle.controller, address)
-        handle.close()
-        say("Onion service removed; tor stopped.")
+        server.close()
+        if uploads is not None:
+            uploads.close()
+        if handle is not None:
+            if address and not lost.is_set():
+                service.unpublish(handle.controller, address)
+                say("Onion service removed.")
+            handle.close()
+            say("Tor stopped." if handle.launched else "Detached from tor; it keeps running.")
+    return TorLostError() if lost.is_set() else failure
 
 
 @main.group()
@@ -164,6 +219,8 @@ def status() -> None:
     address = service.read_address(settings.data_dir)
     click.echo(f"address: {address or 'not published yet'}")
     control = settings.tor_control or str(settings.data_dir / "tor" / "control")
+    if not settings.tor_control and not Path(control).exists():
+        fail(RuntimeError("no tor is running for this data directory: is 'stillroom serve' up?"))
     try:
         handle = tor.attach(control, settings.tor_control_password or None)
     except TorError as error:
@@ -196,8 +253,9 @@ def clients_add(name: str) -> None:
         line = clients.add_client(settings.data_dir, name, address)
     except clients.ClientNameError as error:
         fail(RuntimeError(f"bad or existing client name {error}: use a-z, 0-9 and '-'"))
-    click.echo("Give this line to the participant, once, by a safe channel; it is not kept:")
-    click.echo(line)
+    click.echo("Give this to the participant, once, by a safe channel; it is not kept.")
+    click.echo(f"For Tor Browser's prompt (the key alone): {line.rsplit(':', 1)[1]}")
+    click.echo(f"For tor's ClientOnionAuthDir (a .auth_private file): {line}")
 
 
 @onion_clients.command(name="list")
