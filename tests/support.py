@@ -95,17 +95,23 @@ class LiveServer:
         return self.log.read_text(errors="replace")
 
 
-def start_server(data_dir: Path, extra_env: dict[str, str] | None = None) -> LiveServer:
-    """Start ``stillroom serve --no-tor`` as a real process and wait until it answers."""
-    port = free_port()
-    env = {
+def stillroom_env(data_dir: Path, port: int, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """Return the environment of a real ``stillroom`` process: fast argon2, unbuffered."""
+    return {
         **os.environ,
         "PYTHONSAFEPATH": "1",
+        "PYTHONUNBUFFERED": "1",
         "STILLROOM_DATA_DIR": str(data_dir),
         "STILLROOM_PARTICIPANT_PORT": str(port),
         **{f"STILLROOM_{key.upper()}": str(value) for key, value in FAST_ARGON2.items()},
-        **(extra_env or {}),
+        **(extra or {}),
     }
+
+
+def start_server(data_dir: Path, extra_env: dict[str, str] | None = None) -> LiveServer:
+    """Start ``stillroom serve --no-tor`` as a real process and wait until it answers."""
+    port = free_port()
+    env = stillroom_env(data_dir, port, extra_env)
     stillroom = Path(sys.executable).with_name("stillroom")
     log = data_dir.parent / f"server-{port}.log"
     with log.open("wb") as output:

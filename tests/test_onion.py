@@ -28,6 +28,8 @@ from stillroom.onion.errors import (
     TorTooOldError,
 )
 
+from support import stillroom_env
+
 STILLROOM = str(Path(sys.executable).with_name("stillroom"))
 DEFENCES = service.Defences(pow_queue_rate=50, pow_queue_burst=400, max_streams=10)
 
@@ -359,14 +361,7 @@ def test_serve_exits_non_zero_when_its_tor_dies(tmp_path, offline):
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        env={
-            **os.environ,
-            "PYTHONSAFEPATH": "1",
-            "PYTHONUNBUFFERED": "1",
-            "STILLROOM_DATA_DIR": str(tmp_path / "data"),
-            "STILLROOM_PARTICIPANT_PORT": "0",
-            "STILLROOM_TOR_EXTRA_CONFIG": str(offline),
-        },
+        env=stillroom_env(tmp_path / "data", 0, {"STILLROOM_TOR_EXTRA_CONFIG": str(offline)}),
     )
     try:
         assert process.stdout is not None

@@ -19,7 +19,7 @@ import pytest
 import stem
 
 import tornet
-from support import FAST_ARGON2, FORM_TOKEN, PASSPHRASE, PENDING, free_port
+from support import FORM_TOKEN, PASSPHRASE, PENDING, free_port, stillroom_env
 
 STILLROOM = str(Path(sys.executable).with_name("stillroom"))
 PUBLISHED = re.compile(r"Onion service published: http://([a-z2-7]{56}\.onion)/")
@@ -69,17 +69,15 @@ def start_serve(data_dir: Path, port: int, env: dict[str, str]) -> Serve:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        env={
-            **os.environ,
-            "PYTHONSAFEPATH": "1",
-            "PYTHONUNBUFFERED": "1",
-            "STILLROOM_DATA_DIR": str(data_dir),
-            "STILLROOM_PARTICIPANT_PORT": str(port),
-            "STILLROOM_TOR_PUBLISH_TIMEOUT": "90",
-            "STILLROOM_TOR_BOOTSTRAP_TIMEOUT": "90",
-            **{f"STILLROOM_{key.upper()}": str(value) for key, value in FAST_ARGON2.items()},
-            **env,
-        },
+        env=stillroom_env(
+            data_dir,
+            port,
+            {
+                "STILLROOM_TOR_PUBLISH_TIMEOUT": "90",
+                "STILLROOM_TOR_BOOTSTRAP_TIMEOUT": "90",
+                **env,
+            },
+        ),
     )
     serve = Serve(process)
 
