@@ -11,6 +11,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import pytest
+
 from stillroom.webapp.settings import Settings, env_var
 
 STILLROOM = str(Path(sys.executable).with_name("stillroom"))
@@ -100,3 +102,27 @@ def test_large_bodies_get_the_apps_translated_413(live_server):
         assert '<html lang="de">' in error.read().decode()
     else:
         raise AssertionError("a 200 KiB body was accepted")
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("STILLROOM_ARGON2_CONCURRENCY", "0"),
+        ("STILLROOM_IDLE_TIMEOUT_MINUTES", "-5"),
+        ("STILLROOM_PARTICIPANT_PORT", "70000"),
+    ],
+)
+def test_impossible_settings_are_refused_by_name(variable, value):
+    result = run("serve", "--no-tor", env={variable: value})
+    assert result.returncode == 2
+    assert variable in result.stderr
+
+
+def test_a_damaged_server_secret_stops_the_start(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir(mode=0o700)
+    (data / "server.key").write_bytes(b"short")
+    result = run("serve", "--no-tor", env={"STILLROOM_DATA_DIR": str(data)})
+    assert result.returncode != 0
+    assert "server.key is damaged" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -145,7 +145,7 @@ def serve(no_tor: bool) -> None:
     try:
         app = create_participant_app(settings)
         server = create_server(app, settings)
-    except TorError as error:
+    except (TorError, SettingsError) as error:
         fail(error)
     if no_tor:
         where = (

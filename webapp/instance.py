@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from stillroom.crypto.keys import keyed_hash, random_bytes
-from stillroom.webapp.settings import Settings
+from stillroom.webapp.settings import Settings, SettingsError
 from stillroom.webapp.store import migrate
 
 #: The server secret: keys the account lookup hash, form tokens and pending passphrases.
@@ -31,7 +31,13 @@ def _read_or_create_secret(path: Path) -> bytes:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
         path.chmod(0o600)
-        return path.read_bytes()
+        secret = path.read_bytes()
+        if len(secret) != 32:
+            raise SettingsError(
+                f"{path} is damaged (not 32 bytes): restore it from your encrypted backup;"
+                " without it no participant can log in"
+            ) from None
+        return secret
     with os.fdopen(fd, "wb") as handle:
         handle.write(random_bytes(32))
     return path.read_bytes()

@@ -91,6 +91,26 @@ class Settings:
     crisis_lines_pt: str = _setting("", "Local crisis lines for the Portuguese help page.")
     crisis_lines_es: str = _setting("", "Local crisis lines for the Spanish help page.")
 
+    def __post_init__(self) -> None:
+        """Refuse values that cannot work, naming the variable to fix."""
+        for item in dataclasses.fields(self):
+            value = getattr(self, item.name)
+            if isinstance(value, int | float) and value < 0:
+                raise SettingsError(f"{env_var(item.name)} must not be negative")
+        for name in ("participant_port",):
+            if getattr(self, name) > 65535:
+                raise SettingsError(f"{env_var(name)} must be a port number (0-65535)")
+        for name in (
+            "server_threads",
+            "argon2_concurrency",
+            "argon2_time_cost",
+            "argon2_parallelism",
+        ):
+            if getattr(self, name) < 1:
+                raise SettingsError(f"{env_var(name)} must be at least 1")
+        if self.argon2_memory_kib < 8 * self.argon2_parallelism:
+            raise SettingsError("STILLROOM_ARGON2_MEMORY_KIB must be at least 8 KiB per lane")
+
     @property
     def argon2(self) -> Argon2Params:
         """The argon2id parameters as one value."""
