@@ -124,3 +124,13 @@ class OnionKeyError(TorError):
             f"the onion key in {path} is empty or damaged: restore it from your encrypted "
             "backup to keep the address, or delete it to start over with a new address."
         )
+
+
+class TorStartError(TorError):
+    """Tor exited while starting up."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(
+            f"tor could not start ({reason}): check the lines in STILLROOM_TOR_EXTRA_CONFIG, "
+            "that the data directory is writable, and that no other tor uses it."
+        )

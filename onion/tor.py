@@ -31,6 +31,7 @@ from stillroom.onion.errors import (
     TorConfigError,
     TorLostError,
     TorMissingError,
+    TorStartError,
     TorTooOldError,
 )
 
@@ -152,10 +153,11 @@ def launch(
 
     :raises TorMissingError: when tor is not installed.
     :raises TorTooOldError: when tor is too old.
-    :raises TorConfigError: when the extra lines are unusable or tor refuses them.
+    :raises TorConfigError: when the extra lines are unusable.
+    :raises TorStartError: when tor exits while starting (it refused an option, say).
     """
     tor = find_tor()
-    tor_dir = data_dir / "tor"
+    tor_dir = data_dir.resolve() / "tor"  # tor needs absolute paths for its sockets
     tor_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     tor_dir.chmod(0o700)
     control = tor_dir / "control"
@@ -176,7 +178,7 @@ def launch(
             close_output=False,
         )
     except OSError as error:  # stem reports tor's own complaint this way
-        raise TorConfigError(str(error)) from error
+        raise TorStartError(str(error)) from error
     _forward_warnings(process, report)
     controller = stem.control.Controller.from_socket_file(str(control))
     controller.authenticate()

@@ -320,6 +320,8 @@ def test_unusable_extra_config_is_explained(tmp_path, problem):
     assert result.returncode == 1
     assert "STILLROOM_TOR_EXTRA_CONFIG" in result.stderr
     assert "Traceback" not in result.stderr
+    if problem == "invalid":
+        assert "tor could not start" in result.stderr and "NoSuchTorOption" in result.stderr
 
 
 def test_an_attached_tor_without_safe_logging_is_refused(tmp_path):
@@ -398,3 +400,22 @@ def test_a_damaged_onion_key_is_refused_not_replaced(tmp_path, offline):
     assert "onion key" in result.stderr and "backup" in result.stderr
     assert "Starting a private tor" not in result.stdout, "refused before tor starts"
     assert (data / service.KEY_FILE).read_text() == ""
+
+
+def test_a_relative_data_directory_works(tmp_path, offline):
+    """The README's default is ./instance: tor must still find its control socket."""
+    result = subprocess.run(
+        [STILLROOM, "serve"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        env={
+            **stillroom_env(Path("instance"), 0),
+            "STILLROOM_TOR_EXTRA_CONFIG": str(offline),
+            "STILLROOM_TOR_BOOTSTRAP_TIMEOUT": "2",
+        },
+    )
+    assert "tor bootstrap 0%" in result.stdout, result.stderr
+    assert "did not finish bootstrapping" in result.stderr
+    assert (tmp_path / "instance" / "tor").is_dir()
