@@ -98,13 +98,23 @@ def read_extra_config(path: Path | None) -> dict[str, list[str]]:
     except (OSError, UnicodeError) as error:
         raise TorConfigError(f"cannot read {path}: {error.__class__.__name__}") from error
     for line in text.splitlines():
-        line = line.split("#", 1)[0].strip()
-        if line:
-            key, _, value = line.partition(" ")
-            if key.lower() in PROTECTED:
+        parts = line.split("#", 1)[0].split(None, 1)
+        if parts:
+            key, value = parts[0], parts[1].strip() if len(parts) > 1 else ""
+            if _protected(key):
                 raise TorConfigError(f"{path} sets {key}")
-            options.setdefault(key, []).append(value.strip())
+            options.setdefault(key, []).append(value)
     return options
+
+
+def _protected(key: str) -> bool:
+    """Whether ``key`` names a protected option, however tor would spell it.
+
+    Tor ignores case, accepts hidden ``__`` variants of its ports, and takes a
+    prefix of an option's name (``cookieauth``) for the option itself.
+    """
+    name = key.lower().lstrip("_")
+    return any(name.startswith(option) or option.startswith(name) for option in PROTECTED)
 
 
 @dataclass
@@ -182,7 +192,13 @@ def launch(
     _forward_warnings(process, report)
     controller = stem.control.Controller.from_socket_file(str(control))
     controller.authenticate()
-    return Tor(controller, process)
+    handle = Tor(controller, process)
+    try:
+        check_launched_config(controller)
+    except TorConfigError:
+        handle.close()
+        raise
+    return handle
 
 
 def _forward_warnings(process: subprocess.Popen[bytes], report: Progress) -> None:
@@ -202,6 +218,18 @@ def _forward_warnings(process: subprocess.Popen[bytes], report: Progress) -> Non
     threading.Thread(target=pump, name="tor-output", daemon=True).start()
     if process.stderr is not None:
         process.stderr.close()
+
+
+def check_launched_config(controller: stem.control.Controller) -> None:
+    """Confirm from tor itself: no client or control port, and cookie authentication.
+
+    :raises TorConfigError: when that is not so, whatever spelling caused it.
+    """
+    for option in ("SocksPort", "__SocksPort", "ControlPort", "__ControlPort"):
+        if controller.get_conf(option, None) not in (None, "", "0"):
+            raise TorConfigError(f"{option} is set")
+    if controller.get_conf("CookieAuthentication") != "1":
+        raise TorConfigError("CookieAuthentication is off")
 
 
 def check_hardening(controller: stem.control.Controller) -> None:

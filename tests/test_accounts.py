@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import sqlite3
+import time
 
 from stillroom.webapp.settings import Settings
 
@@ -176,3 +177,19 @@ def test_sending_the_create_form_twice_logs_in_once(client, settings):
     assert first.status_code == second.status_code == 302
     assert len(rows(settings, "participants")) == 1
     assert client.get("/en/account").status_code == 200
+
+
+def test_deleting_while_a_reader_holds_the_log_still_answers_quickly(client, auth, settings):
+    """A backup tool reading the database must not turn a deletion into an error."""
+    auth.create()
+    reader = sqlite3.connect(settings.database_path)
+    try:
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM participants").fetchone()
+        started = time.monotonic()
+        response = auth.post("/account/delete")
+        assert response.status_code == 302
+        assert time.monotonic() - started < 5
+    finally:
+        reader.close()
+    assert rows(settings, "participants") == []

@@ -272,3 +272,22 @@ def test_own_onion_address_is_served(app, client):
     app.config["ONION_ADDRESS"] = address
     assert client.get("/en/", headers={"Host": address}).status_code == 200
     assert client.get("/en/", headers={"Host": "b" * 56 + ".onion"}).status_code == 421
+
+
+def test_forms_from_a_session_that_ended_lead_back_to_login(client, auth, clock, settings):
+    auth.create()
+    page = client.get("/en/account/delete").get_data(as_text=True)
+    clock.advance(settings.idle_timeout_minutes * 60 + 1)
+    response = client.post("/en/account/delete", data=form_fields(page))
+    assert response.status_code == 302
+    assert "done=session-ended" in response.headers["Location"]
+
+
+def test_a_login_form_sent_after_logging_in_elsewhere_goes_to_the_account(client, auth):
+    passphrase = auth.create()
+    auth.logout()
+    stale = client.get("/en/login").get_data(as_text=True)
+    auth.login(passphrase)
+    response = client.post("/en/login", data={**form_fields(stale), "passphrase": passphrase})
+    assert response.status_code == 302
+    assert response.headers["Location"].startswith("/en/account")

@@ -289,7 +289,18 @@ def test_torrc_example_is_valid(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-@pytest.mark.parametrize("line", ["SafeLogging 0", "SocksPort 9050", "Log debug stdout"])
+@pytest.mark.parametrize(
+    "line",
+    [
+        "SafeLogging 0",
+        "SocksPort 9050",
+        "Log debug stdout",
+        "l debug stdout",
+        "__SocksPort 9050",
+        "ControlPort\t9051",
+        "cookieauth 0",
+    ],
+)
 def test_extra_config_cannot_weaken_the_launched_tor(tmp_path, line):
     config = tmp_path / "extra.torrc"
     config.write_text(f"DisableNetwork 1\n{line}\n")
@@ -303,6 +314,7 @@ def test_extra_config_cannot_weaken_the_launched_tor(tmp_path, line):
     assert result.returncode == 1
     assert f"sets {line.split()[0]}" in result.stderr
     assert "Traceback" not in result.stderr
+    assert "Starting a private tor" in result.stdout and "bootstrap" not in result.stdout
 
 
 @pytest.mark.parametrize("problem", ["missing", "invalid"])

@@ -110,6 +110,19 @@ class Settings:
                 raise SettingsError(f"{env_var(name)} must be at least 1")
         if self.argon2_memory_kib < 8 * self.argon2_parallelism:
             raise SettingsError("STILLROOM_ARGON2_MEMORY_KIB must be at least 8 KiB per lane")
+        bounds = {
+            "idle_timeout_minutes": (1, 24 * 60),
+            "absolute_timeout_hours": (1, 7 * 24),
+            "max_request_kib": (1, 256),  # waitress caps bodies at 256 KiB
+            "argon2_memory_kib": (8, 4 * 1024 * 1024),
+            "argon2_time_cost": (1, 100),
+            "argon2_parallelism": (1, 64),
+            "argon2_concurrency": (1, 64),
+            "server_threads": (1, 256),
+        }
+        for name, (low, high) in bounds.items():
+            if not low <= getattr(self, name) <= high:
+                raise SettingsError(f"{env_var(name)} must be between {low} and {high}")
 
     @property
     def argon2(self) -> Argon2Params:

@@ -97,23 +97,23 @@ def migrate(path: Path) -> None:
             sibling.chmod(0o600)
 
 
-class CheckpointBusyError(Exception):
-    """Readers kept the write-ahead log from being truncated; it holds old pages still."""
-
-
-def checkpoint(db: Database, attempts: int = 20) -> None:
+def checkpoint(db: Database, attempts: int = 3) -> bool:
     """Fold the write-ahead log into the main file and truncate it.
 
     Without this, deleted rows survive in the ``-wal`` file until the next
-    automatic checkpoint. A reader holding an old snapshot blocks the truncation,
-    so it is retried briefly.
+    automatic checkpoint. A reader holding an old snapshot blocks the truncation;
+    then this gives up quickly (a request must not hang) and the purge that runs
+    every minute truncates it later.
 
-    :raises CheckpointBusyError: when readers block it on every attempt.
+    :returns: whether the log was truncated.
     """
-    for _ in range(attempts):
-        busy = db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
-        if not busy:
-            return
-        time.sleep(0.05)
-    log.warning("write-ahead log still busy after %d checkpoint attempts", attempts)
-    raise CheckpointBusyError
+    db.execute("PRAGMA busy_timeout=100")
+    try:
+        for _ in range(attempts):
+            if not db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]:
+                return True
+            time.sleep(0.1)
+    finally:
+        db.execute(f"PRAGMA busy_timeout={dict(PRAGMAS)['busy_timeout']}")
+    log.warning("write-ahead log busy; the next purge truncates it")
+    return False

@@ -15,7 +15,12 @@ from werkzeug.wrappers import Response
 from stillroom.crypto.keys import UnwrapError, unwrap_key, wrap_key
 from stillroom.crypto.passphrase import MAX_INPUT_CHARS, PassphraseInputError, normalise_passphrase
 from stillroom.webapp.db import get_db
-from stillroom.webapp.security import check_form_token, form_token, refuse_cross_site_posts
+from stillroom.webapp.security import (
+    FormTokenError,
+    check_form_token,
+    form_token,
+    refuse_cross_site_posts,
+)
 from stillroom.webapp.sessions import Session, Timeouts, load_session
 from stillroom.webapp.settings import LANGUAGES, Settings
 
@@ -69,7 +74,7 @@ def keep_language(_endpoint: str, values: dict[str, Any]) -> None:
 
 
 @bp.before_request
-def load_session_and_check_form() -> None:
+def load_session_and_check_form() -> Response | None:
     """Load the session from the cookie, then refuse any POST without a valid form token."""
     token = request.cookies.get(COOKIE)
     g.session = load_session(db(), token, now(), timeouts()) if token else None
@@ -77,13 +82,31 @@ def load_session_and_check_form() -> None:
     if request.method == "POST":
         refuse_cross_site_posts()
         if request.endpoint == "participant.logout" and g.session is None:
-            return  # nothing to end; the view just confirms and clears the cookie
-        check_form_token(
-            request.form.get("form_token", ""),
-            _binding(),
-            settings().absolute_timeout_hours * 60,
-            now(),
-        )
+            return None  # nothing to end; the view just confirms and clears the cookie
+        try:
+            check_form_token(
+                request.form.get("form_token", ""),
+                _binding(),
+                settings().absolute_timeout_hours * 60,
+                now(),
+            )
+        except FormTokenError:
+            return _explain_stale_form()
+    return None
+
+
+def _explain_stale_form() -> Response:
+    """Answer a form whose token no longer fits because the session changed meanwhile.
+
+    Only the two harmless cases get a redirect; every other bad token is refused.
+
+    :raises FormTokenError: when the session did not change.
+    """
+    if g.stale_cookie:  # the session ended while the form was open
+        return redirect(url_for("participant.login", done="session-ended"))
+    if g.session is not None and request.endpoint in ("participant.create", "participant.login"):
+        return redirect(url_for("participant.account"))  # already logged in meanwhile
+    raise FormTokenError
 
 
 @bp.after_request
