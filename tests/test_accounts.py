@@ -6,6 +6,7 @@ import re
 import sqlite3
 import time
 
+from stillroom.webapp.retention import start_periodic_purge
 from stillroom.webapp.settings import Settings
 
 from support import PASSPHRASE, AuthActions, form_fields
@@ -193,3 +194,16 @@ def test_deleting_while_a_reader_holds_the_log_still_answers_quickly(client, aut
     finally:
         reader.close()
     assert rows(settings, "participants") == []
+
+
+def test_the_periodic_purge_removes_expired_sessions(app, auth: AuthActions, clock, settings):
+    auth.create()
+    clock.advance(settings.absolute_timeout_hours * 3600 + 1)
+    stop = start_periodic_purge(settings.database_path, interval=0.05, clock=clock)
+    try:
+        deadline = time.monotonic() + 5
+        while rows(settings, "sessions") and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        stop.set()
+    assert rows(settings, "sessions") == []
