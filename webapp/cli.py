@@ -75,6 +75,12 @@ def defences(settings: Settings) -> service.Defences:
     )
 
 
+#: Connections waitress keeps open at once. Tor circuits are slow and hold theirs for
+#: long; waitress's default of 100 let 200 slow clients lock everyone else out
+#: (tests/bench/server_choice.py). Each costs a file descriptor, not a thread.
+CONNECTION_LIMIT = 500
+
+
 class StopServing(Exception):
     """Raised in the main thread by SIGTERM (and by a lost tor) to unwind cleanly."""
 
@@ -95,6 +101,7 @@ def create_server(app: Flask, settings: Settings) -> BaseWSGIServer:
             host="127.0.0.1",
             port=settings.participant_port,
             threads=settings.server_threads,
+            connection_limit=CONNECTION_LIMIT,
             ident="",
             # Bodies past the app's limit still reach it (and get its translated 413) up
             # to here; waitress keeps bodies this small in memory, never in a temp file.
