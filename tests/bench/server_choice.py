@@ -28,13 +28,12 @@ import threading
 import time
 from pathlib import Path
 
+from flask import Flask
+
 CANDIDATES = ("waitress", "gunicorn-gthread", "gevent")
 
 
-from stillroom.webapp.cli import CONNECTION_LIMIT  # noqa: E402
-
-
-def build_app(data_dir: Path):  # type: ignore[no-untyped-def]
+def build_app(data_dir: Path) -> Flask:
     """The real participant app plus a flask-sock echo route for the WebSocket check."""
     from flask_sock import Sock
 
@@ -53,14 +52,17 @@ def build_app(data_dir: Path):  # type: ignore[no-untyped-def]
     sock = Sock(app)
 
     @sock.route("/echo")
-    def echo(ws):  # type: ignore[no-untyped-def]
+    def echo(ws):
         ws.send(ws.receive())
 
     return app
 
 
 def serve(name: str, port: int, data_dir: Path) -> None:
-    """Run one candidate server in this process (the child side)."""
+    """Run one candidate server in this process (the child side).
+
+    Imports happen here, after gevent's monkey-patching where that applies.
+    """
     if name == "gevent":
         from gevent import monkey
 
@@ -70,6 +72,8 @@ def serve(name: str, port: int, data_dir: Path) -> None:
         WSGIServer(("127.0.0.1", port), build_app(data_dir), log=None).serve_forever()
     elif name == "waitress":
         import waitress
+
+        from stillroom.webapp.cli import CONNECTION_LIMIT
 
         # As `stillroom serve` runs it.
         waitress.serve(
@@ -83,7 +87,7 @@ def serve(name: str, port: int, data_dir: Path) -> None:
     else:
         from gunicorn.app.base import BaseApplication
 
-        class Runner(BaseApplication):  # type: ignore[misc]
+        class Runner(BaseApplication):
             def load_config(self) -> None:
                 for key, value in {
                     "bind": f"127.0.0.1:{port}",
@@ -94,7 +98,7 @@ def serve(name: str, port: int, data_dir: Path) -> None:
                 }.items():
                     self.cfg.set(key, value)
 
-            def load(self):  # type: ignore[no-untyped-def]
+            def load(self):
                 return build_app(data_dir)
 
         Runner().run()
@@ -213,7 +217,7 @@ def main() -> int:
         results.append(measure(name, args.slow, args.pages))
         print(" ".join(f"{key}={value}" for key, value in results[-1].items()), flush=True)
     usable = [r for r in results if r["websocket"]]
-    best = min(usable, key=lambda r: r["p99_ms"])["server"] if usable else "none"  # type: ignore[arg-type,return-value]
+    best = min(usable, key=lambda r: r["p99_ms"])["server"] if usable else "none"
     print(f"fastest_with_websocket={best}")
     return 0
 
