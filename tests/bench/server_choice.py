@@ -27,8 +27,10 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from flask import Flask
+if TYPE_CHECKING:  # the real import waits for gevent's patching
+    from flask import Flask
 
 CANDIDATES = ("waitress", "gunicorn-gthread", "gevent")
 
