@@ -101,7 +101,7 @@ def test_saturated_deriver_says_busy_instead_of_queueing():
 
 
 def test_concurrent_derivations_beyond_the_bound_get_busy():
-    slow = kdf.Argon2Params(time_cost=2, memory_kib=32 * 1024, parallelism=1)
+    slow = kdf.Argon2Params(time_cost=3, memory_kib=64 * 1024, parallelism=1)  # ~0.2 s each
     deriver = kdf.KeyDeriver(slow, concurrency=2, wait_seconds=0)
     start = threading.Barrier(8)
     outcomes: list[str] = []
