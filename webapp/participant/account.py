@@ -9,6 +9,7 @@ from flask import current_app, make_response, redirect, render_template, request
 from flask_babel import lazy_gettext as _l
 from werkzeug.wrappers import Response
 
+from stillroom.crypto.kdf import KeyDeriver
 from stillroom.crypto.keys import UnwrapError
 from stillroom.crypto.passphrase import PassphraseInputError, generate_passphrase
 from stillroom.webapp.accounts import (
@@ -50,9 +51,10 @@ def today() -> str:
     return datetime.datetime.fromtimestamp(now(), datetime.UTC).date().isoformat()
 
 
-def deriver() -> Any:
+def deriver() -> KeyDeriver:
     """Return the app's argon2id key deriver."""
-    return current_app.config["KEY_DERIVER"]
+    value: KeyDeriver = current_app.config["KEY_DERIVER"]
+    return value
 
 
 def lookup_key() -> bytes:
