@@ -9,8 +9,12 @@ gets :class:`KdfBusyError` at once instead of a queue that stalls everything.
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
 from argon2.low_level import Type, hash_secret_raw
 
 from stillroom.crypto.keys import KEY_BYTES
@@ -58,15 +62,27 @@ class KeyDeriver:
         self.params = params
         self.wait_seconds = wait_seconds
         self._slots = threading.BoundedSemaphore(concurrency)
+        self._hasher = PasswordHasher(
+            time_cost=params.time_cost,
+            memory_cost=params.memory_kib,
+            parallelism=params.parallelism,
+        )
+
+    @contextmanager
+    def _slot(self) -> Iterator[None]:
+        if not self._slots.acquire(timeout=self.wait_seconds):
+            raise KdfBusyError("all argon2 slots are busy")
+        try:
+            yield
+        finally:
+            self._slots.release()
 
     def derive(self, secret: bytes, salt: bytes) -> bytes:
         """Return a 32-byte key derived from ``secret`` and ``salt``.
 
         :raises KdfBusyError: when no slot frees up within ``wait_seconds``.
         """
-        if not self._slots.acquire(timeout=self.wait_seconds):
-            raise KdfBusyError("all argon2 slots are busy")
-        try:
+        with self._slot():
             return hash_secret_raw(
                 secret=secret,
                 salt=salt,
@@ -76,5 +92,26 @@ class KeyDeriver:
                 hash_len=KEY_BYTES,
                 type=Type.ID,
             )
-        finally:
-            self._slots.release()
+
+    def hash_password(self, password: str) -> str:
+        """Return an argon2id hash of a therapist's password, in the PHC string format.
+
+        :raises KdfBusyError: when no slot frees up within ``wait_seconds``.
+        """
+        with self._slot():
+            return self._hasher.hash(password)
+
+    def verify_password(self, encoded: str, password: str) -> bool:
+        """Return whether ``password`` matches the stored hash ``encoded``.
+
+        :raises KdfBusyError: when no slot frees up within ``wait_seconds``.
+        """
+        with self._slot():
+            try:
+                return self._hasher.verify(encoded, password)
+            except (VerificationError, InvalidHashError):
+                return False
+
+    def needs_rehash(self, encoded: str) -> bool:
+        """Return whether a stored hash was made with other costs than today's."""
+        return self._hasher.check_needs_rehash(encoded)

@@ -9,11 +9,19 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from stillroom.webapp import create_participant_app
+from stillroom.webapp import create_participant_app, create_portal_app
 from stillroom.webapp.settings import Settings
 
 import tornet
-from support import FAST_ARGON2, AuthActions, Clock, LiveServer, start_server, stop_server
+from support import (
+    FAST_ARGON2,
+    AuthActions,
+    Clock,
+    LiveServer,
+    TherapistActions,
+    start_server,
+    stop_server,
+)
 
 
 @pytest.fixture
@@ -49,6 +57,24 @@ def client(app: Flask) -> FlaskClient:
 @pytest.fixture
 def auth(client: FlaskClient) -> AuthActions:
     return AuthActions(client)
+
+
+@pytest.fixture
+def portal_app(settings: Settings, clock: Clock) -> Flask:
+    """The therapist portal over the same data directory and clock as ``app``."""
+    portal = create_portal_app(settings, clock=clock)
+    portal.test_client_class = LoopbackClient
+    return portal
+
+
+@pytest.fixture
+def portal(portal_app: Flask) -> FlaskClient:
+    return portal_app.test_client()
+
+
+@pytest.fixture
+def therapist(portal: FlaskClient, clock: Clock, settings: Settings) -> TherapistActions:
+    return TherapistActions(portal, clock, settings.database_path)
 
 
 @pytest.fixture(scope="session")

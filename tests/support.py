@@ -12,9 +12,12 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+import pyotp
 from flask.testing import FlaskClient
 
 from stillroom.crypto.kdf import FAST_FOR_TESTS
+from stillroom.webapp.store import connect
+from stillroom.webapp.therapists import add_therapist
 
 FAST_ARGON2 = {
     "argon2_time_cost": FAST_FOR_TESTS.time_cost,
@@ -77,6 +80,102 @@ class AuthActions:
         return self.post("/logout", page="/")
 
 
+TOTP_SECRET = re.compile(r'id="totp-secret">([^<]+)<')
+#: A password that passes the policy (long, unrelated words).
+GOOD_PASSWORD = "lantern orbit velvet cactus drizzle"
+
+
+class TherapistActions:
+    """Add, enrol and log in a therapist through the real portal pages."""
+
+    def __init__(self, client: FlaskClient, clock: Clock, database: Path) -> None:
+        self.client = client
+        self.clock = clock
+        self.database = database
+        self.secret = ""
+
+    def add(
+        self,
+        name: str = "Anna",
+        languages: tuple[str, ...] = ("de", "en"),
+        time_zone: str = "Europe/Berlin",
+    ) -> str:
+        """Add a therapist as the operator does; return the enrolment token."""
+        db = connect(self.database)
+        try:
+            return add_therapist(db, name, languages, time_zone, int(self.clock()))
+        finally:
+            db.close()
+
+    def code(self) -> str:
+        """Return a TOTP code of a fresh time step (each code works only once)."""
+        self.clock.advance(30)
+        return pyotp.TOTP(self.secret).at(self.clock())
+
+    def enrol(self, token: str, password: str = GOOD_PASSWORD, lang: str = "en"):
+        html = self.client.get(f"/{lang}/enrol/{token}").get_data(as_text=True)
+        self.secret = TOTP_SECRET.search(html).group(1).replace(" ", "")  # type: ignore[union-attr]
+        return self.client.post(
+            f"/{lang}/enrol/{token}",
+            data={
+                **form_fields(html),
+                "password": password,
+                "again": password,
+                "code": pyotp.TOTP(self.secret).at(self.clock()),
+            },
+        )
+
+    def create(
+        self,
+        name: str = "Anna",
+        languages: tuple[str, ...] = ("de", "en"),
+        time_zone: str = "Europe/Berlin",
+    ) -> None:
+        """Add and enrol a therapist; the browser ends up logged in."""
+        response = self.enrol(self.add(name, languages, time_zone))
+        assert response.status_code == 302, response.get_data(as_text=True)
+
+    def login(self, name: str = "Anna", password: str = GOOD_PASSWORD, code: str | None = None):
+        html = self.client.get("/en/login").get_data(as_text=True)
+        return self.client.post(
+            "/en/login",
+            data={
+                **form_fields(html),
+                "name": name,
+                "password": password,
+                "code": self.code() if code is None else code,
+            },
+        )
+
+    def post(self, path: str, data: dict[str, str] | None = None, page: str | None = None):
+        html = self.client.get(page or path).get_data(as_text=True)
+        return self.client.post(path, data={**form_fields(html), **(data or {})})
+
+    def logout(self):
+        response = self.post("/en/logout", page="/en/")
+        assert response.status_code == 302
+        return response
+
+    def publish(
+        self,
+        date: str,
+        time: str,
+        duration: str = "50",
+        weeks: str = "1",
+        languages: tuple[str, ...] = ("de", "en"),
+    ):
+        return self.post(
+            "/en/availability",
+            {
+                "date": date,
+                "time": time,
+                "duration": duration,
+                "weeks": weeks,
+                "languages": list(languages),
+            },  # type: ignore[dict-item]
+        )
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -86,6 +185,7 @@ def free_port() -> int:
 @dataclass
 class LiveServer:
     url: str
+    portal_url: str
     data_dir: Path
     process: subprocess.Popen[bytes]
     log: Path
@@ -96,13 +196,17 @@ class LiveServer:
 
 
 def stillroom_env(data_dir: Path, port: int, extra: dict[str, str] | None = None) -> dict[str, str]:
-    """Return the environment of a real ``stillroom`` process: fast argon2, unbuffered."""
+    """Return the environment of a real ``stillroom`` process: fast argon2, unbuffered.
+
+    The portal gets a free port of its own, so that servers of parallel tests never meet.
+    """
     return {
         **os.environ,
         "PYTHONSAFEPATH": "1",
         "PYTHONUNBUFFERED": "1",
         "STILLROOM_DATA_DIR": str(data_dir),
         "STILLROOM_PARTICIPANT_PORT": str(port),
+        "STILLROOM_PORTAL_PORT": str(free_port()),
         **{f"STILLROOM_{key.upper()}": str(value) for key, value in FAST_ARGON2.items()},
         **(extra or {}),
     }
@@ -121,13 +225,15 @@ def start_server(data_dir: Path, extra_env: dict[str, str] | None = None) -> Liv
             stdout=output,
             stderr=subprocess.STDOUT,
         )
-    server = LiveServer(f"http://127.0.0.1:{port}", data_dir, process, log)
+    portal = f"http://127.0.0.1:{env['STILLROOM_PORTAL_PORT']}"
+    server = LiveServer(f"http://127.0.0.1:{port}", portal, data_dir, process, log)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"server exited: {server.output()}")
         try:
-            urllib.request.urlopen(f"{server.url}/", timeout=1).close()
+            for url in (server.url, server.portal_url):
+                urllib.request.urlopen(f"{url}/", timeout=1).close()
             return server
         except OSError:
             time.sleep(0.1)

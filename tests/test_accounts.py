@@ -135,7 +135,7 @@ def test_delete_account_removes_every_row(client, auth: AuthActions, settings, a
     keep.create()
     [kept] = rows(settings, "participants")
     passphrase = auth.create()
-    [(participant_id, _, _, public_key, wrapped, _)] = [
+    [(participant_id, _, _, public_key, wrapped, *_)] = [
         row for row in rows(settings, "participants") if row != kept
     ]
     response = auth.post("/account/delete")
@@ -199,7 +199,7 @@ def test_deleting_while_a_reader_holds_the_log_still_answers_quickly(client, aut
 def test_the_periodic_purge_removes_expired_sessions(app, auth: AuthActions, clock, settings):
     auth.create()
     clock.advance(settings.absolute_timeout_hours * 3600 + 1)
-    stop = start_periodic_purge(settings.database_path, interval=0.05, clock=clock)
+    stop = start_periodic_purge(settings, interval=0.05, clock=clock)
     try:
         deadline = time.monotonic() + 5
         while rows(settings, "sessions") and time.monotonic() < deadline:

@@ -1,7 +1,8 @@
 """The Flask apps of Stillroom, their store, languages and security.
 
-:func:`create_participant_app` builds the app that is served only through the onion
-service. The therapist portal arrives with its own issue.
+Two factories over the same domain modules, as in DESIGN §3:
+:func:`create_participant_app` builds the app served only through the onion
+service; :func:`create_portal_app` builds the therapists' portal on its own port.
 """
 
 from __future__ import annotations
@@ -9,26 +10,25 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from urllib.parse import urlsplit
 
 from flask import Flask
 
 from stillroom.crypto.kdf import PRODUCTION, KeyDeriver
-from stillroom.webapp import assets, db, i18n, participant, security
+from stillroom.webapp import assets, db, i18n, participant, portal, security
 from stillroom.webapp.instance import prepare_instance, subkey
 from stillroom.webapp.retention import purge
 from stillroom.webapp.settings import Settings
 
 log = logging.getLogger(__name__)
 
+#: Purposes of the per-app subkeys of the server secret (BLAKE2b allows 16 bytes).
+FORM_KEY_PURPOSE = {"participant": b"form-key", "portal": b"portal-form"}
+PENDING_KEY_PURPOSE = {"participant": b"pending-key", "portal": b"portal-pending"}
 
-def create_participant_app(
-    settings: Settings | None = None, clock: Callable[[], float] = time.time
-) -> Flask:
-    """Build the participant (onion) app.
 
-    :param settings: the deployment's settings; read from the environment when omitted.
-    :param clock: the time source, replaceable so that tests can move time.
-    """
+def _create_app(settings: Settings | None, clock: Callable[[], float], area: str) -> Flask:
+    """Build the parts both apps share; ``area`` is the blueprint's name."""
     settings = Settings.load() if settings is None else settings
     argon2 = settings.argon2
     if argon2.memory_kib < PRODUCTION.memory_kib or argon2.time_cost < PRODUCTION.time_cost:
@@ -42,21 +42,55 @@ def create_participant_app(
     app.config.update(
         SETTINGS=settings,
         CLOCK=clock,
-        FORM_KEY=subkey(secret, b"form-key"),
+        # Each app has its own form and pending keys: a form of one never passes the other.
+        FORM_KEY=subkey(secret, FORM_KEY_PURPOSE[area]),
+        PENDING_KEY=subkey(secret, PENDING_KEY_PURPOSE[area]),
         LOOKUP_KEY=subkey(secret, b"lookup-key"),
-        PENDING_KEY=subkey(secret, b"pending-key"),
-        ONION_ADDRESS=settings.onion_address or None,
+        TOTP_KEY=subkey(secret, b"totp-key"),
+        ONION_ADDRESS=None,
+        PUBLIC_HOST=None,
+        SECURE_COOKIES=False,
         KEY_DERIVER=KeyDeriver(
             settings.argon2, settings.argon2_concurrency, settings.argon2_wait_seconds
         ),
     )
     app.jinja_env.trim_blocks = True
     app.jinja_env.lstrip_blocks = True
+    app.jinja_env.globals["area"] = area
     db.init_app(app)
     security.init_app(app)
     i18n.init_app(app)
     assets.init_app(app)
-    participant.init_app(app)
     with app.app_context():
-        purge(db.get_db(), int(clock()))
+        purge(db.get_db(), int(clock()), settings)
+    return app
+
+
+def create_participant_app(
+    settings: Settings | None = None, clock: Callable[[], float] = time.time
+) -> Flask:
+    """Build the participant (onion) app.
+
+    :param settings: the deployment's settings; read from the environment when omitted.
+    :param clock: the time source, replaceable so that tests can move time.
+    """
+    app = _create_app(settings, clock, "participant")
+    app.config["ONION_ADDRESS"] = app.config["SETTINGS"].onion_address or None
+    participant.init_app(app)
+    return app
+
+
+def create_portal_app(
+    settings: Settings | None = None, clock: Callable[[], float] = time.time
+) -> Flask:
+    """Build the therapist portal (clearnet, behind TLS; never reachable through the onion).
+
+    :param settings: the deployment's settings; read from the environment when omitted.
+    :param clock: the time source, replaceable so that tests can move time.
+    """
+    app = _create_app(settings, clock, "portal")
+    public = urlsplit(app.config["SETTINGS"].portal_base_url)
+    app.config["PUBLIC_HOST"] = public.hostname
+    app.config["SECURE_COOKIES"] = public.scheme == "https"
+    portal.init_app(app)
     return app

@@ -41,9 +41,16 @@ def lookup_hash(passphrase: str, lookup_key: bytes) -> bytes:
 
 
 def create_account(
-    db: Database, deriver: KeyDeriver, lookup_key: bytes, passphrase: str, today: str
+    db: Database,
+    deriver: KeyDeriver,
+    lookup_key: bytes,
+    passphrase: str,
+    today: str,
+    time_zone: str = "UTC",
 ) -> Unlocked:
     """Create an account for a normalised, server-generated ``passphrase``.
+
+    :param time_zone: the band booking times are shown in (changeable later).
 
     :raises AccountExistsError: when the same confirmation arrives twice.
     :raises stillroom.crypto.kdf.KdfBusyError: when argon2 is saturated.
@@ -66,6 +73,7 @@ def create_account(
                     "public_key": public_key,
                     "wrapped_secret_key": wrapped,
                     "last_login_day": today,
+                    "time_zone": time_zone,
                 }
             )
     except sqlite3.IntegrityError:

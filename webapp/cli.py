@@ -8,19 +8,26 @@ import os
 import signal
 import sys
 import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import NoReturn
 
 import click
 import waitress
 from flask import Flask
+from sqlite_utils import Database
 from waitress.server import BaseWSGIServer
 
 from stillroom.onion import clients, service, tor
 from stillroom.onion.errors import PortInUseError, TorError, TorLostError
-from stillroom.webapp import create_participant_app
+from stillroom.webapp import create_participant_app, create_portal_app, therapists
+from stillroom.webapp.instance import prepare_instance
 from stillroom.webapp.retention import start_periodic_purge
-from stillroom.webapp.settings import Settings, SettingsError, describe_settings
+from stillroom.webapp.settings import LANGUAGES, Settings, SettingsError, describe_settings
+from stillroom.webapp.store import connect
+from stillroom.webapp.times import is_zone
 
 SETTINGS_EPILOG = (
     "Settings come from STILLROOM_* environment variables, or from the TOML file named "
@@ -90,16 +97,21 @@ def stop_serving(*_args: object) -> None:
     raise StopServing
 
 
-def create_server(app: Flask, settings: Settings) -> BaseWSGIServer:
-    """Bind the participant app's port on 127.0.0.1 now, before Tor starts.
+def create_server(
+    app: Flask, port: int, settings: Settings, socket_map: dict[int, object]
+) -> BaseWSGIServer:
+    """Bind one app's port on 127.0.0.1 now, before Tor starts.
+
+    Servers that share ``socket_map`` are served by one loop, each with its own threads.
 
     :raises PortInUseError: when another program holds the port.
     """
     try:
         server: BaseWSGIServer = waitress.create_server(
             app,
+            map=socket_map,
             host="127.0.0.1",
-            port=settings.participant_port,
+            port=port,
             threads=settings.server_threads,
             connection_limit=CONNECTION_LIMIT,
             ident="",
@@ -111,20 +123,42 @@ def create_server(app: Flask, settings: Settings) -> BaseWSGIServer:
         )
     except OSError as error:
         if error.errno == errno.EADDRINUSE:
-            raise PortInUseError(settings.participant_port) from error
+            raise PortInUseError(port) from error
         raise
     return server
 
 
-def run_until_stopped(server: BaseWSGIServer, settings: Settings) -> None:
-    """Serve until Ctrl-C or SIGTERM, purging expired data every minute."""
-    stop_purge = start_periodic_purge(settings.database_path)
+def create_servers(settings: Settings) -> list[BaseWSGIServer]:
+    """Build both apps and bind their ports: the participant app first, then the portal."""
+    socket_map: dict[int, object] = {}
+    participant = create_server(
+        create_participant_app(settings), settings.participant_port, settings, socket_map
+    )
     try:
-        server.run()
+        portal = create_server(
+            create_portal_app(settings), settings.portal_port, settings, socket_map
+        )
+    except BaseException:
+        participant.close()
+        raise
+    return [participant, portal]
+
+
+def run_until_stopped(servers: list[BaseWSGIServer], settings: Settings) -> None:
+    """Serve both apps until Ctrl-C or SIGTERM, purging expired data every minute."""
+    stop_purge = start_periodic_purge(settings)
+    try:
+        servers[0].run()  # one loop serves every socket in the shared map
     except (KeyboardInterrupt, StopServing):
         pass
     finally:
         stop_purge.set()
+        close_servers(servers)
+
+
+def close_servers(servers: list[BaseWSGIServer]) -> None:
+    """Stop both servers' threads and close their sockets."""
+    for server in servers:
         server.close()
 
 
@@ -143,17 +177,21 @@ def main() -> None:
     help="Serve without Tor, on 127.0.0.1 only, for development and tests.",
 )
 def serve(no_tor: bool) -> None:
-    """Start Tor, publish the onion service and serve the participant app.
+    """Start Tor, publish the onion service and serve the participant app and the portal.
 
-    The app listens on 127.0.0.1 only; the onion service is its only way in.
+    Both listen on 127.0.0.1 only; the onion service is the participant app's only
+    way in, and the portal is for a TLS reverse proxy.
     """
     settings = load_settings()
     signal.signal(signal.SIGTERM, stop_serving)
     try:
-        app = create_participant_app(settings)
-        server = create_server(app, settings)
+        servers = create_servers(settings)
     except (TorError, SettingsError) as error:
         fail(error)
+    say(
+        f"Therapist portal: http://127.0.0.1:{settings.portal_port}/"
+        f" (public address {settings.portal_base_url}/)"
+    )
     if no_tor:
         where = (
             f"for the onion service {settings.onion_address} (tor runs outside Stillroom)"
@@ -161,14 +199,14 @@ def serve(no_tor: bool) -> None:
             else "development, no Tor"
         )
         say(f"Participant app ({where}): http://127.0.0.1:{settings.participant_port}/")
-        run_until_stopped(server, settings)
+        run_until_stopped(servers, settings)
         return
-    failure = serve_through_tor(app, server, settings)
+    failure = serve_through_tor(servers, settings)
     if failure is not None:
         fail(failure)
 
 
-def serve_through_tor(app: Flask, server: BaseWSGIServer, settings: Settings) -> TorError | None:
+def serve_through_tor(servers: list[BaseWSGIServer], settings: Settings) -> TorError | None:
     """Start or attach tor, publish, serve; always clean up. Return what went wrong."""
     lost = threading.Event()
     handle: tor.Tor | None = None
@@ -194,15 +232,15 @@ def serve_through_tor(app: Flask, server: BaseWSGIServer, settings: Settings) ->
             settings.tor_publish_timeout,
         )
         uploads.track(address)
-        app.config["ONION_ADDRESS"] = address
+        servers[0].application.config["ONION_ADDRESS"] = address
         say(f"Onion service published: http://{address}/")
-        run_until_stopped(server, settings)
+        run_until_stopped(servers, settings)
     except TorError as error:
         failure = error
     except (KeyboardInterrupt, StopServing):
         pass
     finally:
-        server.close()
+        close_servers(servers)
         if uploads is not None:
             uploads.close()
         if handle is not None:
@@ -283,3 +321,100 @@ def clients_remove(name: str) -> None:
     if not removed:
         fail(RuntimeError(f"no client named {name}"))
     click.echo(f"removed {name}; restart 'stillroom serve' to apply")
+
+
+@contextmanager
+def open_database(settings: Settings) -> Iterator[Database]:
+    """Create or upgrade the data directory and open its database."""
+    prepare_instance(settings)
+    database = connect(settings.database_path)
+    try:
+        yield database
+    finally:
+        database.close()
+
+
+@main.group()
+def therapist() -> None:
+    """Add therapists and look after their accounts."""
+
+
+def enrolment_url(settings: Settings, language: str, token: str) -> str:
+    """Return the portal address where a therapist sets up their account."""
+    return f"{settings.portal_base_url}/{language}/enrol/{token}"
+
+
+def read_languages(value: str) -> tuple[str, ...]:
+    """Turn ``de,en`` into a tuple, refusing codes the service does not speak."""
+    codes = tuple(dict.fromkeys(code.strip() for code in value.split(",") if code.strip()))
+    if not codes or any(code not in LANGUAGES for code in codes):
+        raise click.BadParameter(f"use a comma-separated list of {', '.join(LANGUAGES)}")
+    return codes
+
+
+@therapist.command(name="add")
+@click.option("--name", required=True, help="The name participants see (a pseudonym is fine).")
+@click.option("--languages", required=True, help="Languages offered, e.g. de,en.")
+@click.option(
+    "--time-zone",
+    default="Europe/Berlin",
+    show_default=True,
+    help="The therapist's own time zone (IANA name); availability is entered in it.",
+)
+def therapist_add(name: str, languages: str, time_zone: str) -> None:
+    """Add a therapist and print their one-time enrolment link (valid 24 hours)."""
+    settings = load_settings()
+    codes = read_languages(languages)
+    if not is_zone(time_zone):
+        raise click.BadParameter(f"unknown time zone {time_zone!r}", param_hint="--time-zone")
+    with open_database(settings) as database:
+        try:
+            token = therapists.add_therapist(database, name, codes, time_zone, int(time.time()))
+        except therapists.TherapistNameError:
+            fail(RuntimeError(f"the name {name!r} is taken, empty, too long or not plain text"))
+    click.echo("Give this link to the therapist by a safe channel; it works once, for 24 hours:")
+    click.echo(enrolment_url(settings, codes[0], token))
+
+
+@therapist.command(name="list")
+def therapist_list() -> None:
+    """List therapists: name, languages, time zone and state."""
+    with open_database(load_settings()) as database:
+        for item in therapists.list_therapists(database):
+            state = "disabled" if item.disabled else "active" if item.enrolled else "not enrolled"
+            click.echo(f"{item.name}\t{','.join(item.languages)}\t{item.time_zone}\t{state}")
+
+
+@therapist.command(name="disable")
+@click.argument("name")
+def therapist_disable(name: str) -> None:
+    """Lock a therapist out at once and withdraw their free times."""
+    with open_database(load_settings()) as database:
+        try:
+            upcoming = therapists.disable_therapist(database, name, int(time.time()))
+        except therapists.UnknownTherapistError:
+            fail(RuntimeError(f"no therapist named {name!r}"))
+    click.echo(f"{name} is disabled; their sessions ended and their free times were withdrawn.")
+    if upcoming:
+        click.echo(
+            f"Warning: {upcoming} booked appointment(s) remain; arrange them with another"
+            " therapist or run 'stillroom therapist reset' to let them back in."
+        )
+
+
+@therapist.command(name="reset")
+@click.argument("name")
+def therapist_reset(name: str) -> None:
+    """Clear a therapist's password and TOTP and print a new enrolment link."""
+    settings = load_settings()
+    with open_database(settings) as database:
+        try:
+            found = therapists.find_by_name(database, name)
+            token = therapists.reset_therapist(database, name, int(time.time()))
+        except therapists.UnknownTherapistError:
+            fail(RuntimeError(f"no therapist named {name!r}"))
+    click.echo(
+        "Password and authenticator cleared, sessions ended, account enabled. New link"
+        " (works once, for 24 hours):"
+    )
+    click.echo(enrolment_url(settings, found.languages[0], token))

@@ -6,7 +6,7 @@ about the participant and is never read.
 
 from __future__ import annotations
 
-from flask import Flask, g, request, url_for
+from flask import Flask, current_app, g, request, url_for
 from flask_babel import Babel
 
 from stillroom.webapp.paths import package_dir
@@ -33,10 +33,11 @@ def current_language() -> str:
 
 def language_url(code: str) -> str:
     """Return this page in the language ``code``, or that language's home page."""
+    area = current_app.jinja_env.globals["area"]
     endpoint = request.endpoint or ""
-    if endpoint.startswith("participant.") and request.method == "GET":
+    if endpoint.startswith(f"{area}.") and request.method == "GET":
         return url_for(endpoint, **{**(request.view_args or {}), "lang": code})
-    return url_for("participant.home", lang=code)
+    return url_for(f"{area}.home", lang=code)
 
 
 def init_app(app: Flask) -> None:

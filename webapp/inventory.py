@@ -62,6 +62,10 @@ INVENTORY: tuple[Table, ...] = (
                 "last_login_day",
                 _l("The day (not the time) of your last login, to remove unused accounts."),
             ),
+            Column(
+                "time_zone",
+                _l("The broad time zone you chose for showing times (for example Central Europe)."),
+            ),
         ),
     ),
     Table(
@@ -80,6 +84,120 @@ INVENTORY: tuple[Table, ...] = (
                 encrypted=_l("encrypted under a key only your cookie gives"),
             ),
             Column("idle_expires_at", _l("When the session ends if you do nothing.")),
+            Column("absolute_expires_at", _l("When the session ends at the latest.")),
+        ),
+    ),
+    Table(
+        name="slots",
+        purpose=_l("Times the therapists offer. Nothing about participants."),
+        readers=_l("Everyone logged in, to book; the therapist who offers them."),
+        retention=_l("Deleted when the time has passed, or when the therapist withdraws it."),
+        columns=(
+            Column("id", _l("A random number for the time.")),
+            Column("therapist_id", _l("The therapist who offers it.")),
+            Column("starts_at", _l("When it starts.")),
+            Column("ends_at", _l("When it ends.")),
+            Column("languages", _l("The languages offered at that time.")),
+        ),
+    ),
+    Table(
+        name="appointments",
+        purpose=_l("Booked appointments: which account meets which therapist, and when."),
+        readers=_l("You, and the therapist you booked (who sees only a random name for you)."),
+        retention=_l(
+            "Deleted %(days)s days after the appointment ends, at once when you cancel it,"
+            " or with your account."
+        ),
+        columns=(
+            Column("id", _l("A random number for the appointment.")),
+            Column("slot_id", _l("The time that was booked, while it exists.")),
+            Column("participant_id", _l("Your account.")),
+            Column("therapist_id", _l("The therapist.")),
+            Column("starts_at", _l("When it starts.")),
+            Column("ends_at", _l("When it ends.")),
+            Column("language", _l("The language you booked it in.")),
+            Column("cancelled", _l("Whether the therapist had to cancel it.")),
+            Column(
+                "cancel_note",
+                _l("The therapist's note when they cancel."),
+                encrypted=_l("encrypted to your key; only you can read it"),
+            ),
+        ),
+    ),
+    Table(
+        name="pairs",
+        purpose=_l(
+            "The random name a therapist sees for you. It is made by the server, not from"
+            " anything you typed, and it is different for each therapist."
+        ),
+        readers=_l("The therapist it belongs to."),
+        retention=_l("Until you delete your account."),
+        columns=(
+            Column("participant_id", _l("Your account.")),
+            Column("therapist_id", _l("The therapist.")),
+            Column("pseudonym", _l("The random name, such as KX7M-Q2PD.")),
+        ),
+    ),
+    Table(
+        name="therapists",
+        purpose=_l("Therapist accounts. Therapists may use a pseudonym as their name."),
+        readers=_l("The server, to let therapists log in; participants see the name."),
+        retention=_l("Until the operator removes the therapist."),
+        columns=(
+            Column("id", _l("A random number for the therapist.")),
+            Column("name", _l("The name participants see.")),
+            Column("languages", _l("The languages the therapist works in.")),
+            Column("time_zone", _l("The therapist's time zone.")),
+            Column(
+                "password_hash",
+                _l("A hash of the therapist's password."),
+                encrypted=_l("argon2id hash; the password itself is never stored"),
+            ),
+            Column("kdf_salt", _l("Random bytes used when deriving the therapist's key.")),
+            Column("public_key", _l("The therapist's public key.")),
+            Column(
+                "wrapped_secret_key",
+                _l("The therapist's secret key, locked with their password."),
+                encrypted=_l("encrypted under a key only the password gives"),
+            ),
+            Column(
+                "totp_secret",
+                _l("The secret of the therapist's authenticator app."),
+                encrypted=_l("encrypted under a server key"),
+            ),
+            Column("totp_last_step", _l("The last code used, so that no code works twice.")),
+            Column("failed_logins", _l("Failed logins in a row, to pause guessing.")),
+            Column("locked_until", _l("Until when logging in is paused after failures.")),
+            Column("disabled", _l("Whether the operator has locked the account.")),
+        ),
+    ),
+    Table(
+        name="enrolments",
+        purpose=_l("One-time links with which a new therapist sets up their account."),
+        readers=_l("The server, when the link is opened."),
+        retention=_l("Deleted when used, or after 24 hours."),
+        columns=(
+            Column("token_hash", _l("A hash of the link's secret part.")),
+            Column("therapist_id", _l("The therapist the link is for.")),
+            Column("expires_at", _l("When the link stops working.")),
+        ),
+    ),
+    Table(
+        name="therapist_sessions",
+        purpose=_l("Therapists' logged-in sessions, kept like yours."),
+        readers=_l("The server, while the therapist is logged in."),
+        retention=_l(
+            "Deleted at logout, after %(idle)s idle minutes, or %(hours)s hours after login."
+        ),
+        columns=(
+            Column("token_hash", _l("A hash of the session token in the cookie.")),
+            Column("therapist_id", _l("The therapist the session belongs to.")),
+            Column(
+                "wrapped_secret_key",
+                _l("The therapist's secret key for this session, locked with the session token."),
+                encrypted=_l("encrypted under a key only the cookie gives"),
+            ),
+            Column("idle_expires_at", _l("When the session ends if nothing happens.")),
             Column("absolute_expires_at", _l("When the session ends at the latest.")),
         ),
     ),

@@ -1,8 +1,8 @@
 """Retention: remove what has outlived its purpose, at startup and every minute.
 
-Today that is expired sessions; the retention issue adds every other table.
-Each run ends with a write-ahead-log checkpoint so deleted rows leave the
-``-wal`` file too.
+Expired sessions of both apps, enrolment links that were never used, slots that
+have ended and appointments past their retention. Each run ends with a
+write-ahead-log checkpoint so deleted rows leave the ``-wal`` file too.
 """
 
 from __future__ import annotations
@@ -11,25 +11,29 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 from sqlite_utils import Database
 
+from stillroom.webapp.booking import purge_bookings
 from stillroom.webapp.sessions import end_expired_sessions
-from stillroom.webapp.store import checkpoint, connect
+from stillroom.webapp.settings import Settings
+from stillroom.webapp.store import checkpoint, connect, transaction
 
 log = logging.getLogger(__name__)
 
 
-def purge(db: Database, now: int) -> int:
+def purge(db: Database, now: int, settings: Settings) -> int:
     """Delete everything past its retention; return how many rows went."""
     removed = end_expired_sessions(db, now)
+    with transaction(db):
+        removed += db.execute("DELETE FROM enrolments WHERE expires_at <= ?", [now]).rowcount
+    removed += purge_bookings(db, now, settings.appointment_retention_days * 24 * 3600)
     checkpoint(db)  # if readers block it, the next run retries; the rows are gone already
     return removed
 
 
 def start_periodic_purge(
-    path: Path, interval: float = 60, clock: Callable[[], float] = time.time
+    settings: Settings, interval: float = 60, clock: Callable[[], float] = time.time
 ) -> threading.Event:
     """Run :func:`purge` every ``interval`` seconds in a daemon thread.
 
@@ -39,9 +43,9 @@ def start_periodic_purge(
 
     def loop() -> None:
         while not stop.wait(interval):
-            db = connect(path)
+            db = connect(settings.database_path)
             try:
-                purge(db, int(clock()))
+                purge(db, int(clock()), settings)
             except Exception as error:  # keep purging; report without any data
                 log.error("purge failed: %s", type(error).__name__)
             finally:

@@ -48,6 +48,7 @@ ERROR_TEXT = {
     404: _l("There is no page at this address."),
     421: _l("This address is not served here. Please open the service in Tor Browser."),
     405: _l("This page cannot be used that way. Please go back and use the buttons."),
+    409: _l("Something changed in the meantime. Please go back, reload the page and try again."),
     413: _l("What you sent is too long. Please shorten it and try again."),
     500: _l("Something went wrong on our side. Nothing you did caused it. Please try again."),
     503: _l("The service is busy right now. Please wait a moment and try again."),
@@ -120,10 +121,11 @@ def refuse_cross_site_posts() -> None:
 
 
 def refuse_foreign_hosts() -> None:
-    """Answer only for 127.0.0.1 and our own onion address.
+    """Answer only for 127.0.0.1 and this app's own public name.
 
-    Any other Host header means DNS rebinding, a misrouted proxy or a Tor2web
-    gateway; none of them may reach a participant's pages.
+    The participant app's public name is its onion address; the portal's is the
+    host of its public URL. Any other Host header means DNS rebinding, a misrouted
+    proxy or a Tor2web gateway, and an onion address never reaches the portal.
 
     :raises Tor2webError: for a request that a Tor2web proxy forwarded.
     :raises MisdirectedRequest: for any other Host.
@@ -131,7 +133,8 @@ def refuse_foreign_hosts() -> None:
     if "X-Tor2web" in request.headers:
         raise Tor2webError
     host = request.host.lower().rsplit(":", 1)[0]
-    if host not in {"127.0.0.1", current_app.config.get("ONION_ADDRESS")}:
+    allowed = {"127.0.0.1", current_app.config["ONION_ADDRESS"], current_app.config["PUBLIC_HOST"]}
+    if host not in allowed:
         raise MisdirectedRequest
 
 

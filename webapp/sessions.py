@@ -1,7 +1,7 @@
-"""Server-side sessions.
+"""Server-side sessions, for participants and therapists alike.
 
 The browser holds a random 256-bit token and nothing else. The database holds the
-token's hash and the participant's secret key wrapped under a key derived from the
+token's hash and the user's secret key wrapped under a key derived from the
 token, so a copy of the database opens no account and a logout or a restart of
 the session table ends access for good.
 """
@@ -20,11 +20,22 @@ from stillroom.crypto.keys import (
     unwrap_key,
     wrap_key,
 )
-from stillroom.webapp.accounts import Unlocked
 from stillroom.webapp.store import transaction
 
 #: Do not rewrite a session row on every request; once a minute is precise enough.
 _TOUCH_GRANULARITY = 60
+
+
+@dataclass(frozen=True)
+class SessionTable:
+    """Where one kind of user's sessions live: the table and its owner column."""
+
+    name: str
+    owner: str
+
+
+PARTICIPANT_SESSIONS = SessionTable("sessions", "participant_id")
+THERAPIST_SESSIONS = SessionTable("therapist_sessions", "therapist_id")
 
 
 @dataclass(frozen=True)
@@ -37,21 +48,29 @@ class Timeouts:
 
 @dataclass(frozen=True)
 class Session:
-    """A live session, with the account's key open for this request."""
+    """A live session, with its owner's secret key open for this request."""
 
     token_hash: bytes
-    account: Unlocked
+    owner_id: str
+    secret_key: bytes
 
 
-def start_session(db: Database, account: Unlocked, now: int, timeouts: Timeouts) -> str:
-    """Create a session for ``account`` and return its token (for the cookie only)."""
+def start_session(
+    db: Database,
+    table: SessionTable,
+    owner_id: str,
+    secret_key: bytes,
+    now: int,
+    timeouts: Timeouts,
+) -> str:
+    """Create a session for ``owner_id`` and return its token (for the cookie only)."""
     token = new_token()
     with transaction(db):
-        db.table("sessions").insert(
+        db.table(table.name).insert(
             {
                 "token_hash": token_hash(token),
-                "participant_id": account.participant_id,
-                "wrapped_secret_key": wrap_key(account.secret_key, token_key(token)),
+                table.owner: owner_id,
+                "wrapped_secret_key": wrap_key(secret_key, token_key(token)),
                 "idle_expires_at": now + timeouts.idle,
                 "absolute_expires_at": now + timeouts.absolute,
             }
@@ -59,48 +78,60 @@ def start_session(db: Database, account: Unlocked, now: int, timeouts: Timeouts)
     return token
 
 
-def load_session(db: Database, token: str, now: int, timeouts: Timeouts) -> Session | None:
+def load_session(
+    db: Database, table: SessionTable, token: str, now: int, timeouts: Timeouts
+) -> Session | None:
     """Return the live session of ``token``, or ``None`` when it is unknown or over.
 
     An expired session is deleted on sight; a live one has its idle deadline moved on.
     """
     hashed = token_hash(token)
     row = db.execute(
-        "SELECT participant_id, wrapped_secret_key, idle_expires_at, absolute_expires_at"
-        " FROM sessions WHERE token_hash = ?",
+        f"SELECT {table.owner}, wrapped_secret_key, idle_expires_at, absolute_expires_at"  # noqa: S608 - names are constants
+        f" FROM {table.name} WHERE token_hash = ?",
         [hashed],
     ).fetchone()
     if row is None:
         return None
-    participant_id, wrapped, idle_expires_at, absolute_expires_at = row
+    owner_id, wrapped, idle_expires_at, absolute_expires_at = row
     if now >= idle_expires_at or now >= absolute_expires_at:
-        end_session(db, hashed)
+        end_session(db, table, hashed)
         return None
     try:
         secret_key = unwrap_key(wrapped, token_key(token))
     except UnwrapError:
-        end_session(db, hashed)
+        end_session(db, table, hashed)
         return None
     new_idle = min(now + timeouts.idle, absolute_expires_at)
     if new_idle - idle_expires_at >= _TOUCH_GRANULARITY:
         with transaction(db):
             db.execute(
-                "UPDATE sessions SET idle_expires_at = ? WHERE token_hash = ?", [new_idle, hashed]
+                f"UPDATE {table.name} SET idle_expires_at = ? WHERE token_hash = ?",  # noqa: S608
+                [new_idle, hashed],
             )
-    return Session(hashed, Unlocked(participant_id, secret_key))
+    return Session(hashed, owner_id, secret_key)
 
 
-def end_session(db: Database, hashed: bytes) -> None:
+def end_session(db: Database, table: SessionTable, hashed: bytes) -> None:
     """Delete one session by its token hash."""
     with transaction(db):
-        db.execute("DELETE FROM sessions WHERE token_hash = ?", [hashed])
+        db.execute(f"DELETE FROM {table.name} WHERE token_hash = ?", [hashed])  # noqa: S608
+
+
+def end_sessions_of(db: Database, table: SessionTable, owner_id: str) -> None:
+    """Delete every session of one user (inside the caller's transaction)."""
+    db.execute(f"DELETE FROM {table.name} WHERE {table.owner} = ?", [owner_id])  # noqa: S608
 
 
 def end_expired_sessions(db: Database, now: int) -> int:
-    """Delete every session past a deadline; return how many went."""
+    """Delete every session of either kind past a deadline; return how many went."""
+    removed = 0
     with transaction(db):
-        cursor = db.execute(
-            "DELETE FROM sessions WHERE idle_expires_at <= ? OR absolute_expires_at <= ?",
-            [now, now],
-        )
-    return cursor.rowcount
+        for table in (PARTICIPANT_SESSIONS, THERAPIST_SESSIONS):
+            cursor = db.execute(
+                f"DELETE FROM {table.name}"  # noqa: S608 - names are constants
+                " WHERE idle_expires_at <= ? OR absolute_expires_at <= ?",
+                [now, now],
+            )
+            removed += cursor.rowcount
+    return removed

@@ -37,6 +37,15 @@ class Settings:
     participant_port: int = _setting(
         8080, "Port of the participant app, always on 127.0.0.1 (the onion service's target)."
     )
+    portal_port: int = _setting(
+        8081, "Port of the therapist portal on 127.0.0.1 (put a TLS reverse proxy in front)."
+    )
+    portal_url: str = _setting(
+        "",
+        "The portal's public address as therapists reach it, e.g. https://portal.example.org"
+        " (used in enrolment links; its host is the only one the portal answers besides"
+        " 127.0.0.1). Empty: http://127.0.0.1:PORTAL_PORT.",
+    )
     server_threads: int = _setting(8, "Worker threads of the WSGI server.")
     idle_timeout_minutes: int = _setting(30, "A session ends after this many idle minutes.")
     absolute_timeout_hours: int = _setting(8, "A session ends this many hours after login.")
@@ -54,6 +63,16 @@ class Settings:
         2.0, "Seconds a login waits for a free argon2 slot before the 'busy' page."
     )
     max_request_kib: int = _setting(16, "Largest request body accepted, in KiB.")
+    booking_weeks_ahead: int = _setting(4, "How many weeks ahead participants see free slots.")
+    booking_cutoff_hours: int = _setting(
+        24, "Participants can move or cancel an appointment until this many hours before it."
+    )
+    max_upcoming_bookings: int = _setting(
+        1, "Upcoming appointments one participant may hold at once."
+    )
+    appointment_retention_days: int = _setting(
+        14, "Appointments are deleted this many days after they end."
+    )
     onion_address: str = _setting(
         "",
         "The .onion address when the system tor publishes the service itself"
@@ -97,7 +116,7 @@ class Settings:
             value = getattr(self, item.name)
             if isinstance(value, int | float) and value < 0:
                 raise SettingsError(f"{env_var(item.name)} must not be negative")
-        for name in ("participant_port",):
+        for name in ("participant_port", "portal_port"):
             if getattr(self, name) > 65535:
                 raise SettingsError(f"{env_var(name)} must be a port number (0-65535)")
         for name in (
@@ -119,7 +138,15 @@ class Settings:
             "argon2_parallelism": (1, 64),
             "argon2_concurrency": (1, 64),
             "server_threads": (1, 256),
+            "booking_weeks_ahead": (1, 26),
+            "booking_cutoff_hours": (0, 14 * 24),
+            "max_upcoming_bookings": (1, 10),
+            "appointment_retention_days": (0, 365),
         }
+        if self.portal_url and not self.portal_url.startswith(("https://", "http://")):
+            raise SettingsError("STILLROOM_PORTAL_URL must start with https:// or http://")
+        if ".onion" in self.portal_url:
+            raise SettingsError("STILLROOM_PORTAL_URL must not be an onion address")
         for name, (low, high) in bounds.items():
             if not low <= getattr(self, name) <= high:
                 raise SettingsError(f"{env_var(name)} must be between {low} and {high}")
@@ -128,6 +155,11 @@ class Settings:
     def argon2(self) -> Argon2Params:
         """The argon2id parameters as one value."""
         return Argon2Params(self.argon2_time_cost, self.argon2_memory_kib, self.argon2_parallelism)
+
+    @property
+    def portal_base_url(self) -> str:
+        """The portal's address for links, without a trailing slash."""
+        return (self.portal_url or f"http://127.0.0.1:{self.portal_port}").rstrip("/")
 
     @property
     def database_path(self) -> Path:

@@ -61,6 +61,94 @@ def create_accounts(db: Database) -> None:
     db.execute("CREATE INDEX sessions_participant ON sessions(participant_id)")
 
 
+@migrations()
+def create_portal_and_booking(db: Database) -> None:
+    """Therapists, their enrolment links and sessions; slots, appointments and pairs."""
+    db.execute("ALTER TABLE participants ADD COLUMN time_zone TEXT NOT NULL DEFAULT 'UTC'")
+    db.execute(
+        """
+        CREATE TABLE therapists (
+            id TEXT PRIMARY KEY,
+            name TEXT NOT NULL UNIQUE,
+            languages TEXT NOT NULL,
+            time_zone TEXT NOT NULL,
+            password_hash TEXT,
+            kdf_salt BLOB,
+            public_key BLOB,
+            wrapped_secret_key BLOB,
+            totp_secret BLOB,
+            totp_last_step INTEGER NOT NULL DEFAULT 0,
+            failed_logins INTEGER NOT NULL DEFAULT 0,
+            locked_until INTEGER NOT NULL DEFAULT 0,
+            disabled INTEGER NOT NULL DEFAULT 0
+        ) STRICT
+        """
+    )
+    db.execute(
+        """
+        CREATE TABLE enrolments (
+            token_hash BLOB PRIMARY KEY,
+            therapist_id TEXT NOT NULL UNIQUE REFERENCES therapists(id) ON DELETE CASCADE,
+            expires_at INTEGER NOT NULL
+        ) STRICT
+        """
+    )
+    db.execute(
+        """
+        CREATE TABLE therapist_sessions (
+            token_hash BLOB PRIMARY KEY,
+            therapist_id TEXT NOT NULL REFERENCES therapists(id) ON DELETE CASCADE,
+            wrapped_secret_key BLOB NOT NULL,
+            idle_expires_at INTEGER NOT NULL,
+            absolute_expires_at INTEGER NOT NULL
+        ) STRICT
+        """
+    )
+    db.execute("CREATE INDEX therapist_sessions_owner ON therapist_sessions(therapist_id)")
+    db.execute(
+        """
+        CREATE TABLE slots (
+            id TEXT PRIMARY KEY,
+            therapist_id TEXT NOT NULL REFERENCES therapists(id) ON DELETE CASCADE,
+            starts_at INTEGER NOT NULL,
+            ends_at INTEGER NOT NULL,
+            languages TEXT NOT NULL,
+            CHECK (ends_at > starts_at)
+        ) STRICT
+        """
+    )
+    db.execute("CREATE INDEX slots_therapist ON slots(therapist_id, starts_at)")
+    db.execute("CREATE INDEX slots_start ON slots(starts_at)")
+    db.execute(
+        """
+        CREATE TABLE appointments (
+            id TEXT PRIMARY KEY,
+            slot_id TEXT UNIQUE REFERENCES slots(id) ON DELETE SET NULL,
+            participant_id TEXT NOT NULL REFERENCES participants(id) ON DELETE CASCADE,
+            therapist_id TEXT NOT NULL REFERENCES therapists(id) ON DELETE CASCADE,
+            starts_at INTEGER NOT NULL,
+            ends_at INTEGER NOT NULL,
+            language TEXT NOT NULL,
+            cancelled INTEGER NOT NULL DEFAULT 0,
+            cancel_note BLOB
+        ) STRICT
+        """
+    )
+    db.execute("CREATE INDEX appointments_participant ON appointments(participant_id)")
+    db.execute("CREATE INDEX appointments_therapist ON appointments(therapist_id, starts_at)")
+    db.execute(
+        """
+        CREATE TABLE pairs (
+            participant_id TEXT NOT NULL REFERENCES participants(id) ON DELETE CASCADE,
+            therapist_id TEXT NOT NULL REFERENCES therapists(id) ON DELETE CASCADE,
+            pseudonym TEXT NOT NULL,
+            PRIMARY KEY (participant_id, therapist_id),
+            UNIQUE (therapist_id, pseudonym)
+        ) STRICT
+        """
+    )
+
+
 def connect(path: Path) -> Database:
     """Open the database at ``path`` with the pragmas of :data:`PRAGMAS`.
 

@@ -1,4 +1,4 @@
-"""The participant app's pages: information, accounts and (later) booking and chat.
+"""The participant app's pages: information, accounts and booking.
 
 Every URL starts with the language (``/de/…``); ``/`` only offers the choice.
 """
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from flask import Flask
 
-from stillroom.webapp.participant import account, pages
+from stillroom.webapp.participant import account, booking, pages
 from stillroom.webapp.participant.blueprint import bp
 
 
@@ -17,4 +17,4 @@ def init_app(app: Flask) -> None:
     app.register_blueprint(bp)
 
 
-__all__ = ["account", "init_app", "pages"]
+__all__ = ["account", "booking", "init_app", "pages"]

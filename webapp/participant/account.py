@@ -22,22 +22,19 @@ from stillroom.webapp.accounts import (
     replace_passphrase,
     unlock_account,
 )
+from stillroom.webapp.gate import current_session, db, now
 from stillroom.webapp.i18n import current_language
 from stillroom.webapp.participant.blueprint import (
     bp,
-    clear_session_cookie,
-    current_session,
-    db,
+    gate,
     login_required,
-    now,
     open_pending,
     read_passphrase,
     seal_pending,
-    set_session_cookie,
-    timeouts,
 )
+from stillroom.webapp.participant.booking import my_appointments
 from stillroom.webapp.participant.pages import notice
-from stillroom.webapp.sessions import end_expired_sessions, end_session, start_session
+from stillroom.webapp.times import DEFAULT_ZONE
 
 UNREADABLE = _l("This passphrase could not be read. Type only the words, separated by spaces.")
 MISMATCH = _l("That is not the passphrase shown above. Please compare it word by word.")
@@ -65,12 +62,8 @@ def lookup_key() -> bytes:
 
 def log_in_browser(account: Unlocked, done: str | None) -> Response:
     """Start a new session for ``account`` and send the browser to its account page."""
-    old = current_session()
-    if old is not None:
-        end_session(db(), old.token_hash)
-    end_expired_sessions(db(), now())
-    token = start_session(db(), account, now(), timeouts())
-    return set_session_cookie(redirect(url_for("participant.account", done=done)), token)
+    target = url_for("participant.account", done=done)
+    return gate.log_in(account.participant_id, account.secret_key, target)
 
 
 @bp.route("/create", methods=["GET", "POST"])
@@ -92,7 +85,14 @@ def create() -> Any:
             else:
                 if typed == passphrase:
                     try:
-                        account = create_account(db(), deriver(), lookup_key(), passphrase, today())
+                        account = create_account(
+                            db(),
+                            deriver(),
+                            lookup_key(),
+                            passphrase,
+                            today(),
+                            DEFAULT_ZONE[current_language()],
+                        )
                     except AccountExistsError:  # sent twice: the first one created it
                         account = unlock_account(db(), deriver(), lookup_key(), passphrase, today())
                     return log_in_browser(account, "created")
@@ -131,17 +131,16 @@ def login() -> Any:
 @bp.post("/logout")
 def logout() -> Response:
     """End this session at once and forget the cookie."""
-    session = current_session()
-    if session is not None:
-        end_session(db(), session.token_hash)
-    return clear_session_cookie(redirect(url_for("participant.home", done="logged-out")))
+    return gate.log_out(url_for("participant.home", done="logged-out"))
 
 
 @bp.get("/account")
 @login_required
 def account() -> str:
-    """The participant's own page: where booking and chat will live."""
-    return render_template("participant/account.html", notice=notice())
+    """The participant's own page: appointments, passphrase, deletion."""
+    return render_template(
+        "participant/account.html", appointments=my_appointments(), notice=notice()
+    )
 
 
 @bp.route("/account/passphrase", methods=["GET", "POST"])
@@ -162,17 +161,14 @@ def change_passphrase() -> Any:
         else:
             if passphrase is None:
                 error = EXPIRED
-            elif not passphrase_matches(
-                db(), lookup_key(), session.account.participant_id, current
-            ):
+            elif not passphrase_matches(db(), lookup_key(), session.owner_id, current):
                 error = WRONG_CURRENT
             elif typed != passphrase:
                 error = MISMATCH
             else:
-                replace_passphrase(db(), deriver(), lookup_key(), session.account, passphrase)
-                token = start_session(db(), session.account, now(), timeouts())
-                response = redirect(url_for("participant.account", done="replaced"))
-                return set_session_cookie(response, token)
+                account = Unlocked(session.owner_id, session.secret_key)
+                replace_passphrase(db(), deriver(), lookup_key(), account, passphrase)
+                return gate.renew(url_for("participant.account", done="replaced"))
     if passphrase is None:
         passphrase = generate_passphrase(current_language())
     return render_template(
@@ -191,6 +187,6 @@ def delete() -> Any:
     assert session is not None
     if request.method == "GET":
         return render_template("participant/delete.html")
-    delete_account(db(), session.account.participant_id)
+    delete_account(db(), session.owner_id)
     response = make_response(redirect(url_for("participant.home", done="deleted")))
-    return clear_session_cookie(response)
+    return gate.clear_cookie(response)

@@ -6,9 +6,10 @@ from flask import render_template, request
 from flask_babel import force_locale, gettext
 from flask_babel import lazy_gettext as _l
 
+from stillroom.webapp.gate import settings
 from stillroom.webapp.i18n import LANGUAGE_NAMES, current_language
 from stillroom.webapp.inventory import INVENTORY
-from stillroom.webapp.participant.blueprint import bp, settings
+from stillroom.webapp.participant.blueprint import bp
 
 #: Short confirmations shown after an action; the URL carries only the key.
 NOTICES = {
@@ -17,6 +18,10 @@ NOTICES = {
     "replaced": _l("Your passphrase has been replaced. The old one no longer works."),
     "deleted": _l("Your account and everything in it have been deleted."),
     "session-ended": _l("Your session has ended. Please log in again."),
+    "booked": _l("Your appointment is booked. You can see it below."),
+    "moved": _l("Your appointment has been moved. You can see the new time below."),
+    "cancelled": _l("Your appointment has been cancelled."),
+    "dismissed": _l("The cancelled appointment has been removed from this page."),
 }
 
 
@@ -56,4 +61,5 @@ def privacy() -> str:
         tables=tables,
         idle_minutes=settings().idle_timeout_minutes,
         absolute_hours=settings().absolute_timeout_hours,
+        retention_days=settings().appointment_retention_days,
     )

@@ -1,0 +1,204 @@
+"""The therapist portal: enrolment, password and TOTP, throttling, separation from the onion."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from stillroom.webapp import create_portal_app
+from stillroom.webapp.store import connect
+
+from support import GOOD_PASSWORD, form_fields
+
+
+def test_enrolment_sets_password_totp_and_a_wrapped_key_pair(therapist, settings):
+    token = therapist.add("Anna")
+    response = therapist.enrol(token)
+    assert response.status_code == 302
+    assert "/en/?done=enrolled" in response.location
+    db = connect(settings.database_path)
+    try:
+        row = db.execute(
+            "SELECT password_hash, public_key, wrapped_secret_key, totp_secret FROM therapists"
+        ).fetchone()
+    finally:
+        db.close()
+    password_hash, public_key, wrapped, totp_secret = row
+    assert password_hash.startswith("$argon2id$")
+    assert len(public_key) == 32 and len(wrapped) > 32
+    assert therapist.secret.encode() not in totp_secret  # encrypted at rest
+    assert GOOD_PASSWORD.encode() not in settings.database_path.read_bytes()
+
+
+def test_enrolment_page_shows_the_uri_as_text_and_as_a_qr_code(therapist):
+    html = therapist.client.get(f"/en/enrol/{therapist.add()}").get_data(as_text=True)
+    assert 'id="totp-uri">otpauth://totp/Stillroom:Anna?secret=' in html
+    assert "<svg" in html and "<script" not in html
+
+
+def test_an_enrolment_link_works_once(therapist):
+    token = therapist.add()
+    assert therapist.enrol(token).status_code == 302
+    assert therapist.client.get(f"/en/enrol/{token}").status_code == 404
+
+
+def test_an_enrolment_link_expires_after_24_hours(therapist, clock):
+    token = therapist.add()
+    clock.advance(24 * 3600 + 1)
+    assert therapist.client.get(f"/en/enrol/{token}").status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("password", "says"),
+    [
+        ("short pass", "at least 15 characters"),
+        ("passwordpassword", "too common or too easy to guess"),
+        ("123456789012345678", "too common or too easy to guess"),
+        ("x" * 129, "at most 128 characters"),
+    ],
+)
+def test_weak_passwords_are_refused_at_enrolment(therapist, password, says):
+    response = therapist.enrol(therapist.add(), password=password)
+    assert response.status_code == 400
+    assert says in response.get_data(as_text=True)
+
+
+def test_a_wrong_code_at_enrolment_is_explained_and_nothing_is_set(therapist, settings):
+    token = therapist.add()
+    html = therapist.client.get(f"/en/enrol/{token}").get_data(as_text=True)
+    response = therapist.client.post(
+        f"/en/enrol/{token}",
+        data={
+            **form_fields(html),
+            "password": GOOD_PASSWORD,
+            "again": GOOD_PASSWORD,
+            "code": "000000",
+        },
+    )
+    assert response.status_code == 400
+    assert "That code did not fit" in response.get_data(as_text=True)
+    assert therapist.client.get(f"/en/enrol/{token}").status_code == 200  # still usable
+
+
+def test_login_needs_name_password_and_a_fresh_code(therapist):
+    therapist.create()
+    therapist.logout()
+    assert therapist.login(password="wrong password for sure").status_code == 401
+    response = therapist.login()
+    assert response.status_code == 302
+    assert therapist.client.get("/en/").status_code == 200
+
+
+def test_each_code_works_only_once(therapist, portal_app):
+    therapist.create()
+    therapist.logout()
+    code = therapist.code()
+    assert therapist.login(code=code).status_code == 302
+    other = portal_app.test_client()
+    html = other.get("/en/login").get_data(as_text=True)
+    again = other.post(
+        "/en/login",
+        data={**form_fields(html), "name": "Anna", "password": GOOD_PASSWORD, "code": code},
+    )
+    assert again.status_code == 401
+
+
+def test_five_failures_pause_the_account_for_15_minutes(therapist, clock):
+    therapist.create()
+    therapist.logout()
+    for _ in range(5):
+        assert therapist.login(password="not the right password").status_code == 401
+    paused = therapist.login()  # even the right password waits now
+    assert paused.status_code == 429
+    assert "paused for 15 minutes" in paused.get_data(as_text=True)
+    clock.advance(15 * 60)
+    assert therapist.login().status_code == 302
+
+
+def test_portal_sessions_idle_out_after_30_minutes(therapist, clock):
+    therapist.create()
+    assert therapist.client.get("/en/").status_code == 200
+    clock.advance(31 * 60)
+    response = therapist.client.get("/en/")
+    assert response.status_code == 302
+    assert "session-ended" in response.location
+
+
+def test_changing_the_password_rewraps_the_key_and_ends_other_sessions(
+    therapist, portal_app, settings
+):
+    therapist.create()
+    other = type(therapist)(portal_app.test_client(), therapist.clock, settings.database_path)
+    other.secret = therapist.secret
+    assert other.login().status_code == 302
+    db = connect(settings.database_path)
+    before = db.execute("SELECT wrapped_secret_key, kdf_salt FROM therapists").fetchone()
+    new = "quartz meadow lantern fiddle harbor"
+    response = therapist.post(
+        "/en/password", {"current": GOOD_PASSWORD, "password": new, "again": new}
+    )
+    assert response.status_code == 302
+    after = db.execute("SELECT wrapped_secret_key, kdf_salt FROM therapists").fetchone()
+    db.close()
+    assert after != before
+    assert other.client.get("/en/").status_code == 302  # logged out
+    assert therapist.client.get("/en/").status_code == 200  # this browser stays in
+    therapist.logout()
+    assert therapist.login(password=GOOD_PASSWORD).status_code == 401
+    assert therapist.login(password=new).status_code == 302
+
+
+def test_portal_forms_need_a_token(therapist):
+    therapist.create()
+    response = therapist.client.post("/en/availability", data={"date": "2027-03-01"})
+    assert response.status_code == 400
+
+
+def test_a_participant_form_token_does_not_pass_the_portal(client, therapist):
+    therapist.create()
+    therapist.logout()
+    html = client.get("/en/login").get_data(as_text=True)
+    response = therapist.client.post(
+        "/en/login",
+        data={
+            **form_fields(html),
+            "name": "Anna",
+            "password": GOOD_PASSWORD,
+            "code": therapist.code(),
+        },
+    )
+    assert response.status_code == 400
+
+
+def test_the_portal_serves_none_of_the_participant_pages(portal):
+    for path in ("/en/create", "/en/account", "/en/book", "/en/help", "/de/account/delete"):
+        assert portal.get(path).status_code == 404, path
+
+
+def test_the_participant_app_serves_none_of_the_portal_pages(client):
+    for path in ("/en/availability", "/en/enrol/abc", "/en/password", "/en/slots/x/delete"):
+        assert client.get(path).status_code == 404, path
+    assert client.get("/en/login").get_data(as_text=True).count('name="code"') == 0
+
+
+def test_the_portal_refuses_onion_and_foreign_hosts(portal):
+    onion = "a" * 56 + ".onion"
+    assert portal.get("/en/login", headers={"Host": onion}).status_code == 421
+    assert portal.get("/en/login", headers={"Host": "evil.example"}).status_code == 421
+
+
+def test_the_portal_answers_for_its_public_name(settings, clock):
+    public = dataclasses.replace(settings, portal_url="https://portal.example.org")
+    app = create_portal_app(public, clock=clock)
+    client = app.test_client()
+    response = client.get("/en/login", base_url="https://portal.example.org")
+    assert response.status_code == 200
+    assert app.config["SECURE_COOKIES"] is True
+
+
+@pytest.mark.parametrize("lang", ["en", "de", "cs", "pt", "es"])
+def test_the_portal_speaks_every_language(portal, lang):
+    html = portal.get(f"/{lang}/login").get_data(as_text=True)
+    assert f'<html lang="{lang}">' in html
+    assert 'name="code"' in html

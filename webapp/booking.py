@@ -1,0 +1,485 @@
+"""Availability and appointments: therapists publish slots, participants book them.
+
+All times are UTC timestamps; :mod:`stillroom.webapp.times` turns wall-clock input
+into them and back. Every change runs in one ``BEGIN IMMEDIATE`` transaction, so
+two participants can never both book one slot, and a move either completes or
+leaves the old appointment as it was.
+"""
+
+from __future__ import annotations
+
+import secrets
+import sqlite3
+from dataclasses import dataclass
+from typing import Any
+
+from sqlite_utils import Database
+
+from stillroom.webapp.store import checkpoint, transaction
+
+MIN_DURATION_MINUTES = 15
+MAX_DURATION_MINUTES = 180
+MAX_WEEKS = 12
+#: A slot is offered to participants only if it starts at least this long from now.
+MIN_NOTICE_SECONDS = 3600
+MAX_NOTE_CHARS = 500
+#: Pseudonym letters: no 0/O, 1/I/L or U, so they read unambiguously aloud.
+PSEUDONYM_ALPHABET = "ABCDEFGHJKMNPQRSTVWXYZ23456789"
+
+
+class BookingError(Exception):
+    """Base class of the booking errors; each one has its own calm message."""
+
+
+class NotFoundError(BookingError):
+    """No such slot or appointment for this user (another user's objects look the same)."""
+
+
+class SlotTakenError(BookingError):
+    """Someone else booked this slot a moment earlier."""
+
+
+class SlotUnavailableError(BookingError):
+    """The slot has started, is too close, or is not offered in this language."""
+
+
+class BookingLimitError(BookingError):
+    """The participant already has as many upcoming appointments as allowed."""
+
+
+class TooLateError(BookingError):
+    """The appointment is within the cutoff and can no longer be changed."""
+
+
+class SlotBookedError(BookingError):
+    """A booked slot cannot be deleted; cancel the appointment instead."""
+
+
+class SlotInputError(BookingError):
+    """A slot cannot be published: in the past, bad duration or languages.
+
+    :param reason: ``"past"``, ``"duration"``, ``"weeks"`` or ``"languages"``.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class OverlapError(BookingError):
+    """A new slot overlaps one the therapist already has, starting at ``starts_at``."""
+
+    def __init__(self, starts_at: int) -> None:
+        super().__init__(starts_at)
+        self.starts_at = starts_at
+
+
+@dataclass(frozen=True)
+class Slot:
+    """A published time, with who offers it and whether it is booked."""
+
+    id: str
+    therapist_id: str
+    therapist_name: str
+    starts_at: int
+    ends_at: int
+    languages: tuple[str, ...]
+    pseudonym: str | None  # the participant's, when booked (therapist view only)
+
+
+@dataclass(frozen=True)
+class Appointment:
+    """A booked (or therapist-cancelled) appointment."""
+
+    id: str
+    therapist_name: str
+    starts_at: int
+    ends_at: int
+    language: str
+    cancelled: bool
+    cancel_note: bytes | None
+    pseudonym: str
+
+
+def new_id() -> str:
+    """Return a random id for a slot or appointment (unguessable, reveals nothing)."""
+    return secrets.token_hex(16)
+
+
+def publish_slots(
+    db: Database,
+    therapist_id: str,
+    starts: list[int],
+    duration_minutes: int,
+    languages: tuple[str, ...],
+    offered: tuple[str, ...],
+    now: int,
+) -> list[str]:
+    """Publish one slot per start time, all or none.
+
+    :param starts: UTC start times (one, or one per week of a weekly pattern).
+    :param offered: the languages this therapist works in.
+    :raises SlotInputError: for a start in the past, a duration out of range, too
+        many weeks, or languages the therapist does not offer.
+    :raises OverlapError: when a slot would overlap another of this therapist's.
+    """
+    if not MIN_DURATION_MINUTES <= duration_minutes <= MAX_DURATION_MINUTES:
+        raise SlotInputError("duration")
+    if not 1 <= len(starts) <= MAX_WEEKS:
+        raise SlotInputError("weeks")
+    if not languages or not set(languages) <= set(offered):
+        raise SlotInputError("languages")
+    if min(starts) <= now:
+        raise SlotInputError("past")
+    length = duration_minutes * 60
+    ids = []
+    with transaction(db):
+        for start in sorted(starts):
+            clash = db.execute(
+                "SELECT starts_at FROM slots WHERE therapist_id = ? AND starts_at < ?"
+                " AND ends_at > ? ORDER BY starts_at LIMIT 1",
+                [therapist_id, start + length, start],
+            ).fetchone()
+            if clash is not None:
+                raise OverlapError(clash[0])
+            slot_id = new_id()
+            db.table("slots").insert(
+                {
+                    "id": slot_id,
+                    "therapist_id": therapist_id,
+                    "starts_at": start,
+                    "ends_at": start + length,
+                    "languages": ",".join(languages),
+                }
+            )
+            ids.append(slot_id)
+    return ids
+
+
+def delete_free_slot(db: Database, therapist_id: str, slot_id: str) -> None:
+    """Withdraw one of the therapist's free slots.
+
+    :raises NotFoundError: when the slot is not theirs or does not exist.
+    :raises SlotBookedError: when someone has booked it.
+    """
+    with transaction(db):
+        row = db.execute(
+            "SELECT (SELECT count(*) FROM appointments WHERE slot_id = slots.id)"
+            " FROM slots WHERE id = ? AND therapist_id = ?",
+            [slot_id, therapist_id],
+        ).fetchone()
+        if row is None:
+            raise NotFoundError
+        if row[0]:
+            raise SlotBookedError
+        db.execute("DELETE FROM slots WHERE id = ?", [slot_id])
+
+
+_SLOT_QUERY = """
+    SELECT slots.id, slots.therapist_id, therapists.name, slots.starts_at, slots.ends_at,
+           slots.languages, pairs.pseudonym
+    FROM slots
+    JOIN therapists ON therapists.id = slots.therapist_id
+    LEFT JOIN appointments ON appointments.slot_id = slots.id
+    LEFT JOIN pairs ON pairs.participant_id = appointments.participant_id
+                   AND pairs.therapist_id = slots.therapist_id
+"""
+
+
+def _slot(row: Any) -> Slot:
+    slot_id, therapist_id, name, starts_at, ends_at, languages, pseudonym = row
+    return Slot(
+        id=str(slot_id),
+        therapist_id=str(therapist_id),
+        therapist_name=str(name),
+        starts_at=int(starts_at),
+        ends_at=int(ends_at),
+        languages=tuple(str(languages).split(",")),
+        pseudonym=None if pseudonym is None else str(pseudonym),
+    )
+
+
+def therapist_slots(db: Database, therapist_id: str, now: int) -> list[Slot]:
+    """Return the therapist's slots that have not ended, free and booked, by time."""
+    rows = db.execute(
+        _SLOT_QUERY + " WHERE slots.therapist_id = ? AND slots.ends_at > ?"
+        " ORDER BY slots.starts_at",
+        [therapist_id, now],
+    ).fetchall()
+    return [_slot(row) for row in rows]
+
+
+def free_slots(db: Database, language: str, now: int, until: int) -> list[Slot]:
+    """Return the free slots offered in ``language`` that start between soon and ``until``."""
+    rows = db.execute(
+        _SLOT_QUERY + " WHERE appointments.id IS NULL AND therapists.disabled = 0"
+        " AND slots.starts_at >= ? AND slots.starts_at < ?"
+        " AND instr(',' || slots.languages || ',', ?) > 0"
+        " ORDER BY slots.starts_at, therapists.name",
+        [now + MIN_NOTICE_SECONDS, until, f",{language},"],
+    ).fetchall()
+    return [_slot(row) for row in rows]
+
+
+def book(
+    db: Database,
+    participant_id: str,
+    slot_id: str,
+    language: str,
+    now: int,
+    max_upcoming: int,
+    cutoff_seconds: int,
+    replacing: str | None = None,
+) -> str:
+    """Book a free slot for a participant, or move ``replacing`` onto it; return its id.
+
+    :raises NotFoundError: for an unknown slot, or a ``replacing`` that is not theirs.
+    :raises SlotTakenError: when another participant holds the slot.
+    :raises SlotUnavailableError: when it starts too soon or is not in ``language``.
+    :raises BookingLimitError: when the participant has enough upcoming appointments.
+    :raises TooLateError: when the appointment to move is within the cutoff.
+    """
+    try:
+        with transaction(db):
+            if replacing is not None:
+                _release(db, participant_id, replacing, now, cutoff_seconds)
+            row = db.execute(
+                "SELECT slots.therapist_id, slots.starts_at, slots.ends_at, slots.languages,"
+                " therapists.disabled, (SELECT count(*) FROM appointments"
+                " WHERE slot_id = slots.id)"
+                " FROM slots JOIN therapists ON therapists.id = slots.therapist_id"
+                " WHERE slots.id = ?",
+                [slot_id],
+            ).fetchone()
+            if row is None:
+                raise NotFoundError
+            therapist_id, starts_at, ends_at, languages, disabled, booked = row
+            if booked:
+                raise SlotTakenError
+            if (
+                disabled
+                or starts_at < now + MIN_NOTICE_SECONDS
+                or language not in languages.split(",")
+            ):
+                raise SlotUnavailableError
+            if len(upcoming_appointments(db, participant_id, now)) >= max_upcoming:
+                raise BookingLimitError
+            appointment_id = new_id()
+            db.table("appointments").insert(
+                {
+                    "id": appointment_id,
+                    "slot_id": slot_id,
+                    "participant_id": participant_id,
+                    "therapist_id": therapist_id,
+                    "starts_at": starts_at,
+                    "ends_at": ends_at,
+                    "language": language,
+                }
+            )
+            _ensure_pair(db, participant_id, therapist_id)
+    except sqlite3.IntegrityError:  # the UNIQUE slot_id: a writer got there first
+        raise SlotTakenError from None
+    return appointment_id
+
+
+def _release(
+    db: Database, participant_id: str, appointment_id: str, now: int, cutoff_seconds: int
+) -> None:
+    row = db.execute(
+        "SELECT starts_at FROM appointments WHERE id = ? AND participant_id = ? AND cancelled = 0",
+        [appointment_id, participant_id],
+    ).fetchone()
+    if row is None:
+        raise NotFoundError
+    if row[0] - now < cutoff_seconds:
+        raise TooLateError
+    db.execute("DELETE FROM appointments WHERE id = ?", [appointment_id])
+
+
+def _ensure_pair(db: Database, participant_id: str, therapist_id: str) -> None:
+    """Give the participant a random pseudonym for this therapist, once."""
+    if db.execute(
+        "SELECT 1 FROM pairs WHERE participant_id = ? AND therapist_id = ?",
+        [participant_id, therapist_id],
+    ).fetchone():
+        return
+    while True:
+        letters = "".join(secrets.choice(PSEUDONYM_ALPHABET) for _ in range(8))
+        pseudonym = f"{letters[:4]}-{letters[4:]}"
+        taken = db.execute(
+            "SELECT 1 FROM pairs WHERE therapist_id = ? AND pseudonym = ?",
+            [therapist_id, pseudonym],
+        ).fetchone()
+        if not taken:
+            break
+    db.table("pairs").insert(
+        {"participant_id": participant_id, "therapist_id": therapist_id, "pseudonym": pseudonym}
+    )
+
+
+def cancel_by_participant(
+    db: Database, participant_id: str, appointment_id: str, now: int, cutoff_seconds: int
+) -> None:
+    """Cancel the participant's appointment; the slot is free again at once.
+
+    :raises NotFoundError: when it is not theirs, or already cancelled.
+    :raises TooLateError: within the cutoff.
+    """
+    with transaction(db):
+        _release(db, participant_id, appointment_id, now, cutoff_seconds)
+    checkpoint(db)
+
+
+def dismiss_cancelled(db: Database, participant_id: str, appointment_id: str) -> None:
+    """Remove an appointment the therapist cancelled from the participant's page.
+
+    :raises NotFoundError: when it is not theirs or not cancelled.
+    """
+    with transaction(db):
+        gone = db.execute(
+            "DELETE FROM appointments WHERE id = ? AND participant_id = ? AND cancelled = 1",
+            [appointment_id, participant_id],
+        )
+        if gone.rowcount != 1:
+            raise NotFoundError
+    checkpoint(db)
+
+
+def cancel_by_therapist(
+    db: Database, therapist_id: str, appointment_id: str, sealed_note: bytes | None, now: int
+) -> None:
+    """Cancel an upcoming appointment with a note for the participant; the slot goes.
+
+    :param sealed_note: the note, already sealed to the participant's public key.
+    :raises NotFoundError: when it is not theirs, over, or cancelled already.
+    """
+    with transaction(db):
+        row = db.execute(
+            "SELECT slot_id FROM appointments WHERE id = ? AND therapist_id = ?"
+            " AND cancelled = 0 AND ends_at > ?",
+            [appointment_id, therapist_id, now],
+        ).fetchone()
+        if row is None:
+            raise NotFoundError
+        db.execute(
+            "UPDATE appointments SET cancelled = 1, cancel_note = ? WHERE id = ?",
+            [sealed_note, appointment_id],
+        )
+        if row[0] is not None:
+            db.execute("DELETE FROM slots WHERE id = ?", [row[0]])
+
+
+def participant_public_key(db: Database, therapist_id: str, appointment_id: str) -> bytes:
+    """Return the public key of the participant of the therapist's appointment.
+
+    :raises NotFoundError: when the appointment is not the therapist's.
+    """
+    row = db.execute(
+        "SELECT participants.public_key FROM appointments"
+        " JOIN participants ON participants.id = appointments.participant_id"
+        " WHERE appointments.id = ? AND appointments.therapist_id = ?",
+        [appointment_id, therapist_id],
+    ).fetchone()
+    if row is None:
+        raise NotFoundError
+    return bytes(row[0])
+
+
+_APPOINTMENT_QUERY = """
+    SELECT appointments.id, therapists.name, appointments.starts_at, appointments.ends_at,
+           appointments.language, appointments.cancelled, appointments.cancel_note,
+           pairs.pseudonym
+    FROM appointments
+    JOIN therapists ON therapists.id = appointments.therapist_id
+    JOIN pairs ON pairs.participant_id = appointments.participant_id
+              AND pairs.therapist_id = appointments.therapist_id
+"""
+
+
+def _appointment(row: Any) -> Appointment:
+    appointment_id, name, starts_at, ends_at, language, cancelled, note, pseudonym = row
+    return Appointment(
+        id=str(appointment_id),
+        therapist_name=str(name),
+        starts_at=int(starts_at),
+        ends_at=int(ends_at),
+        language=str(language),
+        cancelled=bool(cancelled),
+        cancel_note=None if note is None else bytes(note),
+        pseudonym=str(pseudonym),
+    )
+
+
+def upcoming_appointments(db: Database, participant_id: str, now: int) -> list[Appointment]:
+    """Return the participant's booked appointments that have not ended."""
+    rows = db.execute(
+        _APPOINTMENT_QUERY + " WHERE appointments.participant_id = ?"
+        " AND appointments.cancelled = 0 AND appointments.ends_at > ?"
+        " ORDER BY appointments.starts_at",
+        [participant_id, now],
+    ).fetchall()
+    return [_appointment(row) for row in rows]
+
+
+def participant_appointments(db: Database, participant_id: str, now: int) -> list[Appointment]:
+    """Return what the participant's page lists: upcoming and therapist-cancelled ones."""
+    rows = db.execute(
+        _APPOINTMENT_QUERY + " WHERE appointments.participant_id = ?"
+        " AND (appointments.cancelled = 1 OR appointments.ends_at > ?)"
+        " ORDER BY appointments.starts_at",
+        [participant_id, now],
+    ).fetchall()
+    return [_appointment(row) for row in rows]
+
+
+def get_participant_appointment(
+    db: Database, participant_id: str, appointment_id: str
+) -> Appointment:
+    """Return one of the participant's appointments.
+
+    :raises NotFoundError: when it is not theirs.
+    """
+    row = db.execute(
+        _APPOINTMENT_QUERY + " WHERE appointments.id = ? AND appointments.participant_id = ?",
+        [appointment_id, participant_id],
+    ).fetchone()
+    if row is None:
+        raise NotFoundError
+    return _appointment(row)
+
+
+def therapist_appointments(db: Database, therapist_id: str, now: int) -> list[Appointment]:
+    """Return the therapist's appointments that have not ended, cancelled ones included."""
+    rows = db.execute(
+        _APPOINTMENT_QUERY + " WHERE appointments.therapist_id = ? AND appointments.ends_at > ?"
+        " ORDER BY appointments.starts_at",
+        [therapist_id, now],
+    ).fetchall()
+    return [_appointment(row) for row in rows]
+
+
+def set_time_zone(db: Database, participant_id: str, zone_name: str) -> None:
+    """Keep the participant's chosen time zone band with the account."""
+    with transaction(db):
+        db.execute(
+            "UPDATE participants SET time_zone = ? WHERE id = ?", [zone_name, participant_id]
+        )
+
+
+def time_zone_of(db: Database, participant_id: str) -> str:
+    """Return the participant's time zone band."""
+    row = db.execute("SELECT time_zone FROM participants WHERE id = ?", [participant_id]).fetchone()
+    return str(row[0]) if row else "UTC"
+
+
+def purge_bookings(db: Database, now: int, retention_seconds: int) -> int:
+    """Delete slots that have ended and appointments past their retention.
+
+    :returns: how many rows went.
+    """
+    with transaction(db):
+        removed = db.execute(
+            "DELETE FROM appointments WHERE ends_at <= ?", [now - retention_seconds]
+        ).rowcount
+        removed += db.execute("DELETE FROM slots WHERE ends_at <= ?", [now]).rowcount
+    return int(removed)

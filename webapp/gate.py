@@ -1,0 +1,245 @@
+"""The door of each app: session cookie, form tokens, login checks, language in the path.
+
+Both apps follow the same rules (DESIGN §4 and §6) with their own cookie, session
+table and pages, so each blueprint gets one :class:`Gate`. The small accessors
+below (:func:`settings`, :func:`now`, :func:`db`) serve the views of both apps.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from flask import Blueprint, current_app, g, redirect, request, url_for
+from sqlite_utils import Database
+from werkzeug.wrappers import Response
+
+from stillroom.crypto.keys import UnwrapError, unwrap_key, wrap_key
+from stillroom.webapp.db import get_db
+from stillroom.webapp.security import (
+    FormTokenError,
+    check_form_token,
+    form_token,
+    refuse_cross_site_posts,
+)
+from stillroom.webapp.sessions import (
+    Session,
+    SessionTable,
+    Timeouts,
+    end_expired_sessions,
+    end_session,
+    load_session,
+    start_session,
+)
+from stillroom.webapp.settings import LANGUAGES, Settings
+
+View = TypeVar("View", bound=Callable[..., Any])
+
+#: The URL prefix of every page of both apps: the language comes first.
+LANGUAGE_PREFIX = f"/<any({','.join(LANGUAGES)}):lang>"
+
+
+def settings() -> Settings:
+    """Return this deployment's settings."""
+    value: Settings = current_app.config["SETTINGS"]
+    return value
+
+
+def now() -> int:
+    """Return the current time in whole seconds from the app's clock."""
+    return int(current_app.config["CLOCK"]())
+
+
+def timeouts() -> Timeouts:
+    """Return the session timeouts in seconds."""
+    s = settings()
+    return Timeouts(idle=s.idle_timeout_minutes * 60, absolute=s.absolute_timeout_hours * 3600)
+
+
+def db() -> Database:
+    """Return this request's database."""
+    return get_db()
+
+
+def current_session() -> Session | None:
+    """Return the live session of this request, if any."""
+    session: Session | None = g.get("session")
+    return session
+
+
+def seal_form_value(value: str) -> str:
+    """Carry a value from one page to the next form without storing it anywhere.
+
+    The browser gets it back encrypted under a server key, with the minute it was
+    made, so nothing about an unfinished step (a shown passphrase, a new TOTP
+    secret) is kept on the server.
+    """
+    minute = (now() // 60).to_bytes(4, "big")
+    sealed = wrap_key(minute + value.encode(), current_app.config["PENDING_KEY"])
+    return base64.urlsafe_b64encode(sealed).decode()
+
+
+def open_form_value(value: str, max_minutes: int) -> str | None:
+    """Return the value sealed by :func:`seal_form_value`, or ``None`` if unusable."""
+    try:
+        raw = unwrap_key(
+            base64.urlsafe_b64decode(value.encode("ascii")), current_app.config["PENDING_KEY"]
+        )
+    except (UnicodeError, binascii.Error, ValueError, UnwrapError):
+        return None
+    age = now() // 60 - int.from_bytes(raw[:4], "big")
+    if not 0 <= age <= max_minutes:
+        return None
+    return raw[4:].decode()
+
+
+class Gate:
+    """Sessions, form tokens and the language prefix for one blueprint.
+
+    :param bp: the blueprint whose requests pass this gate.
+    :param cookie: the cookie's name (cookies ignore ports, so each app has its own).
+    :param table: where this app's sessions live.
+    :param home: the endpoint a logged-in user lands on.
+    """
+
+    def __init__(self, bp: Blueprint, cookie: str, table: SessionTable, home: str) -> None:
+        self.bp = bp
+        self.cookie = cookie
+        self.table = table
+        self.home = home
+        self.login = f"{bp.name}.login"
+        self.logout = f"{bp.name}.logout"
+        bp.url_value_preprocessor(take_language)
+        bp.url_defaults(keep_language)
+        bp.before_request(self.load_session_and_check_form)
+        bp.after_request(self.drop_stale_cookie)
+        bp.app_context_processor(self.template_values)
+
+    def load_session_and_check_form(self) -> Response | None:
+        """Load the session from the cookie, then refuse any POST without a valid token."""
+        token = request.cookies.get(self.cookie)
+        g.session = load_session(db(), self.table, token, now(), timeouts()) if token else None
+        g.stale_cookie = token is not None and g.session is None
+        if request.method == "POST":
+            refuse_cross_site_posts()
+            if request.endpoint == self.logout and g.session is None:
+                return None  # nothing to end; the view just confirms and clears the cookie
+            try:
+                check_form_token(
+                    request.form.get("form_token", ""),
+                    _binding(),
+                    settings().absolute_timeout_hours * 60,
+                    now(),
+                )
+            except FormTokenError:
+                return self._explain_stale_form()
+        return None
+
+    def _explain_stale_form(self) -> Response:
+        """Answer a form whose token no longer fits because the session changed meanwhile.
+
+        Only the two harmless cases get a redirect; every other bad token is refused.
+
+        :raises FormTokenError: when the session did not change.
+        """
+        if g.stale_cookie:  # the session ended while the form was open
+            return redirect(url_for(self.login, done="session-ended"))
+        if g.session is not None and request.endpoint in self.public_forms():
+            return redirect(url_for(self.home))  # already logged in meanwhile
+        raise FormTokenError
+
+    def public_forms(self) -> tuple[str, ...]:
+        """Endpoints whose forms are filled in before login."""
+        return (self.login, f"{self.bp.name}.create")
+
+    def drop_stale_cookie(self, response: Response) -> Response:
+        """Remove a cookie whose session is over, so the browser stops sending it."""
+        if g.get("stale_cookie") and not g.get("cookie_set"):
+            self.clear_cookie(response)
+        return response
+
+    def template_values(self) -> dict[str, Any]:
+        """Give templates the form token and whether someone is logged in."""
+        return {
+            "form_token": lambda: form_token(_binding(), now()),
+            "logged_in": current_session() is not None,
+        }
+
+    def login_required(self, view: View) -> View:
+        """Send visitors without a live session to the login page."""
+
+        @functools.wraps(view)
+        def wrapped(*args: Any, **kwargs: Any) -> Any:
+            if current_session() is None:
+                done = "session-ended" if g.get("stale_cookie") else None
+                return redirect(url_for(self.login, done=done))
+            return view(*args, **kwargs)
+
+        return wrapped  # type: ignore[return-value]
+
+    def log_in(self, owner_id: str, secret_key: bytes, target: str) -> Response:
+        """Replace this browser's session with a new one and send it to ``target``."""
+        old = current_session()
+        if old is not None:
+            end_session(db(), self.table, old.token_hash)
+        end_expired_sessions(db(), now())
+        token = start_session(db(), self.table, owner_id, secret_key, now(), timeouts())
+        return self.set_cookie(redirect(target), token)
+
+    def renew(self, target: str) -> Response:
+        """Give this browser a new session after a credential change ended all of them."""
+        session = current_session()
+        assert session is not None
+        token = start_session(
+            db(), self.table, session.owner_id, session.secret_key, now(), timeouts()
+        )
+        return self.set_cookie(redirect(target), token)
+
+    def log_out(self, target: str) -> Response:
+        """End this session at once and forget the cookie."""
+        session = current_session()
+        if session is not None:
+            end_session(db(), self.table, session.token_hash)
+        return self.clear_cookie(redirect(target))
+
+    def set_cookie(self, response: Response, token: str) -> Response:
+        """Put the session token in the only cookie: HttpOnly, SameSite=Strict, no expiry."""
+        response.set_cookie(
+            self.cookie,
+            token,
+            httponly=True,
+            samesite="Strict",
+            secure=current_app.config["SECURE_COOKIES"],
+            path="/",
+        )
+        g.cookie_set = True
+        return response
+
+    def clear_cookie(self, response: Response) -> Response:
+        """Tell the browser to forget the session cookie."""
+        response.delete_cookie(
+            self.cookie,
+            path="/",
+            httponly=True,
+            samesite="Strict",
+            secure=current_app.config["SECURE_COOKIES"],
+        )
+        return response
+
+
+def take_language(_endpoint: str | None, values: dict[str, Any] | None) -> None:
+    """Move the language from the URL into ``g`` for babel and the templates."""
+    g.lang = values.pop("lang") if values else "en"
+
+
+def keep_language(_endpoint: str, values: dict[str, Any]) -> None:
+    """Build links in the current language unless another is asked for."""
+    values.setdefault("lang", g.get("lang", "en"))
+
+
+def _binding() -> bytes:
+    session = current_session()
+    return session.token_hash if session else b""

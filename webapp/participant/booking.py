@@ -1,0 +1,210 @@
+"""Booking for participants: free times in their language and zone; book, move, cancel."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import abort, redirect, render_template, request, url_for
+from flask_babel import lazy_gettext as _l
+from werkzeug.wrappers import Response
+
+from stillroom.crypto.box import UnsealError, open_sealed
+from stillroom.webapp.booking import (
+    Appointment,
+    BookingLimitError,
+    NotFoundError,
+    SlotTakenError,
+    SlotUnavailableError,
+    TooLateError,
+    book,
+    cancel_by_participant,
+    dismiss_cancelled,
+    free_slots,
+    get_participant_appointment,
+    participant_appointments,
+    set_time_zone,
+    time_zone_of,
+)
+from stillroom.webapp.gate import current_session, db, now, settings
+from stillroom.webapp.i18n import current_language
+from stillroom.webapp.participant.blueprint import bp, login_required
+from stillroom.webapp.times import PARTICIPANT_ZONES, format_clock, format_day, format_when
+
+TAKEN = _l("Someone booked this time just before you. Please choose another one.")
+UNAVAILABLE = _l("This time is no longer available. Please choose another one.")
+LIMIT = _l(
+    "You already have an upcoming appointment. You can move or cancel it, and then book another."
+)
+TOO_LATE = _l(
+    "Your appointment is less than %(hours)s hours away, so it can no longer be moved or"
+    " cancelled here. If you cannot come, that is all right: you can book a new time afterwards."
+)
+CHOOSE = _l("Please choose a time first.")
+
+
+def participant_id() -> str:
+    """Return the logged-in participant's id (only inside ``login_required`` views)."""
+    session = current_session()
+    assert session is not None
+    return session.owner_id
+
+
+def zone() -> str:
+    """Return the participant's time zone band."""
+    return time_zone_of(db(), participant_id())
+
+
+def describe(appointment: Appointment) -> dict[str, Any]:
+    """Return what the account page shows of an appointment, in the reader's zone."""
+    note = None
+    if appointment.cancel_note is not None:
+        session = current_session()
+        assert session is not None
+        try:
+            note = open_sealed(appointment.cancel_note, session.secret_key).decode()
+        except (UnsealError, UnicodeDecodeError):
+            note = None
+    return {
+        "item": appointment,
+        "when": format_when(appointment.starts_at, appointment.ends_at, zone(), current_language()),
+        "note": note,
+        "changeable": appointment.starts_at - now() >= settings().booking_cutoff_hours * 3600,
+    }
+
+
+def my_appointments() -> list[dict[str, Any]]:
+    """Return the participant's upcoming and therapist-cancelled appointments, described."""
+    return [describe(item) for item in participant_appointments(db(), participant_id(), now())]
+
+
+def own_appointment(appointment_id: str) -> Appointment:
+    """Return one of the participant's appointments, or answer 404."""
+    try:
+        return get_participant_appointment(db(), participant_id(), appointment_id)
+    except NotFoundError:
+        abort(404)
+
+
+def too_late_text() -> str:
+    """Return the cutoff message with this deployment's hours."""
+    return str(TOO_LATE % {"hours": settings().booking_cutoff_hours})
+
+
+def days_of_free_slots() -> list[tuple[str, list[dict[str, str]]]]:
+    """Return the free times in this language for the next weeks, grouped by day."""
+    s = settings()
+    until = now() + s.booking_weeks_ahead * 7 * 24 * 3600
+    language, band = current_language(), zone()
+    days: dict[str, list[dict[str, str]]] = {}
+    for slot in free_slots(db(), language, now(), until):
+        day = format_day(slot.starts_at, band, language)
+        days.setdefault(day, []).append(
+            {
+                "id": slot.id,
+                "start": format_clock(slot.starts_at, band, language),
+                "end": format_clock(slot.ends_at, band, language),
+                "therapist": slot.therapist_name,
+            }
+        )
+    return list(days.items())
+
+
+@bp.route("/book", methods=["GET", "POST"])
+@login_required
+def booking() -> Any:
+    """Free times in the participant's language and zone; book one, or move onto it."""
+    moving = request.values.get("move") or None
+    if moving is not None and own_appointment(moving).cancelled:
+        abort(404)
+    error = None
+    status = 200
+    if request.method == "POST":
+        slot_id = request.form.get("slot", "")
+        if not slot_id:
+            error, status = CHOOSE, 400
+        else:
+            s = settings()
+            try:
+                book(
+                    db(),
+                    participant_id(),
+                    slot_id,
+                    current_language(),
+                    now(),
+                    s.max_upcoming_bookings,
+                    s.booking_cutoff_hours * 3600,
+                    replacing=moving,
+                )
+            except NotFoundError:
+                abort(404)
+            except SlotTakenError:
+                error, status = TAKEN, 409
+            except SlotUnavailableError:
+                error, status = UNAVAILABLE, 409
+            except BookingLimitError:
+                error, status = LIMIT, 409
+            except TooLateError:
+                error, status = too_late_text(), 409
+            else:
+                done = "moved" if moving else "booked"
+                return redirect(url_for("participant.account", done=done))
+    return render_template(
+        "participant/book.html",
+        days=days_of_free_slots(),
+        zones=PARTICIPANT_ZONES,
+        zone=zone(),
+        moving=moving,
+        weeks=settings().booking_weeks_ahead,
+        error=error,
+    ), status
+
+
+@bp.post("/time-zone")
+@login_required
+def time_zone() -> Response:
+    """Keep the participant's choice of time zone band with the account."""
+    chosen = request.form.get("zone", "")
+    if chosen not in PARTICIPANT_ZONES:
+        abort(400)
+    set_time_zone(db(), participant_id(), chosen)
+    back = request.form.get("move") or None
+    return redirect(url_for("participant.booking", move=back))
+
+
+@bp.route("/appointments/<appointment_id>/cancel", methods=["GET", "POST"])
+@login_required
+def cancel(appointment_id: str) -> Any:
+    """Cancel an appointment after one confirmation; the time is free again at once."""
+    appointment = own_appointment(appointment_id)
+    if appointment.cancelled:
+        abort(404)
+    error = None
+    if request.method == "POST":
+        try:
+            cancel_by_participant(
+                db(),
+                participant_id(),
+                appointment_id,
+                now(),
+                settings().booking_cutoff_hours * 3600,
+            )
+        except NotFoundError:
+            abort(404)
+        except TooLateError:
+            error = too_late_text()
+        else:
+            return redirect(url_for("participant.account", done="cancelled"))
+    return render_template(
+        "participant/cancel.html", appointment=describe(appointment), error=error
+    ), (409 if error else 200)
+
+
+@bp.post("/appointments/<appointment_id>/dismiss")
+@login_required
+def dismiss(appointment_id: str) -> Response:
+    """Remove an appointment the therapist cancelled from the account page, for good."""
+    try:
+        dismiss_cancelled(db(), participant_id(), appointment_id)
+    except NotFoundError:
+        abort(404)
+    return redirect(url_for("participant.account", done="dismissed"))

@@ -1,0 +1,42 @@
+"""The portal's information pages and its confirmations."""
+
+from __future__ import annotations
+
+from flask import render_template, request
+from flask_babel import lazy_gettext as _l
+
+from stillroom.webapp.gate import settings
+from stillroom.webapp.inventory import INVENTORY
+from stillroom.webapp.portal.blueprint import bp
+
+#: Short confirmations shown after an action; the URL carries only the key.
+NOTICES = {
+    "enrolled": _l(
+        "Your account is ready. From now on, log in with your name, your password and"
+        " a code from your app."
+    ),
+    "logged-out": _l("You are logged out."),
+    "password-changed": _l("Your password has been changed. Other sessions have been logged out."),
+    "session-ended": _l("Your session has ended. Please log in again."),
+    "published": _l("Your new times are published."),
+    "slot-deleted": _l("The time has been withdrawn."),
+    "cancelled": _l("The appointment is cancelled. The participant sees your note on their page."),
+}
+
+
+def notice() -> object | None:
+    """Return the confirmation named in ``?done=``, if it is one we know."""
+    return NOTICES.get(request.args.get("done", ""))
+
+
+@bp.get("/privacy")
+def privacy() -> str:
+    """What the service stores, why, and for how long, from the data inventory."""
+    s = settings()
+    return render_template(
+        "portal/privacy.html",
+        tables=[table for table in INVENTORY if table.public],
+        idle_minutes=s.idle_timeout_minutes,
+        absolute_hours=s.absolute_timeout_hours,
+        retention_days=s.appointment_retention_days,
+    )
