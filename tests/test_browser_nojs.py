@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import datetime
 import gc
+import os
+import subprocess
+import sys
 import threading
 import time
 import warnings
@@ -11,6 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import pyotp
 import pytest
 from marionette_driver import Wait
 from marionette_driver.by import By
@@ -356,3 +361,112 @@ def test_screenshot_every_page_in_every_language(
     for shot in saved:
         data = shot.read_bytes()
         assert data.startswith(PNG_SIGNATURE) and len(data) > 1000, shot
+
+
+def add_therapist(live_server: LiveServer, name: str) -> str:
+    """Add a therapist as the operator does; return the enrolment link on this server."""
+    result = subprocess.run(
+        [
+            str(Path(sys.executable).with_name("stillroom")),
+            "therapist",
+            "add",
+            "--name",
+            name,
+            "--languages",
+            "en,de",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+        env={**os.environ, "PYTHONSAFEPATH": "1", "STILLROOM_DATA_DIR": str(live_server.data_dir)},
+    )
+    token = result.stdout.strip().rsplit("/", 1)[1]
+    return f"{live_server.portal_url}/en/enrol/{token}"
+
+
+def set_field(browser: Marionette, element_id: str, value: str) -> None:
+    """Fill a date or time field (their typed form depends on the browser's locale)."""
+    field = browser.find_element(By.ID, element_id)
+    browser.execute_script("arguments[0].value = arguments[1];", script_args=(field, value))
+
+
+def shot(browser: Marionette, name: str) -> None:
+    (SCREENSHOTS / f"{name}.png").write_bytes(browser.screenshot(format="binary", full=True))
+
+
+def test_therapist_publishes_and_participant_books_without_javascript(
+    firefox: Marionette, live_server: LiveServer
+) -> None:
+    """Enrol with TOTP, log in, publish; book, see, cancel, book again; the therapist sees it."""
+    start_clean(firefox, live_server)
+    portal = f"{live_server.portal_url}/en"
+    name = f"Therapist{time.monotonic_ns() % 100000}"
+
+    visit(firefox, add_therapist(live_server, name))
+    shot(firefox, "portal-enrol")
+    secret = str(firefox.find_element(By.ID, "totp-secret").text).replace(" ", "")
+    type_into(firefox, "password", "lantern orbit velvet cactus drizzle")
+    type_into(firefox, "again", "lantern orbit velvet cactus drizzle")
+    type_into(firefox, "code", pyotp.TOTP(secret).now())
+    press(firefox, main_button(firefox))
+    assert path_of(firefox) == "/en/" and query_of(firefox) == "done=enrolled"
+
+    log_out(firefox)
+    visit(firefox, f"{portal}/login")
+    type_into(firefox, "name", name)
+    type_into(firefox, "password", "lantern orbit velvet cactus drizzle")
+    # The enrolment used the current 30-second step; the next one is accepted already.
+    type_into(firefox, "code", pyotp.TOTP(secret).at(time.time() + 30))
+    press(firefox, main_button(firefox))
+    assert path_of(firefox) == "/en/", firefox.page_source
+
+    in_two_days = datetime.date.today() + datetime.timedelta(days=2)
+    visit(firefox, f"{portal}/availability")
+    set_field(firefox, "date", in_two_days.isoformat())
+    set_field(firefox, "time", "10:00")
+    type_into(firefox, "weeks", "2")
+    press(firefox, main_button(firefox))
+    assert query_of(firefox) == "done=published"
+    assert len(firefox.find_elements(By.CSS_SELECTOR, "ul.slots li")) >= 2
+    shot(firefox, "portal-availability")
+
+    base = f"{live_server.url}/en"
+    create_account(firefox, base)
+
+    def book_first_of_mine() -> None:
+        visit(firefox, f"{base}/book")
+        labels = [
+            label
+            for label in firefox.find_elements(By.CSS_SELECTOR, "label.inline")
+            if name in str(label.text)
+        ]
+        assert len(labels) >= 2, firefox.page_source
+        labels[0].find_element(By.CSS_SELECTOR, "input").click()
+        press(firefox, firefox.find_element(By.CSS_SELECTOR, "main form:not(.zone) button"))
+        assert query_of(firefox) == "done=booked"
+
+    book_first_of_mine()
+    shot(firefox, "participant-booked")
+    assert name in str(firefox.find_element(By.CSS_SELECTOR, ".appointment").text)
+
+    firefox.find_element(By.PARTIAL_LINK_TEXT, "Cancel").click()
+    wait(firefox, page_ready)
+    press(firefox, firefox.find_element(By.CSS_SELECTOR, "main button.danger"))
+    assert query_of(firefox) == "done=cancelled"
+    assert not has(firefox, ".appointment")
+
+    book_first_of_mine()
+
+    visit(firefox, f"{portal}/")
+    [element] = firefox.find_elements(By.CSS_SELECTOR, "strong.pseudonym")
+    pseudonym = str(element.text)
+    assert len(pseudonym) == 9 and pseudonym[4] == "-", pseudonym
+    shot(firefox, "portal-appointments")
+    visit(firefox, f"{portal}/availability")
+    booked = [
+        item
+        for item in firefox.find_elements(By.CSS_SELECTOR, "ul.slots li")
+        if pseudonym in str(item.text)
+    ]
+    assert len(booked) == 1

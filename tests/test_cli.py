@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import re
 import subprocess
 import sys
 import urllib.error
@@ -68,6 +69,82 @@ def test_serve_runs_a_production_server_on_loopback_only(live_server):
     assert "Werkzeug" not in str(response.headers)
     port = int(live_server.url.rsplit(":", 1)[1])
     assert listening_addresses(port) == {"0100007F"}  # 127.0.0.1 and nothing else
+
+
+def test_serve_runs_the_portal_on_its_own_loopback_port(live_server):
+    with urllib.request.urlopen(f"{live_server.portal_url}/en/login", timeout=5) as response:
+        body = response.read().decode()
+    assert response.status == 200
+    assert 'name="code"' in body
+    assert response.headers["Server"] is None
+    port = int(live_server.portal_url.rsplit(":", 1)[1])
+    assert listening_addresses(port) == {"0100007F"}
+    assert f"Therapist portal: {live_server.portal_url}/" in live_server.output()
+
+
+@pytest.mark.parametrize(
+    ("base", "path"),
+    [
+        ("url", "/en/availability"),  # the portal's pages are not on the onion's port
+        ("url", "/en/enrol/x"),
+        ("url", "/en/password"),
+        ("portal_url", "/en/create"),  # and the participant's are not on the portal's
+        ("portal_url", "/en/account"),
+        ("portal_url", "/en/help"),
+    ],
+)
+def test_each_port_serves_only_its_own_app(live_server, base, path):
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(f"{getattr(live_server, base)}{path}", timeout=5)
+    refused.value.close()
+    assert refused.value.code == 404
+
+
+def therapist_env(tmp_path: Path) -> dict[str, str]:
+    return {
+        "STILLROOM_DATA_DIR": str(tmp_path / "data"),
+        "STILLROOM_PORTAL_URL": "https://portal.example.org",
+    }
+
+
+def test_therapist_add_prints_a_one_time_enrolment_link(tmp_path):
+    env = therapist_env(tmp_path)
+    result = run("therapist", "add", "--name", "Anna", "--languages", "de,en", env=env)
+    assert result.returncode == 0, result.stderr
+    link = result.stdout.strip().splitlines()[-1]
+    assert re.fullmatch(r"https://portal\.example\.org/de/enrol/[A-Za-z0-9_-]{40,}", link)
+    listed = run("therapist", "list", env=env)
+    assert listed.stdout.split() == ["Anna", "de,en", "Europe/Berlin", "not", "enrolled"]
+    again = run("therapist", "add", "--name", "anna", "--languages", "en", env=env)
+    assert again.returncode == 1 and "taken" in again.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--name", "Anna", "--languages", "fr"],
+        ["--name", "Anna", "--languages", "de", "--time-zone", "Mars/Olympus"],
+        ["--name", "", "--languages", "de"],
+    ],
+)
+def test_therapist_add_refuses_bad_values(tmp_path, args):
+    result = run("therapist", "add", *args, env=therapist_env(tmp_path))
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+
+
+def test_therapist_disable_and_reset(tmp_path):
+    env = therapist_env(tmp_path)
+    first = run("therapist", "add", "--name", "Anna", "--languages", "de", env=env).stdout
+    disabled = run("therapist", "disable", "Anna", env=env)
+    assert disabled.returncode == 0
+    assert run("therapist", "list", env=env).stdout.split()[-1] == "disabled"
+    reset = run("therapist", "reset", "anna", env=env)
+    assert reset.returncode == 0
+    new_link = reset.stdout.strip().splitlines()[-1]
+    assert "/de/enrol/" in new_link and new_link != first.strip().splitlines()[-1]
+    assert run("therapist", "list", env=env).stdout.split()[-2:] == ["not", "enrolled"]
+    assert run("therapist", "disable", "Nobody", env=env).returncode == 1
 
 
 def test_serve_creates_a_private_data_directory(live_server):

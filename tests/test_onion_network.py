@@ -136,6 +136,11 @@ def test_serve_launches_tor_and_publishes_the_app(tor_network, join_config, tmp_
         status, headers, body = tor_network.fetch(f"http://{address}/en/")
         assert status == 200 and b"Stillroom" in body
         assert "Server" not in headers
+        for portal_page in ("/en/availability", "/en/enrol/x", "/en/password"):
+            status, _, _ = tor_network.fetch(f"http://{address}{portal_page}")
+            assert status == 404, (
+                f"the portal must not be reachable through the onion: {portal_page}"
+            )
         cookie = create_account_through_tor(tor_network, address)
         status, _, body = tor_network.fetch(
             f"http://{address}/en/account", headers={"Cookie": cookie}

@@ -128,16 +128,14 @@ def create_server(
     return server
 
 
-def create_servers(settings: Settings) -> list[BaseWSGIServer]:
-    """Build both apps and bind their ports: the participant app first, then the portal."""
+def create_servers(
+    participant_app: Flask, portal_app: Flask, settings: Settings
+) -> list[BaseWSGIServer]:
+    """Bind both apps' ports: the participant app first, then the portal."""
     socket_map: dict[int, object] = {}
-    participant = create_server(
-        create_participant_app(settings), settings.participant_port, settings, socket_map
-    )
+    participant = create_server(participant_app, settings.participant_port, settings, socket_map)
     try:
-        portal = create_server(
-            create_portal_app(settings), settings.portal_port, settings, socket_map
-        )
+        portal = create_server(portal_app, settings.portal_port, settings, socket_map)
     except BaseException:
         participant.close()
         raise
@@ -185,7 +183,8 @@ def serve(no_tor: bool) -> None:
     settings = load_settings()
     signal.signal(signal.SIGTERM, stop_serving)
     try:
-        servers = create_servers(settings)
+        app = create_participant_app(settings)
+        servers = create_servers(app, create_portal_app(settings), settings)
     except (TorError, SettingsError) as error:
         fail(error)
     say(
@@ -201,12 +200,14 @@ def serve(no_tor: bool) -> None:
         say(f"Participant app ({where}): http://127.0.0.1:{settings.participant_port}/")
         run_until_stopped(servers, settings)
         return
-    failure = serve_through_tor(servers, settings)
+    failure = serve_through_tor(app, servers, settings)
     if failure is not None:
         fail(failure)
 
 
-def serve_through_tor(servers: list[BaseWSGIServer], settings: Settings) -> TorError | None:
+def serve_through_tor(
+    app: Flask, servers: list[BaseWSGIServer], settings: Settings
+) -> TorError | None:
     """Start or attach tor, publish, serve; always clean up. Return what went wrong."""
     lost = threading.Event()
     handle: tor.Tor | None = None
@@ -232,7 +233,7 @@ def serve_through_tor(servers: list[BaseWSGIServer], settings: Settings) -> TorE
             settings.tor_publish_timeout,
         )
         uploads.track(address)
-        servers[0].application.config["ONION_ADDRESS"] = address
+        app.config["ONION_ADDRESS"] = address
         say(f"Onion service published: http://{address}/")
         run_until_stopped(servers, settings)
     except TorError as error:

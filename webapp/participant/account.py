@@ -22,7 +22,7 @@ from stillroom.webapp.accounts import (
     replace_passphrase,
     unlock_account,
 )
-from stillroom.webapp.gate import current_session, db, now
+from stillroom.webapp.gate import current_session, db, now, settings
 from stillroom.webapp.i18n import current_language
 from stillroom.webapp.participant.blueprint import (
     bp,
@@ -138,8 +138,13 @@ def logout() -> Response:
 @login_required
 def account() -> str:
     """The participant's own page: appointments, passphrase, deletion."""
+    appointments = my_appointments()
+    upcoming = [item for item in appointments if not item["item"].cancelled]
     return render_template(
-        "participant/account.html", appointments=my_appointments(), notice=notice()
+        "participant/account.html",
+        appointments=appointments,
+        can_book=len(upcoming) < settings().max_upcoming_bookings,
+        notice=notice(),
     )
 
 

@@ -8,7 +8,6 @@ from typing import Any
 
 from flask import abort, redirect, render_template, request, url_for
 from flask_babel import lazy_gettext as _l
-from werkzeug.wrappers import Response
 
 from stillroom.crypto.box import seal
 from stillroom.webapp.booking import (
@@ -158,7 +157,7 @@ def render_availability(therapist: Therapist, error: object | None) -> Any:
 
 @bp.post("/slots/<slot_id>/delete")
 @login_required
-def delete_slot(slot_id: str) -> Response:
+def delete_slot(slot_id: str) -> Any:
     """Withdraw one free time."""
     therapist = current_therapist()
     try:
