@@ -40,6 +40,20 @@ def new_token() -> str:
     return secrets.token_urlsafe(32)
 
 
+#: Letters and digits that cannot be mistaken for each other (no 0/O, 1/I/L, U/V).
+READABLE_ALPHABET = "ABCDEFGHJKMNPQRSTWXYZ23456789"
+
+
+def readable_code() -> str:
+    """Return a random name such as ``KX7M-Q2PD`` (about 39 bits), easy to read and type.
+
+    Used where a person needs a random handle: a participant's pseudonym for a
+    therapist, a therapist's private login name.
+    """
+    letters = "".join(secrets.choice(READABLE_ALPHABET) for _ in range(8))
+    return f"{letters[:4]}-{letters[4:]}"
+
+
 def wrap_key(secret_key: bytes, wrapping_key: bytes) -> bytes:
     """Encrypt ``secret_key`` under ``wrapping_key`` with an authenticated SecretBox."""
     return bytes(nacl.secret.SecretBox(wrapping_key).encrypt(secret_key))

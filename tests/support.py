@@ -93,6 +93,7 @@ class TherapistActions:
         self.clock = clock
         self.database = database
         self.secret = ""
+        self.login_names: dict[str, str] = {}
 
     def add(
         self,
@@ -103,9 +104,11 @@ class TherapistActions:
         """Add a therapist as the operator does; return the enrolment token."""
         db = connect(self.database)
         try:
-            return add_therapist(db, name, languages, time_zone, int(self.clock()))
+            enrolment = add_therapist(db, name, languages, time_zone, int(self.clock()))
         finally:
             db.close()
+        self.login_names[name] = enrolment.login_name
+        return enrolment.token
 
     def code(self) -> str:
         """Return a TOTP code of a fresh time step (each code works only once)."""
@@ -141,7 +144,7 @@ class TherapistActions:
             "/en/login",
             data={
                 **form_fields(html),
-                "name": name,
+                "name": self.login_names.get(name, name),
                 "password": password,
                 "code": self.code() if code is None else code,
             },
@@ -174,6 +177,29 @@ class TherapistActions:
                 "languages": list(languages),
             },  # type: ignore[dict-item]
         )
+
+
+def add_therapist_by_cli(data_dir: Path, name: str, languages: str = "en,de") -> tuple[str, str]:
+    """Run ``stillroom therapist add`` as the operator does; return (login name, token)."""
+    result = subprocess.run(
+        [
+            str(Path(sys.executable).with_name("stillroom")),
+            "therapist",
+            "add",
+            "--name",
+            name,
+            "--languages",
+            languages,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+        env={**os.environ, "PYTHONSAFEPATH": "1", "STILLROOM_DATA_DIR": str(data_dir)},
+    )
+    login = re.search(r"Login name \(not shown to participants\): (\S+)", result.stdout)
+    token = result.stdout.strip().rsplit("/", 1)[1]
+    return login.group(1), token  # type: ignore[union-attr]
 
 
 def free_port() -> int:

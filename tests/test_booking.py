@@ -12,10 +12,11 @@ import pytest
 from stillroom.webapp.booking import SlotTakenError, book
 from stillroom.webapp.retention import purge
 from stillroom.webapp.store import connect
+from stillroom.webapp.times import format_when
 
 from support import AuthActions, form_fields
 
-SLOT = re.compile(r'name="slot" value="([0-9a-f]+)"')
+SLOT = re.compile(r"name=slot value=([0-9a-f]+)")
 #: 2027-01-15 08:00 UTC, the tests' clock.
 MONDAY = "2027-01-18"
 
@@ -24,8 +25,8 @@ def utc(text: str) -> int:
     return int(datetime.fromisoformat(text).replace(tzinfo=UTC).timestamp())
 
 
-def free_slot_ids(client, lang: str = "en", move: str | None = None) -> list[str]:
-    page = client.get(f"/{lang}/book" + (f"?move={move}" if move else ""))
+def free_slot_ids(client, lang: str = "en", move: str | None = None, week: int = 0) -> list[str]:
+    page = client.get(f"/{lang}/book?week={week}" + (f"&move={move}" if move else ""))
     return SLOT.findall(page.get_data(as_text=True))
 
 
@@ -66,6 +67,20 @@ def test_a_participant_books_a_published_time_and_sees_it(published, auth, clien
     assert "Your appointment is booked" in account
     assert "With Anna, in English." in account
     assert free_slot_ids(client) == [slots[1]]
+
+
+def test_the_booking_page_shows_one_week_at_a_time(therapist, auth, client):
+    therapist.create()
+    assert therapist.publish("2027-02-01", "18:00").status_code == 302  # in 17 days
+    auth.create()
+    first = client.get("/en/book").get_data(as_text=True)
+    assert "name=slot" not in first and "in these seven days" in first
+    assert 'href="/en/book?week=1">Later times<' in first
+    assert free_slot_ids(client, week=1) == []
+    third = client.get("/en/book?week=2").get_data(as_text=True)
+    assert len(SLOT.findall(third)) == 1 and "Earlier times" in third and "Later times" not in third
+    for tampered in ("-3", "x", "99", "1e9"):
+        assert client.get(f"/en/book?week={tampered}").status_code == 200
 
 
 def test_times_are_shown_in_the_participants_band(published, auth, client):
@@ -191,7 +206,9 @@ def test_another_users_objects_answer_404(published, auth, client, app, settings
     )
     for tampered in ("0" * 32, appointment_id[:-1] + "x", "../../etc", "%00"):
         assert auth.client.get(f"/en/appointments/{tampered}/cancel").status_code == 404
-        assert auth.post("/book", {"slot": tampered}, page="/book").status_code == 404
+        gone = auth.post("/book", {"slot": tampered}, page="/book")
+        assert gone.status_code == 409  # an unknown or withdrawn time: said calmly
+        assert "This time is no longer available" in gone.get_data(as_text=True)
 
 
 def test_another_therapists_objects_answer_404(published, auth, client, settings, portal_app):
@@ -218,6 +235,8 @@ def test_another_therapists_objects_answer_404(published, auth, client, settings
         ({"time": "18"}, "could not be read"),
         ({"date": ""}, "could not be read"),
         ({"date": "2027-01-01"}, "must start in the future"),
+        ({"date": "9999-12-31", "time": "23:30"}, "at most a year ahead"),
+        ({"date": "2028-01-31"}, "at most a year ahead"),
         ({"duration": "5"}, "between 15 and 180 minutes"),
         ({"duration": "600"}, "between 15 and 180 minutes"),
         ({"duration": "fifty"}, "could not be read"),
@@ -253,7 +272,7 @@ def test_a_weekly_pattern_publishes_one_slot_per_week(therapist, settings):
 def test_overlapping_slots_are_refused_and_nothing_is_published(therapist, settings):
     therapist.create()
     therapist.publish("2027-01-25", "18:00")
-    response = therapist.publish(MONDAY, "18:30", weeks="2")  # the second week clashes
+    response = therapist.publish(MONDAY, "17:00", duration="120", weeks="2")  # week 2 clashes
     assert response.status_code == 400
     assert "overlaps a time you already have" in response.get_data(as_text=True)
     assert "Monday, 25 January 2027, 18:00–18:50" in response.get_data(as_text=True)
@@ -330,8 +349,8 @@ def test_weekly_times_keep_their_wall_clock_across_daylight_saving(
     starts = [row[0] for row in rows(settings, "SELECT starts_at FROM slots ORDER BY starts_at")]
     assert starts == [utc(text + ":00") for text in utc_starts]
     auth.create()  # English: Western Europe, which changes its clocks at the same instant
-    page = client.get("/en/book").get_data(as_text=True)
-    assert page.count(f"{lisbon}–") == 2
+    pages = "".join(client.get(f"/en/book?week={week}").get_data(as_text=True) for week in range(3))
+    assert pages.count(f"{lisbon}–") == 2
 
 
 @pytest.mark.parametrize(
@@ -385,3 +404,9 @@ def test_a_disabled_therapists_free_times_disappear(published, auth, client, set
         db.close()
     assert free_slot_ids(client) == []
     assert published.client.get("/en/").status_code == 302  # logged out
+
+
+def test_a_time_that_ends_after_midnight_names_both_days():
+    starts = utc("2027-01-18T22:30:00")  # 23:30 in Berlin
+    text = format_when(starts, starts + 3600, "Europe/Berlin", "en")
+    assert text == "Monday, 18 January 2027, 23:30–Tuesday, 19 January 2027, 00:30"

@@ -16,6 +16,8 @@ import pytest
 
 from stillroom.webapp.settings import Settings, env_var
 
+from support import add_therapist_by_cli
+
 STILLROOM = str(Path(sys.executable).with_name("stillroom"))
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -86,7 +88,7 @@ def test_serve_runs_the_portal_on_its_own_loopback_port(live_server):
     ("base", "path"),
     [
         ("url", "/en/availability"),  # the portal's pages are not on the onion's port
-        ("url", "/en/enrol/x"),
+        ("url", "/en/enrol/{token}"),
         ("url", "/en/password"),
         ("portal_url", "/en/create"),  # and the participant's are not on the portal's
         ("portal_url", "/en/account"),
@@ -94,10 +96,15 @@ def test_serve_runs_the_portal_on_its_own_loopback_port(live_server):
     ],
 )
 def test_each_port_serves_only_its_own_app(live_server, base, path):
+    _, token = add_therapist_by_cli(live_server.data_dir, f"Port test {base}{len(path)}")
+    path = path.format(token=token)
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(f"{getattr(live_server, base)}{path}", timeout=5)
     refused.value.close()
     assert refused.value.code == 404
+    other = "portal_url" if base == "url" else "url"  # the same page is there, on its own port
+    with urllib.request.urlopen(f"{getattr(live_server, other)}{path}", timeout=5) as page:
+        assert page.status in (200, 302)
 
 
 def therapist_env(tmp_path: Path) -> dict[str, str]:
@@ -113,8 +120,19 @@ def test_therapist_add_prints_a_one_time_enrolment_link(tmp_path):
     assert result.returncode == 0, result.stderr
     link = result.stdout.strip().splitlines()[-1]
     assert re.fullmatch(r"https://portal\.example\.org/de/enrol/[A-Za-z0-9_-]{40,}", link)
+    login = re.search(
+        r"Login name \(not shown to participants\): ([a-z2-9]{4}-[a-z2-9]{4})\n", result.stdout
+    )
+    assert login, result.stdout
     listed = run("therapist", "list", env=env)
-    assert listed.stdout.split() == ["Anna", "de,en", "Europe/Berlin", "not", "enrolled"]
+    assert listed.stdout.split() == [
+        "Anna",
+        login.group(1),
+        "de,en",
+        "Europe/Berlin",
+        "not",
+        "enrolled",
+    ]
     again = run("therapist", "add", "--name", "anna", "--languages", "en", env=env)
     assert again.returncode == 1 and "taken" in again.stderr
 

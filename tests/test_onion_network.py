@@ -19,7 +19,14 @@ import pytest
 import stem
 
 import tornet
-from support import FORM_TOKEN, PASSPHRASE, PENDING, free_port, stillroom_env
+from support import (
+    FORM_TOKEN,
+    PASSPHRASE,
+    PENDING,
+    add_therapist_by_cli,
+    free_port,
+    stillroom_env,
+)
 
 STILLROOM = str(Path(sys.executable).with_name("stillroom"))
 PUBLISHED = re.compile(r"Onion service published: http://([a-z2-7]{56}\.onion)/")
@@ -136,7 +143,8 @@ def test_serve_launches_tor_and_publishes_the_app(tor_network, join_config, tmp_
         status, headers, body = tor_network.fetch(f"http://{address}/en/")
         assert status == 200 and b"Stillroom" in body
         assert "Server" not in headers
-        for portal_page in ("/en/availability", "/en/enrol/x", "/en/password"):
+        _, token = add_therapist_by_cli(tmp_path / "data", "Anna")  # a link that really works
+        for portal_page in ("/en/availability", f"/en/enrol/{token}", "/en/password"):
             status, _, _ = tor_network.fetch(f"http://{address}{portal_page}")
             assert status == 404, (
                 f"the portal must not be reachable through the onion: {portal_page}"

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import threading
 
+import pyotp
 import pytest
 
 from stillroom.webapp import create_portal_app
 from stillroom.webapp.store import connect
 
-from support import GOOD_PASSWORD, form_fields
+from support import GOOD_PASSWORD, TOTP_SECRET, TherapistActions, form_fields
 
 
 def test_enrolment_sets_password_totp_and_a_wrapped_key_pair(therapist, settings):
@@ -99,9 +101,75 @@ def test_each_code_works_only_once(therapist, portal_app):
     html = other.get("/en/login").get_data(as_text=True)
     again = other.post(
         "/en/login",
-        data={**form_fields(html), "name": "Anna", "password": GOOD_PASSWORD, "code": code},
+        data={
+            **form_fields(html),
+            "name": therapist.login_names["Anna"],
+            "password": GOOD_PASSWORD,
+            "code": code,
+        },
     )
     assert again.status_code == 401
+
+
+def test_the_public_name_does_not_log_in(therapist):
+    therapist.create()
+    therapist.logout()
+    html = therapist.client.get("/en/login").get_data(as_text=True)
+    response = therapist.client.post(
+        "/en/login",
+        data={
+            **form_fields(html),
+            "name": "Anna",
+            "password": GOOD_PASSWORD,
+            "code": therapist.code(),
+        },
+    )
+    assert response.status_code == 401  # so nobody can pause Anna's account by her public name
+
+
+def test_a_wrong_code_counts_as_a_failure(therapist):
+    therapist.create()
+    therapist.logout()
+    for _ in range(5):
+        assert therapist.login(code="000000").status_code == 401
+    assert therapist.login().status_code == 429
+
+
+def test_parallel_guesses_cannot_pass_the_limit(therapist, portal_app):
+    therapist.create()
+    therapist.logout()
+    clients = [portal_app.test_client() for _ in range(20)]
+    forms = [form_fields(c.get("/en/login").get_data(as_text=True)) for c in clients]
+    barrier = threading.Barrier(len(clients))
+    codes: list[int] = []
+
+    def guess(client, form) -> None:
+        barrier.wait(timeout=30)
+        response = client.post(
+            "/en/login",
+            data={
+                **form,
+                "name": therapist.login_names["Anna"],
+                "password": "a wrong guess here",
+                "code": "123456",
+            },
+        )
+        codes.append(response.status_code)
+
+    threads = [
+        threading.Thread(target=guess, args=pair) for pair in zip(clients, forms, strict=True)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert codes.count(401) == 5 and codes.count(429) == 15, sorted(codes)
+
+
+def test_an_overlong_password_is_a_calm_failure(therapist):
+    therapist.create()
+    therapist.logout()
+    assert therapist.login(password=GOOD_PASSWORD + "x" * 200).status_code == 401
 
 
 def test_five_failures_pause_the_account_for_15_minutes(therapist, clock):
@@ -119,6 +187,10 @@ def test_five_failures_pause_the_account_for_15_minutes(therapist, clock):
 def test_portal_sessions_idle_out_after_30_minutes(therapist, clock):
     therapist.create()
     assert therapist.client.get("/en/").status_code == 200
+    clock.advance(29 * 60)
+    assert therapist.client.get("/en/").status_code == 200  # still in, and moved on
+    clock.advance(29 * 60)
+    assert therapist.client.get("/en/").status_code == 200
     clock.advance(31 * 60)
     response = therapist.client.get("/en/")
     assert response.status_code == 302
@@ -130,7 +202,7 @@ def test_changing_the_password_rewraps_the_key_and_ends_other_sessions(
 ):
     therapist.create()
     other = type(therapist)(portal_app.test_client(), therapist.clock, settings.database_path)
-    other.secret = therapist.secret
+    other.secret, other.login_names = therapist.secret, therapist.login_names
     assert other.login().status_code == 302
     db = connect(settings.database_path)
     before = db.execute("SELECT wrapped_secret_key, kdf_salt FROM therapists").fetchone()
@@ -163,7 +235,7 @@ def test_a_participant_form_token_does_not_pass_the_portal(client, therapist):
         "/en/login",
         data={
             **form_fields(html),
-            "name": "Anna",
+            "name": therapist.login_names["Anna"],
             "password": GOOD_PASSWORD,
             "code": therapist.code(),
         },
@@ -194,7 +266,22 @@ def test_the_portal_answers_for_its_public_name(settings, clock):
     client = app.test_client()
     response = client.get("/en/login", base_url="https://portal.example.org")
     assert response.status_code == 200
-    assert app.config["SECURE_COOKIES"] is True
+    actions = TherapistActions(client, clock, settings.database_path)
+    token = actions.add()
+    html = client.get(f"/en/enrol/{token}", base_url="https://portal.example.org")
+    actions.secret = TOTP_SECRET.search(html.get_data(as_text=True)).group(1).replace(" ", "")
+    enrolled = client.post(
+        f"/en/enrol/{token}",
+        base_url="https://portal.example.org",
+        data={
+            **form_fields(html.get_data(as_text=True)),
+            "password": GOOD_PASSWORD,
+            "again": GOOD_PASSWORD,
+            "code": pyotp.TOTP(actions.secret).at(clock()),
+        },
+    )
+    cookie = enrolled.headers["Set-Cookie"]
+    assert cookie.startswith("__Host-stillroom_portal=") and "Secure" in cookie
 
 
 @pytest.mark.parametrize("lang", ["en", "de", "cs", "pt", "es"])

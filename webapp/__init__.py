@@ -27,7 +27,12 @@ FORM_KEY_PURPOSE = {"participant": b"form-key", "portal": b"portal-form"}
 PENDING_KEY_PURPOSE = {"participant": b"pending-key", "portal": b"portal-pending"}
 
 
-def _create_app(settings: Settings | None, clock: Callable[[], float], area: str) -> Flask:
+def _create_app(
+    settings: Settings | None,
+    clock: Callable[[], float],
+    area: str,
+    key_deriver: KeyDeriver | None,
+) -> Flask:
     """Build the parts both apps share; ``area`` is the blueprint's name."""
     settings = Settings.load() if settings is None else settings
     argon2 = settings.argon2
@@ -50,9 +55,8 @@ def _create_app(settings: Settings | None, clock: Callable[[], float], area: str
         ONION_ADDRESS=None,
         PUBLIC_HOST=None,
         SECURE_COOKIES=False,
-        KEY_DERIVER=KeyDeriver(
-            settings.argon2, settings.argon2_concurrency, settings.argon2_wait_seconds
-        ),
+        KEY_DERIVER=key_deriver
+        or KeyDeriver(settings.argon2, settings.argon2_concurrency, settings.argon2_wait_seconds),
     )
     app.jinja_env.trim_blocks = True
     app.jinja_env.lstrip_blocks = True
@@ -67,28 +71,34 @@ def _create_app(settings: Settings | None, clock: Callable[[], float], area: str
 
 
 def create_participant_app(
-    settings: Settings | None = None, clock: Callable[[], float] = time.time
+    settings: Settings | None = None,
+    clock: Callable[[], float] = time.time,
+    key_deriver: KeyDeriver | None = None,
 ) -> Flask:
     """Build the participant (onion) app.
 
     :param settings: the deployment's settings; read from the environment when omitted.
     :param clock: the time source, replaceable so that tests can move time.
+    :param key_deriver: an argon2 bound shared with another app in the same process.
     """
-    app = _create_app(settings, clock, "participant")
+    app = _create_app(settings, clock, "participant", key_deriver)
     app.config["ONION_ADDRESS"] = app.config["SETTINGS"].onion_address or None
     participant.init_app(app)
     return app
 
 
 def create_portal_app(
-    settings: Settings | None = None, clock: Callable[[], float] = time.time
+    settings: Settings | None = None,
+    clock: Callable[[], float] = time.time,
+    key_deriver: KeyDeriver | None = None,
 ) -> Flask:
     """Build the therapist portal (clearnet, behind TLS; never reachable through the onion).
 
     :param settings: the deployment's settings; read from the environment when omitted.
     :param clock: the time source, replaceable so that tests can move time.
+    :param key_deriver: an argon2 bound shared with another app in the same process.
     """
-    app = _create_app(settings, clock, "portal")
+    app = _create_app(settings, clock, "portal", key_deriver)
     public = urlsplit(app.config["SETTINGS"].portal_base_url)
     app.config["PUBLIC_HOST"] = public.hostname
     app.config["SECURE_COOKIES"] = public.scheme == "https"

@@ -15,6 +15,7 @@ from typing import Any
 
 from sqlite_utils import Database
 
+from stillroom.crypto.keys import readable_code
 from stillroom.webapp.store import checkpoint, transaction
 
 MIN_DURATION_MINUTES = 15
@@ -23,8 +24,8 @@ MAX_WEEKS = 12
 #: A slot is offered to participants only if it starts at least this long from now.
 MIN_NOTICE_SECONDS = 3600
 MAX_NOTE_CHARS = 500
-#: Pseudonym letters: no 0/O, 1/I/L or U, so they read unambiguously aloud.
-PSEUDONYM_ALPHABET = "ABCDEFGHJKMNPQRSTVWXYZ23456789"
+#: Therapists publish at most this far ahead (seconds).
+MAX_AHEAD_SECONDS = 366 * 24 * 3600
 
 
 class BookingError(Exception):
@@ -58,7 +59,7 @@ class SlotBookedError(BookingError):
 class SlotInputError(BookingError):
     """A slot cannot be published: in the past, bad duration or languages.
 
-    :param reason: ``"past"``, ``"duration"``, ``"weeks"`` or ``"languages"``.
+    :param reason: ``"past"``, ``"far"``, ``"duration"``, ``"weeks"`` or ``"languages"``.
     """
 
     def __init__(self, reason: str) -> None:
@@ -67,11 +68,12 @@ class SlotInputError(BookingError):
 
 
 class OverlapError(BookingError):
-    """A new slot overlaps one the therapist already has, starting at ``starts_at``."""
+    """A new slot overlaps one the therapist already has, from ``starts_at`` to ``ends_at``."""
 
-    def __init__(self, starts_at: int) -> None:
-        super().__init__(starts_at)
+    def __init__(self, starts_at: int, ends_at: int) -> None:
+        super().__init__(starts_at, ends_at)
         self.starts_at = starts_at
+        self.ends_at = ends_at
 
 
 @dataclass(frozen=True)
@@ -119,8 +121,8 @@ def publish_slots(
 
     :param starts: UTC start times (one, or one per week of a weekly pattern).
     :param offered: the languages this therapist works in.
-    :raises SlotInputError: for a start in the past, a duration out of range, too
-        many weeks, or languages the therapist does not offer.
+    :raises SlotInputError: for a start in the past or more than a year ahead, a
+        duration out of range, too many weeks, or languages the therapist does not offer.
     :raises OverlapError: when a slot would overlap another of this therapist's.
     """
     if not MIN_DURATION_MINUTES <= duration_minutes <= MAX_DURATION_MINUTES:
@@ -131,17 +133,19 @@ def publish_slots(
         raise SlotInputError("languages")
     if min(starts) <= now:
         raise SlotInputError("past")
+    if max(starts) > now + MAX_AHEAD_SECONDS:
+        raise SlotInputError("far")
     length = duration_minutes * 60
     ids = []
     with transaction(db):
         for start in sorted(starts):
             clash = db.execute(
-                "SELECT starts_at FROM slots WHERE therapist_id = ? AND starts_at < ?"
+                "SELECT starts_at, ends_at FROM slots WHERE therapist_id = ? AND starts_at < ?"
                 " AND ends_at > ? ORDER BY starts_at LIMIT 1",
                 [therapist_id, start + length, start],
             ).fetchone()
             if clash is not None:
-                raise OverlapError(clash[0])
+                raise OverlapError(*clash)
             slot_id = new_id()
             db.table("slots").insert(
                 {
@@ -209,14 +213,17 @@ def therapist_slots(db: Database, therapist_id: str, now: int) -> list[Slot]:
     return [_slot(row) for row in rows]
 
 
-def free_slots(db: Database, language: str, now: int, until: int) -> list[Slot]:
-    """Return the free slots offered in ``language`` that start between soon and ``until``."""
+def free_slots(db: Database, language: str, earliest: int, until: int) -> list[Slot]:
+    """Return the free slots offered in ``language`` starting from ``earliest`` to ``until``.
+
+    Callers keep ``earliest`` at least :data:`MIN_NOTICE_SECONDS` from now.
+    """
     rows = db.execute(
         _SLOT_QUERY + " WHERE appointments.id IS NULL AND therapists.disabled = 0"
         " AND slots.starts_at >= ? AND slots.starts_at < ?"
         " AND instr(',' || slots.languages || ',', ?) > 0"
         " ORDER BY slots.starts_at, therapists.name",
-        [now + MIN_NOTICE_SECONDS, until, f",{language},"],
+        [earliest, until, f",{language},"],
     ).fetchall()
     return [_slot(row) for row in rows]
 
@@ -233,9 +240,10 @@ def book(
 ) -> str:
     """Book a free slot for a participant, or move ``replacing`` onto it; return its id.
 
-    :raises NotFoundError: for an unknown slot, or a ``replacing`` that is not theirs.
+    :raises NotFoundError: for a ``replacing`` that is not theirs.
     :raises SlotTakenError: when another participant holds the slot.
-    :raises SlotUnavailableError: when it starts too soon or is not in ``language``.
+    :raises SlotUnavailableError: when the slot is gone (or never was), starts too soon,
+        or is not offered in ``language``.
     :raises BookingLimitError: when the participant has enough upcoming appointments.
     :raises TooLateError: when the appointment to move is within the cutoff.
     """
@@ -251,8 +259,8 @@ def book(
                 " WHERE slots.id = ?",
                 [slot_id],
             ).fetchone()
-            if row is None:
-                raise NotFoundError
+            if row is None:  # withdrawn meanwhile, or an id that never existed
+                raise SlotUnavailableError
             therapist_id, starts_at, ends_at, languages, disabled, booked = row
             if booked:
                 raise SlotTakenError
@@ -304,8 +312,7 @@ def _ensure_pair(db: Database, participant_id: str, therapist_id: str) -> None:
     ).fetchone():
         return
     while True:
-        letters = "".join(secrets.choice(PSEUDONYM_ALPHABET) for _ in range(8))
-        pseudonym = f"{letters[:4]}-{letters[4:]}"
+        pseudonym = readable_code()
         taken = db.execute(
             "SELECT 1 FROM pairs WHERE therapist_id = ? AND pseudonym = ?",
             [therapist_id, pseudonym],

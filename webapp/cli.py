@@ -184,7 +184,9 @@ def serve(no_tor: bool) -> None:
     signal.signal(signal.SIGTERM, stop_serving)
     try:
         app = create_participant_app(settings)
-        servers = create_servers(app, create_portal_app(settings), settings)
+        # One argon2 bound for the whole process: both apps draw on the same memory.
+        portal = create_portal_app(settings, key_deriver=app.config["KEY_DERIVER"])
+        servers = create_servers(app, portal, settings)
     except (TorError, SettingsError) as error:
         fail(error)
     say(
@@ -370,20 +372,29 @@ def therapist_add(name: str, languages: str, time_zone: str) -> None:
         raise click.BadParameter(f"unknown time zone {time_zone!r}", param_hint="--time-zone")
     with open_database(settings) as database:
         try:
-            token = therapists.add_therapist(database, name, codes, time_zone, int(time.time()))
+            enrolment = therapists.add_therapist(database, name, codes, time_zone, int(time.time()))
         except therapists.TherapistNameError:
             fail(RuntimeError(f"the name {name!r} is taken, empty, too long or not plain text"))
-    click.echo("Give this link to the therapist by a safe channel; it works once, for 24 hours:")
-    click.echo(enrolment_url(settings, codes[0], token))
+    say_enrolment(settings, codes[0], enrolment)
+
+
+def say_enrolment(settings: Settings, language: str, enrolment: therapists.Enrolment) -> None:
+    """Print the login name and the one-time link, the link last (scripts take the last line)."""
+    click.echo("Give both to the therapist by a safe channel. The link works once, for 24 hours.")
+    click.echo(f"Login name (not shown to participants): {enrolment.login_name}")
+    click.echo(enrolment_url(settings, language, enrolment.token))
 
 
 @therapist.command(name="list")
 def therapist_list() -> None:
-    """List therapists: name, languages, time zone and state."""
+    """List therapists: name, login name, languages, time zone and state."""
     with open_database(load_settings()) as database:
         for item in therapists.list_therapists(database):
             state = "disabled" if item.disabled else "active" if item.enrolled else "not enrolled"
-            click.echo(f"{item.name}\t{','.join(item.languages)}\t{item.time_zone}\t{state}")
+            click.echo(
+                f"{item.name}\t{item.login_name}\t{','.join(item.languages)}"
+                f"\t{item.time_zone}\t{state}"
+            )
 
 
 @therapist.command(name="disable")
@@ -411,11 +422,8 @@ def therapist_reset(name: str) -> None:
     with open_database(settings) as database:
         try:
             found = therapists.find_by_name(database, name)
-            token = therapists.reset_therapist(database, name, int(time.time()))
+            enrolment = therapists.reset_therapist(database, name, int(time.time()))
         except therapists.UnknownTherapistError:
             fail(RuntimeError(f"no therapist named {name!r}"))
-    click.echo(
-        "Password and authenticator cleared, sessions ended, account enabled. New link"
-        " (works once, for 24 hours):"
-    )
-    click.echo(enrolment_url(settings, found.languages[0], token))
+    click.echo("Password and authenticator cleared, sessions ended, account enabled.")
+    say_enrolment(settings, found.languages[0], enrolment)

@@ -2,7 +2,8 @@
 
 Both apps follow the same rules (DESIGN §4 and §6) with their own cookie, session
 table and pages, so each blueprint gets one :class:`Gate`. The small accessors
-below (:func:`settings`, :func:`now`, :func:`db`) serve the views of both apps.
+below (:func:`settings`, :func:`now`, :func:`db`, :func:`deriver`) serve the views
+of both apps.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from flask import Blueprint, current_app, g, redirect, request, url_for
 from sqlite_utils import Database
 from werkzeug.wrappers import Response
 
+from stillroom.crypto.kdf import KeyDeriver
 from stillroom.crypto.keys import UnwrapError, unwrap_key, wrap_key
 from stillroom.webapp.db import get_db
 from stillroom.webapp.security import (
@@ -64,6 +66,12 @@ def db() -> Database:
     return get_db()
 
 
+def deriver() -> KeyDeriver:
+    """Return the process's argon2id key deriver (one bound for both apps)."""
+    value: KeyDeriver = current_app.config["KEY_DERIVER"]
+    return value
+
+
 def current_session() -> Session | None:
     """Return the live session of this request, if any."""
     session: Session | None = g.get("session")
@@ -103,13 +111,23 @@ class Gate:
     :param cookie: the cookie's name (cookies ignore ports, so each app has its own).
     :param table: where this app's sessions live.
     :param home: the endpoint a logged-in user lands on.
+    :param public_forms: endpoints whose forms are filled in before login; one sent
+        after logging in elsewhere meanwhile just leads home.
     """
 
-    def __init__(self, bp: Blueprint, cookie: str, table: SessionTable, home: str) -> None:
+    def __init__(
+        self,
+        bp: Blueprint,
+        cookie: str,
+        table: SessionTable,
+        home: str,
+        public_forms: tuple[str, ...],
+    ) -> None:
         self.bp = bp
         self.cookie = cookie
         self.table = table
         self.home = home
+        self.public_forms = public_forms
         self.login = f"{bp.name}.login"
         self.logout = f"{bp.name}.logout"
         bp.url_value_preprocessor(take_language)
@@ -120,7 +138,7 @@ class Gate:
 
     def load_session_and_check_form(self) -> Response | None:
         """Load the session from the cookie, then refuse any POST without a valid token."""
-        token = request.cookies.get(self.cookie)
+        token = request.cookies.get(self.cookie_name())
         g.session = load_session(db(), self.table, token, now(), timeouts()) if token else None
         g.stale_cookie = token is not None and g.session is None
         if request.method == "POST":
@@ -147,13 +165,17 @@ class Gate:
         """
         if g.stale_cookie:  # the session ended while the form was open
             return redirect(url_for(self.login, done="session-ended"))
-        if g.session is not None and request.endpoint in self.public_forms():
+        if g.session is not None and request.endpoint in self.public_forms:
             return redirect(url_for(self.home))  # already logged in meanwhile
         raise FormTokenError
 
-    def public_forms(self) -> tuple[str, ...]:
-        """Endpoints whose forms are filled in before login."""
-        return (self.login, f"{self.bp.name}.create")
+    def cookie_name(self) -> str:
+        """Return the cookie's name; behind TLS with the ``__Host-`` prefix.
+
+        The prefix makes the browser refuse the cookie unless it is Secure, has no
+        Domain and covers the whole site, so a sibling host cannot plant one.
+        """
+        return f"__Host-{self.cookie}" if current_app.config["SECURE_COOKIES"] else self.cookie
 
     def drop_stale_cookie(self, response: Response) -> Response:
         """Remove a cookie whose session is over, so the browser stops sending it."""
@@ -208,7 +230,7 @@ class Gate:
     def set_cookie(self, response: Response, token: str) -> Response:
         """Put the session token in the only cookie: HttpOnly, SameSite=Strict, no expiry."""
         response.set_cookie(
-            self.cookie,
+            self.cookie_name(),
             token,
             httponly=True,
             samesite="Strict",
@@ -221,7 +243,7 @@ class Gate:
     def clear_cookie(self, response: Response) -> Response:
         """Tell the browser to forget the session cookie."""
         response.delete_cookie(
-            self.cookie,
+            self.cookie_name(),
             path="/",
             httponly=True,
             samesite="Strict",

@@ -35,7 +35,10 @@ class Table:
     readers: str
     retention: str
     columns: tuple[Column, ...]
+    #: Listed on the public "What we store" pages at all.
     public: bool = True
+    #: Listed on the participants' page too (therapist-only tables are on the portal's).
+    about_participants: bool = True
 
 
 INVENTORY: tuple[Table, ...] = (
@@ -146,6 +149,10 @@ INVENTORY: tuple[Table, ...] = (
         columns=(
             Column("id", _l("A random number for the therapist.")),
             Column("name", _l("The name participants see.")),
+            Column(
+                "login_name",
+                _l("A random name the therapist logs in with, known only to them."),
+            ),
             Column("languages", _l("The languages the therapist works in.")),
             Column("time_zone", _l("The therapist's time zone.")),
             Column(
@@ -170,6 +177,7 @@ INVENTORY: tuple[Table, ...] = (
             Column("locked_until", _l("Until when logging in is paused after failures.")),
             Column("disabled", _l("Whether the operator has locked the account.")),
         ),
+        about_participants=False,
     ),
     Table(
         name="enrolments",
@@ -181,6 +189,7 @@ INVENTORY: tuple[Table, ...] = (
             Column("therapist_id", _l("The therapist the link is for.")),
             Column("expires_at", _l("When the link stops working.")),
         ),
+        about_participants=False,
     ),
     Table(
         name="therapist_sessions",
@@ -200,6 +209,7 @@ INVENTORY: tuple[Table, ...] = (
             Column("idle_expires_at", _l("When the session ends if nothing happens.")),
             Column("absolute_expires_at", _l("When the session ends at the latest.")),
         ),
+        about_participants=False,
     ),
     Table(
         name="_sqlite_migrations",

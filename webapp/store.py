@@ -70,6 +70,7 @@ def create_portal_and_booking(db: Database) -> None:
         CREATE TABLE therapists (
             id TEXT PRIMARY KEY,
             name TEXT NOT NULL UNIQUE,
+            login_name TEXT NOT NULL UNIQUE,
             languages TEXT NOT NULL,
             time_zone TEXT NOT NULL,
             password_hash TEXT,

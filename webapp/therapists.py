@@ -1,7 +1,10 @@
 """Therapist accounts: added by the operator, enrolled by the therapist, password + TOTP.
 
-The operator adds a therapist and hands over a one-time enrolment link. The
-therapist sets a password and a TOTP app there; the password's argon2id hash lets
+The operator adds a therapist and hands over a one-time enrolment link and a
+random login name. The login name is not the public name that participants see
+next to each free time, so nobody who merely uses the service can pause a
+therapist's account by failing to log in as them. The therapist sets a password
+and a TOTP app at the link; the password's argon2id hash lets
 them in, and a key derived from it wraps their X25519 secret key (DESIGN §4).
 The TOTP secret is stored encrypted under a server key, and each code works once.
 """
@@ -20,9 +23,11 @@ from zxcvbn import zxcvbn
 
 from stillroom.crypto.kdf import SALT_BYTES, KeyDeriver
 from stillroom.crypto.keys import (
+    UnwrapError,
     new_keypair,
     new_token,
     random_bytes,
+    readable_code,
     token_hash,
     unwrap_key,
     wrap_key,
@@ -52,6 +57,14 @@ class TherapistNameError(TherapistError):
 
 class UnknownTherapistError(TherapistError):
     """No therapist has this name."""
+
+
+@dataclass(frozen=True)
+class Enrolment:
+    """What the operator passes on to a new therapist: the login name and the link's token."""
+
+    login_name: str
+    token: str
 
 
 class EnrolmentError(TherapistError):
@@ -87,6 +100,7 @@ class Therapist:
 
     id: str
     name: str
+    login_name: str
     languages: tuple[str, ...]
     time_zone: str
     enrolled: bool
@@ -106,8 +120,8 @@ def clean_name(name: str) -> str:
 
 def add_therapist(
     db: Database, name: str, languages: tuple[str, ...], time_zone: str, now: int
-) -> str:
-    """Create a therapist who still has to enrol; return the enrolment token.
+) -> Enrolment:
+    """Create a therapist who still has to enrol; return their login name and link token.
 
     :raises TherapistNameError: for a bad or taken name.
     """
@@ -115,6 +129,7 @@ def add_therapist(
     if not languages or any(code not in LANGUAGES for code in languages):
         raise ValueError(f"languages must be among {', '.join(LANGUAGES)}")
     therapist_id = secrets.token_hex(16)
+    login_name = readable_code().lower()
     with transaction(db):
         taken = db.execute("SELECT name FROM therapists").fetchall()
         if any(row[0].casefold() == name.casefold() for row in taken):
@@ -123,11 +138,12 @@ def add_therapist(
             {
                 "id": therapist_id,
                 "name": name,
+                "login_name": login_name,
                 "languages": ",".join(languages),
                 "time_zone": time_zone,
             }
         )
-        return _issue_enrolment(db, therapist_id, now)
+        return Enrolment(login_name, _issue_enrolment(db, therapist_id, now))
 
 
 def _issue_enrolment(db: Database, therapist_id: str, now: int) -> str:
@@ -144,10 +160,11 @@ def _issue_enrolment(db: Database, therapist_id: str, now: int) -> str:
 
 
 def _therapist(row: Any) -> Therapist:
-    therapist_id, name, languages, time_zone, password_hash, disabled = row
+    therapist_id, name, login_name, languages, time_zone, password_hash, disabled = row
     return Therapist(
         id=str(therapist_id),
         name=str(name),
+        login_name=str(login_name),
         languages=tuple(str(languages).split(",")),
         time_zone=str(time_zone),
         enrolled=password_hash is not None,
@@ -155,7 +172,7 @@ def _therapist(row: Any) -> Therapist:
     )
 
 
-_COLUMNS = "id, name, languages, time_zone, password_hash, disabled"
+_COLUMNS = "id, name, login_name, languages, time_zone, password_hash, disabled"
 
 
 def list_therapists(db: Database) -> list[Therapist]:
@@ -307,62 +324,66 @@ def log_in(
     db: Database,
     deriver: KeyDeriver,
     totp_key: bytes,
-    name: str,
+    login_name: str,
     password: str,
     code: str,
     now: int,
 ) -> tuple[str, bytes]:
-    """Check name, password and a fresh TOTP code; return the id and open secret key.
+    """Check login name, password and a fresh TOTP code; return the id and open secret key.
 
-    After :data:`MAX_FAILURES` failures in a row the account pauses for
-    :data:`PAUSE_SECONDS`; while paused, no password is even checked.
+    Each attempt is counted before the password is checked, in one write
+    transaction, so parallel guesses cannot slip past the limit: after
+    :data:`MAX_FAILURES` failures in a row the account pauses for
+    :data:`PAUSE_SECONDS`, and while paused no password is even checked.
 
     :raises LoginError: for any wrong part, a disabled or unenrolled account.
     :raises LoginPausedError: while the account is paused.
     """
-    try:
-        therapist = find_by_name(db, name)
-    except UnknownTherapistError:
-        raise LoginError from None
-    row = db.execute(
-        "SELECT password_hash, kdf_salt, wrapped_secret_key, totp_secret, totp_last_step,"
-        " locked_until FROM therapists WHERE id = ?",
-        [therapist.id],
-    ).fetchone()
-    password_hash, salt, wrapped, sealed_totp, last_step, locked_until = row
-    if therapist.disabled or password_hash is None:
+    wanted = " ".join(login_name.split()).lower()
+    with transaction(db):
+        row = db.execute(
+            "SELECT id, password_hash, kdf_salt, wrapped_secret_key, totp_secret,"
+            " totp_last_step, locked_until, disabled FROM therapists WHERE login_name = ?",
+            [wanted],
+        ).fetchone()
+        if row is None:
+            raise LoginError
+        therapist_id, password_hash, salt, wrapped, sealed_totp, last_step, locked, off = row
+        if off or password_hash is None:
+            raise LoginError
+        if locked > now:
+            raise LoginPausedError(locked)
+        _count_attempt(db, therapist_id, now)
+    if len(password) > MAX_PASSWORD_CHARS or not deriver.verify_password(password_hash, password):
         raise LoginError
-    if locked_until > now:
-        raise LoginPausedError(locked_until)
-    password_ok = deriver.verify_password(password_hash, password[:MAX_PASSWORD_CHARS])
     secret = unwrap_key(sealed_totp, totp_key).decode()
-    step = totp_step(secret, code, now, after=last_step) if password_ok else None
+    step = totp_step(secret, code, now, after=last_step)
+    if step is None:
+        raise LoginError
+    try:
+        secret_key = unwrap_key(wrapped, deriver.derive(password.encode(), salt))
+    except UnwrapError:  # the hash and the wrapped key disagree: never expected
+        raise LoginError from None
     with transaction(db):
         # The conditional update makes a code single-use even when two logins race.
-        accepted = (
-            step is not None
-            and db.execute(
-                "UPDATE therapists SET totp_last_step = ?, failed_logins = 0"
-                " WHERE id = ? AND totp_last_step < ?",
-                [step, therapist.id, step],
-            ).rowcount
-            == 1
+        used = db.execute(
+            "UPDATE therapists SET totp_last_step = ?, failed_logins = 0"
+            " WHERE id = ? AND totp_last_step < ?",
+            [step, therapist_id, step],
         )
-        if not accepted:
-            _count_failure(db, therapist.id, now)
-    if not accepted:
+    if used.rowcount != 1:
         raise LoginError
-    secret_key = unwrap_key(wrapped, deriver.derive(password.encode(), salt))
     if deriver.needs_rehash(password_hash):
         new_hash = deriver.hash_password(password)
         with transaction(db):
             db.execute(
-                "UPDATE therapists SET password_hash = ? WHERE id = ?", [new_hash, therapist.id]
+                "UPDATE therapists SET password_hash = ? WHERE id = ?", [new_hash, therapist_id]
             )
-    return therapist.id, secret_key
+    return therapist_id, secret_key
 
 
-def _count_failure(db: Database, therapist_id: str, now: int) -> None:
+def _count_attempt(db: Database, therapist_id: str, now: int) -> None:
+    """Count a login attempt as a failure until it succeeds; pause at the limit."""
     db.execute(
         "UPDATE therapists SET failed_logins = failed_logins + 1 WHERE id = ?", [therapist_id]
     )
@@ -389,7 +410,7 @@ def change_password(
     (password_hash,) = db.execute(
         "SELECT password_hash FROM therapists WHERE id = ?", [therapist_id]
     ).fetchone()
-    if not deriver.verify_password(password_hash, current[:MAX_PASSWORD_CHARS]):
+    if len(current) > MAX_PASSWORD_CHARS or not deriver.verify_password(password_hash, current):
         raise LoginError
     check_password_policy(new)
     salt = random_bytes(SALT_BYTES)
@@ -431,13 +452,13 @@ def disable_therapist(db: Database, name: str, now: int) -> int:
     return int(upcoming)
 
 
-def reset_therapist(db: Database, name: str, now: int) -> str:
+def reset_therapist(db: Database, name: str, now: int) -> Enrolment:
     """Clear password and TOTP and issue a new enrolment link (which also re-enables).
 
     The old key pair cannot be opened without the old password, so enrolment makes
-    a new one.
+    a new one. The login name stays.
 
-    :returns: the new enrolment token.
+    :returns: the login name and the new enrolment token.
     :raises UnknownTherapistError: when no therapist has this name.
     """
     therapist = find_by_name(db, name)
@@ -451,4 +472,4 @@ def reset_therapist(db: Database, name: str, now: int) -> str:
         end_sessions_of(db, THERAPIST_SESSIONS, therapist.id)
         token = _issue_enrolment(db, therapist.id, now)
     checkpoint(db)
-    return token
+    return Enrolment(therapist.login_name, token)

@@ -9,6 +9,7 @@ gives the right local time everywhere in it.
 from __future__ import annotations
 
 import datetime
+import functools
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from babel.dates import format_date, format_time
@@ -39,9 +40,14 @@ class LocalTimeError(ValueError):
     """A wall-clock time that does not exist, or exists twice, on that day in that zone."""
 
 
+@functools.cache
+def _known_zones() -> frozenset[str]:
+    return frozenset(available_timezones())  # walks the zone files: once per process
+
+
 def is_zone(name: str) -> bool:
     """Return whether ``name`` is an IANA time zone this machine knows."""
-    return name in available_timezones()
+    return name in _known_zones()
 
 
 def zone(name: str) -> ZoneInfo:
@@ -87,9 +93,13 @@ def format_clock(timestamp: int, zone_name: str, language: str) -> str:
 
 
 def format_when(starts_at: int, ends_at: int, zone_name: str, language: str) -> str:
-    """Return "day, HH:MM–HH:MM" for an appointment in the reader's zone."""
-    return (
-        f"{format_day(starts_at, zone_name, language)}, "
-        f"{format_clock(starts_at, zone_name, language)}–"
-        f"{format_clock(ends_at, zone_name, language)}"
-    )
+    """Return "day, HH:MM–HH:MM" for an appointment in the reader's zone.
+
+    When it ends on the next day, that day is written out too.
+    """
+    day = format_day(starts_at, zone_name, language)
+    start = f"{day}, {format_clock(starts_at, zone_name, language)}"
+    end = format_clock(ends_at, zone_name, language)
+    if local(starts_at, zone_name).date() != local(ends_at, zone_name).date():
+        end = f"{format_day(ends_at, zone_name, language)}, {end}"
+    return f"{start}–{end}"

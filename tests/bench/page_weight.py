@@ -2,8 +2,10 @@
 
 Starts ``stillroom serve --no-tor`` (the production WSGI server) on 127.0.0.1,
 logs in through the real forms, and counts the bytes of each response: status
-line, headers and body, plus the stylesheet that every page loads once. Prints
-one line per page and, last, ``max_page_bytes=N``.
+line, headers and body, plus the stylesheet that every page loads once. The
+booking page is weighed with a busy schedule: three therapists offering
+twenty times each in every language over the next four weeks. Prints one line
+per page and, last, ``max_page_bytes=N``.
 
     PYTHONSAFEPATH=1 .venv/bin/python tests/bench/page_weight.py [--previous OLD.txt]
 
@@ -18,17 +20,23 @@ import re
 import socket
 import sys
 import tempfile
+import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/, for support.py
-from stillroom.webapp.settings import LANGUAGES
+from stillroom.webapp.booking import publish_slots
+from stillroom.webapp.settings import LANGUAGES, Settings
+from stillroom.webapp.store import connect
+from stillroom.webapp.therapists import add_therapist, find_by_name
 
 from support import FORM_TOKEN, PASSPHRASE, PENDING, start_server, stop_server
 
 PUBLIC = ["/", "/create", "/login", "/help", "/privacy", "/no-such-page"]
-PRIVATE = ["/account", "/account/passphrase", "/account/delete"]
+PRIVATE = ["/account", "/book", "/account/passphrase", "/account/delete"]
+THERAPISTS = 3
+SLOTS_EACH = 20
 BUDGET = 8 * 1024
 
 
@@ -78,6 +86,23 @@ def weigh(base: str) -> dict[str, int]:
     return weights
 
 
+def publish_busy_schedule(data_dir: Path) -> int:
+    """Have three therapists offer twenty times each, spread over four weeks; return the count."""
+    db = connect(Settings.load({}, data_dir=data_dir).database_path)
+    try:
+        first = (int(time.time()) // 3600 + 48) * 3600
+        for number in range(THERAPISTS):
+            name = f"Therapist {number + 1}"
+            add_therapist(db, name, LANGUAGES, "Europe/Berlin", int(time.time()))
+            therapist = find_by_name(db, name)
+            starts = [first + number * 3600 + slot * 26 * 3600 for slot in range(SLOTS_EACH)]
+            for start in starts:
+                publish_slots(db, therapist.id, [start], 50, LANGUAGES, LANGUAGES, int(time.time()))
+    finally:
+        db.close()
+    return THERAPISTS * SLOTS_EACH
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--previous", type=Path, help="an earlier run's output to compare with")
@@ -91,6 +116,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         server = start_server(Path(tmp) / "instance")
         try:
+            print(f"booking page lists {publish_busy_schedule(server.data_dir)} free times")
             weights = weigh(server.url)
         finally:
             stop_server(server)

@@ -9,7 +9,6 @@ from flask import current_app, make_response, redirect, render_template, request
 from flask_babel import lazy_gettext as _l
 from werkzeug.wrappers import Response
 
-from stillroom.crypto.kdf import KeyDeriver
 from stillroom.crypto.keys import UnwrapError
 from stillroom.crypto.passphrase import PassphraseInputError, generate_passphrase
 from stillroom.webapp.accounts import (
@@ -22,7 +21,7 @@ from stillroom.webapp.accounts import (
     replace_passphrase,
     unlock_account,
 )
-from stillroom.webapp.gate import current_session, db, now, settings
+from stillroom.webapp.gate import current_session, db, deriver, now, settings
 from stillroom.webapp.i18n import current_language
 from stillroom.webapp.participant.blueprint import (
     bp,
@@ -46,12 +45,6 @@ WRONG_CURRENT = _l("Your current passphrase was not right. Nothing has been chan
 def today() -> str:
     """Return today's date (UTC): the finest time we keep about a login."""
     return datetime.datetime.fromtimestamp(now(), datetime.UTC).date().isoformat()
-
-
-def deriver() -> KeyDeriver:
-    """Return the app's argon2id key deriver."""
-    value: KeyDeriver = current_app.config["KEY_DERIVER"]
-    return value
 
 
 def lookup_key() -> bytes:

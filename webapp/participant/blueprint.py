@@ -9,7 +9,13 @@ from stillroom.webapp.gate import LANGUAGE_PREFIX, Gate, open_form_value, seal_f
 from stillroom.webapp.sessions import PARTICIPANT_SESSIONS
 
 bp = Blueprint("participant", __name__, url_prefix=LANGUAGE_PREFIX)
-gate = Gate(bp, cookie="stillroom", table=PARTICIPANT_SESSIONS, home="participant.account")
+gate = Gate(
+    bp,
+    cookie="stillroom",
+    table=PARTICIPANT_SESSIONS,
+    home="participant.account",
+    public_forms=("participant.login", "participant.create"),
+)
 login_required = gate.login_required
 
 #: How long a shown, not yet confirmed passphrase stays valid, in minutes.

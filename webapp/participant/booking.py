@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime
+from dataclasses import dataclass
 from typing import Any
 
 from flask import abort, redirect, render_template, request, url_for
@@ -10,6 +12,7 @@ from werkzeug.wrappers import Response
 
 from stillroom.crypto.box import UnsealError, open_sealed
 from stillroom.webapp.booking import (
+    MIN_NOTICE_SECONDS,
     Appointment,
     BookingLimitError,
     NotFoundError,
@@ -28,7 +31,14 @@ from stillroom.webapp.booking import (
 from stillroom.webapp.gate import current_session, db, now, settings
 from stillroom.webapp.i18n import current_language
 from stillroom.webapp.participant.blueprint import bp, login_required
-from stillroom.webapp.times import PARTICIPANT_ZONES, format_clock, format_day, format_when
+from stillroom.webapp.times import (
+    PARTICIPANT_ZONES,
+    format_clock,
+    format_day,
+    format_when,
+    local,
+    to_utc,
+)
 
 TAKEN = _l("Someone booked this time just before you. Please choose another one.")
 UNAVAILABLE = _l("This time is no longer available. Please choose another one.")
@@ -90,13 +100,29 @@ def too_late_text() -> str:
     return str(TOO_LATE % {"hours": settings().booking_cutoff_hours})
 
 
-def days_of_free_slots() -> list[tuple[str, list[dict[str, str]]]]:
-    """Return the free times in this language for the next weeks, grouped by day."""
-    s = settings()
-    until = now() + s.booking_weeks_ahead * 7 * 24 * 3600
+@dataclass(frozen=True)
+class Week:
+    """Seven days of free times, grouped by day, and whether later times exist."""
+
+    number: int
+    days: list[tuple[str, list[dict[str, str]]]]
+    later: bool
+
+
+def free_week(number: int) -> Week:
+    """Return week ``number`` (0 = from today) of free times in this language and zone.
+
+    One week per page keeps the page small on a slow Tor circuit however busy the
+    schedule is.
+    """
     language, band = current_language(), zone()
+    today = local(now(), band).date()
+    week_start = to_utc(today + datetime.timedelta(weeks=number), datetime.time(0), band)
+    week_end = to_utc(today + datetime.timedelta(weeks=number + 1), datetime.time(0), band)
+    horizon = now() + settings().booking_weeks_ahead * 7 * 24 * 3600
+    earliest = max(week_start, now() + MIN_NOTICE_SECONDS)
     days: dict[str, list[dict[str, str]]] = {}
-    for slot in free_slots(db(), language, now(), until):
+    for slot in free_slots(db(), language, earliest, min(week_end, horizon)):
         day = format_day(slot.starts_at, band, language)
         days.setdefault(day, []).append(
             {
@@ -106,7 +132,17 @@ def days_of_free_slots() -> list[tuple[str, list[dict[str, str]]]]:
                 "therapist": slot.therapist_name,
             }
         )
-    return list(days.items())
+    later = bool(free_slots(db(), language, max(week_end, earliest), horizon))
+    return Week(number, list(days.items()), later)
+
+
+def week_asked() -> int:
+    """Return the week in ``?week=``, kept within the weeks participants can book."""
+    try:
+        number = int(request.values.get("week", "0"))
+    except ValueError:
+        return 0
+    return max(0, min(number, settings().booking_weeks_ahead))
 
 
 @bp.route("/book", methods=["GET", "POST"])
@@ -148,9 +184,12 @@ def booking() -> Any:
             else:
                 done = "moved" if moving else "booked"
                 return redirect(url_for("participant.account", done=done))
+    week = free_week(week_asked())
     return render_template(
         "participant/book.html",
-        days=days_of_free_slots(),
+        days=week.days,
+        week=week.number,
+        later=week.later,
         zones=PARTICIPANT_ZONES,
         zone=zone(),
         moving=moving,

@@ -55,7 +55,7 @@ def help_now() -> str:
 @bp.get("/privacy")
 def privacy() -> str:
     """What is stored, why, and for how long, from the data inventory."""
-    tables = [table for table in INVENTORY if table.public]
+    tables = [table for table in INVENTORY if table.public and table.about_participants]
     return render_template(
         "participant/privacy.html",
         tables=tables,

@@ -9,12 +9,18 @@ from flask import abort, redirect, render_template, request, url_for
 from flask_babel import lazy_gettext as _l
 from werkzeug.wrappers import Response
 
-from stillroom.webapp.gate import current_session, db, now, open_form_value, seal_form_value
+from stillroom.webapp.gate import (
+    current_session,
+    db,
+    deriver,
+    now,
+    open_form_value,
+    seal_form_value,
+)
 from stillroom.webapp.portal.blueprint import (
     ENROL_FORM_MINUTES,
     bp,
     current_therapist,
-    deriver,
     gate,
     login_required,
     totp_key,
@@ -35,7 +41,7 @@ from stillroom.webapp.therapists import (
     totp_uri,
 )
 
-WRONG_LOGIN = _l("The name, password or code was not right. Please try again.")
+WRONG_LOGIN = _l("The login name, password or code was not right. Please try again.")
 PAUSED = _l(
     "There were too many attempts in a row, so logging in to this account is paused"
     " for 15 minutes. Please try again later."

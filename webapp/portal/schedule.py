@@ -39,6 +39,7 @@ TIME = re.compile(r"[0-9]{2}:[0-9]{2}\Z")
 UNREADABLE_TIME = _l("The date or time could not be read. Please use the date and time fields.")
 SLOT_PROBLEMS = {
     "past": _l("A time must start in the future."),
+    "far": _l("A time can be at most a year ahead."),
     "duration": _l(
         "The duration must be between %(low)s and %(high)s minutes.",
         low=MIN_DURATION_MINUTES,
@@ -115,10 +116,8 @@ def read_slot_form(therapist: Therapist) -> list[str]:
     except SlotInputError as problem:
         raise SlotFormError(SLOT_PROBLEMS[problem.reason]) from None
     except OverlapError as overlap:
-        length = duration * 60
-        raise SlotFormError(
-            OVERLAP % {"when": when(therapist, overlap.starts_at, overlap.starts_at + length)}
-        ) from None
+        clash = when(therapist, overlap.starts_at, overlap.ends_at)
+        raise SlotFormError(OVERLAP % {"when": clash}) from None
 
 
 @bp.route("/availability", methods=["GET", "POST"])
