@@ -8,6 +8,7 @@ import threading
 from datetime import UTC, datetime
 
 import pytest
+from flask_babel import force_locale, gettext
 
 from stillroom.webapp.booking import SlotTakenError, book
 from stillroom.webapp.retention import purge
@@ -393,6 +394,19 @@ def test_appointments_are_deleted_after_the_retention_period(
     assert "Deleted 14 days after the appointment ends" in privacy
 
 
+def test_a_reset_therapists_free_times_disappear(published, auth, client, settings):
+    from stillroom.webapp.therapists import reset_therapist
+
+    auth.create()
+    assert len(free_slot_ids(client)) == 2
+    db = connect(settings.database_path)
+    try:
+        reset_therapist(db, "Anna", int(published.clock()))
+    finally:
+        db.close()
+    assert free_slot_ids(client) == []
+
+
 def test_a_disabled_therapists_free_times_disappear(published, auth, client, settings):
     from stillroom.webapp.therapists import disable_therapist
 
@@ -410,3 +424,29 @@ def test_a_time_that_ends_after_midnight_names_both_days():
     starts = utc("2027-01-18T22:30:00")  # 23:30 in Berlin
     text = format_when(starts, starts + 3600, "Europe/Berlin", "en")
     assert text == "Monday, 18 January 2027, 23:30–Tuesday, 19 January 2027, 00:30"
+
+
+@pytest.mark.parametrize("lang", ["de", "cs", "pt", "es"])
+def test_errors_are_in_the_pages_language(therapist, auth, client, portal_app, app, lang):
+    """A therapist's and a participant's error both come in the language of the page."""
+    therapist.create()
+    with portal_app.test_request_context(f"/{lang}/"), force_locale(lang):
+        past = gettext("A time must start in the future.")
+        taken = gettext("This time is no longer available. Please choose another one.")
+    assert past != "A time must start in the future."
+    assert taken != "This time is no longer available. Please choose another one."
+    response = therapist.post(
+        f"/{lang}/availability",
+        {
+            "date": "2027-01-01",
+            "time": "18:00",
+            "duration": "50",
+            "weeks": "1",
+            "languages": ["de"],
+        },
+    )
+    assert response.status_code == 400 and past in response.get_data(as_text=True)
+    participant = AuthActions(app.test_client(), lang=lang)
+    participant.create()
+    gone = participant.post("/book", {"slot": "0" * 32}, page="/book")
+    assert gone.status_code == 409 and taken in gone.get_data(as_text=True)

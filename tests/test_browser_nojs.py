@@ -480,3 +480,23 @@ def test_therapist_publishes_and_participant_books_without_javascript(
     note = firefox.find_element(By.CSS_SELECTOR, ".appointment.cancelled q.note")
     assert str(note.text) == "I am ill that day; please book another time."
     shot(firefox, "participant-cancelled-by-therapist")
+
+
+def test_portal_pages_in_every_language(firefox: Marionette, live_server: LiveServer) -> None:
+    """The portal's public pages render in all five languages, with no script, without JS."""
+    start_clean(firefox, live_server)
+    _, token = add_therapist_by_cli(live_server.data_dir, f"Polyglot{time.monotonic_ns() % 100000}")
+    for lang in LANGUAGES:
+        for page, path in [
+            ("login", "/login"),
+            ("privacy", "/privacy"),
+            ("enrol", f"/enrol/{token}"),
+        ]:
+            visit(firefox, f"{live_server.portal_url}/{lang}{path}")
+            assert firefox.find_element(By.TAG_NAME, "html").get_attribute("lang") == lang
+            languages = {
+                str(link.get_attribute("hreflang"))
+                for link in firefox.find_elements(By.CSS_SELECTOR, "header nav a[hreflang]")
+            }
+            assert languages == set(LANGUAGES), (lang, page)
+            shot(firefox, f"portal-{lang}-{page}")

@@ -166,6 +166,47 @@ def test_parallel_guesses_cannot_pass_the_limit(therapist, portal_app):
     assert codes.count(401) == 5 and codes.count(429) == 15, sorted(codes)
 
 
+def test_a_busy_server_does_not_count_against_the_therapist(therapist, portal_app):
+    therapist.create()
+    therapist.logout()
+    deriver = portal_app.config["KEY_DERIVER"]
+    deriver.wait_seconds = 0.05
+    deriver._slots.acquire()  # a flood holds the portal's argon2 slot
+    try:
+        for _ in range(7):
+            assert therapist.login().status_code == 503
+    finally:
+        deriver._slots.release()
+    assert therapist.login().status_code == 302
+
+
+def test_a_therapist_disabled_meanwhile_loses_the_session(therapist, settings):
+    therapist.create()
+    db = connect(settings.database_path)
+    try:
+        db.execute("UPDATE therapists SET disabled = 1")  # as if between login and session
+    finally:
+        db.close()
+    response = therapist.client.get("/en/")
+    assert response.status_code == 302 and "session-ended" in response.location
+
+
+def test_wrong_current_passwords_count_towards_the_pause(therapist):
+    therapist.create()
+    new = "quartz meadow lantern fiddle harbor"
+    for _ in range(5):
+        wrong = therapist.post(
+            "/en/password", {"current": "not my password at all", "password": new, "again": new}
+        )
+        assert wrong.status_code == 400 and "current password was not right" in wrong.get_data(
+            as_text=True
+        )
+    paused = therapist.post(
+        "/en/password", {"current": GOOD_PASSWORD, "password": new, "again": new}
+    )
+    assert "paused for 15 minutes" in paused.get_data(as_text=True)
+
+
 def test_an_overlong_password_is_a_calm_failure(therapist):
     therapist.create()
     therapist.logout()
@@ -248,8 +289,10 @@ def test_the_portal_serves_none_of_the_participant_pages(portal):
         assert portal.get(path).status_code == 404, path
 
 
-def test_the_participant_app_serves_none_of_the_portal_pages(client):
-    for path in ("/en/availability", "/en/enrol/abc", "/en/password", "/en/slots/x/delete"):
+def test_the_participant_app_serves_none_of_the_portal_pages(client, therapist):
+    token = therapist.add()
+    assert therapist.client.get(f"/en/enrol/{token}").status_code == 200  # a real link
+    for path in ("/en/availability", f"/en/enrol/{token}", "/en/password", "/en/slots/x/delete"):
         assert client.get(path).status_code == 404, path
     assert client.get("/en/login").get_data(as_text=True).count('name="code"') == 0
 

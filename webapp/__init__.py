@@ -25,20 +25,21 @@ log = logging.getLogger(__name__)
 #: Purposes of the per-app subkeys of the server secret (BLAKE2b allows 16 bytes).
 FORM_KEY_PURPOSE = {"participant": b"form-key", "portal": b"portal-form"}
 PENDING_KEY_PURPOSE = {"participant": b"pending-key", "portal": b"portal-pending"}
+#: The portal's own argon2id slot: a flood of participant logins through the onion never
+#: keeps therapists out. Argon2 memory is bounded by (ARGON2_CONCURRENCY + 1) x ARGON2_MEMORY_KIB.
+PORTAL_ARGON2_CONCURRENCY = 1
 
 
-def _create_app(
-    settings: Settings | None,
-    clock: Callable[[], float],
-    area: str,
-    key_deriver: KeyDeriver | None,
-) -> Flask:
+def _create_app(settings: Settings | None, clock: Callable[[], float], area: str) -> Flask:
     """Build the parts both apps share; ``area`` is the blueprint's name."""
     settings = Settings.load() if settings is None else settings
     argon2 = settings.argon2
     if argon2.memory_kib < PRODUCTION.memory_kib or argon2.time_cost < PRODUCTION.time_cost:
         log.warning("argon2id costs are below RFC 9106's recommendation: for tests only")
     secret = prepare_instance(settings)
+    concurrency = (
+        settings.argon2_concurrency if area == "participant" else PORTAL_ARGON2_CONCURRENCY
+    )
     app = Flask(
         __name__,
         instance_path=str(settings.data_dir.resolve()),
@@ -55,8 +56,7 @@ def _create_app(
         ONION_ADDRESS=None,
         PUBLIC_HOST=None,
         SECURE_COOKIES=False,
-        KEY_DERIVER=key_deriver
-        or KeyDeriver(settings.argon2, settings.argon2_concurrency, settings.argon2_wait_seconds),
+        KEY_DERIVER=KeyDeriver(settings.argon2, concurrency, settings.argon2_wait_seconds),
     )
     app.jinja_env.trim_blocks = True
     app.jinja_env.lstrip_blocks = True
@@ -73,15 +73,13 @@ def _create_app(
 def create_participant_app(
     settings: Settings | None = None,
     clock: Callable[[], float] = time.time,
-    key_deriver: KeyDeriver | None = None,
 ) -> Flask:
     """Build the participant (onion) app.
 
     :param settings: the deployment's settings; read from the environment when omitted.
     :param clock: the time source, replaceable so that tests can move time.
-    :param key_deriver: an argon2 bound shared with another app in the same process.
     """
-    app = _create_app(settings, clock, "participant", key_deriver)
+    app = _create_app(settings, clock, "participant")
     app.config["ONION_ADDRESS"] = app.config["SETTINGS"].onion_address or None
     participant.init_app(app)
     return app
@@ -90,15 +88,13 @@ def create_participant_app(
 def create_portal_app(
     settings: Settings | None = None,
     clock: Callable[[], float] = time.time,
-    key_deriver: KeyDeriver | None = None,
 ) -> Flask:
     """Build the therapist portal (clearnet, behind TLS; never reachable through the onion).
 
     :param settings: the deployment's settings; read from the environment when omitted.
     :param clock: the time source, replaceable so that tests can move time.
-    :param key_deriver: an argon2 bound shared with another app in the same process.
     """
-    app = _create_app(settings, clock, "portal", key_deriver)
+    app = _create_app(settings, clock, "portal")
     public = urlsplit(app.config["SETTINGS"].portal_base_url)
     app.config["PUBLIC_HOST"] = public.hostname
     app.config["SECURE_COOKIES"] = public.scheme == "https"

@@ -179,6 +179,9 @@ def delete_free_slot(db: Database, therapist_id: str, slot_id: str) -> None:
         db.execute("DELETE FROM slots WHERE id = ?", [slot_id])
 
 
+#: Whose times participants may book: enrolled therapists the operator has not disabled.
+_BOOKABLE = "therapists.disabled = 0 AND therapists.password_hash IS NOT NULL"
+
 _SLOT_QUERY = """
     SELECT slots.id, slots.therapist_id, therapists.name, slots.starts_at, slots.ends_at,
            slots.languages, pairs.pseudonym
@@ -219,7 +222,7 @@ def free_slots(db: Database, language: str, earliest: int, until: int) -> list[S
     Callers keep ``earliest`` at least :data:`MIN_NOTICE_SECONDS` from now.
     """
     rows = db.execute(
-        _SLOT_QUERY + " WHERE appointments.id IS NULL AND therapists.disabled = 0"
+        _SLOT_QUERY + f" WHERE appointments.id IS NULL AND {_BOOKABLE}"
         " AND slots.starts_at >= ? AND slots.starts_at < ?"
         " AND instr(',' || slots.languages || ',', ?) > 0"
         " ORDER BY slots.starts_at, therapists.name",
@@ -252,8 +255,8 @@ def book(
             if replacing is not None:
                 _release(db, participant_id, replacing, now, cutoff_seconds)
             row = db.execute(
-                "SELECT slots.therapist_id, slots.starts_at, slots.ends_at, slots.languages,"
-                " therapists.disabled, (SELECT count(*) FROM appointments"
+                "SELECT slots.therapist_id, slots.starts_at, slots.ends_at, slots.languages,"  # noqa: S608 - constants only
+                f" NOT ({_BOOKABLE}), (SELECT count(*) FROM appointments"
                 " WHERE slot_id = slots.id)"
                 " FROM slots JOIN therapists ON therapists.id = slots.therapist_id"
                 " WHERE slots.id = ?",
@@ -261,11 +264,11 @@ def book(
             ).fetchone()
             if row is None:  # withdrawn meanwhile, or an id that never existed
                 raise SlotUnavailableError
-            therapist_id, starts_at, ends_at, languages, disabled, booked = row
+            therapist_id, starts_at, ends_at, languages, unbookable, booked = row
             if booked:
                 raise SlotTakenError
             if (
-                disabled
+                unbookable
                 or starts_at < now + MIN_NOTICE_SECONDS
                 or language not in languages.split(",")
             ):
@@ -287,6 +290,8 @@ def book(
             _ensure_pair(db, participant_id, therapist_id)
     except sqlite3.IntegrityError:  # the UNIQUE slot_id: a writer got there first
         raise SlotTakenError from None
+    if replacing is not None:
+        checkpoint(db)  # the moved-from appointment must not linger in the write-ahead log
     return appointment_id
 
 

@@ -184,9 +184,7 @@ def serve(no_tor: bool) -> None:
     signal.signal(signal.SIGTERM, stop_serving)
     try:
         app = create_participant_app(settings)
-        # One argon2 bound for the whole process: both apps draw on the same memory.
-        portal = create_portal_app(settings, key_deriver=app.config["KEY_DERIVER"])
-        servers = create_servers(app, portal, settings)
+        servers = create_servers(app, create_portal_app(settings), settings)
     except (TorError, SettingsError) as error:
         fail(error)
     say(

@@ -67,7 +67,7 @@ def db() -> Database:
 
 
 def deriver() -> KeyDeriver:
-    """Return the process's argon2id key deriver (one bound for both apps)."""
+    """Return this app's argon2id key deriver (the portal keeps a slot of its own)."""
     value: KeyDeriver = current_app.config["KEY_DERIVER"]
     return value
 

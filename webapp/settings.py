@@ -57,7 +57,7 @@ class Settings:
     )
     argon2_parallelism: int = _setting(PRODUCTION.parallelism, "Argon2id lanes.")
     argon2_concurrency: int = _setting(
-        2, "Argon2id derivations allowed at once; more get a 'busy' page."
+        2, "Argon2id derivations at once in the participant app (the portal has one of its own)."
     )
     argon2_wait_seconds: float = _setting(
         2.0, "Seconds a login waits for a free argon2 slot before the 'busy' page."

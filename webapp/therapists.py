@@ -14,6 +14,8 @@ from __future__ import annotations
 import hmac
 import secrets
 import unicodedata
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +23,7 @@ import pyotp
 from sqlite_utils import Database
 from zxcvbn import zxcvbn
 
-from stillroom.crypto.kdf import SALT_BYTES, KeyDeriver
+from stillroom.crypto.kdf import SALT_BYTES, KdfBusyError, KeyDeriver
 from stillroom.crypto.keys import (
     UnwrapError,
     new_keypair,
@@ -331,67 +333,108 @@ def log_in(
 ) -> tuple[str, bytes]:
     """Check login name, password and a fresh TOTP code; return the id and open secret key.
 
-    Each attempt is counted before the password is checked, in one write
-    transaction, so parallel guesses cannot slip past the limit: after
-    :data:`MAX_FAILURES` failures in a row the account pauses for
-    :data:`PAUSE_SECONDS`, and while paused no password is even checked.
+    The attempt is claimed before any password is checked (see :func:`_claim_attempt`),
+    so neither parallel guesses nor a saturated server can get around the limit.
 
     :raises LoginError: for any wrong part, a disabled or unenrolled account.
     :raises LoginPausedError: while the account is paused.
+    :raises stillroom.crypto.kdf.KdfBusyError: when argon2 is saturated (not counted).
     """
     wanted = " ".join(login_name.split()).lower()
-    with transaction(db):
-        row = db.execute(
-            "SELECT id, password_hash, kdf_salt, wrapped_secret_key, totp_secret,"
-            " totp_last_step, locked_until, disabled FROM therapists WHERE login_name = ?",
-            [wanted],
-        ).fetchone()
-        if row is None:
+    row = db.execute(
+        "SELECT id, password_hash, kdf_salt, wrapped_secret_key, totp_secret, totp_last_step"
+        " FROM therapists WHERE login_name = ? AND disabled = 0 AND password_hash IS NOT NULL"
+        " AND totp_secret IS NOT NULL",
+        [wanted],
+    ).fetchone()
+    if row is None:
+        raise LoginError
+    therapist_id, password_hash, salt, wrapped, sealed_totp, last_step = row
+    with _attempt(db, therapist_id, now):
+        if len(password) > MAX_PASSWORD_CHARS:
             raise LoginError
-        therapist_id, password_hash, salt, wrapped, sealed_totp, last_step, locked, off = row
-        if off or password_hash is None:
+        if not deriver.verify_password(password_hash, password):
             raise LoginError
-        if locked > now:
-            raise LoginPausedError(locked)
-        _count_attempt(db, therapist_id, now)
-    if len(password) > MAX_PASSWORD_CHARS or not deriver.verify_password(password_hash, password):
-        raise LoginError
-    secret = unwrap_key(sealed_totp, totp_key).decode()
-    step = totp_step(secret, code, now, after=last_step)
-    if step is None:
-        raise LoginError
-    try:
-        secret_key = unwrap_key(wrapped, deriver.derive(password.encode(), salt))
-    except UnwrapError:  # the hash and the wrapped key disagree: never expected
-        raise LoginError from None
-    with transaction(db):
-        # The conditional update makes a code single-use even when two logins race.
-        used = db.execute(
-            "UPDATE therapists SET totp_last_step = ?, failed_logins = 0"
-            " WHERE id = ? AND totp_last_step < ?",
-            [step, therapist_id, step],
-        )
-    if used.rowcount != 1:
-        raise LoginError
-    if deriver.needs_rehash(password_hash):
-        new_hash = deriver.hash_password(password)
+        step = totp_step(unwrap_key(sealed_totp, totp_key).decode(), code, now, after=last_step)
+        if step is None:
+            raise LoginError
+        secret_key = _open_secret_key(deriver, wrapped, password, salt)
         with transaction(db):
-            db.execute(
-                "UPDATE therapists SET password_hash = ? WHERE id = ?", [new_hash, therapist_id]
+            # Single use even when two logins race; and still the account it was a moment ago.
+            used = db.execute(
+                "UPDATE therapists SET totp_last_step = ?, failed_logins = 0"
+                " WHERE id = ? AND totp_last_step < ? AND password_hash = ? AND disabled = 0",
+                [step, therapist_id, step, password_hash],
             )
+        if used.rowcount != 1:
+            raise LoginError
+    _rehash_if_needed(db, deriver, therapist_id, password_hash, password)
     return therapist_id, secret_key
 
 
-def _count_attempt(db: Database, therapist_id: str, now: int) -> None:
-    """Count a login attempt as a failure until it succeeds; pause at the limit."""
-    db.execute(
-        "UPDATE therapists SET failed_logins = failed_logins + 1 WHERE id = ?", [therapist_id]
-    )
-    db.execute(
-        "UPDATE therapists SET failed_logins = 0, locked_until = ?"
-        " WHERE id = ? AND failed_logins >= ?",
-        [now + PAUSE_SECONDS, therapist_id, MAX_FAILURES],
-    )
+@contextmanager
+def _attempt(db: Database, therapist_id: str, now: int) -> Iterator[None]:
+    """Claim one login attempt for the block; a busy server gives the claim back.
+
+    Claiming happens in one write transaction before any password is checked: the
+    first :data:`MAX_FAILURES` claims since the last success go ahead, the next one
+    pauses the account for :data:`PAUSE_SECONDS`. A block that ends in
+    :class:`KdfBusyError` tried nothing, so its claim is returned; a successful
+    login resets the count itself.
+
+    :raises LoginPausedError: while paused, or when this claim starts the pause.
+    """
+    with transaction(db):
+        locked, failures = db.execute(
+            "SELECT locked_until, failed_logins FROM therapists WHERE id = ?", [therapist_id]
+        ).fetchone()
+        if locked > now:
+            raise LoginPausedError(locked)
+        if failures >= MAX_FAILURES:
+            db.execute(
+                "UPDATE therapists SET failed_logins = 0, locked_until = ? WHERE id = ?",
+                [now + PAUSE_SECONDS, therapist_id],
+            )
+        else:
+            db.execute(
+                "UPDATE therapists SET failed_logins = failed_logins + 1 WHERE id = ?",
+                [therapist_id],
+            )
+    if failures >= MAX_FAILURES:
+        raise LoginPausedError(now + PAUSE_SECONDS)
+    try:
+        yield
+    except KdfBusyError:
+        with transaction(db):
+            db.execute(
+                "UPDATE therapists SET failed_logins = max(failed_logins - 1, 0) WHERE id = ?",
+                [therapist_id],
+            )
+        raise
+
+
+def _open_secret_key(deriver: KeyDeriver, wrapped: bytes, password: str, salt: bytes) -> bytes:
+    try:
+        return unwrap_key(wrapped, deriver.derive(password.encode(), salt))
+    except UnwrapError:  # the hash and the wrapped key disagree: never expected
+        raise LoginError from None
+
+
+def _rehash_if_needed(
+    db: Database, deriver: KeyDeriver, therapist_id: str, password_hash: str, password: str
+) -> None:
+    """Re-hash a password made with older costs; best effort, a busy server skips it."""
+    if not deriver.needs_rehash(password_hash):
+        return
+    try:
+        new_hash = deriver.hash_password(password)
+    except KdfBusyError:
+        return  # the next login tries again
+    with transaction(db):
+        db.execute(
+            "UPDATE therapists SET password_hash = ? WHERE id = ? AND password_hash = ?",
+            [new_hash, therapist_id, password_hash],
+        )
 
 
 def change_password(
@@ -401,29 +444,49 @@ def change_password(
     secret_key: bytes,
     current: str,
     new: str,
+    now: int,
 ) -> None:
     """Replace the password and re-wrap the secret key; every session ends.
 
-    :raises LoginError: when ``current`` is wrong.
+    A wrong current password counts against the same limit as a failed login.
+
+    :raises LoginError: when ``current`` is wrong, or the account changed meanwhile.
+    :raises LoginPausedError: while the account is paused.
     :raises PasswordPolicyError: for a weak new password.
     """
     (password_hash,) = db.execute(
         "SELECT password_hash FROM therapists WHERE id = ?", [therapist_id]
     ).fetchone()
-    if len(current) > MAX_PASSWORD_CHARS or not deriver.verify_password(password_hash, current):
-        raise LoginError
+    with _attempt(db, therapist_id, now):
+        if len(current) > MAX_PASSWORD_CHARS or password_hash is None:
+            raise LoginError
+        if not deriver.verify_password(password_hash, current):
+            raise LoginError
+        with transaction(db):
+            db.execute("UPDATE therapists SET failed_logins = 0 WHERE id = ?", [therapist_id])
     check_password_policy(new)
     salt = random_bytes(SALT_BYTES)
     wrapped = wrap_key(secret_key, deriver.derive(new.encode(), salt))
     new_hash = deriver.hash_password(new)
     with transaction(db):
-        db.execute(
+        changed = db.execute(
             "UPDATE therapists SET password_hash = ?, kdf_salt = ?, wrapped_secret_key = ?"
-            " WHERE id = ?",
-            [new_hash, salt, wrapped, therapist_id],
+            " WHERE id = ? AND password_hash = ? AND disabled = 0",
+            [new_hash, salt, wrapped, therapist_id, password_hash],
         )
+        if changed.rowcount != 1:  # disabled or reset by the operator meanwhile
+            raise LoginError
         end_sessions_of(db, THERAPIST_SESSIONS, therapist_id)
     checkpoint(db)  # the old wrapping must not linger in the write-ahead log
+
+
+def _withdraw_free_slots(db: Database, therapist_id: str, now: int) -> None:
+    """Delete the therapist's future slots that nobody has booked (inside a transaction)."""
+    db.execute(
+        "DELETE FROM slots WHERE therapist_id = ? AND starts_at > ?"
+        " AND id NOT IN (SELECT slot_id FROM appointments WHERE slot_id IS NOT NULL)",
+        [therapist_id, now],
+    )
 
 
 def disable_therapist(db: Database, name: str, now: int) -> int:
@@ -439,16 +502,13 @@ def disable_therapist(db: Database, name: str, now: int) -> int:
         db.execute("UPDATE therapists SET disabled = 1 WHERE id = ?", [therapist.id])
         db.execute("DELETE FROM enrolments WHERE therapist_id = ?", [therapist.id])
         end_sessions_of(db, THERAPIST_SESSIONS, therapist.id)
-        db.execute(
-            "DELETE FROM slots WHERE therapist_id = ? AND starts_at > ?"
-            " AND id NOT IN (SELECT slot_id FROM appointments WHERE slot_id IS NOT NULL)",
-            [therapist.id, now],
-        )
+        _withdraw_free_slots(db, therapist.id, now)
         (upcoming,) = db.execute(
             "SELECT count(*) FROM appointments WHERE therapist_id = ? AND ends_at > ?"
             " AND cancelled = 0",
             [therapist.id, now],
         ).fetchone()
+    checkpoint(db)  # the ended sessions held the therapist's wrapped key
     return int(upcoming)
 
 
@@ -456,7 +516,8 @@ def reset_therapist(db: Database, name: str, now: int) -> Enrolment:
     """Clear password and TOTP and issue a new enrolment link (which also re-enables).
 
     The old key pair cannot be opened without the old password, so enrolment makes
-    a new one. The login name stays.
+    a new one. The login name stays. Free times are withdrawn: nobody should book a
+    therapist who cannot log in yet.
 
     :returns: the login name and the new enrolment token.
     :raises UnknownTherapistError: when no therapist has this name.
@@ -470,6 +531,7 @@ def reset_therapist(db: Database, name: str, now: int) -> Enrolment:
             [therapist.id],
         )
         end_sessions_of(db, THERAPIST_SESSIONS, therapist.id)
+        _withdraw_free_slots(db, therapist.id, now)
         token = _issue_enrolment(db, therapist.id, now)
     checkpoint(db)
     return Enrolment(therapist.login_name, token)

@@ -26,12 +26,24 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/, for support.py
+import pyotp
+
+from stillroom.crypto.kdf import KeyDeriver
 from stillroom.webapp.booking import publish_slots
+from stillroom.webapp.instance import prepare_instance, subkey
 from stillroom.webapp.settings import LANGUAGES, Settings
 from stillroom.webapp.store import connect
-from stillroom.webapp.therapists import add_therapist, find_by_name
+from stillroom.webapp.therapists import add_therapist, enrol, find_by_name, new_totp_secret
 
-from support import FORM_TOKEN, PASSPHRASE, PENDING, start_server, stop_server
+from support import (
+    FAST_ARGON2,
+    FORM_TOKEN,
+    GOOD_PASSWORD,
+    PASSPHRASE,
+    PENDING,
+    start_server,
+    stop_server,
+)
 
 PUBLIC = ["/", "/create", "/login", "/help", "/privacy", "/no-such-page"]
 PRIVATE = ["/account", "/book", "/account/passphrase", "/account/delete"]
@@ -82,18 +94,27 @@ def weigh(base: str) -> dict[str, int]:
         for path in PRIVATE:
             response = raw_get(base, f"/{lang}{path}", cookie)
             assert response.startswith(b"HTTP/1.1 200"), (lang, path, response[:80])
+            if path == "/book":
+                assert response.count(b"name=slot") >= 10, "the busy week is not on the page"
             weights[f"{lang} {path}"] = len(response) + css_bytes
     return weights
 
 
 def publish_busy_schedule(data_dir: Path) -> int:
-    """Have three therapists offer twenty times each, spread over four weeks; return the count."""
-    db = connect(Settings.load({}, data_dir=data_dir).database_path)
+    """Have three enrolled therapists offer twenty times each over four weeks; return the count."""
+    settings = Settings.load({}, data_dir=data_dir, **FAST_ARGON2)
+    totp_key = subkey(prepare_instance(settings), b"totp-key")
+    deriver = KeyDeriver(settings.argon2, 1, 5)
+    db = connect(settings.database_path)
     try:
         first = (int(time.time()) // 3600 + 48) * 3600
         for number in range(THERAPISTS):
             name = f"Therapist {number + 1}"
-            add_therapist(db, name, LANGUAGES, "Europe/Berlin", int(time.time()))
+            now = int(time.time())
+            enrolment = add_therapist(db, name, LANGUAGES, "Europe/Berlin", now)
+            secret = new_totp_secret()
+            code = pyotp.TOTP(secret).now()
+            enrol(db, deriver, totp_key, enrolment.token, GOOD_PASSWORD, secret, code, now)
             therapist = find_by_name(db, name)
             starts = [first + number * 3600 + slot * 26 * 3600 for slot in range(SLOTS_EACH)]
             for start in starts:

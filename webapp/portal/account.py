@@ -168,7 +168,10 @@ def password() -> Any:
                     session.secret_key,
                     request.form.get("current", ""),
                     new,
+                    now(),
                 )
+            except LoginPausedError:
+                error = PAUSED
             except LoginError:
                 error = WRONG_CURRENT
             except PasswordPolicyError as policy:

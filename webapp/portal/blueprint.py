@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, current_app
+from flask import Blueprint, current_app, g
 
 from stillroom.webapp.gate import LANGUAGE_PREFIX, Gate, current_session, db
-from stillroom.webapp.sessions import THERAPIST_SESSIONS
+from stillroom.webapp.sessions import THERAPIST_SESSIONS, end_session
 from stillroom.webapp.therapists import Therapist, get_therapist
 
 bp = Blueprint("portal", __name__, url_prefix=LANGUAGE_PREFIX)
@@ -20,6 +20,19 @@ login_required = gate.login_required
 
 #: How long a shown TOTP secret stays usable for finishing enrolment, in minutes.
 ENROL_FORM_MINUTES = 60
+
+
+@bp.before_request
+def refuse_locked_out_therapists() -> None:
+    """End the session of a therapist whom the operator disabled or reset meanwhile."""
+    session = current_session()
+    if session is None:
+        return
+    therapist = get_therapist(db(), session.owner_id)
+    if therapist.disabled or not therapist.enrolled:
+        end_session(db(), THERAPIST_SESSIONS, session.token_hash)
+        g.session = None
+        g.stale_cookie = True
 
 
 def current_therapist() -> Therapist:
