@@ -16,6 +16,7 @@ import pyotp
 from flask.testing import FlaskClient
 
 from stillroom.crypto.kdf import FAST_FOR_TESTS
+from stillroom.webapp.settings import LANGUAGES
 from stillroom.webapp.store import connect
 from stillroom.webapp.therapists import add_therapist
 
@@ -78,6 +79,23 @@ class AuthActions:
 
     def logout(self):
         return self.post("/logout", page="/")
+
+
+#: Values that have broken web apps before: empty, NUL, traversal, huge, markup, bidi, U+FFFD.
+NASTY = ["", "\x00", "%00", "../../etc/passwd", "a" * 3000, "<script>", "\u202e", "\ufffd"]
+
+
+def every_rule_url(app) -> list[str]:
+    """Return one concrete URL for every route the app has, in every language."""
+    urls = []
+    for rule in app.url_map.iter_rules():
+        if rule.endpoint == "stylesheet":
+            urls.append(app.jinja_env.globals["stylesheet_url"])
+        elif "lang" in rule.arguments:
+            urls.extend(re.sub(r"<[^>]*:lang>", lang, rule.rule) for lang in LANGUAGES)
+        else:
+            urls.append(rule.rule)
+    return urls
 
 
 TOTP_SECRET = re.compile(r'id="totp-secret">([^<]+)<')

@@ -15,7 +15,7 @@ from stillroom.webapp.retention import purge
 from stillroom.webapp.store import connect
 from stillroom.webapp.times import format_when
 
-from support import AuthActions, form_fields
+from support import NASTY, AuthActions, form_fields
 
 SLOT = re.compile(r"name=slot value=([0-9a-f]+)")
 #: 2027-01-15 08:00 UTC, the tests' clock.
@@ -450,3 +450,15 @@ def test_errors_are_in_the_pages_language(therapist, auth, client, portal_app, a
     participant.create()
     gone = participant.post("/book", {"slot": "0" * 32}, page="/book")
     assert gone.status_code == 409 and taken in gone.get_data(as_text=True)
+
+
+@pytest.mark.parametrize("value", NASTY)
+def test_no_booking_input_produces_a_500(published, auth, client, value):
+    """Every participant booking form and parameter, with a valid token."""
+    auth.create()
+    assert client.get(f"/en/book?week={value}&move={value}").status_code < 500
+    for fields in ({"slot": value}, {"slot": value, "move": value}):
+        assert auth.post("/book", fields, page="/book").status_code < 500
+    assert auth.post("/time-zone", {"zone": value}, page="/book").status_code < 500
+    for path in (f"/appointments/{value}/cancel", f"/appointments/{value}/dismiss"):
+        assert auth.post(path, {}, page="/book").status_code < 500

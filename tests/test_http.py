@@ -9,23 +9,10 @@ import pytest
 from stillroom.webapp.security import SECURITY_HEADERS
 from stillroom.webapp.settings import LANGUAGES
 
-from support import PASSPHRASE, AuthActions, form_fields
+from support import NASTY, PASSPHRASE, AuthActions, every_rule_url, form_fields
 
 PAGES = ["/", "/privacy", "/help", "/create", "/login"]
 ACCOUNT_PAGES = ["/account", "/account/passphrase", "/account/delete"]
-
-
-def every_rule_url(app) -> list[str]:
-    """Return one concrete URL for every route the app has, in every language."""
-    urls = []
-    for rule in app.url_map.iter_rules():
-        if rule.endpoint == "stylesheet":
-            urls.append(app.jinja_env.globals["stylesheet_url"])
-        elif "lang" in rule.arguments:
-            urls.extend(re.sub(r"<[^>]*:lang>", lang, rule.rule) for lang in LANGUAGES)
-        else:
-            urls.append(rule.rule)
-    return urls
 
 
 def test_every_route_sends_the_security_headers(app, client, auth: AuthActions):
@@ -186,9 +173,6 @@ def test_busy_argon2_gives_a_small_503_page(app, client):
     assert response.headers["Retry-After"]
     assert '<html lang="es">' in response.get_data(as_text=True)
     assert len(response.get_data()) < 4096
-
-
-NASTY = ["", "\x00", "%00", "../../etc/passwd", "a" * 3000, "<script>", "\u202e", "\ufffd"]
 
 
 @pytest.mark.parametrize("value", NASTY)

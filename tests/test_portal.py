@@ -9,9 +9,17 @@ import pyotp
 import pytest
 
 from stillroom.webapp import create_portal_app
+from stillroom.webapp.security import SECURITY_HEADERS
 from stillroom.webapp.store import connect
 
-from support import GOOD_PASSWORD, TOTP_SECRET, TherapistActions, form_fields
+from support import (
+    GOOD_PASSWORD,
+    NASTY,
+    TOTP_SECRET,
+    TherapistActions,
+    every_rule_url,
+    form_fields,
+)
 
 
 def test_enrolment_sets_password_totp_and_a_wrapped_key_pair(therapist, settings):
@@ -332,3 +340,47 @@ def test_the_portal_speaks_every_language(portal, lang):
     html = portal.get(f"/{lang}/login").get_data(as_text=True)
     assert f'<html lang="{lang}">' in html
     assert 'name="code"' in html
+
+
+def test_every_portal_route_sends_the_security_headers(portal_app, therapist):
+    therapist.create()
+    urls = [*every_rule_url(portal_app), "/xx/", "/en/nothing-here"]
+    assert len(urls) > 30
+    for url in urls:
+        response = therapist.client.get(url)
+        for name, value in SECURITY_HEADERS.items():
+            assert response.headers.get(name) == value, (url, name)
+        assert "Server" not in response.headers
+        assert "script-src" not in response.headers["Content-Security-Policy"]
+        if not url.endswith(".css"):
+            assert response.headers["Cache-Control"] == "no-store", url
+        assert "<script" not in response.get_data(as_text=True).lower(), url
+
+
+@pytest.mark.parametrize("value", NASTY)
+def test_no_portal_input_produces_a_500(therapist, value):
+    """Every portal form, with a valid token so that the views really run."""
+    token = therapist.add("Zoe")
+    html = therapist.client.get(f"/en/enrol/{token}").get_data(as_text=True)
+    bad = {"password": value, "again": value, "code": value, "pending": value}
+    response = therapist.client.post(f"/en/enrol/{token}", data={**form_fields(html), **bad})
+    assert response.status_code < 500
+    therapist.create()
+    forms = {
+        "/en/availability": {
+            "date": value,
+            "time": value,
+            "duration": value,
+            "weeks": value,
+            "languages": value,
+        },
+        "/en/password": {"current": value, "password": value, "again": value},
+    }
+    for path, fields in forms.items():
+        assert therapist.post(path, fields).status_code < 500, path
+    for path in (f"/en/slots/{value}/delete", f"/en/appointments/{value}/cancel"):
+        assert therapist.post(path, {"note": value}, page="/en/availability").status_code < 500
+    therapist.logout()
+    login = therapist.client.get("/en/login").get_data(as_text=True)
+    data = {**form_fields(login), "name": value, "password": value, "code": value}
+    assert therapist.client.post("/en/login", data=data).status_code < 500
