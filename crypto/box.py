@@ -1,14 +1,19 @@
-"""Anonymous public-key boxes: encrypt to someone's public key, only they can open it.
+"""Boxes: sealed to a public key, and the conversation envelope for chat messages.
 
-Used for what one side writes for the other while the reader is not logged in,
-such as a therapist's note on a cancelled appointment: the server seals it to the
-participant's public key and afterwards cannot read it itself.
+A sealed box is for what one side writes for the other while the reader is not
+logged in, such as a therapist's note on a cancelled appointment or a conversation
+key: the server seals it to the reader's public key and afterwards cannot read it.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import nacl.bindings
 import nacl.exceptions
 import nacl.public
+import nacl.secret
+import nacl.utils
 
 
 class UnsealError(Exception):
@@ -29,3 +34,75 @@ def open_sealed(sealed: bytes, secret_key: bytes) -> bytes:
         return nacl.public.SealedBox(nacl.public.PrivateKey(secret_key)).decrypt(sealed)
     except (nacl.exceptions.CryptoError, TypeError, ValueError) as error:
         raise UnsealError from error
+
+
+# --- Conversations -----------------------------------------------------------------
+#
+# Each participant-therapist pair has a conversation key, sealed to both public keys.
+# A message is AEAD-encrypted (XChaCha20-Poly1305) under it. The associated data binds
+# the ciphertext to its conversation and sequence number, so a stored message that is
+# moved to another place fails to open instead of showing there. The plaintext carries
+# the sender and the send minute and is padded to a fixed bucket, so the row shows
+# neither the time nor (beyond its bucket) the length.
+
+#: The envelope format, stored as the first byte of every message row.
+ENVELOPE_VERSION = 1
+#: Plaintext sizes a message is padded to (bytes, with its 5-byte header).
+BUCKETS = (256, 1024, 4096, 8192)
+SENDERS = ("participant", "therapist")
+
+
+class MessageUnavailableError(Exception):
+    """A stored message cannot be opened: altered, moved, or its key is gone."""
+
+
+@dataclass(frozen=True)
+class OpenedMessage:
+    """A message as its reader sees it."""
+
+    sender: str
+    minute: int
+    text: str
+
+
+def new_conversation_key() -> bytes:
+    """Return a fresh random key for one conversation."""
+    return nacl.utils.random(nacl.secret.Aead.KEY_SIZE)
+
+
+def _associated(conversation_id: str, seq: int) -> bytes:
+    return bytes([ENVELOPE_VERSION]) + conversation_id.encode() + seq.to_bytes(8, "big")
+
+
+def seal_message(
+    key: bytes, conversation_id: str, seq: int, sender: str, minute: int, text: str
+) -> bytes:
+    """Encrypt one message for storage as ``version byte || nonce || ciphertext``.
+
+    :param minute: the send time in whole minutes since the epoch (kept inside).
+    :raises ValueError: for an unknown sender or a text too long for the largest bucket.
+    """
+    body = minute.to_bytes(4, "big") + bytes([SENDERS.index(sender)]) + text.encode()
+    bucket = next((size for size in BUCKETS if len(body) < size), None)
+    if bucket is None:
+        raise ValueError("message too long for the largest bucket")
+    padded = nacl.bindings.sodium_pad(body, bucket)
+    sealed = nacl.secret.Aead(key).encrypt(padded, _associated(conversation_id, seq))
+    return bytes([ENVELOPE_VERSION]) + bytes(sealed)
+
+
+def open_message(key: bytes, conversation_id: str, seq: int, envelope: bytes) -> OpenedMessage:
+    """Open a message sealed by :func:`seal_message` at this conversation and place.
+
+    :raises MessageUnavailableError: for another envelope version, a wrong key, an
+        altered ciphertext, or one that was moved to another conversation or place.
+    """
+    if not envelope or envelope[0] != ENVELOPE_VERSION:
+        raise MessageUnavailableError("unknown envelope")
+    try:
+        padded = nacl.secret.Aead(key).decrypt(envelope[1:], _associated(conversation_id, seq))
+        body = nacl.bindings.sodium_unpad(padded, len(padded))
+        sender = SENDERS[body[4]]
+        return OpenedMessage(sender, int.from_bytes(body[:4], "big"), body[5:].decode())
+    except (nacl.exceptions.CryptoError, ValueError, IndexError, UnicodeDecodeError) as error:
+        raise MessageUnavailableError("cannot be opened") from error

@@ -80,7 +80,12 @@ def therapist(portal: FlaskClient, clock: Clock, settings: Settings) -> Therapis
 @pytest.fixture(scope="session")
 def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     """One real ``stillroom serve --no-tor`` process for the whole test session."""
-    server = start_server(tmp_path_factory.mktemp("live") / "instance")
+    # Chats open two hours early here, so that a browser test can book a time an hour
+    # ahead (the earliest allowed) and chat at once.
+    server = start_server(
+        tmp_path_factory.mktemp("live") / "instance",
+        {"STILLROOM_CHAT_OPENS_MINUTES_BEFORE": "120"},
+    )
     yield server
     stop_server(server)
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -292,3 +294,109 @@ def stop_server(server: LiveServer) -> None:
     except subprocess.TimeoutExpired:
         server.process.kill()
         server.process.wait()
+
+
+@dataclass
+class Exchange:
+    """One HTTP response as it crossed the wire: its request line, status and size."""
+
+    request: str
+    status: int
+    size: int
+
+
+class RecordingRelay:
+    """A TCP relay on 127.0.0.1 that records every HTTP response it passes on.
+
+    It sits between a browser and a real server, so a test can see what crossed the
+    wire (status codes and exact sizes) without the server logging anything.
+    """
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.exchanges: list[Exchange] = []
+        self._lock = threading.Lock()
+        self._server = socket.socket()
+        self._server.bind(("127.0.0.1", 0))
+        self._server.listen(16)
+        self.port = self._server.getsockname()[1]
+        self._stop = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        self._server.settimeout(0.2)
+        while not self._stop.is_set():
+            try:
+                client, _ = self._server.accept()
+            except OSError:
+                continue
+            upstream = socket.create_connection(("127.0.0.1", self.upstream_port), timeout=30)
+            requests: list[str] = []
+            threading.Thread(
+                target=self._pump_requests, args=(client, upstream, requests), daemon=True
+            ).start()
+            threading.Thread(
+                target=self._pump_responses, args=(upstream, client, requests), daemon=True
+            ).start()
+
+    def _pump_requests(
+        self, source: socket.socket, target: socket.socket, requests: list[str]
+    ) -> None:
+        buffer = b""
+        try:
+            while chunk := source.recv(65536):
+                buffer += chunk
+                while b"\r\n\r\n" in buffer:
+                    head, buffer = buffer.split(b"\r\n\r\n", 1)
+                    length = re.search(rb"(?i)\r\ncontent-length: *(\d+)", head)
+                    body_length = int(length.group(1)) if length else 0
+                    while len(buffer) < body_length and (more := source.recv(65536)):
+                        chunk += more
+                        buffer += more
+                    buffer = buffer[body_length:]
+                    requests.append(head.split(b"\r\n", 1)[0].decode("latin-1"))
+                target.sendall(chunk)
+        except OSError:
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                target.shutdown(socket.SHUT_WR)
+
+    def _pump_responses(
+        self, source: socket.socket, target: socket.socket, requests: list[str]
+    ) -> None:
+        buffer = b""
+        answered = 0
+        try:
+            while chunk := source.recv(65536):
+                target.sendall(chunk)
+                buffer += chunk
+                while b"\r\n\r\n" in buffer:
+                    head, rest = buffer.split(b"\r\n\r\n", 1)
+                    length = re.search(rb"(?i)\r\ncontent-length: *(\d+)", head)
+                    body_length = int(length.group(1)) if length else 0
+                    if len(rest) < body_length:
+                        break
+                    status = int(head.split(b" ", 2)[1])
+                    request = requests[answered] if answered < len(requests) else "?"
+                    answered += 1
+                    with self._lock:
+                        self.exchanges.append(
+                            Exchange(request, status, len(head) + 4 + body_length)
+                        )
+                    buffer = rest[body_length:]
+        except OSError:
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                target.close()
+                source.close()
+
+    def responses_to(self, path_part: str) -> list[Exchange]:
+        """Return the recorded responses to requests whose line contains ``path_part``."""
+        with self._lock:
+            return [item for item in self.exchanges if path_part in item.request]
+
+    def close(self) -> None:
+        self._stop.set()
+        self._server.close()

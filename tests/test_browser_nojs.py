@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo
 
 import pyotp
 import pytest
@@ -21,7 +22,7 @@ from marionette_driver.marionette import Marionette, WebElement
 
 from stillroom.webapp.settings import LANGUAGES
 
-from support import LiveServer, add_therapist_by_cli
+from support import LiveServer, RecordingRelay, add_therapist_by_cli
 
 FIREFOX = Path("/usr/bin/firefox-esr")
 SCREENSHOTS = Path(__file__).resolve().parent / "artifacts" / "screenshots"
@@ -375,6 +376,23 @@ def shot(browser: Marionette, name: str) -> None:
     (SCREENSHOTS / f"{name}.png").write_bytes(browser.screenshot(format="binary", full=True))
 
 
+THERAPIST_PASSWORD = "lantern orbit velvet cactus drizzle"
+
+
+def enrol_therapist(browser: Marionette, live_server: LiveServer, name: str) -> tuple[str, str]:
+    """Add a therapist with the CLI and enrol through the portal; return login name, secret."""
+    login_name, token = add_therapist_by_cli(live_server.data_dir, name)
+    visit(browser, f"{live_server.portal_url}/en/enrol/{token}")
+    shot(browser, "portal-enrol")
+    secret = str(browser.find_element(By.ID, "totp-secret").text).replace(" ", "")
+    type_into(browser, "password", THERAPIST_PASSWORD)
+    type_into(browser, "again", THERAPIST_PASSWORD)
+    type_into(browser, "code", pyotp.TOTP(secret).now())
+    press(browser, main_button(browser))
+    assert path_of(browser) == "/en/" and query_of(browser) == "done=enrolled"
+    return login_name, secret
+
+
 def test_therapist_publishes_and_participant_books_without_javascript(
     firefox: Marionette, live_server: LiveServer
 ) -> None:
@@ -383,20 +401,13 @@ def test_therapist_publishes_and_participant_books_without_javascript(
     portal = f"{live_server.portal_url}/en"
     name = f"Therapist{time.monotonic_ns() % 100000}"
 
-    login_name, token = add_therapist_by_cli(live_server.data_dir, name)
-    visit(firefox, f"{portal}/enrol/{token}")
-    shot(firefox, "portal-enrol")
-    secret = str(firefox.find_element(By.ID, "totp-secret").text).replace(" ", "")
-    type_into(firefox, "password", "lantern orbit velvet cactus drizzle")
-    type_into(firefox, "again", "lantern orbit velvet cactus drizzle")
-    type_into(firefox, "code", pyotp.TOTP(secret).now())
-    press(firefox, main_button(firefox))
-    assert path_of(firefox) == "/en/" and query_of(firefox) == "done=enrolled"
+    login_name, secret = enrol_therapist(firefox, live_server, name)
+    shot(firefox, "portal-home")
 
     log_out(firefox)
     visit(firefox, f"{portal}/login")
     type_into(firefox, "name", login_name)
-    type_into(firefox, "password", "lantern orbit velvet cactus drizzle")
+    type_into(firefox, "password", THERAPIST_PASSWORD)
     # The enrolment used the current 30-second step; the next one is accepted already.
     type_into(firefox, "code", pyotp.TOTP(secret).at(time.time() + 30))
     press(firefox, main_button(firefox))
@@ -471,7 +482,7 @@ def test_therapist_publishes_and_participant_books_without_javascript(
 
     # The therapist has to cancel, with a note that only the participant can read.
     visit(firefox, f"{portal}/")
-    firefox.find_element(By.CSS_SELECTOR, "ul.appointments a").click()
+    firefox.find_element(By.CSS_SELECTOR, "ul.appointments a[href$='/cancel']").click()
     wait(firefox, page_ready)
     type_into(firefox, "note", "I am ill that day; please book another time.")
     press(firefox, firefox.find_element(By.CSS_SELECTOR, "main button.danger"))
@@ -500,3 +511,92 @@ def test_portal_pages_in_every_language(firefox: Marionette, live_server: LiveSe
             }
             assert languages == set(LANGUAGES), (lang, page)
             shot(firefox, f"portal-{lang}-{page}")
+
+
+def frame_text(browser: Marionette, frame_class: str) -> str:
+    """Return the text of one of the chat page's frames, and come back to the page."""
+    browser.switch_to_frame(browser.find_element(By.CSS_SELECTOR, f"iframe.{frame_class}"))
+    try:
+        return str(browser.find_element(By.TAG_NAME, "body").text)
+    finally:
+        browser.switch_to_frame()
+
+
+def test_chat_without_javascript(firefox: Marionette, live_server: LiveServer) -> None:
+    """Both sides chat with JS off; the feed keeps refreshing through 304s; drafts survive."""
+    start_clean(firefox, live_server)
+    name = f"Chatter{time.monotonic_ns() % 100000}"
+    enrol_therapist(firefox, live_server, name)
+    # A time just over an hour ahead (the earliest participants can book); the live server
+    # opens chats two hours before they start, so this one is open now.
+    soon = datetime.datetime.now(ZoneInfo("Europe/Berlin")) + datetime.timedelta(minutes=70)
+    soon = soon.replace(minute=soon.minute - soon.minute % 5)
+    visit(firefox, f"{live_server.portal_url}/en/availability")
+    set_date_and_time(firefox, soon.date(), soon.strftime("%H:%M"))
+    press(firefox, main_button(firefox))
+    assert query_of(firefox) == "done=published"
+    therapist_tab = firefox.current_window_handle
+
+    participant_tab = firefox.open(type="tab", focus=True)["handle"]
+    firefox.switch_to_window(participant_tab)
+    # The participant's traffic passes a relay that records each response's status and size.
+    relay = RecordingRelay(int(live_server.url.rsplit(":", 1)[1]))
+    base = f"http://127.0.0.1:{relay.port}/en"
+    visit(firefox, f"{base}/")
+    if has(firefox, "footer form"):  # a participant of an earlier test (cookies ignore ports)
+        log_out(firefox)
+    create_account(firefox, base)
+    visit(firefox, f"{base}/book")
+    [label] = [
+        item
+        for item in firefox.find_elements(By.CSS_SELECTOR, "fieldset label")
+        if name in str(item.text)
+    ]
+    label.find_element(By.CSS_SELECTOR, "input").click()
+    press(firefox, firefox.find_element(By.CSS_SELECTOR, "main form:not(.zone) button"))
+    firefox.find_element(By.PARTIAL_LINK_TEXT, "Open the chat").click()
+    wait(firefox, page_ready)
+    assert_no_scripts(firefox)
+    assert "The chat is open" in frame_text(firefox, "feed")
+
+    # A draft in the compose frame, not sent.
+    firefox.switch_to_frame(firefox.find_element(By.CSS_SELECTOR, "iframe.compose"))
+    firefox.find_element(By.ID, "text").send_keys("a draft that must survive")
+    firefox.switch_to_frame()
+    # Nothing happens: the feed reloads and is answered 304, in one Tor cell, and goes on.
+    deadline = time.monotonic() + 40
+    while len(relay.responses_to("/feed")) < 3 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    feeds = relay.responses_to("/feed")
+    assert [item.status for item in feeds[:3]] == [200, 304, 304], feeds
+    assert all(item.size <= 498 for item in feeds[1:3]), feeds
+
+    # The therapist writes; the participant's feed shows it without any script.
+    firefox.switch_to_window(therapist_tab)
+    visit(firefox, f"{live_server.portal_url}/en/")
+    firefox.find_element(By.PARTIAL_LINK_TEXT, "Chat").click()
+    wait(firefox, page_ready)
+    firefox.switch_to_frame(firefox.find_element(By.CSS_SELECTOR, "iframe.compose"))
+    firefox.find_element(By.ID, "text").send_keys("Hello, thank you for coming.")
+    press(firefox, firefox.find_element(By.CSS_SELECTOR, "form button"))
+    assert "Sent." in str(firefox.find_element(By.TAG_NAME, "body").text)
+    firefox.switch_to_frame()
+
+    firefox.switch_to_window(participant_tab)
+    wait(firefox, lambda b: "Hello, thank you for coming." in frame_text(b, "feed"))
+    firefox.switch_to_frame(firefox.find_element(By.CSS_SELECTOR, "iframe.compose"))
+    draft = firefox.find_element(By.ID, "text")
+    assert draft.get_property("value") == "a draft that must survive"
+    firefox.find_element(By.ID, "text").send_keys(" and now it is sent")
+    press(firefox, firefox.find_element(By.CSS_SELECTOR, "form button"))
+    firefox.switch_to_frame()
+    shot(firefox, "participant-chat")
+
+    firefox.switch_to_window(therapist_tab)
+    wait(firefox, lambda b: "a draft that must survive and now it is sent" in frame_text(b, "feed"))
+    shot(firefox, "portal-chat")
+    firefox.close()
+    firefox.switch_to_window(participant_tab)
+    later = relay.responses_to("/feed")[3:]
+    assert any(item.status == 200 for item in later), "new messages come as a new page"
+    relay.close()

@@ -8,6 +8,13 @@ import threading
 import pytest
 
 from stillroom.crypto import kdf, keys, passphrase
+from stillroom.crypto.box import (
+    MessageUnavailableError,
+    OpenedMessage,
+    new_conversation_key,
+    open_message,
+    seal_message,
+)
 from stillroom.webapp.settings import LANGUAGES, Settings
 
 
@@ -121,3 +128,33 @@ def test_concurrent_derivations_beyond_the_bound_get_busy():
         thread.join(timeout=30)
     assert len(outcomes) == 8
     assert outcomes.count("ok") >= 1 and outcomes.count("busy") >= 4
+
+
+def test_a_message_opens_only_where_it_was_sealed():
+    key = new_conversation_key()
+    envelope = seal_message(key, "c1", 7, "therapist", 29_000_000, "Guten Abend 👋")
+    assert open_message(key, "c1", 7, envelope) == OpenedMessage(
+        "therapist", 29_000_000, "Guten Abend 👋"
+    )
+    for conversation, seq in (("c1", 8), ("c2", 7)):  # moved to another place
+        with pytest.raises(MessageUnavailableError):
+            open_message(key, conversation, seq, envelope)
+    with pytest.raises(MessageUnavailableError):
+        open_message(new_conversation_key(), "c1", 7, envelope)
+    for position in (0, 1, 30, len(envelope) - 1):
+        altered = bytearray(envelope)
+        altered[position] ^= 1
+        with pytest.raises(MessageUnavailableError):
+            open_message(key, "c1", 7, bytes(altered))
+
+
+def test_message_lengths_show_only_their_bucket():
+    key = new_conversation_key()
+    sizes = {
+        len(seal_message(key, "c", 1, "participant", 1, text)) for text in ("", "ok", "x" * 250)
+    }
+    assert len(sizes) == 1
+    longest = seal_message(key, "c", 1, "participant", 1, "ж" * 2000)  # 4,000 bytes of UTF-8
+    assert len(longest) == len(seal_message(key, "c", 1, "participant", 1, "x" * 1100))
+    with pytest.raises(ValueError):
+        seal_message(key, "c", 1, "participant", 1, "😀" * 2100)

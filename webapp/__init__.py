@@ -16,6 +16,7 @@ from flask import Flask
 
 from stillroom.crypto.kdf import PRODUCTION, KeyDeriver
 from stillroom.webapp import assets, db, i18n, participant, portal, security
+from stillroom.webapp.chat import RateLimiter
 from stillroom.webapp.instance import prepare_instance, subkey
 from stillroom.webapp.retention import purge
 from stillroom.webapp.settings import Settings
@@ -57,6 +58,9 @@ def _create_app(settings: Settings | None, clock: Callable[[], float], area: str
         PUBLIC_HOST=None,
         SECURE_COOKIES=False,
         KEY_DERIVER=KeyDeriver(settings.argon2, concurrency, settings.argon2_wait_seconds),
+        CHAT_RATE_LIMITER=RateLimiter(
+            settings.chat_rate_messages, settings.chat_rate_seconds, clock=clock
+        ),
     )
     app.jinja_env.trim_blocks = True
     app.jinja_env.lstrip_blocks = True

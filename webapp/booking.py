@@ -433,13 +433,12 @@ def upcoming_appointments(db: Database, participant_id: str, now: int) -> list[A
     return [_appointment(row) for row in rows]
 
 
-def participant_appointments(db: Database, participant_id: str, now: int) -> list[Appointment]:
-    """Return what the participant's page lists: upcoming and therapist-cancelled ones."""
+def participant_appointments(db: Database, participant_id: str) -> list[Appointment]:
+    """Return every appointment the participant still has: past ones until they are purged."""
     rows = db.execute(
         _APPOINTMENT_QUERY + " WHERE appointments.participant_id = ?"
-        " AND (appointments.cancelled = 1 OR appointments.ends_at > ?)"
         " ORDER BY appointments.starts_at",
-        [participant_id, now],
+        [participant_id],
     ).fetchall()
     return [_appointment(row) for row in rows]
 

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 from flask_babel import lazy_gettext as _l
 
+from stillroom.webapp.settings import Settings
+
 
 @dataclass(frozen=True)
 class Column:
@@ -125,6 +127,54 @@ INVENTORY: tuple[Table, ...] = (
                 _l("The therapist's note when they cancel."),
                 encrypted=_l("encrypted to your key; only you can read it"),
             ),
+            Column("chat_extra_minutes", _l("How long the therapist extended the chat.")),
+            Column("chat_closed", _l("Whether the therapist closed the chat early.")),
+        ),
+    ),
+    Table(
+        name="conversations",
+        purpose=_l("One conversation per pair of you and a therapist, with its key."),
+        readers=_l("You and the therapist; the server only while one of you is logged in."),
+        retention=_l(
+            "Deleted with its last message, when you delete it, or when the chat ends if you"
+            " chose so. Its keys are destroyed first, so no copy of a message can be read again."
+        ),
+        columns=(
+            Column("id", _l("A random number for the conversation.")),
+            Column("participant_id", _l("Your account.")),
+            Column("therapist_id", _l("The therapist.")),
+            Column(
+                "key_for_participant",
+                _l("The conversation's key, for you."),
+                encrypted=_l("encrypted to your key; only you can read it"),
+            ),
+            Column(
+                "key_for_therapist",
+                _l("The conversation's key, for the therapist."),
+                encrypted=_l("encrypted to the therapist's key"),
+            ),
+            Column(
+                "delete_when_chat_ends",
+                _l("Whether you asked for the conversation to be deleted when the chat ends."),
+            ),
+        ),
+    ),
+    Table(
+        name="messages",
+        purpose=_l("Chat messages. Sender, time and text exist only inside the encryption."),
+        readers=_l("You and the therapist."),
+        retention=_l(
+            "Deleted on the day %(message_days)s days after the appointment ends, or sooner."
+        ),
+        columns=(
+            Column("conversation_id", _l("The conversation.")),
+            Column("seq", _l("The message's place in the conversation.")),
+            Column(
+                "envelope",
+                _l("The message, padded to a fixed size and encrypted."),
+                encrypted=_l("encrypted under the conversation's key"),
+            ),
+            Column("expires_day", _l("The day the message is deleted.")),
         ),
     ),
     Table(
@@ -225,6 +275,16 @@ INVENTORY: tuple[Table, ...] = (
         public=False,
     ),
 )
+
+
+def retention_values(settings: Settings) -> dict[str, int]:
+    """Return this deployment's periods, to fill the placeholders of the retention texts."""
+    return {
+        "idle": settings.idle_timeout_minutes,
+        "hours": settings.absolute_timeout_hours,
+        "days": settings.appointment_retention_days,
+        "message_days": settings.message_retention_days,
+    }
 
 
 def declared_columns() -> dict[str, set[str]]:

@@ -1,6 +1,7 @@
 """Retention: remove what has outlived its purpose, at startup and every minute.
 
-Expired sessions of both apps, enrolment links that were never used, slots that
+Expired sessions of both apps, enrolment links that were never used, chat
+messages past their day and conversations nobody needs (keys first), slots that
 have ended and appointments past their retention. Each run ends with a
 write-ahead-log checkpoint so deleted rows leave the ``-wal`` file too.
 """
@@ -15,6 +16,7 @@ from collections.abc import Callable
 from sqlite_utils import Database
 
 from stillroom.webapp.booking import purge_bookings
+from stillroom.webapp.chat import purge_chats
 from stillroom.webapp.sessions import end_expired_sessions
 from stillroom.webapp.settings import Settings
 from stillroom.webapp.store import checkpoint, connect, transaction
@@ -27,6 +29,7 @@ def purge(db: Database, now: int, settings: Settings) -> int:
     removed = end_expired_sessions(db, now)
     with transaction(db):
         removed += db.execute("DELETE FROM enrolments WHERE expires_at <= ?", [now]).rowcount
+    removed += purge_chats(db, now)
     removed += purge_bookings(db, now, settings.appointment_retention_days * 24 * 3600)
     checkpoint(db)  # if readers block it, the next run retries; the rows are gone already
     return removed

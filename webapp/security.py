@@ -73,10 +73,16 @@ class FormTokenError(BadRequest):
 
 
 def harden_response(response: Response) -> Response:
-    """Add the security headers and keep personal pages out of every cache."""
+    """Add the security headers and keep personal pages out of every cache.
+
+    A 304 stays bare: it only confirms the copy the browser holds, which keeps that
+    copy's headers, and a chat feed's idle reload must fit in one Tor cell.
+    """
+    response.headers.pop("Server", None)
+    if response.status_code == 304:
+        return response
     response.headers.update(SECURITY_HEADERS)
     response.headers.setdefault("Cache-Control", "no-store")
-    response.headers.pop("Server", None)
     return response
 
 

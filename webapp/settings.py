@@ -73,6 +73,16 @@ class Settings:
     appointment_retention_days: int = _setting(
         14, "Appointments are deleted this many days after they end."
     )
+    chat_opens_minutes_before: int = _setting(
+        10, "The chat of an appointment opens this many minutes before it starts."
+    )
+    message_retention_days: int = _setting(
+        14, "Chat messages are deleted this many days after their appointment ends."
+    )
+    chat_rate_messages: int = _setting(
+        10, "Messages one session may send within STILLROOM_CHAT_RATE_SECONDS."
+    )
+    chat_rate_seconds: int = _setting(10, "The window of the chat's rate limit, in seconds.")
     onion_address: str = _setting(
         "",
         "The .onion address when the system tor publishes the service itself"
@@ -142,6 +152,10 @@ class Settings:
             "booking_cutoff_hours": (0, 14 * 24),
             "max_upcoming_bookings": (1, 10),
             "appointment_retention_days": (0, 365),
+            "chat_opens_minutes_before": (0, 120),
+            "message_retention_days": (0, 365),
+            "chat_rate_messages": (1, 1000),
+            "chat_rate_seconds": (1, 3600),
         }
         if self.portal_url and not self.portal_url.startswith(("https://", "http://")):
             raise SettingsError("STILLROOM_PORTAL_URL must start with https:// or http://")

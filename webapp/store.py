@@ -150,6 +150,38 @@ def create_portal_and_booking(db: Database) -> None:
     )
 
 
+@migrations()
+def create_chat(db: Database) -> None:
+    """Conversations per participant-therapist pair, their messages, and chat windows."""
+    db.execute("ALTER TABLE appointments ADD COLUMN chat_extra_minutes INTEGER NOT NULL DEFAULT 0")
+    db.execute("ALTER TABLE appointments ADD COLUMN chat_closed INTEGER NOT NULL DEFAULT 0")
+    db.execute(
+        """
+        CREATE TABLE conversations (
+            id TEXT PRIMARY KEY,
+            participant_id TEXT NOT NULL REFERENCES participants(id) ON DELETE CASCADE,
+            therapist_id TEXT NOT NULL REFERENCES therapists(id) ON DELETE CASCADE,
+            key_for_participant BLOB,
+            key_for_therapist BLOB,
+            delete_when_chat_ends INTEGER NOT NULL DEFAULT 0,
+            UNIQUE (participant_id, therapist_id)
+        ) STRICT
+        """
+    )
+    db.execute(
+        """
+        CREATE TABLE messages (
+            conversation_id TEXT NOT NULL REFERENCES conversations(id) ON DELETE CASCADE,
+            seq INTEGER NOT NULL,
+            envelope BLOB NOT NULL,
+            expires_day TEXT NOT NULL,
+            PRIMARY KEY (conversation_id, seq)
+        ) STRICT
+        """
+    )
+    db.execute("CREATE INDEX messages_expiry ON messages(expires_day)")
+
+
 def connect(path: Path) -> Database:
     """Open the database at ``path`` with the pragmas of :data:`PRAGMAS`.
 

@@ -21,6 +21,7 @@ from stillroom.webapp.accounts import (
     replace_passphrase,
     unlock_account,
 )
+from stillroom.webapp.booking import upcoming_appointments
 from stillroom.webapp.gate import current_session, db, deriver, now, settings
 from stillroom.webapp.i18n import current_language
 from stillroom.webapp.participant.blueprint import (
@@ -32,6 +33,7 @@ from stillroom.webapp.participant.blueprint import (
     seal_pending,
 )
 from stillroom.webapp.participant.booking import my_appointments
+from stillroom.webapp.participant.booking import participant_id as current_participant_id
 from stillroom.webapp.participant.pages import notice
 from stillroom.webapp.times import DEFAULT_ZONE
 
@@ -131,11 +133,10 @@ def logout() -> Response:
 @login_required
 def account() -> str:
     """The participant's own page: appointments, passphrase, deletion."""
-    appointments = my_appointments()
-    upcoming = [item for item in appointments if not item["item"].cancelled]
+    upcoming = upcoming_appointments(db(), current_participant_id(), now())
     return render_template(
         "participant/account.html",
-        appointments=appointments,
+        appointments=my_appointments(),
         can_book=len(upcoming) < settings().max_upcoming_bookings,
         notice=notice(),
     )

@@ -79,12 +79,13 @@ def describe(appointment: Appointment) -> dict[str, Any]:
         "when": format_when(appointment.starts_at, appointment.ends_at, zone(), current_language()),
         "note": note,
         "changeable": appointment.starts_at - now() >= settings().booking_cutoff_hours * 3600,
+        "ended": appointment.ends_at <= now(),
     }
 
 
 def my_appointments() -> list[dict[str, Any]]:
-    """Return the participant's upcoming and therapist-cancelled appointments, described."""
-    return [describe(item) for item in participant_appointments(db(), participant_id(), now())]
+    """Return the participant's appointments, past ones included until purged, described."""
+    return [describe(item) for item in participant_appointments(db(), participant_id())]
 
 
 def own_appointment(appointment_id: str) -> Appointment:

@@ -8,7 +8,7 @@ from flask_babel import lazy_gettext as _l
 
 from stillroom.webapp.gate import settings
 from stillroom.webapp.i18n import LANGUAGE_NAMES, current_language
-from stillroom.webapp.inventory import INVENTORY
+from stillroom.webapp.inventory import INVENTORY, retention_values
 from stillroom.webapp.participant.blueprint import bp
 
 #: Short confirmations shown after an action; the URL carries only the key.
@@ -22,6 +22,7 @@ NOTICES = {
     "moved": _l("Your appointment has been moved. You can see the new time below."),
     "cancelled": _l("Your appointment has been cancelled."),
     "dismissed": _l("The cancelled appointment has been removed from this page."),
+    "chat-deleted": _l("The conversation has been deleted, with every message in it."),
 }
 
 
@@ -57,9 +58,5 @@ def privacy() -> str:
     """What is stored, why, and for how long, from the data inventory."""
     tables = [table for table in INVENTORY if table.public and table.about_participants]
     return render_template(
-        "participant/privacy.html",
-        tables=tables,
-        idle_minutes=settings().idle_timeout_minutes,
-        absolute_hours=settings().absolute_timeout_hours,
-        retention_days=settings().appointment_retention_days,
+        "participant/privacy.html", tables=tables, retention=retention_values(settings())
     )

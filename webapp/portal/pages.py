@@ -6,7 +6,7 @@ from flask import render_template, request
 from flask_babel import lazy_gettext as _l
 
 from stillroom.webapp.gate import settings
-from stillroom.webapp.inventory import INVENTORY
+from stillroom.webapp.inventory import INVENTORY, retention_values
 from stillroom.webapp.portal.blueprint import bp
 
 #: Short confirmations shown after an action; the URL carries only the key.
@@ -32,11 +32,8 @@ def notice() -> object | None:
 @bp.get("/privacy")
 def privacy() -> str:
     """What the service stores, why, and for how long, from the data inventory."""
-    s = settings()
     return render_template(
         "portal/privacy.html",
         tables=[table for table in INVENTORY if table.public],
-        idle_minutes=s.idle_timeout_minutes,
-        absolute_hours=s.absolute_timeout_hours,
-        retention_days=s.appointment_retention_days,
+        retention=retention_values(settings()),
     )

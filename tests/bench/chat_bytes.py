@@ -1,0 +1,253 @@
+"""Count the bytes a participant's no-JS chat costs, through the real server.
+
+Starts ``stillroom serve --no-tor`` on 127.0.0.1, enrols a therapist and books a
+time through the real pages, and then drives the chat as Tor Browser at "Safest"
+does: the chat page once, the compose frame, and the feed frame reloading at the
+interval the server asks for, with ``If-None-Match``. Every byte of every request
+and response is counted (status line, headers and body, both directions).
+
+The reference chat is 20 minutes with 20 messages each way, evenly spread. The
+server's clock is not moved, so it sees the other side as active throughout and
+asks for its shortest interval: the figure is the upper bound.
+
+Prints the figures and, last, ``idle_reload_bytes=N`` and ``reference_chat_bytes=N``.
+
+    PYTHONSAFEPATH=1 .venv/bin/python tests/bench/chat_bytes.py
+"""
+
+from __future__ import annotations
+
+import datetime
+import re
+import socket
+import sys
+import tempfile
+import urllib.parse
+from dataclasses import dataclass, field
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/, for support.py
+import pyotp
+
+from support import (
+    FORM_TOKEN,
+    GOOD_PASSWORD,
+    PASSPHRASE,
+    PENDING,
+    TOTP_SECRET,
+    add_therapist_by_cli,
+    start_server,
+    stop_server,
+)
+
+MINUTES = 20
+MESSAGES_EACH_WAY = 20
+SAMPLE = [
+    "Hello. I am not sure where to start.",
+    "That is fine. Start wherever feels right to you.",
+    "Last week was hard. I avoided the places that make it worse, but it took a lot.",
+    "It sounds like you did something important there. What helped you most?",
+    "Talking to someone, I think. And keeping busy in the evenings.",
+]
+
+
+@dataclass
+class Browser:
+    """A minimal HTTP/1.1 client that keeps cookies and counts every byte both ways."""
+
+    host: str
+    port: int
+    cookies: dict[str, str] = field(default_factory=dict)
+    sent: int = 0
+    received: int = 0
+
+    def request(
+        self, method: str, path: str, body: dict[str, str] | None = None, etag: str | None = None
+    ) -> tuple[int, dict[str, str], str, int]:
+        """Send one request; return status, headers, body text and the response's bytes."""
+        payload = urllib.parse.urlencode(body).encode() if body is not None else b""
+        lines = [
+            f"{method} {path} HTTP/1.1",
+            f"Host: {self.host}:{self.port}",
+            "User-Agent: Mozilla/5.0 (Windows NT 10.0; rv:128.0) Gecko/20100101 Firefox/128.0",
+            "Accept: text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8",
+            "Accept-Language: en-US,en;q=0.5",
+            "Accept-Encoding: gzip, deflate",
+            "Connection: keep-alive",
+            "Sec-Fetch-Site: same-origin",
+        ]
+        if self.cookies:
+            lines.append("Cookie: " + "; ".join(f"{k}={v}" for k, v in self.cookies.items()))
+        if etag:
+            lines.append(f"If-None-Match: {etag}")
+        if body is not None:
+            lines += [
+                "Content-Type: application/x-www-form-urlencoded",
+                f"Content-Length: {len(payload)}",
+            ]
+        raw = ("\r\n".join(lines) + "\r\n\r\n").encode() + payload
+        with socket.create_connection((self.host, self.port), timeout=30) as sock:
+            sock.sendall(raw)
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += sock.recv(65536)
+            head, rest = data.split(b"\r\n\r\n", 1)
+            headers = {}
+            for line in head.decode("latin-1").split("\r\n")[1:]:
+                name, value = line.split(":", 1)
+                headers[name.strip().lower()] = value.strip()
+            length = int(headers.get("content-length", "0"))
+            while len(rest) < length:
+                rest += sock.recv(65536)
+        for cookie in [v for k, v in headers.items() if k == "set-cookie"]:
+            name, value = cookie.split(";", 1)[0].split("=", 1)
+            self.cookies[name] = value
+        cost = len(head) + 4 + length  # what the participant downloads for it
+        self.sent += len(raw)
+        self.received += len(head) + 4 + length
+        return int(head.split(b" ", 2)[1]), headers, rest[:length].decode(), cost
+
+
+def form_token(html: str) -> str:
+    return FORM_TOKEN.search(html).group(1)  # type: ignore[union-attr]
+
+
+def set_up(participant_url: str, portal_url: str, data_dir: Path) -> tuple[Browser, Browser, str]:
+    """Enrol a therapist, publish a time in 70 minutes, book it; return both sides and its id."""
+    p_host, p_port = urllib.parse.urlsplit(participant_url).netloc.split(":")
+    t_host, t_port = urllib.parse.urlsplit(portal_url).netloc.split(":")
+    therapist = Browser(t_host, int(t_port))
+    participant = Browser(p_host, int(p_port))
+    _, token = add_therapist_by_cli(data_dir, "Bench")
+    _, _, page, _ = therapist.request("GET", f"/en/enrol/{token}")
+    secret = TOTP_SECRET.search(page).group(1).replace(" ", "")  # type: ignore[union-attr]
+    therapist.request(
+        "POST",
+        f"/en/enrol/{token}",
+        {
+            "form_token": form_token(page),
+            "pending": PENDING.search(page).group(1),  # type: ignore[union-attr]
+            "password": GOOD_PASSWORD,
+            "again": GOOD_PASSWORD,
+            "code": pyotp.TOTP(secret).now(),
+        },
+    )
+    soon = datetime.datetime.now(ZoneInfo("Europe/Berlin")) + datetime.timedelta(minutes=70)
+    _, _, page, _ = therapist.request("GET", "/en/availability")
+    therapist.request(
+        "POST",
+        "/en/availability",
+        {
+            "form_token": form_token(page),
+            "date": soon.date().isoformat(),
+            "time": soon.strftime("%H:%M"),
+            "duration": "50",
+            "weeks": "1",
+            "languages": "en",
+        },
+    )
+    _, _, page, _ = participant.request("GET", "/en/create")
+    participant.request(
+        "POST",
+        "/en/create",
+        {
+            "form_token": form_token(page),
+            "pending": PENDING.search(page).group(1),  # type: ignore[union-attr]
+            "confirm": PASSPHRASE.search(page).group(1),
+        },
+    )  # type: ignore[union-attr]
+    _, _, page, _ = participant.request("GET", "/en/book")
+    slot = re.search(r"name=slot value=([0-9a-f]+)", page).group(1)  # type: ignore[union-attr]
+    participant.request("POST", "/en/book", {"form_token": form_token(page), "slot": slot})
+    _, _, page, _ = participant.request("GET", "/en/account")
+    appointment = re.search(r"/en/chat/([0-9a-f]+)", page).group(1)  # type: ignore[union-attr]
+    participant.sent = participant.received = 0
+    return participant, therapist, appointment
+
+
+def main() -> int:
+    with tempfile.TemporaryDirectory() as tmp:
+        # The timeline runs in seconds, not minutes: lift the rate limit for this run only.
+        env = {"STILLROOM_CHAT_OPENS_MINUTES_BEFORE": "120", "STILLROOM_CHAT_RATE_MESSAGES": "1000"}
+        server = start_server(Path(tmp) / "instance", env)
+        try:
+            participant, therapist, chat = set_up(server.url, server.portal_url, server.data_dir)
+            figures = run_reference_chat(participant, therapist, chat)
+        finally:
+            stop_server(server)
+    for name, value in figures.items():
+        print(f"{name}={value}")
+    return 0
+
+
+def run_reference_chat(participant: Browser, therapist: Browser, chat: str) -> dict[str, int]:
+    """Play the reference chat on a virtual timeline; return the participant's figures."""
+    page_path, feed_path, compose_path = (
+        f"/en/chat/{chat}",
+        f"/en/chat/{chat}/feed",
+        f"/en/chat/{chat}/compose",
+    )
+    _, _, page, page_bytes = participant.request("GET", page_path)
+    stylesheet = re.search(r'href="(/static/[^"]+)"', page).group(1)  # type: ignore[union-attr]
+    _, _, _, css_bytes = participant.request("GET", stylesheet)
+    _, _, compose, compose_bytes = participant.request("GET", compose_path)
+    _, headers, feed, first_feed = participant.request("GET", feed_path)
+    etag = headers.get("etag")
+    interval = int(re.search(r'content="(\d+)"', feed).group(1))  # type: ignore[union-attr]
+    _, _, t_compose, _ = therapist.request("GET", compose_path)
+
+    step = MINUTES * 60 // MESSAGES_EACH_WAY
+    theirs = {step * k + step // 2 for k in range(MESSAGES_EACH_WAY)}
+    mine = {step * k for k in range(MESSAGES_EACH_WAY)}
+    idle, changed, sends = [], [], []
+    clock, next_reload = 0, interval
+    while clock < MINUTES * 60:
+        if clock in mine:
+            text = SAMPLE[len(sends) % len(SAMPLE)]
+            status, _, compose, cost = participant.request(
+                "POST", compose_path, {"form_token": form_token(compose), "text": text}
+            )
+            assert status == 200, compose
+            sends.append(cost)
+        if clock in theirs:
+            text = SAMPLE[(len(changed) + 1) % len(SAMPLE)]
+            status, _, t_compose, _ = therapist.request(
+                "POST", compose_path, {"form_token": form_token(t_compose), "text": text}
+            )
+            assert status == 200, t_compose
+        if clock == next_reload:
+            status, headers, feed, cost = participant.request("GET", feed_path, etag=etag)
+            if status == 304:
+                idle.append(cost)
+            else:
+                changed.append(cost)
+                etag = headers.get("etag")
+                interval = int(re.search(r'content="(\d+)"', feed).group(1))  # type: ignore[union-attr]
+            next_reload = clock + interval
+        clock += 1
+    total = participant.received
+    print(
+        f"chat page {page_bytes} bytes, stylesheet {css_bytes} (once, then cached),"
+        f" compose frame {compose_bytes}, first feed {first_feed}"
+    )
+    print(f"feed reloads: {len(idle)} unchanged (304), {len(changed)} with news (200)")
+    print(
+        f"sent: {len(sends)} messages, {sum(sends) // len(sends)} bytes each on average"
+        " (POST and the fresh compose frame)"
+    )
+    print(f"received: {sum(changed) // max(1, len(changed))} bytes per feed page with news")
+    print(
+        f"participant in all: {participant.received} bytes received; its requests add"
+        f" {participant.sent} bytes upstream (browser-like headers and the session cookie)"
+    )
+    return {
+        "message_sent_bytes": sum(sends) // len(sends),
+        "message_received_bytes": sum(changed) // max(1, len(changed)),
+        "idle_reload_bytes": max(idle),
+        "reference_chat_bytes": total,
+    }
+
+
+if __name__ == "__main__":
+    sys.exit(main())

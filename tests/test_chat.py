@@ -1,0 +1,283 @@
+"""The appointment chat: windows, encryption at rest, limits, deletion, the no-JS frames."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from datetime import UTC, datetime
+
+import pytest
+
+from stillroom.crypto.box import MessageUnavailableError, open_message
+from stillroom.webapp.instance import subkey
+from stillroom.webapp.retention import purge
+from stillroom.webapp.store import connect
+
+from support import AuthActions, form_fields
+
+SLOT = re.compile(r"name=slot value=([0-9a-f]+)")
+#: Monday 18 January 2027, 18:00-18:50 in Berlin (17:00-17:50 UTC).
+STARTS = int(datetime(2027, 1, 18, 17, 0, tzinfo=UTC).timestamp())
+ENDS = STARTS + 50 * 60
+
+
+def rows(settings, sql: str, args=()) -> list[tuple]:
+    db = connect(settings.database_path)
+    try:
+        return db.execute(sql, list(args)).fetchall()
+    finally:
+        db.close()
+
+
+class Chat:
+    """A booked appointment with a participant and a therapist, both logged in."""
+
+    def __init__(self, therapist, auth, clock, settings) -> None:
+        self.therapist, self.auth, self.clock, self.settings = therapist, auth, clock, settings
+        therapist.create()
+        assert therapist.publish("2027-01-18", "18:00").status_code == 302
+        self.passphrase = auth.create()
+        [slot] = SLOT.findall(auth.client.get("/en/book").get_data(as_text=True))
+        assert auth.post("/book", {"slot": slot}, page="/book").status_code == 302
+        [[self.id]] = rows(settings, "SELECT id FROM appointments")
+
+    def at(self, moment: int) -> None:
+        """Move the clock and log both sides in again (sessions time out over days)."""
+        self.clock.now = moment
+        self.auth.client.delete_cookie("stillroom", domain="127.0.0.1")
+        assert self.auth.login(self.passphrase).status_code == 302
+        self.therapist.client.delete_cookie("stillroom_portal", domain="127.0.0.1")
+        assert self.therapist.login().status_code == 302
+
+    def say(self, who: str, text: str):
+        client = self.auth.client if who == "participant" else self.therapist.client
+        # Any page's token fits this session's forms (the compose frame has no form when closed).
+        html = client.get("/en/account" if who == "participant" else "/en/").get_data(as_text=True)
+        path = f"/en/chat/{self.id}/compose"
+        return client.post(path, data={**form_fields(html), "text": text})
+
+    def feed(self, who: str, **headers):
+        client = self.auth.client if who == "participant" else self.therapist.client
+        return client.get(f"/en/chat/{self.id}/feed", headers=headers)
+
+
+@pytest.fixture
+def chat(therapist, auth, clock, settings) -> Chat:
+    return Chat(therapist, auth, clock, settings)
+
+
+def test_both_sides_write_and_read_while_the_window_is_open(chat):
+    chat.at(STARTS - 10 * 60)  # opens ten minutes before
+    assert chat.say("participant", "Hello, I am a bit nervous.").status_code == 200
+    assert chat.say("therapist", "Welcome. Take your time.").status_code == 200
+    for side in ("participant", "therapist"):
+        page = chat.feed(side).get_data(as_text=True)
+        assert "Hello, I am a bit nervous." in page and "Welcome. Take your time." in page
+
+
+def test_nobody_writes_outside_the_window_but_both_still_read(chat):
+    chat.at(STARTS - 11 * 60)
+    closed = chat.say("participant", "too early")
+    assert closed.status_code == 409
+    assert "The chat opens at 16:50" in closed.get_data(as_text=True)  # Western Europe, UTC+0
+    assert "Your text is still here" in closed.get_data(as_text=True)
+    assert "too early" in closed.get_data(as_text=True)
+    chat.at(STARTS)
+    chat.say("participant", "on time")
+    chat.at(ENDS)
+    late = chat.say("therapist", "too late")
+    assert late.status_code == 409 and "The chat has ended" in late.get_data(as_text=True)
+    assert "on time" in chat.feed("participant").get_data(as_text=True)
+    assert rows(chat.settings, "SELECT count(*) FROM messages") == [(1,)]
+
+
+def test_a_copy_of_the_data_directory_reads_no_message(chat, settings, tmp_path):
+    chat.at(STARTS)
+    secret = "canary-7f3a9 my private words"
+    chat.say("participant", secret)
+    chat.say("therapist", "reply-canary-51c2")
+    chat.auth.logout()
+    chat.therapist.logout()
+    copy = tmp_path / "copy"
+    shutil.copytree(settings.data_dir, copy, ignore=shutil.ignore_patterns("tor"))
+    everything = b"".join(path.read_bytes() for path in copy.rglob("*") if path.is_file())
+    for text in (secret, "reply-canary-51c2"):
+        assert text.encode() not in everything
+        assert text.encode("utf-16-le") not in everything
+    db = connect(copy / "stillroom.db")
+    try:
+        assert db.execute("SELECT count(*) FROM sessions").fetchone() == (0,)
+        assert db.execute("SELECT count(*) FROM therapist_sessions").fetchone() == (0,)
+        server_key = (copy / "server.key").read_bytes()
+        candidates = [server_key] + [
+            subkey(server_key, purpose)
+            for purpose in (b"form-key", b"lookup-key", b"pending-key", b"totp-key")
+        ]
+        for conversation_id, seq, envelope in db.execute(
+            "SELECT conversation_id, seq, envelope FROM messages"
+        ).fetchall():
+            for key in candidates:  # nothing stored on the server opens a message
+                with pytest.raises(MessageUnavailableError):
+                    open_message(key, conversation_id, seq, envelope)
+    finally:
+        db.close()
+
+
+def test_a_moved_or_altered_message_shows_as_unavailable(chat, settings):
+    chat.at(STARTS)
+    chat.say("participant", "first")
+    chat.say("participant", "second")
+    db = connect(settings.database_path)
+    try:
+        (one,), (two,) = db.execute("SELECT envelope FROM messages ORDER BY seq").fetchall()
+        db.execute("UPDATE messages SET envelope = ? WHERE seq = 1", [two])  # moved
+        altered = bytearray(one)
+        altered[-1] ^= 0xFF
+        db.execute("UPDATE messages SET envelope = ? WHERE seq = 2", [bytes(altered)])
+    finally:
+        db.close()
+    for side in ("participant", "therapist"):
+        page = chat.feed(side)
+        assert page.status_code == 200
+        text = page.get_data(as_text=True)
+        assert text.count("This message cannot be shown.") == 2
+        assert "first" not in text and "second" not in text
+
+
+def test_messages_are_plain_text(chat):
+    chat.at(STARTS)
+    chat.say("therapist", '<b>bold</b> <a href="http://x.example">link</a> javascript:alert(1)')
+    chat.say("participant", "\u202eevil\u202c text\x07 with a bell\x1b[31m and e\u0301")
+    page = chat.feed("participant").get_data(as_text=True)
+    assert "<b>" not in page and "<a href" not in page
+    assert "&lt;b&gt;bold&lt;/b&gt;" in page
+    assert "<bdi>\u202eevil\u202c text with a bell[31m and \u00e9</bdi>" in page
+
+
+@pytest.mark.parametrize(
+    ("text", "says"), [("   \n ", "write a message first"), ("x" * 2001, "at most 2000 characters")]
+)
+def test_empty_and_overlong_messages_are_refused_and_kept(chat, text, says):
+    chat.at(STARTS)
+    response = chat.say("participant", text)
+    assert response.status_code == 400 and says in response.get_data(as_text=True)
+    if text.strip():
+        assert text in response.get_data(as_text=True)  # shown again, never lost
+
+
+def test_a_session_may_send_ten_messages_in_ten_seconds(chat, clock):
+    chat.at(STARTS)
+    for number in range(10):
+        assert chat.say("participant", f"message {number}").status_code == 200
+    slow = chat.say("participant", "one too many")
+    assert slow.status_code == 429 and "very quickly" in slow.get_data(as_text=True)
+    assert "one too many" in slow.get_data(as_text=True)
+    clock.advance(10)
+    assert chat.say("participant", "after a pause").status_code == 200
+
+
+def test_the_therapist_extends_and_closes_the_chat(chat):
+    chat.at(ENDS - 60)
+    page = chat.therapist.post(f"/en/chat/{chat.id}/extend", page=f"/en/chat/{chat.id}")
+    assert page.status_code == 302
+    chat.at(ENDS + 10 * 60)
+    assert chat.say("participant", "still here").status_code == 200
+    chat.therapist.post(f"/en/chat/{chat.id}/close", page=f"/en/chat/{chat.id}")
+    assert chat.say("participant", "after closing").status_code == 409
+    assert "still here" in chat.feed("therapist").get_data(as_text=True)
+
+
+def test_messages_expire_with_the_retention_period(chat, settings, clock):
+    chat.at(STARTS)
+    chat.say("participant", "kept for a while")
+    db = connect(settings.database_path)
+    try:
+        clock.now = ENDS + 13 * 24 * 3600
+        purge(db, int(clock()), settings)
+        assert db.execute("SELECT count(*) FROM messages").fetchone() == (1,)
+        clock.now = ENDS + 14 * 24 * 3600
+        purge(db, int(clock()), settings)
+        assert db.execute("SELECT count(*) FROM messages").fetchone() == (0,)
+        assert db.execute("SELECT count(*) FROM conversations").fetchone() == (0,)  # key gone
+    finally:
+        db.close()
+
+
+def test_delete_when_the_chat_ends(chat, settings, clock):
+    chat.at(STARTS)
+    chat.say("participant", "please forget this")
+    assert (
+        chat.auth.post(
+            f"/chat/{chat.id}/when-it-ends", {"wanted": "1"}, page=f"/chat/{chat.id}"
+        ).status_code
+        == 302
+    )
+    db = connect(settings.database_path)
+    try:
+        purge(db, int(clock()), settings)
+        assert db.execute("SELECT count(*) FROM messages").fetchone() == (1,)  # still open
+        clock.now = ENDS
+        purge(db, int(clock()), settings)
+        assert db.execute("SELECT count(*) FROM messages").fetchone() == (0,)
+        assert db.execute("SELECT count(*) FROM conversations").fetchone() == (0,)
+    finally:
+        db.close()
+
+
+def test_the_participant_deletes_the_conversation_now(chat, settings):
+    chat.at(STARTS)
+    chat.say("therapist", "something")
+    response = chat.auth.post(f"/chat/{chat.id}/delete")
+    assert response.status_code == 302 and "chat-deleted" in response.location
+    assert rows(settings, "SELECT count(*) FROM messages") == [(0,)]
+    assert rows(settings, "SELECT count(*) FROM conversations") == [(0,)]
+    assert "something" not in chat.feed("therapist").get_data(as_text=True)
+
+
+def test_an_unchanged_feed_is_answered_with_a_bare_304(chat):
+    chat.at(STARTS)
+    first = chat.feed("participant")
+    assert first.status_code == 200 and first.headers["Cache-Control"] == "private, no-cache"
+    etag = first.headers["ETag"]
+    again = chat.feed("participant", **{"If-None-Match": etag})
+    assert again.status_code == 304 and again.get_data() == b""
+    assert set(again.headers.keys()) <= {"ETag", "Cache-Control", "Content-Length"}
+    chat.say("therapist", "news")
+    changed = chat.feed("participant", **{"If-None-Match": etag})
+    assert changed.status_code == 200 and "news" in changed.get_data(as_text=True)
+
+
+def test_the_feed_refreshes_faster_while_the_other_side_writes(chat, clock):
+    chat.at(STARTS - 20 * 60)
+    assert 'content="30"' in chat.feed("participant").get_data(as_text=True)  # waiting
+    chat.at(STARTS)
+    assert 'content="10"' in chat.feed("participant").get_data(as_text=True)  # quiet
+    chat.say("therapist", "hello")
+    assert 'content="5"' in chat.feed("participant").get_data(as_text=True)  # active
+    assert 'content="10"' in chat.feed("therapist").get_data(as_text=True)  # own message
+    clock.advance(3 * 60)
+    assert 'content="10"' in chat.feed("participant").get_data(as_text=True)
+    chat.at(ENDS)
+    assert "http-equiv" not in chat.feed("participant").get_data(as_text=True)  # over
+
+
+def test_other_peoples_chats_answer_404(chat, app):
+    chat.at(STARTS)
+    stranger = AuthActions(app.test_client())
+    stranger.create()
+    for path in ("", "/feed", "/compose", "/delete"):
+        assert stranger.client.get(f"/en/chat/{chat.id}{path}").status_code == 404
+    assert (
+        stranger.post(f"/chat/{chat.id}/compose", {"text": "x"}, page="/account").status_code == 404
+    )
+
+
+def test_the_history_page_shows_the_whole_conversation(chat):
+    chat.at(STARTS)
+    for number in range(6):
+        chat.say("participant", f"note {number}")
+    feed = chat.feed("participant").get_data(as_text=True)
+    assert "note 5" in feed and "note 0" not in feed  # the frame keeps to the newest
+    history = chat.auth.client.get(f"/en/chat/{chat.id}/history").get_data(as_text=True)
+    assert all(f"note {number}" in history for number in range(6))
+    assert 'href="/en/help"' in history and "http-equiv" not in history

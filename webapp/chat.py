@@ -1,0 +1,396 @@
+"""The appointment chat: windows, conversations, messages, limits and deletion.
+
+A conversation belongs to one participant-therapist pair and has its own key,
+sealed to both public keys (DESIGN §4). The server opens it only with the secret
+key of a logged-in side, so a copy of the database reads nothing. Deleting a
+conversation destroys its sealed keys before its messages (crypto-shredding): a
+stray copy of a ciphertext, in a backup or a freed page, can never be opened.
+"""
+
+from __future__ import annotations
+
+import datetime
+import secrets
+import threading
+import time
+import unicodedata
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlite_utils import Database
+
+from stillroom.crypto.box import (
+    MessageUnavailableError,
+    OpenedMessage,
+    UnsealError,
+    new_conversation_key,
+    open_message,
+    open_sealed,
+    seal,
+    seal_message,
+)
+from stillroom.webapp.booking import NotFoundError
+from stillroom.webapp.store import checkpoint, transaction
+
+MAX_MESSAGE_CHARS = 2000
+EXTENSION_MINUTES = 15
+#: A chat can be extended at most this long in all.
+MAX_EXTENSION_MINUTES = 120
+#: Characters kept besides printable text: line breaks and tabs.
+_KEPT_CONTROLS = {"\n", "\t"}
+
+
+class ChatError(Exception):
+    """Base class of the chat errors; each has its own calm message."""
+
+
+class ChatClosedError(ChatError):
+    """The chat window is not open: nothing can be written now."""
+
+
+class MessageInputError(ChatError):
+    """The message is empty or too long.
+
+    :param reason: ``"empty"`` or ``"long"``.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class RateLimitedError(ChatError):
+    """This session sent too many messages in a short time."""
+
+
+class ConversationLockedError(ChatError):
+    """This side's copy of the conversation key cannot be opened (a reset therapist)."""
+
+
+@dataclass(frozen=True)
+class ChatAppointment:
+    """An appointment seen from its chat."""
+
+    id: str
+    participant_id: str
+    therapist_id: str
+    starts_at: int
+    ends_at: int
+    extra_minutes: int
+    closed: bool
+    cancelled: bool
+
+    def opens_at(self, opens_minutes_before: int) -> int:
+        """When writing becomes possible."""
+        return self.starts_at - opens_minutes_before * 60
+
+    def closes_at(self) -> int:
+        """When writing stops, extensions included."""
+        return self.ends_at + self.extra_minutes * 60
+
+    def is_open(self, now: int, opens_minutes_before: int) -> bool:
+        """Whether both sides can write now."""
+        return (
+            not self.closed
+            and not self.cancelled
+            and self.opens_at(opens_minutes_before) <= now < self.closes_at()
+        )
+
+
+@dataclass(frozen=True)
+class ShownMessage:
+    """A message as a page shows it; ``opened`` is ``None`` when it cannot be read."""
+
+    seq: int
+    opened: OpenedMessage | None
+
+
+_APPOINTMENT = (
+    "SELECT id, participant_id, therapist_id, starts_at, ends_at, chat_extra_minutes,"
+    " chat_closed, cancelled FROM appointments"
+)
+
+
+def _appointment(row: Any) -> ChatAppointment:
+    appointment_id, participant_id, therapist_id, starts, ends, extra, closed, cancelled = row
+    return ChatAppointment(
+        appointment_id,
+        participant_id,
+        therapist_id,
+        starts,
+        ends,
+        extra,
+        bool(closed),
+        bool(cancelled),
+    )
+
+
+def appointment_for(db: Database, role: str, owner_id: str, appointment_id: str) -> ChatAppointment:
+    """Return the appointment ``appointment_id`` if it belongs to this participant or therapist.
+
+    :param role: ``"participant"`` or ``"therapist"``.
+    :raises NotFoundError: when it does not exist or is someone else's.
+    """
+    column = {"participant": "participant_id", "therapist": "therapist_id"}[role]
+    row = db.execute(
+        f"{_APPOINTMENT} WHERE id = ? AND {column} = ?",
+        [appointment_id, owner_id],
+    ).fetchone()
+    if row is None:
+        raise NotFoundError
+    return _appointment(row)
+
+
+def conversation_id_of(db: Database, participant_id: str, therapist_id: str) -> str | None:
+    """Return the pair's conversation, if one exists."""
+    row = db.execute(
+        "SELECT id FROM conversations WHERE participant_id = ? AND therapist_id = ?",
+        [participant_id, therapist_id],
+    ).fetchone()
+    return None if row is None else str(row[0])
+
+
+def start_conversation(db: Database, participant_id: str, therapist_id: str) -> str:
+    """Return the pair's conversation, creating it with a fresh key sealed to both sides."""
+    existing = conversation_id_of(db, participant_id, therapist_id)
+    if existing is not None:
+        return existing
+    participant_key, therapist_key = db.execute(
+        "SELECT (SELECT public_key FROM participants WHERE id = ?),"
+        " (SELECT public_key FROM therapists WHERE id = ?)",
+        [participant_id, therapist_id],
+    ).fetchone()
+    key = new_conversation_key()
+    conversation_id = secrets.token_hex(16)
+    with transaction(db):
+        if conversation_id_of(db, participant_id, therapist_id) is None:
+            db.table("conversations").insert(
+                {
+                    "id": conversation_id,
+                    "participant_id": participant_id,
+                    "therapist_id": therapist_id,
+                    "key_for_participant": seal(key, participant_key),
+                    "key_for_therapist": seal(key, therapist_key),
+                }
+            )
+    return conversation_id_of(db, participant_id, therapist_id) or conversation_id
+
+
+def conversation_key(db: Database, conversation_id: str, role: str, secret_key: bytes) -> bytes:
+    """Open this side's sealed copy of the conversation key.
+
+    :raises ConversationLockedError: when it is gone or sealed to another key.
+    """
+    column = {"participant": "key_for_participant", "therapist": "key_for_therapist"}[role]
+    row = db.execute(
+        f"SELECT {column} FROM conversations WHERE id = ?",  # noqa: S608 - constants only
+        [conversation_id],
+    ).fetchone()
+    if row is None or row[0] is None:
+        raise ConversationLockedError
+    try:
+        return open_sealed(row[0], secret_key)
+    except UnsealError:
+        raise ConversationLockedError from None
+
+
+def clean_text(raw: str) -> str:
+    """Return a message as it is stored: NFC, plain lines, no control characters.
+
+    Right-to-left text stays; the page isolates each message so that direction
+    marks cannot spill over into the rest of the page.
+
+    :raises MessageInputError: when nothing is left, or it is longer than allowed.
+    """
+    text = unicodedata.normalize("NFC", raw.replace("\r\n", "\n").replace("\r", "\n"))
+    text = "".join(char for char in text if char in _KEPT_CONTROLS or not _dropped(char))
+    text = "\n".join(line.rstrip() for line in text.strip().split("\n"))
+    if not text:
+        raise MessageInputError("empty")
+    if len(text) > MAX_MESSAGE_CHARS:
+        raise MessageInputError("long")
+    return text
+
+
+def _dropped(char: str) -> bool:
+    """Control characters and lone surrogates go; format characters (joiners, marks) stay."""
+    return unicodedata.category(char) in ("Cc", "Cs")
+
+
+def expiry_day(appointment: ChatAppointment, retention_days: int) -> str:
+    """Return the UTC day on which messages of this appointment are deleted.
+
+    Rounded down to the day: a message may go up to a day early, never late.
+    """
+    moment = appointment.closes_at() + retention_days * 24 * 3600
+    return datetime.datetime.fromtimestamp(moment, datetime.UTC).date().isoformat()
+
+
+def send_message(
+    db: Database,
+    appointment: ChatAppointment,
+    role: str,
+    secret_key: bytes,
+    text: str,
+    now: int,
+    opens_minutes_before: int,
+    retention_days: int,
+) -> int:
+    """Store one message from ``role`` in the pair's conversation; return its number.
+
+    :raises ChatClosedError: outside the chat window.
+    :raises ConversationLockedError: when this side cannot open the key.
+    """
+    if not appointment.is_open(now, opens_minutes_before):
+        raise ChatClosedError
+    conversation_id = start_conversation(db, appointment.participant_id, appointment.therapist_id)
+    key = conversation_key(db, conversation_id, role, secret_key)
+    with transaction(db):
+        (last,) = db.execute(
+            "SELECT coalesce(max(seq), 0) FROM messages WHERE conversation_id = ?",
+            [conversation_id],
+        ).fetchone()
+        seq = int(last) + 1
+        db.table("messages").insert(
+            {
+                "conversation_id": conversation_id,
+                "seq": seq,
+                "envelope": seal_message(key, conversation_id, seq, role, now // 60, text),
+                "expires_day": expiry_day(appointment, retention_days),
+            }
+        )
+    return seq
+
+
+def read_messages(
+    db: Database, conversation_id: str, key: bytes, after: int = 0, newest: int | None = None
+) -> list[ShownMessage]:
+    """Return the conversation's messages in order; unreadable ones as ``opened=None``.
+
+    :param after: only messages after this number.
+    :param newest: only the last ``newest`` of them.
+    """
+    rows = db.execute(
+        "SELECT seq, envelope FROM messages WHERE conversation_id = ? AND seq > ?"
+        " ORDER BY seq DESC LIMIT ?",
+        [conversation_id, after, -1 if newest is None else newest],
+    ).fetchall()
+    shown = []
+    for seq, envelope in reversed(rows):
+        try:
+            opened: OpenedMessage | None = open_message(key, conversation_id, seq, envelope)
+        except MessageUnavailableError:
+            opened = None
+        shown.append(ShownMessage(seq, opened))
+    return shown
+
+
+def last_seq(db: Database, conversation_id: str | None) -> int:
+    """Return the number of the conversation's newest message (0 when there is none)."""
+    if conversation_id is None:
+        return 0
+    (value,) = db.execute(
+        "SELECT coalesce(max(seq), 0) FROM messages WHERE conversation_id = ?", [conversation_id]
+    ).fetchone()
+    return int(value)
+
+
+def delete_conversation(db: Database, conversation_id: str) -> None:
+    """Destroy the conversation's keys, then its messages, then the conversation."""
+    with transaction(db):
+        db.execute(
+            "UPDATE conversations SET key_for_participant = NULL, key_for_therapist = NULL"
+            " WHERE id = ?",
+            [conversation_id],
+        )
+        db.execute("DELETE FROM messages WHERE conversation_id = ?", [conversation_id])
+        db.execute("DELETE FROM conversations WHERE id = ?", [conversation_id])
+    checkpoint(db)
+
+
+def set_delete_when_chat_ends(db: Database, conversation_id: str, wanted: bool) -> None:
+    """Keep the participant's choice to have the conversation deleted when the chat ends."""
+    with transaction(db):
+        db.execute(
+            "UPDATE conversations SET delete_when_chat_ends = ? WHERE id = ?",
+            [int(wanted), conversation_id],
+        )
+
+
+def extend_chat(db: Database, appointment: ChatAppointment, now: int) -> bool:
+    """Give the chat another :data:`EXTENSION_MINUTES`; return whether it was possible."""
+    if appointment.closed or appointment.cancelled or now >= appointment.closes_at():
+        return False
+    with transaction(db):
+        changed = db.execute(
+            "UPDATE appointments SET chat_extra_minutes = chat_extra_minutes + ?"
+            " WHERE id = ? AND chat_extra_minutes + ? <= ?",
+            [EXTENSION_MINUTES, appointment.id, EXTENSION_MINUTES, MAX_EXTENSION_MINUTES],
+        )
+    return changed.rowcount == 1
+
+
+def close_chat(db: Database, appointment: ChatAppointment) -> None:
+    """End the chat now; both sides can still read what was written."""
+    with transaction(db):
+        db.execute("UPDATE appointments SET chat_closed = 1 WHERE id = ?", [appointment.id])
+
+
+def purge_chats(db: Database, now: int) -> int:
+    """Delete expired messages and the conversations nobody needs any more.
+
+    A conversation goes, keys first, when its participant asked for deletion at the
+    end of the chat and no chat of the pair is open or to come; or when it has no
+    messages left and no appointment of the pair is to come.
+
+    :returns: how many messages and conversations went.
+    """
+    today = datetime.datetime.fromtimestamp(now, datetime.UTC).date().isoformat()
+    with transaction(db):
+        removed = db.execute("DELETE FROM messages WHERE expires_day <= ?", [today]).rowcount
+    pending = (
+        "EXISTS (SELECT 1 FROM appointments a WHERE a.participant_id = c.participant_id"
+        " AND a.therapist_id = c.therapist_id AND a.cancelled = 0 AND a.chat_closed = 0"
+        " AND a.ends_at + a.chat_extra_minutes * 60 > ?)"
+    )
+    done = db.execute(
+        f"SELECT id FROM conversations c WHERE NOT {pending} AND (c.delete_when_chat_ends = 1"  # noqa: S608
+        " OR NOT EXISTS (SELECT 1 FROM messages m WHERE m.conversation_id = c.id))",
+        [now],
+    ).fetchall()
+    for (conversation_id,) in done:
+        delete_conversation(db, conversation_id)
+    return int(removed) + len(done)
+
+
+class RateLimiter:
+    """At most ``count`` events per ``seconds`` for each key, kept in memory only.
+
+    Nothing about senders is written anywhere; a restart forgets everything.
+    """
+
+    def __init__(
+        self, count: int, seconds: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.count = count
+        self.seconds = seconds
+        self.clock = clock
+        self._events: dict[bytes, deque[float]] = {}
+        self._lock = threading.Lock()
+
+    def allow(self, key: bytes) -> bool:
+        """Record an event for ``key`` and return whether it is within the limit."""
+        now = self.clock()
+        with self._lock:
+            events = self._events.setdefault(key, deque())
+            while events and events[0] <= now - self.seconds:
+                events.popleft()
+            if len(events) >= self.count:
+                return False
+            events.append(now)
+            if len(self._events) > 10_000:  # forget idle keys; bounded memory
+                for stale in [k for k, v in self._events.items() if not v]:
+                    del self._events[stale]
+            return True

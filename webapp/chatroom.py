@@ -1,0 +1,216 @@
+"""The chat's pages, shared by both apps: the page, its feed frame and its compose frame.
+
+Without JavaScript (DESIGN §5) the page holds two frames. The feed frame reloads
+itself with ``<meta http-equiv="refresh">``; when nothing changed it is answered
+with a bare ``304 Not Modified`` (a few dozen bytes, one Tor cell), and the
+browser shows its cached copy, whose refresh keeps going. The compose frame
+reloads only when a message is sent, so typed text is never lost.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+from flask import Response, current_app, make_response, render_template, request
+from flask_babel import lazy_gettext as _l
+
+from stillroom.webapp.chat import (
+    MAX_MESSAGE_CHARS,
+    ChatAppointment,
+    ChatClosedError,
+    ConversationLockedError,
+    MessageInputError,
+    RateLimiter,
+    ShownMessage,
+    clean_text,
+    conversation_id_of,
+    conversation_key,
+    last_seq,
+    read_messages,
+    send_message,
+)
+from stillroom.webapp.gate import current_session, db, now, settings
+from stillroom.webapp.i18n import current_language
+from stillroom.webapp.times import format_clock
+
+#: Messages in the feed frame (each reload with news re-sends them all); the history
+#: page shows the whole conversation.
+FEED_MESSAGES = 4
+#: Refresh intervals of the feed, in seconds.
+ACTIVE_SECONDS = 5
+IDLE_SECONDS = 10
+WAITING_SECONDS = 30
+#: The other side counts as active for this long after their last message.
+ACTIVE_WINDOW_SECONDS = 120
+
+EMPTY = _l("Please write a message first.")
+TOO_LONG = _l("A message can have at most %(count)s characters.", count=MAX_MESSAGE_CHARS)
+SLOW_DOWN = _l("You are sending messages very quickly. Please wait a few seconds.")
+CLOSED = _l("The chat is not open now, so the message was not sent. Your text is still here.")
+LOCKED = _l("This conversation cannot be opened with your current key.")
+
+
+@dataclass(frozen=True)
+class Side:
+    """Who is looking at the chat: their role, secret key and time zone."""
+
+    role: str
+    secret_key: bytes
+    zone: str
+
+
+def rate_limiter() -> RateLimiter:
+    """Return the app's in-memory limit on messages per session."""
+    limiter: RateLimiter = current_app.config["CHAT_RATE_LIMITER"]
+    return limiter
+
+
+def refresh_seconds(
+    appointment: ChatAppointment, messages: list[ShownMessage], role: str
+) -> int | None:
+    """Return how often the feed reloads: often while the other side writes, never once over."""
+    moment = now()
+    if appointment.is_open(moment, settings().chat_opens_minutes_before):
+        theirs = [m.opened.minute for m in messages if m.opened and m.opened.sender != role]
+        recent = theirs and moment - theirs[-1] * 60 < ACTIVE_WINDOW_SECONDS
+        return ACTIVE_SECONDS if recent else IDLE_SECONDS
+    if moment < appointment.opens_at(settings().chat_opens_minutes_before):
+        return WAITING_SECONDS
+    return None
+
+
+def window_text(appointment: ChatAppointment, zone: str) -> str:
+    """Return one line on whether the chat is open, and until or from when."""
+    moment, language = now(), current_language()
+    opens_at = appointment.opens_at(settings().chat_opens_minutes_before)
+    if appointment.is_open(moment, settings().chat_opens_minutes_before):
+        until = format_clock(appointment.closes_at(), zone, language)
+        return str(_l("The chat is open until %(time)s.", time=until))
+    if moment < opens_at and not appointment.closed and not appointment.cancelled:
+        return str(_l("The chat opens at %(time)s.", time=format_clock(opens_at, zone, language)))
+    return str(_l("The chat has ended. You can still read it until it is deleted."))
+
+
+def feed(appointment: ChatAppointment, side: Side) -> Response:
+    """Answer a reload of the feed frame: the newest messages, or 304 if nothing changed."""
+    conversation_id = conversation_id_of(db(), appointment.participant_id, appointment.therapist_id)
+    messages: list[ShownMessage] = []
+    locked = False
+    if conversation_id is not None:
+        try:
+            key = conversation_key(db(), conversation_id, side.role, side.secret_key)
+            messages = read_messages(db(), conversation_id, key, newest=FEED_MESSAGES)
+        except ConversationLockedError:
+            locked = True
+    interval = refresh_seconds(appointment, messages, side.role)
+    state = (
+        f"{conversation_id}:{last_seq(db(), conversation_id)}:{interval}:{locked}:"
+        f"{window_text(appointment, side.zone)}:{side.zone}:{current_language()}"
+    )
+    etag = hashlib.blake2b(state.encode(), digest_size=8).hexdigest()
+    if etag in request.if_none_match:
+        return not_modified(etag)
+    response = make_response(
+        render_template(
+            "chat/feed.html",
+            messages=[describe(message, side) for message in reversed(messages)],
+            interval=interval,
+            locked=locked,
+            status=window_text(appointment, side.zone),
+            other=other_label(side),
+        )
+    )
+    response.set_etag(etag)
+    response.headers["Cache-Control"] = "private, no-cache"
+    return response
+
+
+def other_label(side: Side) -> Any:
+    """Return how a screen reader names the other side's messages."""
+    return _l("Therapist:") if side.role == "participant" else _l("Participant:")
+
+
+def history(appointment: ChatAppointment, side: Side) -> list[dict[str, Any]]:
+    """Return the whole conversation, oldest first, for the history page."""
+    conversation_id = conversation_id_of(db(), appointment.participant_id, appointment.therapist_id)
+    if conversation_id is None:
+        return []
+    try:
+        key = conversation_key(db(), conversation_id, side.role, side.secret_key)
+    except ConversationLockedError:
+        return []
+    return [describe(message, side) for message in read_messages(db(), conversation_id, key)]
+
+
+def not_modified(etag: str) -> Response:
+    """Return a bare 304: the browser keeps the headers of the copy it has."""
+    response = Response(status=304)
+    response.set_etag(etag)
+    response.headers["Cache-Control"] = "private, no-cache"
+    response.headers.pop("Content-Type", None)
+    return response
+
+
+def describe(message: ShownMessage, side: Side) -> dict[str, Any]:
+    """Return what the feed shows of one message, in the reader's zone."""
+    if message.opened is None:
+        return {"mine": False, "text": None, "time": ""}
+    return {
+        "mine": message.opened.sender == side.role,
+        "text": message.opened.text,
+        "time": format_clock(message.opened.minute * 60, side.zone, current_language()),
+    }
+
+
+def compose(appointment: ChatAppointment, side: Side) -> Any:
+    """Show the compose frame; on POST, send the message and show an empty form again."""
+    error = None
+    text = ""
+    sent = False
+    if request.method == "POST":
+        text = request.form.get("text", "")[: MAX_MESSAGE_CHARS * 2]
+        error = send(appointment, side, text)
+        if error is None:
+            text, sent = "", True
+    status = {None: 200, SLOW_DOWN: 429, CLOSED: 409}.get(error, 400)
+    writable = appointment.is_open(now(), settings().chat_opens_minutes_before)
+    return render_template(
+        "chat/compose.html",
+        text=text,
+        sent=sent,
+        error=error,
+        writable=writable,
+        status=window_text(appointment, side.zone),
+        max_chars=MAX_MESSAGE_CHARS,
+    ), status
+
+
+def send(appointment: ChatAppointment, side: Side, text: str) -> Any:
+    """Send ``text`` from this side; return the calm sentence to show if it was not sent."""
+    try:
+        cleaned = clean_text(text)
+    except MessageInputError as problem:
+        return EMPTY if problem.reason == "empty" else TOO_LONG
+    session = current_session()
+    assert session is not None
+    if not rate_limiter().allow(session.token_hash):
+        return SLOW_DOWN
+    s = settings()
+    try:
+        send_message(
+            db(),
+            appointment,
+            side.role,
+            side.secret_key,
+            cleaned,
+            now(),
+            s.chat_opens_minutes_before,
+            s.message_retention_days,
+        )
+    except ChatClosedError:
+        return CLOSED
+    except ConversationLockedError:
+        return LOCKED
+    return None

@@ -1,0 +1,117 @@
+"""The participant's side of the chat: the page, its two frames, and deleting it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import abort, redirect, render_template, request, url_for
+from werkzeug.wrappers import Response
+
+from stillroom.webapp import chatroom
+from stillroom.webapp.booking import NotFoundError, get_participant_appointment, time_zone_of
+from stillroom.webapp.chat import (
+    ChatAppointment,
+    appointment_for,
+    conversation_id_of,
+    delete_conversation,
+    set_delete_when_chat_ends,
+)
+from stillroom.webapp.gate import current_session, db
+from stillroom.webapp.i18n import current_language
+from stillroom.webapp.participant.blueprint import bp, login_required
+from stillroom.webapp.times import format_when
+
+
+def side() -> chatroom.Side:
+    """Return the logged-in participant as a side of the chat."""
+    session = current_session()
+    assert session is not None
+    return chatroom.Side("participant", session.secret_key, time_zone_of(db(), session.owner_id))
+
+
+def own(appointment_id: str) -> ChatAppointment:
+    """Return one of the participant's appointments, or answer 404."""
+    session = current_session()
+    assert session is not None
+    try:
+        return appointment_for(db(), "participant", session.owner_id, appointment_id)
+    except NotFoundError:
+        abort(404)
+
+
+@bp.get("/chat/<appointment_id>")
+@login_required
+def chat(appointment_id: str) -> str:
+    """The chat page: messages above, the compose box below, each in its own frame."""
+    appointment = own(appointment_id)
+    details = get_participant_appointment(db(), appointment.participant_id, appointment_id)
+    conversation_id = conversation_id_of(db(), appointment.participant_id, appointment.therapist_id)
+    deleting = conversation_id is not None and bool(
+        db()
+        .execute("SELECT delete_when_chat_ends FROM conversations WHERE id = ?", [conversation_id])
+        .fetchone()[0]
+    )
+    return render_template(
+        "participant/chat.html",
+        appointment=appointment,
+        therapist=details.therapist_name,
+        when=format_when(details.starts_at, details.ends_at, side().zone, current_language()),
+        feed_url=url_for("participant.chat_feed", appointment_id=appointment_id),
+        compose_url=url_for("participant.chat_compose", appointment_id=appointment_id),
+        history_url=url_for("participant.chat_history", appointment_id=appointment_id),
+        has_conversation=conversation_id is not None,
+        deleting=deleting,
+    )
+
+
+@bp.get("/chat/<appointment_id>/feed")
+@login_required
+def chat_feed(appointment_id: str) -> Response:
+    """The feed frame, which reloads itself."""
+    return chatroom.feed(own(appointment_id), side())
+
+
+@bp.get("/chat/<appointment_id>/history")
+@login_required
+def chat_history(appointment_id: str) -> str:
+    """The whole conversation on one page, oldest first, without reloading."""
+    appointment = own(appointment_id)
+    return render_template(
+        "chat/history.html",
+        messages=chatroom.history(appointment, side()),
+        other=chatroom.other_label(side()),
+        back=url_for("participant.chat", appointment_id=appointment_id),
+    )
+
+
+@bp.route("/chat/<appointment_id>/compose", methods=["GET", "POST"])
+@login_required
+def chat_compose(appointment_id: str) -> Any:
+    """The compose frame."""
+    return chatroom.compose(own(appointment_id), side())
+
+
+@bp.post("/chat/<appointment_id>/when-it-ends")
+@login_required
+def delete_when_ends(appointment_id: str) -> Response:
+    """Remember (or forget) that the conversation goes when the chat ends."""
+    appointment = own(appointment_id)
+    conversation_id = conversation_id_of(db(), appointment.participant_id, appointment.therapist_id)
+    if conversation_id is None:
+        abort(404)
+    set_delete_when_chat_ends(db(), conversation_id, request.form.get("wanted") == "1")
+    return redirect(url_for("participant.chat", appointment_id=appointment_id))
+
+
+@bp.route("/chat/<appointment_id>/delete", methods=["GET", "POST"])
+@login_required
+def delete_chat(appointment_id: str) -> Any:
+    """Delete the whole conversation with this therapist now, after one confirmation."""
+    appointment = own(appointment_id)
+    conversation_id = conversation_id_of(db(), appointment.participant_id, appointment.therapist_id)
+    if conversation_id is None:
+        abort(404)
+    if request.method == "GET":
+        return render_template("participant/chat_delete.html", appointment_id=appointment_id)
+    delete_conversation(db(), conversation_id)
+    return redirect(url_for("participant.account", done="chat-deleted"))

@@ -1,0 +1,116 @@
+"""The therapist's side of the chat: the page, its two frames, extending and closing."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import abort, redirect, render_template, url_for
+from werkzeug.wrappers import Response
+
+from stillroom.webapp import chatroom
+from stillroom.webapp.booking import NotFoundError
+from stillroom.webapp.chat import (
+    EXTENSION_MINUTES,
+    ChatAppointment,
+    appointment_for,
+    close_chat,
+    extend_chat,
+)
+from stillroom.webapp.gate import current_session, db, now, settings
+from stillroom.webapp.i18n import current_language
+from stillroom.webapp.portal.blueprint import bp, current_therapist, login_required
+from stillroom.webapp.times import format_when
+
+
+def side() -> chatroom.Side:
+    """Return the logged-in therapist as a side of the chat."""
+    session = current_session()
+    assert session is not None
+    return chatroom.Side("therapist", session.secret_key, current_therapist().time_zone)
+
+
+def own(appointment_id: str) -> ChatAppointment:
+    """Return one of the therapist's appointments, or answer 404."""
+    session = current_session()
+    assert session is not None
+    try:
+        return appointment_for(db(), "therapist", session.owner_id, appointment_id)
+    except NotFoundError:
+        abort(404)
+
+
+def pseudonym_of(appointment: ChatAppointment) -> str:
+    """Return the participant's pseudonym for this therapist."""
+    row = (
+        db()
+        .execute(
+            "SELECT pseudonym FROM pairs WHERE participant_id = ? AND therapist_id = ?",
+            [appointment.participant_id, appointment.therapist_id],
+        )
+        .fetchone()
+    )
+    return str(row[0]) if row else "?"
+
+
+@bp.get("/chat/<appointment_id>")
+@login_required
+def chat(appointment_id: str) -> str:
+    """The chat page, with extending and closing."""
+    appointment = own(appointment_id)
+    writable = appointment.is_open(now(), settings().chat_opens_minutes_before)
+    return render_template(
+        "portal/chat.html",
+        appointment=appointment,
+        pseudonym=pseudonym_of(appointment),
+        when=format_when(
+            appointment.starts_at, appointment.ends_at, side().zone, current_language()
+        ),
+        feed_url=url_for("portal.chat_feed", appointment_id=appointment_id),
+        compose_url=url_for("portal.chat_compose", appointment_id=appointment_id),
+        history_url=url_for("portal.chat_history", appointment_id=appointment_id),
+        writable=writable,
+        extension=EXTENSION_MINUTES,
+    )
+
+
+@bp.get("/chat/<appointment_id>/feed")
+@login_required
+def chat_feed(appointment_id: str) -> Response:
+    """The feed frame, which reloads itself."""
+    return chatroom.feed(own(appointment_id), side())
+
+
+@bp.get("/chat/<appointment_id>/history")
+@login_required
+def chat_history(appointment_id: str) -> str:
+    """The whole conversation on one page, oldest first, without reloading."""
+    appointment = own(appointment_id)
+    return render_template(
+        "chat/history.html",
+        messages=chatroom.history(appointment, side()),
+        other=chatroom.other_label(side()),
+        back=url_for("portal.chat", appointment_id=appointment_id),
+    )
+
+
+@bp.route("/chat/<appointment_id>/compose", methods=["GET", "POST"])
+@login_required
+def chat_compose(appointment_id: str) -> Any:
+    """The compose frame."""
+    return chatroom.compose(own(appointment_id), side())
+
+
+@bp.post("/chat/<appointment_id>/extend")
+@login_required
+def extend(appointment_id: str) -> Response:
+    """Keep the chat open another 15 minutes."""
+    extend_chat(db(), own(appointment_id), now())
+    return redirect(url_for("portal.chat", appointment_id=appointment_id))
+
+
+@bp.post("/chat/<appointment_id>/close")
+@login_required
+def close(appointment_id: str) -> Response:
+    """End the chat now; both sides can still read it."""
+    close_chat(db(), own(appointment_id))
+    return redirect(url_for("portal.chat", appointment_id=appointment_id))
