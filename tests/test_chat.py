@@ -281,3 +281,37 @@ def test_the_history_page_shows_the_whole_conversation(chat):
     history = chat.auth.client.get(f"/en/chat/{chat.id}/history").get_data(as_text=True)
     assert all(f"note {number}" in history for number in range(6))
     assert 'href="/en/help"' in history and "http-equiv" not in history
+
+
+def test_a_blocked_participant_can_no_longer_book(chat, app, settings):
+    chat.at(STARTS)
+    chat.therapist.publish("2027-01-25", "18:00")
+    response = chat.therapist.post(f"/en/chat/{chat.id}/block", page=f"/en/chat/{chat.id}/block")
+    assert response.status_code == 302 and "done=blocked" in response.location
+    page = chat.auth.client.get("/en/book?week=1")
+    assert page.status_code == 403
+    text = page.get_data(as_text=True)
+    assert "Booking is not available for this account" in text and "name=slot" not in text
+    assert "block" not in text.lower()  # neutral: nothing says who or why
+    [[slot]] = rows(settings, "SELECT id FROM slots WHERE starts_at > ?", [ENDS])
+    assert chat.auth.post("/book", {"slot": slot}, page="/account").status_code == 403
+    other = AuthActions(app.test_client())
+    other.create()  # other accounts are not affected
+    assert SLOT.findall(other.client.get("/en/book?week=1").get_data(as_text=True)) == [slot]
+
+
+def test_the_portal_lists_todays_chats_first(chat):
+    chat.at(STARTS - 3600)
+    home = chat.therapist.client.get("/en/").get_data(as_text=True)
+    today = home.split("Upcoming appointments")[0]
+    assert "Today's chats" in home and f"/en/chat/{chat.id}" in today
+
+
+def test_what_we_store_names_the_chat_tables_and_their_fields(client):
+    page = client.get("/en/privacy").get_data(as_text=True)
+    assert "Chat messages. Sender, time and text exist only inside the encryption." in page
+    assert "Deleted on the day 14 days after the appointment ends, or sooner." in page
+    details = client.get("/en/privacy/messages").get_data(as_text=True)
+    assert "The message, padded to a fixed size and encrypted." in details
+    assert client.get("/en/privacy/therapists").status_code == 404  # on the portal's page
+    assert client.get("/en/privacy/nothing").status_code == 404

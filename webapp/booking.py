@@ -48,6 +48,10 @@ class BookingLimitError(BookingError):
     """The participant already has as many upcoming appointments as allowed."""
 
 
+class BookingBlockedError(BookingError):
+    """A therapist has stopped this account from booking (the page says so neutrally)."""
+
+
 class TooLateError(BookingError):
     """The appointment is within the cutoff and can no longer be changed."""
 
@@ -248,6 +252,7 @@ def book(
     :raises SlotUnavailableError: when the slot is gone (or never was), starts too soon,
         or is not offered in ``language``.
     :raises BookingLimitError: when the participant has enough upcoming appointments.
+    :raises BookingBlockedError: when a therapist has stopped this account from booking.
     :raises TooLateError: when the appointment to move is within the cutoff.
     """
     try:
@@ -273,6 +278,8 @@ def book(
                 or language not in languages.split(",")
             ):
                 raise SlotUnavailableError
+            if is_blocked(db, participant_id):
+                raise BookingBlockedError
             if len(upcoming_appointments(db, participant_id, now)) >= max_upcoming:
                 raise BookingLimitError
             appointment_id = new_id()
@@ -467,6 +474,27 @@ def therapist_appointments(db: Database, therapist_id: str, now: int) -> list[Ap
         [therapist_id, now],
     ).fetchall()
     return [_appointment(row) for row in rows]
+
+
+def is_blocked(db: Database, participant_id: str) -> bool:
+    """Return whether a therapist has stopped this account from booking."""
+    row = db.execute("SELECT blocked FROM participants WHERE id = ?", [participant_id]).fetchone()
+    return bool(row and row[0])
+
+
+def block_participant(db: Database, therapist_id: str, appointment_id: str) -> None:
+    """Stop the participant of the therapist's appointment from booking any further time.
+
+    :raises NotFoundError: when the appointment is not the therapist's.
+    """
+    with transaction(db):
+        changed = db.execute(
+            "UPDATE participants SET blocked = 1 WHERE id ="
+            " (SELECT participant_id FROM appointments WHERE id = ? AND therapist_id = ?)",
+            [appointment_id, therapist_id],
+        )
+        if changed.rowcount != 1:
+            raise NotFoundError
 
 
 def set_time_zone(db: Database, participant_id: str, zone_name: str) -> None:

@@ -71,6 +71,7 @@ INVENTORY: tuple[Table, ...] = (
                 "time_zone",
                 _l("The broad time zone you chose for showing times (for example Central Europe)."),
             ),
+            Column("blocked", _l("Whether a therapist has stopped this account from booking.")),
         ),
     ),
     Table(

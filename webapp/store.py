@@ -152,9 +152,10 @@ def create_portal_and_booking(db: Database) -> None:
 
 @migrations()
 def create_chat(db: Database) -> None:
-    """Conversations per participant-therapist pair, their messages, and chat windows."""
+    """Conversations per participant-therapist pair, their messages, chat windows, blocks."""
     db.execute("ALTER TABLE appointments ADD COLUMN chat_extra_minutes INTEGER NOT NULL DEFAULT 0")
     db.execute("ALTER TABLE appointments ADD COLUMN chat_closed INTEGER NOT NULL DEFAULT 0")
+    db.execute("ALTER TABLE participants ADD COLUMN blocked INTEGER NOT NULL DEFAULT 0")
     db.execute(
         """
         CREATE TABLE conversations (

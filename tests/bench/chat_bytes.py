@@ -234,7 +234,7 @@ def run_reference_chat(participant: Browser, therapist: Browser, chat: str) -> d
     print(f"feed reloads: {len(idle)} unchanged (304), {len(changed)} with news (200)")
     print(
         f"sent: {len(sends)} messages, {sum(sends) // len(sends)} bytes each on average"
-        " (POST and the fresh compose frame)"
+        " (the fresh compose frame that answers each POST)"
     )
     print(f"received: {sum(changed) // max(1, len(changed))} bytes per feed page with news")
     print(

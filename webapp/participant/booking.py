@@ -14,6 +14,7 @@ from stillroom.crypto.box import UnsealError, open_sealed
 from stillroom.webapp.booking import (
     MIN_NOTICE_SECONDS,
     Appointment,
+    BookingBlockedError,
     BookingLimitError,
     NotFoundError,
     SlotTakenError,
@@ -24,6 +25,7 @@ from stillroom.webapp.booking import (
     dismiss_cancelled,
     free_slots,
     get_participant_appointment,
+    is_blocked,
     participant_appointments,
     set_time_zone,
     time_zone_of,
@@ -50,6 +52,10 @@ TOO_LATE = _l(
     " cancelled here. If you cannot come, that is all right: you can book a new time afterwards."
 )
 CHOOSE = _l("Please choose a time first.")
+NOT_AVAILABLE = _l(
+    "Booking is not available for this account. If you need help now, the help page lists"
+    " who you can call."
+)
 
 
 def participant_id() -> str:
@@ -182,15 +188,21 @@ def booking() -> Any:
                 error, status = LIMIT, 409
             except TooLateError:
                 error, status = too_late_text(), 409
+            except BookingBlockedError:
+                error, status = NOT_AVAILABLE, 403
             else:
                 done = "moved" if moving else "booked"
                 return redirect(url_for("participant.account", done=done))
-    week = free_week(week_asked())
+    blocked = is_blocked(db(), participant_id())
+    if blocked:  # said neutrally; no times are listed
+        error, status = NOT_AVAILABLE, 403
+    week = Week(0, [], later=False) if blocked else free_week(week_asked())
     return render_template(
         "participant/book.html",
         days=week.days,
         week=week.number,
         later=week.later,
+        blocked=blocked,
         zones=PARTICIPANT_ZONES,
         zone=zone(),
         moving=moving,

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from flask import render_template, request
+from flask import abort, render_template, request
 from flask_babel import force_locale, gettext
 from flask_babel import lazy_gettext as _l
 
 from stillroom.webapp.gate import settings
 from stillroom.webapp.i18n import LANGUAGE_NAMES, current_language
-from stillroom.webapp.inventory import INVENTORY, retention_values
+from stillroom.webapp.inventory import INVENTORY, Table, retention_values
 from stillroom.webapp.participant.blueprint import bp
 
 #: Short confirmations shown after an action; the URL carries only the key.
@@ -55,8 +55,32 @@ def help_now() -> str:
 
 @bp.get("/privacy")
 def privacy() -> str:
-    """What is stored, why, and for how long, from the data inventory."""
-    tables = [table for table in INVENTORY if table.public and table.about_participants]
+    """What is stored, why, and for how long, from the data inventory.
+
+    Each table's fields are on a page of their own, so that this one stays small.
+    """
     return render_template(
-        "participant/privacy.html", tables=tables, retention=retention_values(settings())
+        "participant/privacy.html",
+        tables=participant_tables(),
+        retention=retention_values(settings()),
+        details_endpoint="participant.privacy_table",
+    )
+
+
+def participant_tables() -> list[Table]:
+    """Return the tables the participants' page describes."""
+    return [table for table in INVENTORY if table.public and table.about_participants]
+
+
+@bp.get("/privacy/<table_name>")
+def privacy_table(table_name: str) -> str:
+    """Every field of one table: what it holds and how it is protected."""
+    found = [table for table in participant_tables() if table.name == table_name]
+    if not found:
+        abort(404)
+    return render_template(
+        "participant/privacy.html",
+        tables=found,
+        retention=retention_values(settings()),
+        details_endpoint=None,
     )

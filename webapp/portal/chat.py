@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import abort, redirect, render_template, url_for
+from flask import abort, redirect, render_template, request, url_for
 from werkzeug.wrappers import Response
 
 from stillroom.webapp import chatroom
-from stillroom.webapp.booking import NotFoundError
+from stillroom.webapp.booking import NotFoundError, block_participant
 from stillroom.webapp.chat import (
     EXTENSION_MINUTES,
     ChatAppointment,
@@ -19,6 +19,7 @@ from stillroom.webapp.chat import (
 from stillroom.webapp.gate import current_session, db, now, settings
 from stillroom.webapp.i18n import current_language
 from stillroom.webapp.portal.blueprint import bp, current_therapist, login_required
+from stillroom.webapp.portal.pages import notice
 from stillroom.webapp.times import format_when
 
 
@@ -70,6 +71,7 @@ def chat(appointment_id: str) -> str:
         history_url=url_for("portal.chat_history", appointment_id=appointment_id),
         writable=writable,
         extension=EXTENSION_MINUTES,
+        notice=notice(),
     )
 
 
@@ -106,6 +108,19 @@ def extend(appointment_id: str) -> Response:
     """Keep the chat open another 15 minutes."""
     extend_chat(db(), own(appointment_id), now())
     return redirect(url_for("portal.chat", appointment_id=appointment_id))
+
+
+@bp.route("/chat/<appointment_id>/block", methods=["GET", "POST"])
+@login_required
+def block(appointment_id: str) -> Any:
+    """Stop this participant from booking again, after one confirmation."""
+    appointment = own(appointment_id)
+    if request.method == "GET":
+        return render_template(
+            "portal/block.html", appointment=appointment, pseudonym=pseudonym_of(appointment)
+        )
+    block_participant(db(), appointment.therapist_id, appointment_id)
+    return redirect(url_for("portal.chat", appointment_id=appointment_id, done="blocked"))
 
 
 @bp.post("/chat/<appointment_id>/close")

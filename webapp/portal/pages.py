@@ -21,6 +21,7 @@ NOTICES = {
     "published": _l("Your new times are published."),
     "slot-deleted": _l("The time has been withdrawn."),
     "cancelled": _l("The appointment is cancelled. The participant sees your note on their page."),
+    "blocked": _l("This participant can no longer book any time."),
 }
 
 

@@ -31,7 +31,7 @@ from stillroom.webapp.i18n import current_language
 from stillroom.webapp.portal.blueprint import bp, current_therapist, login_required
 from stillroom.webapp.portal.pages import notice
 from stillroom.webapp.therapists import Therapist
-from stillroom.webapp.times import LocalTimeError, format_when, to_utc
+from stillroom.webapp.times import LocalTimeError, format_when, local, to_utc
 
 DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}\Z")
 TIME = re.compile(r"[0-9]{2}:[0-9]{2}\Z")
@@ -69,15 +69,19 @@ def when(therapist: Therapist, starts_at: int, ends_at: int) -> str:
 @bp.get("/")
 @login_required
 def home() -> str:
-    """Upcoming appointments, with the participants' pseudonyms."""
+    """Today's chats first, then later appointments, with the participants' pseudonyms."""
     therapist = current_therapist()
-    appointments = therapist_appointments(db(), therapist.id, now())
+    today = local(now(), therapist.time_zone).date()
+    listed = [
+        (item, when(therapist, item.starts_at, item.ends_at))
+        for item in therapist_appointments(db(), therapist.id, now())
+    ]
+    is_today = [local(item.starts_at, therapist.time_zone).date() == today for item, _ in listed]
     return render_template(
         "portal/home.html",
         therapist=therapist,
-        appointments=[
-            (item, when(therapist, item.starts_at, item.ends_at)) for item in appointments
-        ],
+        today=[pair for pair, flag in zip(listed, is_today, strict=True) if flag],
+        later=[pair for pair, flag in zip(listed, is_today, strict=True) if not flag],
         notice=notice(),
     )
 
