@@ -9,9 +9,14 @@ from datetime import UTC, datetime
 import pytest
 
 from stillroom.crypto.box import MessageUnavailableError, open_message
+from stillroom.webapp.booking import book
+from stillroom.webapp.chat import RateLimiter
 from stillroom.webapp.instance import subkey
 from stillroom.webapp.retention import purge
+from stillroom.webapp.security import SECURITY_HEADERS
+from stillroom.webapp.settings import Settings, SettingsError
 from stillroom.webapp.store import connect
+from stillroom.webapp.therapists import reset_therapist
 
 from support import AuthActions, form_fields
 
@@ -315,3 +320,92 @@ def test_what_we_store_names_the_chat_tables_and_their_fields(client):
     assert "The message, padded to a fixed size and encrypted." in details
     assert client.get("/en/privacy/therapists").status_code == 404  # on the portal's page
     assert client.get("/en/privacy/nothing").status_code == 404
+
+
+def test_a_reset_therapist_makes_the_chat_say_so_calmly(chat, settings):
+    chat.at(STARTS)
+    db = connect(settings.database_path)
+    try:
+        reset_therapist(db, "Anna", STARTS)
+    finally:
+        db.close()
+    response = chat.say("participant", "are you there?")
+    assert response.status_code == 400
+    assert "cannot be opened with your current key" in response.get_data(as_text=True)
+    assert "are you there?" in response.get_data(as_text=True)
+
+
+def test_delete_when_the_chat_ends_even_with_a_next_appointment(chat, settings, clock):
+    chat.at(STARTS)
+    chat.therapist.publish("2027-01-25", "18:00")
+    chat.say("participant", "forget this one")
+    chat.auth.post(f"/chat/{chat.id}/when-it-ends", {"wanted": "1"}, page=f"/chat/{chat.id}")
+    db = connect(settings.database_path)
+    try:
+        [[slot]] = db.execute("SELECT id FROM slots WHERE starts_at > ?", [ENDS]).fetchall()
+        participant_id = db.execute("SELECT id FROM participants").fetchone()[0]
+        book(db, participant_id, slot, "en", int(clock()), 2, 0)  # the next one, a week later
+        clock.now = ENDS
+        purge(db, int(clock()), settings)
+        assert db.execute("SELECT count(*) FROM messages").fetchone() == (0,)
+    finally:
+        db.close()
+
+
+def test_a_chat_cannot_be_closed_before_it_opens(chat):
+    chat.at(STARTS - 60 * 60)
+    chat.therapist.post(f"/en/chat/{chat.id}/close", page=f"/en/chat/{chat.id}")
+    chat.at(STARTS)
+    assert chat.say("participant", "hello").status_code == 200
+
+
+@pytest.mark.parametrize(
+    "values",
+    [{"message_retention_days": 0}, {"message_retention_days": 30}],
+)
+def test_message_retention_must_fit_the_appointments(values):
+    with pytest.raises(SettingsError):
+        Settings.load({}, **values)
+
+
+def test_the_rate_limiter_forgets_quiet_people():
+    now = [0.0]
+    limiter = RateLimiter(10, 10, clock=lambda: now[0])
+    limiter.max_keys = 100
+    for number in range(1000):
+        now[0] = number * 0.1
+        assert limiter.allow(f"person {number}".encode())
+    assert len(limiter._events) <= 200
+
+
+def test_chat_pages_carry_the_security_headers(chat):
+    chat.at(STARTS)
+    chat.say("therapist", "hello")
+    for side, client in (("participant", chat.auth.client), ("therapist", chat.therapist.client)):
+        for path in ("", "/feed", "/compose", "/history"):
+            response = client.get(f"/en/chat/{chat.id}{path}")
+            assert response.status_code == 200, (side, path)
+            for name, value in SECURITY_HEADERS.items():
+                assert response.headers.get(name) == value, (side, path, name)
+            expected = "private, no-cache" if path == "/feed" else "no-store"
+            assert response.headers["Cache-Control"] == expected, (side, path)
+            assert "<script" not in response.get_data(as_text=True)
+
+
+def test_another_therapist_cannot_touch_the_chat(chat, portal_app, settings):
+    chat.at(STARTS)
+    other = type(chat.therapist)(portal_app.test_client(), chat.clock, settings.database_path)
+    other.create("Bruno", ("en",))
+    for path in ("", "/feed", "/compose", "/history", "/block"):
+        assert other.client.get(f"/en/chat/{chat.id}{path}").status_code == 404, path
+    for path in ("/compose", "/extend", "/close", "/block"):
+        assert (
+            other.post(f"/en/chat/{chat.id}{path}", {"text": "x"}, page="/en/").status_code == 404
+        )
+    stranger = AuthActions(chat.auth.client.application.test_client())
+    stranger.create()
+    for path in ("/when-it-ends", "/delete"):
+        assert (
+            stranger.post(f"/chat/{chat.id}{path}", {"wanted": "1"}, page="/account").status_code
+            == 404
+        )

@@ -3,8 +3,9 @@
 A conversation belongs to one participant-therapist pair and has its own key,
 sealed to both public keys (DESIGN §4). The server opens it only with the secret
 key of a logged-in side, so a copy of the database reads nothing. Deleting a
-conversation destroys its sealed keys before its messages (crypto-shredding): a
-stray copy of a ciphertext, in a backup or a freed page, can never be opened.
+conversation destroys its sealed keys with its messages, in one transaction that
+nulls the keys first (crypto-shredding): a ciphertext that survives somewhere in
+the live files has no key beside it any more. A backup taken before holds both.
 """
 
 from __future__ import annotations
@@ -153,7 +154,11 @@ def conversation_id_of(db: Database, participant_id: str, therapist_id: str) -> 
 
 
 def start_conversation(db: Database, participant_id: str, therapist_id: str) -> str:
-    """Return the pair's conversation, creating it with a fresh key sealed to both sides."""
+    """Return the pair's conversation, creating it with a fresh key sealed to both sides.
+
+    :raises ConversationLockedError: when a side has no key pair (a therapist who was
+        reset and has not enrolled again).
+    """
     existing = conversation_id_of(db, participant_id, therapist_id)
     if existing is not None:
         return existing
@@ -162,6 +167,8 @@ def start_conversation(db: Database, participant_id: str, therapist_id: str) -> 
         " (SELECT public_key FROM therapists WHERE id = ?)",
         [participant_id, therapist_id],
     ).fetchone()
+    if participant_key is None or therapist_key is None:  # a therapist reset, not enrolled again
+        raise ConversationLockedError
     key = new_conversation_key()
     conversation_id = secrets.token_hex(16)
     with transaction(db):
@@ -248,6 +255,8 @@ def send_message(
     conversation_id = start_conversation(db, appointment.participant_id, appointment.therapist_id)
     key = conversation_key(db, conversation_id, role, secret_key)
     with transaction(db):
+        if conversation_id_of(db, appointment.participant_id, appointment.therapist_id) is None:
+            raise ConversationLockedError  # deleted a moment ago, with its key
         (last,) = db.execute(
             "SELECT coalesce(max(seq), 0) FROM messages WHERE conversation_id = ?",
             [conversation_id],
@@ -338,27 +347,46 @@ def close_chat(db: Database, appointment: ChatAppointment) -> None:
         db.execute("UPDATE appointments SET chat_closed = 1 WHERE id = ?", [appointment.id])
 
 
-def purge_chats(db: Database, now: int) -> int:
+#: Conversations to delete: flagged for deletion at the end of a chat that has ended, with
+#: no chat of the pair open now; or empty, with no chat of the pair open or to come.
+_FINISHED_CONVERSATIONS = """
+    SELECT id FROM conversations c
+    WHERE (
+        c.delete_when_chat_ends = 1
+        AND NOT EXISTS (
+            SELECT 1 FROM appointments a
+            WHERE a.participant_id = c.participant_id AND a.therapist_id = c.therapist_id
+              AND a.cancelled = 0 AND a.chat_closed = 0
+              AND a.starts_at - :early <= :now AND a.ends_at + a.chat_extra_minutes * 60 > :now)
+        AND EXISTS (
+            SELECT 1 FROM appointments a
+            WHERE a.participant_id = c.participant_id AND a.therapist_id = c.therapist_id
+              AND (a.chat_closed = 1 OR a.ends_at + a.chat_extra_minutes * 60 <= :now))
+    ) OR (
+        NOT EXISTS (SELECT 1 FROM messages m WHERE m.conversation_id = c.id)
+        AND NOT EXISTS (
+            SELECT 1 FROM appointments a
+            WHERE a.participant_id = c.participant_id AND a.therapist_id = c.therapist_id
+              AND a.cancelled = 0 AND a.chat_closed = 0
+              AND a.ends_at + a.chat_extra_minutes * 60 > :now)
+    )
+"""
+
+
+def purge_chats(db: Database, now: int, opens_minutes_before: int) -> int:
     """Delete expired messages and the conversations nobody needs any more.
 
     A conversation goes, keys first, when its participant asked for deletion at the
-    end of the chat and no chat of the pair is open or to come; or when it has no
-    messages left and no appointment of the pair is to come.
+    end of the chat and a chat of the pair has ended with none open now; or when it
+    has no messages left and no chat of the pair is open or to come.
 
     :returns: how many messages and conversations went.
     """
     today = datetime.datetime.fromtimestamp(now, datetime.UTC).date().isoformat()
     with transaction(db):
         removed = db.execute("DELETE FROM messages WHERE expires_day <= ?", [today]).rowcount
-    pending = (
-        "EXISTS (SELECT 1 FROM appointments a WHERE a.participant_id = c.participant_id"
-        " AND a.therapist_id = c.therapist_id AND a.cancelled = 0 AND a.chat_closed = 0"
-        " AND a.ends_at + a.chat_extra_minutes * 60 > ?)"
-    )
     done = db.execute(
-        f"SELECT id FROM conversations c WHERE NOT {pending} AND (c.delete_when_chat_ends = 1"  # noqa: S608
-        " OR NOT EXISTS (SELECT 1 FROM messages m WHERE m.conversation_id = c.id))",
-        [now],
+        _FINISHED_CONVERSATIONS, {"now": now, "early": opens_minutes_before * 60}
     ).fetchall()
     for (conversation_id,) in done:
         delete_conversation(db, conversation_id)
@@ -377,6 +405,7 @@ class RateLimiter:
         self.count = count
         self.seconds = seconds
         self.clock = clock
+        self.max_keys = 10_000
         self._events: dict[bytes, deque[float]] = {}
         self._lock = threading.Lock()
 
@@ -390,7 +419,7 @@ class RateLimiter:
             if len(events) >= self.count:
                 return False
             events.append(now)
-            if len(self._events) > 10_000:  # forget idle keys; bounded memory
-                for stale in [k for k, v in self._events.items() if not v]:
-                    del self._events[stale]
+            if len(self._events) > self.max_keys:  # forget keys quiet for a whole window
+                for quiet in [k for k, v in self._events.items() if v[-1] <= now - self.seconds]:
+                    del self._events[quiet]
             return True

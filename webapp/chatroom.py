@@ -27,7 +27,6 @@ from stillroom.webapp.chat import (
     clean_text,
     conversation_id_of,
     conversation_key,
-    last_seq,
     read_messages,
     send_message,
 )
@@ -76,6 +75,8 @@ def refresh_seconds(
         theirs = [m.opened.minute for m in messages if m.opened and m.opened.sender != role]
         recent = theirs and moment - theirs[-1] * 60 < ACTIVE_WINDOW_SECONDS
         return ACTIVE_SECONDS if recent else IDLE_SECONDS
+    if appointment.closed or appointment.cancelled:
+        return None
     if moment < appointment.opens_at(settings().chat_opens_minutes_before):
         return WAITING_SECONDS
     return None
@@ -105,8 +106,9 @@ def feed(appointment: ChatAppointment, side: Side) -> Response:
         except ConversationLockedError:
             locked = True
     interval = refresh_seconds(appointment, messages, side.role)
+    newest = messages[-1].seq if messages else 0  # what this page shows, not a later count
     state = (
-        f"{conversation_id}:{last_seq(db(), conversation_id)}:{interval}:{locked}:"
+        f"{conversation_id}:{newest}:{interval}:{locked}:"
         f"{window_text(appointment, side.zone)}:{side.zone}:{current_language()}"
     )
     etag = hashlib.blake2b(state.encode(), digest_size=8).hexdigest()
@@ -132,15 +134,15 @@ def other_label(side: Side) -> Any:
     return _l("Therapist:") if side.role == "participant" else _l("Participant:")
 
 
-def history(appointment: ChatAppointment, side: Side) -> list[dict[str, Any]]:
-    """Return the whole conversation, oldest first, for the history page."""
+def history(appointment: ChatAppointment, side: Side) -> list[dict[str, Any]] | None:
+    """Return the whole conversation, oldest first; ``None`` when this side cannot open it."""
     conversation_id = conversation_id_of(db(), appointment.participant_id, appointment.therapist_id)
     if conversation_id is None:
         return []
     try:
         key = conversation_key(db(), conversation_id, side.role, side.secret_key)
     except ConversationLockedError:
-        return []
+        return None
     return [describe(message, side) for message in read_messages(db(), conversation_id, key)]
 
 
@@ -170,7 +172,7 @@ def compose(appointment: ChatAppointment, side: Side) -> Any:
     text = ""
     sent = False
     if request.method == "POST":
-        text = request.form.get("text", "")[: MAX_MESSAGE_CHARS * 2]
+        text = request.form.get("text", "")  # the request size limit bounds it
         error = send(appointment, side, text)
         if error is None:
             text, sent = "", True
@@ -195,7 +197,8 @@ def send(appointment: ChatAppointment, side: Side, text: str) -> Any:
         return EMPTY if problem.reason == "empty" else TOO_LONG
     session = current_session()
     assert session is not None
-    if not rate_limiter().allow(session.token_hash):
+    # Per person, not per session: logging in again does not reset the limit.
+    if not rate_limiter().allow(f"{side.role}:{session.owner_id}".encode()):
         return SLOW_DOWN
     s = settings()
     try:

@@ -138,7 +138,7 @@ INVENTORY: tuple[Table, ...] = (
         readers=_l("You and the therapist; the server only while one of you is logged in."),
         retention=_l(
             "Deleted with its last message, when you delete it, or when the chat ends if you"
-            " chose so. Its keys are destroyed first, so no copy of a message can be read again."
+            " chose so. Its keys are deleted with it."
         ),
         columns=(
             Column("id", _l("A random number for the conversation.")),

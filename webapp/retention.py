@@ -29,7 +29,7 @@ def purge(db: Database, now: int, settings: Settings) -> int:
     removed = end_expired_sessions(db, now)
     with transaction(db):
         removed += db.execute("DELETE FROM enrolments WHERE expires_at <= ?", [now]).rowcount
-    removed += purge_chats(db, now)
+    removed += purge_chats(db, now, settings.chat_opens_minutes_before)
     removed += purge_bookings(db, now, settings.appointment_retention_days * 24 * 3600)
     checkpoint(db)  # if readers block it, the next run retries; the rows are gone already
     return removed

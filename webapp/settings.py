@@ -153,12 +153,18 @@ class Settings:
             "max_upcoming_bookings": (1, 10),
             "appointment_retention_days": (0, 365),
             "chat_opens_minutes_before": (0, 120),
-            "message_retention_days": (0, 365),
+            "message_retention_days": (1, 365),
             "chat_rate_messages": (1, 1000),
             "chat_rate_seconds": (1, 3600),
         }
         if self.portal_url and not self.portal_url.startswith(("https://", "http://")):
             raise SettingsError("STILLROOM_PORTAL_URL must start with https:// or http://")
+        if self.message_retention_days > self.appointment_retention_days:
+            raise SettingsError(
+                "STILLROOM_MESSAGE_RETENTION_DAYS must not exceed"
+                " STILLROOM_APPOINTMENT_RETENTION_DAYS: messages are reached through"
+                " their appointment"
+            )
         if ".onion" in self.portal_url:
             raise SettingsError("STILLROOM_PORTAL_URL must not be an onion address")
         for name, (low, high) in bounds.items():

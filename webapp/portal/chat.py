@@ -105,8 +105,10 @@ def chat_compose(appointment_id: str) -> Any:
 @bp.post("/chat/<appointment_id>/extend")
 @login_required
 def extend(appointment_id: str) -> Response:
-    """Keep the chat open another 15 minutes."""
-    extend_chat(db(), own(appointment_id), now())
+    """Keep the chat open another 15 minutes (only while it is open)."""
+    appointment = own(appointment_id)
+    if appointment.is_open(now(), settings().chat_opens_minutes_before):
+        extend_chat(db(), appointment, now())
     return redirect(url_for("portal.chat", appointment_id=appointment_id))
 
 
@@ -126,6 +128,8 @@ def block(appointment_id: str) -> Any:
 @bp.post("/chat/<appointment_id>/close")
 @login_required
 def close(appointment_id: str) -> Response:
-    """End the chat now; both sides can still read it."""
-    close_chat(db(), own(appointment_id))
+    """End the chat now (only while it is open); both sides can still read it."""
+    appointment = own(appointment_id)
+    if appointment.is_open(now(), settings().chat_opens_minutes_before):
+        close_chat(db(), appointment)
     return redirect(url_for("portal.chat", appointment_id=appointment_id))
