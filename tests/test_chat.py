@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import gc
 import re
 import shutil
+import threading
+import time
+import warnings
 from datetime import UTC, datetime
 
 import pytest
+import simple_websocket
+from werkzeug.serving import make_server
 
 from stillroom.crypto.box import MessageUnavailableError, open_message
 from stillroom.webapp.booking import book
 from stillroom.webapp.chat import RateLimiter
 from stillroom.webapp.instance import subkey
 from stillroom.webapp.retention import purge
-from stillroom.webapp.security import SECURITY_HEADERS
+from stillroom.webapp.security import LIVE_CONTENT_SECURITY_POLICY, SECURITY_HEADERS
 from stillroom.webapp.settings import Settings, SettingsError
 from stillroom.webapp.store import connect
 from stillroom.webapp.therapists import reset_therapist
@@ -385,11 +391,15 @@ def test_chat_pages_carry_the_security_headers(chat):
         for path in ("", "/feed", "/compose", "/history"):
             response = client.get(f"/en/chat/{chat.id}{path}")
             assert response.status_code == 200, (side, path)
-            for name, value in SECURITY_HEADERS.items():
+            expected_headers = dict(SECURITY_HEADERS)
+            if path == "":  # the chat page alone may run the live script
+                expected_headers["Content-Security-Policy"] = LIVE_CONTENT_SECURITY_POLICY
+            for name, value in expected_headers.items():
                 assert response.headers.get(name) == value, (side, path, name)
             expected = "private, no-cache" if path == "/feed" else "no-store"
             assert response.headers["Cache-Control"] == expected, (side, path)
-            assert "<script" not in response.get_data(as_text=True)
+            scripts = response.get_data(as_text=True).count("<script")
+            assert scripts == (1 if path == "" else 0), (side, path)
 
 
 def test_another_therapist_cannot_touch_the_chat(chat, portal_app, settings):
@@ -409,3 +419,75 @@ def test_another_therapist_cannot_touch_the_chat(chat, portal_app, settings):
             stranger.post(f"/chat/{chat.id}{path}", {"wanted": "1"}, page="/account").status_code
             == 404
         )
+
+
+def test_the_live_script_is_small_and_only_on_chat_pages(chat, client):
+    chat.at(STARTS)
+    page = chat.auth.client.get(f"/en/chat/{chat.id}").get_data(as_text=True)
+    [src] = re.findall(r'<script src="([^"]+)" defer>', page)
+    script = chat.auth.client.get(src)
+    assert script.status_code == 200 and len(script.get_data()) <= 3 * 1024
+    assert script.headers["Content-Type"].startswith("text/javascript")
+    assert "script-src" not in client.get("/en/account").headers["Content-Security-Policy"]
+
+
+@pytest.fixture
+def werkzeug_servers(app, portal_app):
+    """Both apps on the Werkzeug server, which can hand sockets to flask-sock (tests only)."""
+    servers = [
+        make_server("127.0.0.1", 0, application, threaded=True) for application in (app, portal_app)
+    ]
+    threads = [threading.Thread(target=server.serve_forever, daemon=True) for server in servers]
+    for thread in threads:
+        thread.start()
+    yield [f"127.0.0.1:{server.server_port}" for server in servers]
+    for server in servers:
+        server.shutdown()
+
+
+def test_the_websocket_brings_news_at_once(chat, werkzeug_servers):
+    chat.at(STARTS)
+    participant, _ = werkzeug_servers
+    token = chat.auth.client.get_cookie("stillroom", domain="127.0.0.1").value
+    socket = simple_websocket.Client.connect(
+        f"ws://{participant}/en/chat/{chat.id}/live",
+        headers={"Cookie": f"stillroom={token}", "Origin": f"http://{participant}"},
+    )
+    try:
+        time.sleep(0.2)  # the socket is waiting on the notice board
+        started = time.perf_counter()
+        assert chat.say("therapist", "are you there?").status_code == 200
+        assert socket.receive(timeout=5) == "news"
+        delay = time.perf_counter() - started
+        assert delay < 0.1, delay
+    finally:
+        socket.close()
+
+
+def test_a_websocket_opened_by_another_site_is_refused(chat, werkzeug_servers):
+    chat.at(STARTS)
+    participant, _ = werkzeug_servers
+    token = chat.auth.client.get_cookie("stillroom", domain="127.0.0.1").value
+    status = None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)  # the client drops a refused socket
+        try:
+            simple_websocket.Client.connect(
+                f"ws://{participant}/en/chat/{chat.id}/live",
+                headers={"Cookie": f"stillroom={token}", "Origin": "http://evil.example"},
+            )
+        except simple_websocket.ConnectionError as refused:
+            status = refused.status_code
+        gc.collect()
+    assert status == 403
+
+
+def test_a_websocket_without_a_session_is_closed_at_once(chat, werkzeug_servers):
+    chat.at(STARTS)
+    participant, _ = werkzeug_servers
+    socket = simple_websocket.Client.connect(
+        f"ws://{participant}/en/chat/{chat.id}/live", headers={"Origin": f"http://{participant}"}
+    )
+    with pytest.raises(simple_websocket.ConnectionClosed):
+        socket.receive(timeout=2)  # the server closed it: nobody is logged in
+    socket.sock.close()

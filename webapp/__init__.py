@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 from flask import Flask
 
 from stillroom.crypto.kdf import PRODUCTION, KeyDeriver
-from stillroom.webapp import assets, db, i18n, participant, portal, security
+from stillroom.webapp import assets, chatroom, db, i18n, participant, portal, security
 from stillroom.webapp.chat import RateLimiter
 from stillroom.webapp.instance import prepare_instance, subkey
 from stillroom.webapp.retention import purge
@@ -69,6 +69,7 @@ def _create_app(settings: Settings | None, clock: Callable[[], float], area: str
     security.init_app(app)
     i18n.init_app(app)
     assets.init_app(app)
+    chatroom.init_app(app)
     with app.app_context():
         purge(db.get_db(), int(clock()), settings)
     return app

@@ -5,6 +5,10 @@ itself with ``<meta http-equiv="refresh">``; when nothing changed it is answered
 with a bare ``304 Not Modified`` (a few dozen bytes, one Tor cell), and the
 browser shows its cached copy, whose refresh keeps going. The compose frame
 reloads only when a message is sent, so typed text is never lost.
+
+With JavaScript, the small ``live.js`` (the only script anywhere, allowed by CSP on
+chat pages alone) opens a WebSocket that says "news" when the chat changes, and
+the feed frame reloads at once.
 """
 
 from __future__ import annotations
@@ -12,9 +16,21 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
-from flask import Response, current_app, make_response, render_template, request
+from flask import (
+    Flask,
+    Response,
+    abort,
+    current_app,
+    g,
+    make_response,
+    render_template,
+    request,
+    url_for,
+)
 from flask_babel import lazy_gettext as _l
+from flask_sock import Sock
 
 from stillroom.webapp.chat import (
     MAX_MESSAGE_CHARS,
@@ -31,8 +47,19 @@ from stillroom.webapp.chat import (
     send_message,
 )
 from stillroom.webapp.gate import current_session, db, now, settings
+from stillroom.webapp.hub import HUB
 from stillroom.webapp.i18n import current_language
+from stillroom.webapp.paths import package_dir
 from stillroom.webapp.times import format_clock
+
+#: Registers the WebSocket routes on the two blueprints.
+sock = Sock()
+
+#: Seconds between the socket's keep-alive notes; a closed socket is noticed then.
+LIVE_PING_SECONDS = 20
+ONE_YEAR = 365 * 24 * 3600
+#: Environ keys of the servers that can hand a socket over for a WebSocket.
+_SOCKET_KEYS = ("werkzeug.socket", "gunicorn.socket", "eventlet.input", "wsgi.websocket")
 
 #: Messages in the feed frame (each reload with news re-sends them all); the history
 #: page shows the whole conversation.
@@ -216,4 +243,66 @@ def send(appointment: ChatAppointment, side: Side, text: str) -> Any:
         return CLOSED
     except ConversationLockedError:
         return LOCKED
+    HUB.publish(pair_key(appointment))
     return None
+
+
+def pair_key(appointment: ChatAppointment) -> str:
+    """Return the notice-board key of the appointment's pair (memory only)."""
+    return f"{appointment.participant_id}:{appointment.therapist_id}"
+
+
+def page_context(appointment: ChatAppointment, area: str) -> dict[str, Any]:
+    """Return what every chat page needs for the live script, and allow it for this page."""
+    g.live_script = True
+    return {
+        "live_url": url_for_live(area, appointment.id),
+        "live_script_url": current_app.config["LIVE_SCRIPT_URL"],
+    }
+
+
+def url_for_live(area: str, appointment_id: str) -> str:
+    """Return the WebSocket path of a chat."""
+    return url_for(f"{area}.chat_live", appointment_id=appointment_id)
+
+
+def refuse_unusable_socket() -> None:
+    """Answer 400 to a WebSocket request this server cannot upgrade, or from elsewhere.
+
+    The script then falls back to the reloading frame. The Origin check stops another
+    site's page from opening a socket with the visitor's cookie.
+    """
+    if not any(key in request.environ for key in _SOCKET_KEYS) and not (
+        request.environ.get("SERVER_SOFTWARE", "").startswith("gevent")
+    ):
+        abort(400)
+    origin = request.headers.get("Origin")
+    if origin is None or urlsplit(origin).hostname != request.host.rsplit(":", 1)[0]:
+        abort(403)
+
+
+def live(ws: Any, appointment: ChatAppointment) -> None:
+    """Tell the browser "news" each time the pair's chat changes, until it goes away."""
+    key = pair_key(appointment)
+    seen = HUB.version(key)
+    while True:
+        current = HUB.wait(key, seen, LIVE_PING_SECONDS)
+        ws.send("news" if current != seen else "ping")
+        seen = current
+
+
+def init_app(app: Flask) -> None:
+    """Serve the live script under a content-hashed name, cached for a year."""
+    script = (package_dir("webapp") / "live.js").read_bytes()
+    digest = hashlib.sha256(script).hexdigest()[:12]
+    app.config["LIVE_SCRIPT_URL"] = f"/script/live.{digest}.js"
+
+    def live_script(digest_in_url: str) -> Response:
+        """The one script: only chat pages may run it (see security.harden_response)."""
+        if digest_in_url != digest:
+            abort(404)
+        response = Response(script, mimetype="text/javascript")
+        response.headers["Cache-Control"] = f"public, max-age={ONE_YEAR}, immutable"
+        return response
+
+    app.add_url_rule("/script/live.<digest_in_url>.js", "live_script", live_script)

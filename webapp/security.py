@@ -11,7 +11,7 @@ import binascii
 import hmac
 import logging
 
-from flask import Flask, Response, current_app, render_template, request
+from flask import Flask, Response, current_app, g, render_template, request
 from flask_babel import lazy_gettext as _l
 from werkzeug.exceptions import (
     BadRequest,
@@ -31,6 +31,9 @@ CONTENT_SECURITY_POLICY = (
     "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
     "frame-src 'self'; frame-ancestors 'self'; base-uri 'none'"
 )
+
+#: Chat pages alone may run the live script and open its WebSocket.
+LIVE_CONTENT_SECURITY_POLICY = CONTENT_SECURITY_POLICY + "; script-src 'self'; connect-src 'self'"
 
 SECURITY_HEADERS = {
     "Content-Security-Policy": CONTENT_SECURITY_POLICY,
@@ -82,6 +85,8 @@ def harden_response(response: Response) -> Response:
     if response.status_code == 304:
         return response
     response.headers.update(SECURITY_HEADERS)
+    if g.get("live_script"):
+        response.headers["Content-Security-Policy"] = LIVE_CONTENT_SECURITY_POLICY
     response.headers.setdefault("Cache-Control", "no-store")
     return response
 

@@ -16,6 +16,7 @@ from stillroom.webapp.chat import (
     delete_conversation,
     set_delete_when_chat_ends,
 )
+from stillroom.webapp.chatroom import sock
 from stillroom.webapp.gate import current_session, db
 from stillroom.webapp.i18n import current_language
 from stillroom.webapp.participant.blueprint import bp, login_required
@@ -59,6 +60,7 @@ def chat(appointment_id: str) -> str:
         feed_url=url_for("participant.chat_feed", appointment_id=appointment_id),
         compose_url=url_for("participant.chat_compose", appointment_id=appointment_id),
         history_url=url_for("participant.chat_history", appointment_id=appointment_id),
+        **chatroom.page_context(appointment, "participant"),
         has_conversation=conversation_id is not None,
         deleting=deleting,
     )
@@ -69,6 +71,21 @@ def chat(appointment_id: str) -> str:
 def chat_feed(appointment_id: str) -> Response:
     """The feed frame, which reloads itself."""
     return chatroom.feed(own(appointment_id), side())
+
+
+@sock.route("/chat/<appointment_id>/live", bp=bp)  # type: ignore[untyped-decorator]
+def chat_live(ws: Any, appointment_id: str) -> None:
+    """The live chat's WebSocket: "news" whenever the chat changes."""
+    if current_session() is None:
+        return
+    chatroom.live(ws, own(appointment_id))
+
+
+@bp.before_request
+def check_live_socket() -> None:
+    """Refuse a WebSocket this server cannot upgrade, or one opened from another site."""
+    if request.endpoint == "participant.chat_live":
+        chatroom.refuse_unusable_socket()
 
 
 @bp.get("/chat/<appointment_id>/history")

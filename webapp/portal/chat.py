@@ -16,6 +16,7 @@ from stillroom.webapp.chat import (
     close_chat,
     extend_chat,
 )
+from stillroom.webapp.chatroom import sock
 from stillroom.webapp.gate import current_session, db, now, settings
 from stillroom.webapp.i18n import current_language
 from stillroom.webapp.portal.blueprint import bp, current_therapist, login_required
@@ -69,6 +70,7 @@ def chat(appointment_id: str) -> str:
         feed_url=url_for("portal.chat_feed", appointment_id=appointment_id),
         compose_url=url_for("portal.chat_compose", appointment_id=appointment_id),
         history_url=url_for("portal.chat_history", appointment_id=appointment_id),
+        **chatroom.page_context(appointment, "portal"),
         writable=writable,
         extension=EXTENSION_MINUTES,
         notice=notice(),
@@ -80,6 +82,21 @@ def chat(appointment_id: str) -> str:
 def chat_feed(appointment_id: str) -> Response:
     """The feed frame, which reloads itself."""
     return chatroom.feed(own(appointment_id), side())
+
+
+@sock.route("/chat/<appointment_id>/live", bp=bp)  # type: ignore[untyped-decorator]
+def chat_live(ws: Any, appointment_id: str) -> None:
+    """The live chat's WebSocket: "news" whenever the chat changes."""
+    if current_session() is None:
+        return
+    chatroom.live(ws, own(appointment_id))
+
+
+@bp.before_request
+def check_live_socket() -> None:
+    """Refuse a WebSocket this server cannot upgrade, or one opened from another site."""
+    if request.endpoint == "portal.chat_live":
+        chatroom.refuse_unusable_socket()
 
 
 @bp.get("/chat/<appointment_id>/history")

@@ -1,0 +1,23 @@
+// Stillroom live chat: with JavaScript allowed, a WebSocket says when the chat changed and
+// the message frame reloads at once. Without it (or if the socket fails) nothing changes:
+// the frame keeps reloading itself.
+(function () {
+  "use strict";
+  var page = document.querySelector("[data-live]");
+  var feed = document.querySelector("iframe.feed");
+  if (!page || !feed || !window.WebSocket) { return; }
+  var scheme = location.protocol === "https:" ? "wss://" : "ws://";
+  var tries = 0;
+  function connect() {
+    var socket = new WebSocket(scheme + location.host + page.getAttribute("data-live"));
+    socket.onopen = function () { tries = 0; };
+    socket.onmessage = function (event) {
+      if (event.data === "news") { feed.contentWindow.location.reload(); }
+    };
+    socket.onclose = function () {
+      tries += 1;
+      if (tries < 5) { setTimeout(connect, 2000 * tries); }
+    };
+  }
+  connect();
+}());
