@@ -14,11 +14,13 @@ the feed frame reloads at once.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
 from flask import (
+    Blueprint,
     Flask,
     Response,
     abort,
@@ -306,3 +308,56 @@ def init_app(app: Flask) -> None:
         return response
 
     app.add_url_rule("/script/live.<digest_in_url>.js", "live_script", live_script)
+
+
+def add_chat_routes(
+    bp: Blueprint,
+    own: Callable[[str], ChatAppointment],
+    side: Callable[[], Side],
+    login_required: Callable[[Any], Any],
+) -> None:
+    """Register the routes both apps' chats share: the two frames, the history, the socket.
+
+    :param own: returns the logged-in user's appointment of that id, or answers 404.
+    :param side: returns the logged-in user as a side of the chat.
+    """
+
+    @login_required
+    def chat_feed(appointment_id: str) -> Response:
+        """The feed frame, which reloads itself."""
+        return feed(own(appointment_id), side())
+
+    @login_required
+    def chat_compose(appointment_id: str) -> Any:
+        """The compose frame."""
+        return compose(own(appointment_id), side())
+
+    @login_required
+    def chat_history(appointment_id: str) -> str:
+        """The whole conversation on one page, oldest first, without reloading."""
+        appointment = own(appointment_id)
+        return render_template(
+            "chat/history.html",
+            messages=history(appointment, side()),
+            other=other_label(side()),
+            back=url_for(f"{bp.name}.chat", appointment_id=appointment_id),
+        )
+
+    def chat_live(ws: Any, appointment_id: str) -> None:
+        """The live chat's WebSocket: "news" whenever the chat changes."""
+        if current_session() is None:
+            return
+        live(ws, own(appointment_id))
+
+    def check_live_socket() -> None:
+        """Refuse a WebSocket this server cannot upgrade, or one opened from another site."""
+        if request.endpoint == f"{bp.name}.chat_live":
+            refuse_unusable_socket()
+
+    bp.add_url_rule("/chat/<appointment_id>/feed", view_func=chat_feed)
+    bp.add_url_rule(
+        "/chat/<appointment_id>/compose", view_func=chat_compose, methods=["GET", "POST"]
+    )
+    bp.add_url_rule("/chat/<appointment_id>/history", view_func=chat_history)
+    sock.route("/chat/<appointment_id>/live", bp=bp)(chat_live)
+    bp.before_request(check_live_socket)

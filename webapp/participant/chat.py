@@ -16,7 +16,6 @@ from stillroom.webapp.chat import (
     delete_conversation,
     set_delete_when_chat_ends,
 )
-from stillroom.webapp.chatroom import sock
 from stillroom.webapp.gate import current_session, db
 from stillroom.webapp.i18n import current_language
 from stillroom.webapp.participant.blueprint import bp, login_required
@@ -66,48 +65,6 @@ def chat(appointment_id: str) -> str:
     )
 
 
-@bp.get("/chat/<appointment_id>/feed")
-@login_required
-def chat_feed(appointment_id: str) -> Response:
-    """The feed frame, which reloads itself."""
-    return chatroom.feed(own(appointment_id), side())
-
-
-@sock.route("/chat/<appointment_id>/live", bp=bp)  # type: ignore[untyped-decorator]
-def chat_live(ws: Any, appointment_id: str) -> None:
-    """The live chat's WebSocket: "news" whenever the chat changes."""
-    if current_session() is None:
-        return
-    chatroom.live(ws, own(appointment_id))
-
-
-@bp.before_request
-def check_live_socket() -> None:
-    """Refuse a WebSocket this server cannot upgrade, or one opened from another site."""
-    if request.endpoint == "participant.chat_live":
-        chatroom.refuse_unusable_socket()
-
-
-@bp.get("/chat/<appointment_id>/history")
-@login_required
-def chat_history(appointment_id: str) -> str:
-    """The whole conversation on one page, oldest first, without reloading."""
-    appointment = own(appointment_id)
-    return render_template(
-        "chat/history.html",
-        messages=chatroom.history(appointment, side()),
-        other=chatroom.other_label(side()),
-        back=url_for("participant.chat", appointment_id=appointment_id),
-    )
-
-
-@bp.route("/chat/<appointment_id>/compose", methods=["GET", "POST"])
-@login_required
-def chat_compose(appointment_id: str) -> Any:
-    """The compose frame."""
-    return chatroom.compose(own(appointment_id), side())
-
-
 @bp.post("/chat/<appointment_id>/when-it-ends")
 @login_required
 def delete_when_ends(appointment_id: str) -> Response:
@@ -132,3 +89,6 @@ def delete_chat(appointment_id: str) -> Any:
         return render_template("participant/chat_delete.html", appointment_id=appointment_id)
     delete_conversation(db(), conversation_id)
     return redirect(url_for("participant.account", done="chat-deleted"))
+
+
+chatroom.add_chat_routes(bp, own, side, login_required)

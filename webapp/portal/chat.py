@@ -16,7 +16,6 @@ from stillroom.webapp.chat import (
     close_chat,
     extend_chat,
 )
-from stillroom.webapp.chatroom import sock
 from stillroom.webapp.gate import current_session, db, now, settings
 from stillroom.webapp.i18n import current_language
 from stillroom.webapp.portal.blueprint import bp, current_therapist, login_required
@@ -77,48 +76,6 @@ def chat(appointment_id: str) -> str:
     )
 
 
-@bp.get("/chat/<appointment_id>/feed")
-@login_required
-def chat_feed(appointment_id: str) -> Response:
-    """The feed frame, which reloads itself."""
-    return chatroom.feed(own(appointment_id), side())
-
-
-@sock.route("/chat/<appointment_id>/live", bp=bp)  # type: ignore[untyped-decorator]
-def chat_live(ws: Any, appointment_id: str) -> None:
-    """The live chat's WebSocket: "news" whenever the chat changes."""
-    if current_session() is None:
-        return
-    chatroom.live(ws, own(appointment_id))
-
-
-@bp.before_request
-def check_live_socket() -> None:
-    """Refuse a WebSocket this server cannot upgrade, or one opened from another site."""
-    if request.endpoint == "portal.chat_live":
-        chatroom.refuse_unusable_socket()
-
-
-@bp.get("/chat/<appointment_id>/history")
-@login_required
-def chat_history(appointment_id: str) -> str:
-    """The whole conversation on one page, oldest first, without reloading."""
-    appointment = own(appointment_id)
-    return render_template(
-        "chat/history.html",
-        messages=chatroom.history(appointment, side()),
-        other=chatroom.other_label(side()),
-        back=url_for("portal.chat", appointment_id=appointment_id),
-    )
-
-
-@bp.route("/chat/<appointment_id>/compose", methods=["GET", "POST"])
-@login_required
-def chat_compose(appointment_id: str) -> Any:
-    """The compose frame."""
-    return chatroom.compose(own(appointment_id), side())
-
-
 @bp.post("/chat/<appointment_id>/extend")
 @login_required
 def extend(appointment_id: str) -> Response:
@@ -150,3 +107,6 @@ def close(appointment_id: str) -> Response:
     if appointment.is_open(now(), settings().chat_opens_minutes_before):
         close_chat(db(), appointment)
     return redirect(url_for("portal.chat", appointment_id=appointment_id))
+
+
+chatroom.add_chat_routes(bp, own, side, login_required)
