@@ -18,6 +18,7 @@ from support import (
     AuthActions,
     Clock,
     LiveServer,
+    LoopbackClient,
     TherapistActions,
     start_server,
     stop_server,
@@ -32,14 +33,6 @@ def settings(tmp_path: Path) -> Settings:
 @pytest.fixture
 def clock() -> Clock:
     return Clock()
-
-
-class LoopbackClient(FlaskClient):
-    """A test client that arrives as the onion service does: Host 127.0.0.1."""
-
-    def open(self, *args, **kwargs):
-        kwargs.setdefault("base_url", "http://127.0.0.1")
-        return super().open(*args, **kwargs)
 
 
 @pytest.fixture

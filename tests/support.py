@@ -56,6 +56,14 @@ def form_fields(html: str) -> dict[str, str]:
     return fields
 
 
+class LoopbackClient(FlaskClient):
+    """A test client that arrives as the onion service does: Host 127.0.0.1."""
+
+    def open(self, *args, **kwargs):
+        kwargs.setdefault("base_url", "http://127.0.0.1")
+        return super().open(*args, **kwargs)
+
+
 class AuthActions:
     """Create accounts, log in and out through the real pages."""
 

@@ -264,8 +264,12 @@ def page_context(appointment: ChatAppointment, area: str) -> dict[str, Any]:
 
 
 def url_for_live(area: str, appointment_id: str) -> str:
-    """Return the WebSocket path of a chat."""
-    return url_for(f"{area}.chat_live", appointment_id=appointment_id)
+    """Return the WebSocket path of a chat (the script adds ws:// or wss:// and the host).
+
+    Werkzeug builds WebSocket routes as absolute ``ws://`` addresses; behind the
+    portal's TLS proxy that would be the wrong scheme, so only the path is kept.
+    """
+    return urlsplit(url_for(f"{area}.chat_live", appointment_id=appointment_id)).path
 
 
 def refuse_unusable_socket() -> None:
