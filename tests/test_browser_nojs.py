@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import gc
 import threading
@@ -86,9 +87,9 @@ fetch("/hit?from=fetch");
 pytestmark = pytest.mark.browser
 
 
-@pytest.fixture(scope="session")
-def firefox() -> Iterator[Marionette]:
-    """One headless Firefox ESR with Tor-Browser-like prefs for the whole session."""
+@contextlib.contextmanager
+def running_firefox(prefs: dict[str, object], log_name: str) -> Iterator[Marionette]:
+    """Start a headless Firefox ESR with ``prefs``; fail (never skip) when it is missing."""
     if not FIREFOX.exists():
         pytest.fail(f"{FIREFOX} is missing: install the firefox-esr package to run browser tests")
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
@@ -102,8 +103,8 @@ def firefox() -> Iterator[Marionette]:
             port=0,
             startup_timeout=60,
             socket_timeout=60,
-            prefs=PREFS,
-            gecko_log=str(SCREENSHOTS.parent / "gecko.log"),
+            prefs=prefs,
+            gecko_log=str(SCREENSHOTS.parent / log_name),
         )
         gc.collect()
     try:
@@ -113,6 +114,13 @@ def firefox() -> Iterator[Marionette]:
         yield browser
     finally:
         browser.cleanup()
+
+
+@pytest.fixture(scope="session")
+def firefox() -> Iterator[Marionette]:
+    """One headless Firefox ESR with Tor-Browser-like prefs for the whole session."""
+    with running_firefox(PREFS, "gecko.log") as browser:
+        yield browser
 
 
 def wait(browser: Marionette, condition: Callable[[Marionette], object]) -> object:
@@ -619,26 +627,8 @@ def test_chat_without_javascript(firefox: Marionette, live_server: LiveServer) -
 @pytest.fixture
 def firefox_with_javascript() -> Iterator[Marionette]:
     """A second Firefox ESR, this one with JavaScript on (Tor Browser at "Standard")."""
-    if not FIREFOX.exists():
-        pytest.fail(f"{FIREFOX} is missing: install the firefox-esr package to run browser tests")
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", r"unclosed <socket\.socket", ResourceWarning)
-        browser = Marionette(
-            bin=str(FIREFOX),
-            headless=True,
-            port=0,
-            startup_timeout=60,
-            socket_timeout=60,
-            prefs={**PREFS, "javascript.enabled": True},
-            gecko_log=str(SCREENSHOTS.parent / "gecko-js.log"),
-        )
-        gc.collect()
-    try:
-        browser.start_session()
-        browser.timeout.page_load = 30
+    with running_firefox({**PREFS, "javascript.enabled": True}, "gecko-js.log") as browser:
         yield browser
-    finally:
-        browser.cleanup()
 
 
 def test_chat_with_javascript_arrives_through_the_websocket(

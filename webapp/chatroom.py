@@ -34,6 +34,7 @@ from flask import (
 from flask_babel import lazy_gettext as _l
 from flask_sock import Sock
 
+from stillroom.webapp.assets import serve_hashed
 from stillroom.webapp.chat import (
     MAX_MESSAGE_CHARS,
     ChatAppointment,
@@ -59,7 +60,6 @@ sock = Sock()
 
 #: Seconds between the socket's keep-alive notes; a closed socket is noticed then.
 LIVE_PING_SECONDS = 20
-ONE_YEAR = 365 * 24 * 3600
 #: Environ keys of the servers that can hand a socket over for a WebSocket.
 _SOCKET_KEYS = ("werkzeug.socket", "gunicorn.socket", "eventlet.input", "wsgi.websocket")
 
@@ -298,20 +298,11 @@ def live(ws: Any, appointment: ChatAppointment) -> None:
 
 
 def init_app(app: Flask) -> None:
-    """Serve the live script under a content-hashed name, cached for a year."""
+    """Serve the live script under a content-hashed name (only chat pages may run it)."""
     script = (package_dir("webapp") / "live.js").read_bytes()
-    digest = hashlib.sha256(script).hexdigest()[:12]
-    app.config["LIVE_SCRIPT_URL"] = f"/script/live.{digest}.js"
-
-    def live_script(digest_in_url: str) -> Response:
-        """The one script: only chat pages may run it (see security.harden_response)."""
-        if digest_in_url != digest:
-            abort(404)
-        response = Response(script, mimetype="text/javascript")
-        response.headers["Cache-Control"] = f"public, max-age={ONE_YEAR}, immutable"
-        return response
-
-    app.add_url_rule("/script/live.<digest_in_url>.js", "live_script", live_script)
+    app.config["LIVE_SCRIPT_URL"] = serve_hashed(
+        app, "live_script", script, "text/javascript", "/script/live.{}.js"
+    )
 
 
 def add_chat_routes(
