@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import gc
+import os
 import re
 import shutil
+import subprocess
+import sys
 import threading
 import time
 import warnings
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 import simple_websocket
@@ -491,3 +495,29 @@ def test_a_websocket_without_a_session_is_closed_at_once(chat, werkzeug_servers)
     with pytest.raises(simple_websocket.ConnectionClosed):
         socket.receive(timeout=2)  # the server closed it: nobody is logged in
     socket.sock.close()
+
+
+def test_the_operator_can_undo_a_block(chat, settings):
+    chat.at(STARTS)
+    chat.therapist.post(f"/en/chat/{chat.id}/block", page=f"/en/chat/{chat.id}/block")
+    [[pseudonym]] = rows(settings, "SELECT pseudonym FROM pairs")
+    env = {**os.environ, "PYTHONSAFEPATH": "1", "STILLROOM_DATA_DIR": str(settings.data_dir)}
+    stillroom = str(Path(sys.executable).with_name("stillroom"))
+    wrong = subprocess.run(
+        [stillroom, "participant", "unblock", "Anna", "AAAA-AAAA"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert wrong.returncode == 1 and "knows no participant" in wrong.stderr
+    done = subprocess.run(
+        [stillroom, "participant", "unblock", "anna", pseudonym.lower()],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert rows(settings, "SELECT blocked FROM participants") == [(0,)]
+    assert chat.auth.client.get("/en/book").status_code == 200

@@ -497,6 +497,20 @@ def block_participant(db: Database, therapist_id: str, appointment_id: str) -> N
             raise NotFoundError
 
 
+def unblock_participant(db: Database, therapist_id: str, pseudonym: str) -> bool:
+    """Let the participant known to this therapist as ``pseudonym`` book again.
+
+    :returns: whether such a participant was found.
+    """
+    with transaction(db):
+        changed = db.execute(
+            "UPDATE participants SET blocked = 0 WHERE id ="
+            " (SELECT participant_id FROM pairs WHERE therapist_id = ? AND pseudonym = ?)",
+            [therapist_id, pseudonym.strip().upper()],
+        )
+    return changed.rowcount == 1
+
+
 def set_time_zone(db: Database, participant_id: str, zone_name: str) -> None:
     """Keep the participant's chosen time zone band with the account."""
     with transaction(db):

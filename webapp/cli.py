@@ -22,7 +22,7 @@ from waitress.server import BaseWSGIServer
 
 from stillroom.onion import clients, service, tor
 from stillroom.onion.errors import PortInUseError, TorError, TorLostError
-from stillroom.webapp import create_participant_app, create_portal_app, therapists
+from stillroom.webapp import booking, create_participant_app, create_portal_app, therapists
 from stillroom.webapp.instance import prepare_instance
 from stillroom.webapp.retention import start_periodic_purge
 from stillroom.webapp.settings import LANGUAGES, Settings, SettingsError, describe_settings
@@ -425,3 +425,23 @@ def therapist_reset(name: str) -> None:
             fail(RuntimeError(f"no therapist named {name!r}"))
     click.echo("Password and authenticator cleared, sessions ended, account enabled.")
     say_enrolment(settings, found.languages[0], enrolment)
+
+
+@main.group()
+def participant() -> None:
+    """Look after participants' accounts (known only by a therapist's pseudonym)."""
+
+
+@participant.command(name="unblock")
+@click.argument("therapist_name")
+@click.argument("pseudonym")
+def participant_unblock(therapist_name: str, pseudonym: str) -> None:
+    """Let the participant whom THERAPIST_NAME blocked as PSEUDONYM book again."""
+    with open_database(load_settings()) as database:
+        try:
+            found = therapists.find_by_name(database, therapist_name)
+        except therapists.UnknownTherapistError:
+            fail(RuntimeError(f"no therapist named {therapist_name!r}"))
+        if not booking.unblock_participant(database, found.id, pseudonym):
+            fail(RuntimeError(f"{therapist_name} knows no participant as {pseudonym!r}"))
+    click.echo(f"The participant {therapist_name} knows as {pseudonym} can book again.")
