@@ -296,16 +296,6 @@ def read_messages(
     return shown
 
 
-def last_seq(db: Database, conversation_id: str | None) -> int:
-    """Return the number of the conversation's newest message (0 when there is none)."""
-    if conversation_id is None:
-        return 0
-    (value,) = db.execute(
-        "SELECT coalesce(max(seq), 0) FROM messages WHERE conversation_id = ?", [conversation_id]
-    ).fetchone()
-    return int(value)
-
-
 def delete_conversation(db: Database, conversation_id: str) -> None:
     """Destroy the conversation's keys, then its messages, then the conversation."""
     with transaction(db):
