@@ -9,9 +9,10 @@ gets :class:`KdfBusyError` at once instead of a queue that stalls everything.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -44,6 +45,14 @@ PRODUCTION = Argon2Params(time_cost=3, memory_kib=64 * 1024, parallelism=4)
 FAST_FOR_TESTS = Argon2Params(time_cost=1, memory_kib=8 * 1024, parallelism=1)
 
 
+#: Runs ``function(*args)`` somewhere and returns its result (see :class:`KeyDeriver`).
+Runner = Callable[..., Any]
+
+
+def _call_in_place(function: Callable[..., Any], *args: Any) -> Any:
+    return function(*args)
+
+
 class KdfBusyError(Exception):
     """Every key-derivation slot is taken; the user should try again in a moment."""
 
@@ -56,11 +65,21 @@ class KeyDeriver:
         ``concurrency * params.memory_kib``).
     :param wait_seconds: how long a caller waits for a free slot before
         :class:`KdfBusyError`.
+    :param runner: calls ``runner(function, *args)`` to run argon2 itself. The default
+        calls it in place; a server with an event loop passes one that hands the work to
+        a real thread, so that a login never stops every other connection.
     """
 
-    def __init__(self, params: Argon2Params, concurrency: int, wait_seconds: float) -> None:
+    def __init__(
+        self,
+        params: Argon2Params,
+        concurrency: int,
+        wait_seconds: float,
+        runner: Runner | None = None,
+    ) -> None:
         self.params = params
         self.wait_seconds = wait_seconds
+        self._run: Runner = runner or _call_in_place
         self._slots = threading.BoundedSemaphore(concurrency)
         self._hasher = PasswordHasher(
             time_cost=params.time_cost,
@@ -83,15 +102,19 @@ class KeyDeriver:
         :raises KdfBusyError: when no slot frees up within ``wait_seconds``.
         """
         with self._slot():
-            return hash_secret_raw(
-                secret=secret,
-                salt=salt,
-                time_cost=self.params.time_cost,
-                memory_cost=self.params.memory_kib,
-                parallelism=self.params.parallelism,
-                hash_len=KEY_BYTES,
-                type=Type.ID,
-            )
+            key: bytes = self._run(self._derive, secret, salt)
+            return key
+
+    def _derive(self, secret: bytes, salt: bytes) -> bytes:
+        return hash_secret_raw(
+            secret=secret,
+            salt=salt,
+            time_cost=self.params.time_cost,
+            memory_cost=self.params.memory_kib,
+            parallelism=self.params.parallelism,
+            hash_len=KEY_BYTES,
+            type=Type.ID,
+        )
 
     def hash_password(self, password: str) -> str:
         """Return an argon2id hash of a therapist's password, in the PHC string format.
@@ -99,7 +122,8 @@ class KeyDeriver:
         :raises KdfBusyError: when no slot frees up within ``wait_seconds``.
         """
         with self._slot():
-            return self._hasher.hash(password)
+            encoded: str = self._run(self._hasher.hash, password)
+            return encoded
 
     def verify_password(self, encoded: str, password: str) -> bool:
         """Return whether ``password`` matches the stored hash ``encoded``.
@@ -108,9 +132,10 @@ class KeyDeriver:
         """
         with self._slot():
             try:
-                return self._hasher.verify(encoded, password)
+                matches: bool = self._run(self._hasher.verify, encoded, password)
             except (VerificationError, InvalidHashError):
                 return False
+            return matches
 
     def needs_rehash(self, encoded: str) -> bool:
         """Return whether a stored hash was made with other costs than today's."""

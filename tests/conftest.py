@@ -9,7 +9,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from stillroom.webapp import create_participant_app, create_portal_app
+from stillroom.webapp.app import create_participant_app, create_portal_app
 from stillroom.webapp.settings import Settings
 
 import tornet

@@ -20,21 +20,13 @@ from marionette_driver import Wait
 from marionette_driver.by import By
 from marionette_driver.errors import NoSuchElementException, StaleElementException
 from marionette_driver.marionette import Marionette, WebElement
-from werkzeug.serving import make_server
 
-from stillroom.webapp import create_participant_app, create_portal_app
-from stillroom.webapp.settings import LANGUAGES, Settings
-from stillroom.webapp.store import connect
+from stillroom.webapp.settings import LANGUAGES
 
 from support import (
-    FAST_ARGON2,
-    Clock,
     LiveServer,
-    LoopbackClient,
     RecordingRelay,
-    TherapistActions,
     add_therapist_by_cli,
-    form_fields,
 )
 
 FIREFOX = Path("/usr/bin/firefox-esr")
@@ -542,44 +534,72 @@ def frame_text(browser: Marionette, frame_class: str) -> str:
         browser.switch_to_frame()
 
 
-def test_chat_without_javascript(firefox: Marionette, live_server: LiveServer) -> None:
-    """Both sides chat with JS off; the feed keeps refreshing through 304s; drafts survive."""
-    start_clean(firefox, live_server)
+def open_chat_on_both_sides(
+    browser: Marionette, live_server: LiveServer, base: str
+) -> tuple[str, str]:
+    """Enrol a therapist with a time open for chat now; a new participant books it.
+
+    The participant's pages are loaded from ``base`` (the live server, or a relay in
+    front of it). Ends on the participant's chat page; returns the handles of the
+    therapist's tab and the participant's tab.
+    """
     name = f"Chatter{time.monotonic_ns() % 100000}"
-    enrol_therapist(firefox, live_server, name)
+    enrol_therapist(browser, live_server, name)
     # A time just over an hour ahead (the earliest participants can book); the live server
     # opens chats two hours before they start, so this one is open now.
     soon = datetime.datetime.now(ZoneInfo("Europe/Berlin")) + datetime.timedelta(minutes=70)
     soon = soon.replace(minute=soon.minute - soon.minute % 5)
-    visit(firefox, f"{live_server.portal_url}/en/availability")
-    set_date_and_time(firefox, soon.date(), soon.strftime("%H:%M"))
-    press(firefox, main_button(firefox))
-    assert query_of(firefox) == "done=published"
-    therapist_tab = firefox.current_window_handle
+    visit(browser, f"{live_server.portal_url}/en/availability")
+    set_date_and_time(browser, soon.date(), soon.strftime("%H:%M"))
+    press(browser, main_button(browser))
+    assert query_of(browser) == "done=published"
+    therapist_tab = browser.current_window_handle
 
-    participant_tab = firefox.open(type="tab", focus=True)["handle"]
-    firefox.switch_to_window(participant_tab)
-    # The participant's traffic passes a relay that records each response's status and size.
-    relay = RecordingRelay(int(live_server.url.rsplit(":", 1)[1]))
-    base = f"http://127.0.0.1:{relay.port}/en"
-    visit(firefox, f"{base}/")
-    if has(firefox, "footer form"):  # a participant of an earlier test (cookies ignore ports)
-        log_out(firefox)
-    create_account(firefox, base)
-    visit(firefox, f"{base}/book")
+    participant_tab = browser.open(type="tab", focus=True)["handle"]
+    browser.switch_to_window(participant_tab)
+    visit(browser, f"{base}/")
+    if has(browser, "footer form"):  # a participant of an earlier test (cookies ignore ports)
+        log_out(browser)
+    create_account(browser, base)
+    visit(browser, f"{base}/book")
     [label] = [
         item
-        for item in firefox.find_elements(By.CSS_SELECTOR, "fieldset label")
+        for item in browser.find_elements(By.CSS_SELECTOR, "fieldset label")
         if name in str(item.text)
     ]
     label.find_element(By.CSS_SELECTOR, "input").click()
-    press(firefox, firefox.find_element(By.CSS_SELECTOR, "main form:not(.zone) button"))
-    firefox.find_element(By.PARTIAL_LINK_TEXT, "Open the chat").click()
-    wait(firefox, page_ready)
+    press(browser, browser.find_element(By.CSS_SELECTOR, "main form:not(.zone) button"))
+    browser.find_element(By.PARTIAL_LINK_TEXT, "Open the chat").click()
+    wait(browser, page_ready)
+    assert "The chat is open" in frame_text(browser, "feed")
+    return therapist_tab, participant_tab
+
+
+def therapist_writes(browser: Marionette, live_server: LiveServer, text: str) -> float:
+    """In the therapist's tab, open today's chat and send ``text``; return when it was sent."""
+    visit(browser, f"{live_server.portal_url}/en/")
+    browser.find_element(By.PARTIAL_LINK_TEXT, "Chat").click()
+    wait(browser, page_ready)
+    browser.switch_to_frame(browser.find_element(By.CSS_SELECTOR, "iframe.compose"))
+    browser.find_element(By.ID, "text").send_keys(text)
+    sent = time.monotonic()
+    press(browser, browser.find_element(By.CSS_SELECTOR, "form button"))
+    assert "Sent." in str(browser.find_element(By.TAG_NAME, "body").text)
+    browser.switch_to_frame()
+    return sent
+
+
+def test_chat_without_javascript(firefox: Marionette, live_server: LiveServer) -> None:
+    """Both sides chat with JS off; the feed keeps refreshing through 304s; drafts survive."""
+    start_clean(firefox, live_server)
+    # The participant's traffic passes a relay that records each response's status and size.
+    relay = RecordingRelay(int(live_server.url.rsplit(":", 1)[1]))
+    therapist_tab, participant_tab = open_chat_on_both_sides(
+        firefox, live_server, f"http://127.0.0.1:{relay.port}/en"
+    )
     # The one script of the service (the live chat) is on this page; here it does not run.
     [script] = firefox.find_elements(By.TAG_NAME, "script")
     assert "/script/live." in str(script.get_attribute("src"))
-    assert "The chat is open" in frame_text(firefox, "feed")
 
     # A draft in the compose frame, not sent.
     firefox.switch_to_frame(firefox.find_element(By.CSS_SELECTOR, "iframe.compose"))
@@ -595,14 +615,7 @@ def test_chat_without_javascript(firefox: Marionette, live_server: LiveServer) -
 
     # The therapist writes; the participant's feed shows it without any script.
     firefox.switch_to_window(therapist_tab)
-    visit(firefox, f"{live_server.portal_url}/en/")
-    firefox.find_element(By.PARTIAL_LINK_TEXT, "Chat").click()
-    wait(firefox, page_ready)
-    firefox.switch_to_frame(firefox.find_element(By.CSS_SELECTOR, "iframe.compose"))
-    firefox.find_element(By.ID, "text").send_keys("Hello, thank you for coming.")
-    press(firefox, firefox.find_element(By.CSS_SELECTOR, "form button"))
-    assert "Sent." in str(firefox.find_element(By.TAG_NAME, "body").text)
-    firefox.switch_to_frame()
+    therapist_writes(firefox, live_server, "Hello, thank you for coming.")
 
     firefox.switch_to_window(participant_tab)
     wait(firefox, lambda b: "Hello, thank you for coming." in frame_text(b, "feed"))
@@ -631,51 +644,36 @@ def firefox_with_javascript() -> Iterator[Marionette]:
         yield browser
 
 
-def test_chat_with_javascript_arrives_through_the_websocket(
-    firefox_with_javascript: Marionette, tmp_path: Path
-) -> None:
-    """With JavaScript on, a new message reaches the page through the socket, not the refresh."""
-    browser = firefox_with_javascript
-    settings = Settings.load(
-        {}, data_dir=tmp_path / "instance", chat_opens_minutes_before=120, **FAST_ARGON2
-    )
-    participant_app, portal_app = create_participant_app(settings), create_portal_app(settings)
-    # The Werkzeug server hands sockets to flask-sock; the production server is the chat
-    # issue's next step, so this run uses it (tests only, as DESIGN §3 allows).
-    servers = [
-        make_server("127.0.0.1", 0, app, threaded=True) for app in (participant_app, portal_app)
-    ]
-    for server in servers:
-        threading.Thread(target=server.serve_forever, daemon=True).start()
+def feed_loaded_at(browser: Marionette) -> tuple[float, int]:
+    """Return when the feed frame's document was loaded (ms) and its refresh interval (s)."""
+    browser.switch_to_frame(browser.find_element(By.CSS_SELECTOR, "iframe.feed"))
     try:
-        portal_app.test_client_class = LoopbackClient
-        therapist = TherapistActions(portal_app.test_client(), Clock(), settings.database_path)
-        therapist.clock.now = time.time()
-        therapist.create("Live", ("en",))
-        soon = datetime.datetime.now(ZoneInfo("Europe/Berlin")) + datetime.timedelta(minutes=70)
-        therapist.publish(soon.date().isoformat(), soon.strftime("%H:%M"), languages=("en",))
-
-        base = f"http://127.0.0.1:{servers[0].server_port}/en"
-        create_account(browser, base)
-        browser.navigate(f"{base}/book")
-        browser.find_element(By.CSS_SELECTOR, "fieldset label input").click()
-        press(browser, browser.find_element(By.CSS_SELECTOR, "main form:not(.zone) button"))
-        browser.find_element(By.PARTIAL_LINK_TEXT, "Open the chat").click()
-        wait(browser, page_ready)
-        assert "The chat is open" in frame_text(browser, "feed")
-        time.sleep(1)  # the socket is open and waiting; the feed's next refresh is 9 s away
-
-        [[appointment_id]] = (
-            connect(settings.database_path).execute("SELECT id FROM appointments").fetchall()
-        )
-        html = therapist.client.get("/en/").get_data(as_text=True)
-        sent = time.monotonic()
-        therapist.client.post(
-            f"/en/chat/{appointment_id}/compose",
-            data={**form_fields(html), "text": "Arrived through the socket."},
-        )
-        wait(browser, lambda b: "Arrived through the socket." in frame_text(b, "feed"))
-        assert time.monotonic() - sent < 3, "the feed's own refresh would take up to 10 s"
+        loaded = float(browser.execute_script("return performance.timeOrigin;"))
+        refresh = browser.find_element(By.CSS_SELECTOR, "meta[http-equiv=refresh]")
+        return loaded, int(str(refresh.get_attribute("content")))
     finally:
-        for server in servers:
-            server.shutdown()
+        browser.switch_to_frame()
+
+
+def test_chat_with_javascript_arrives_through_the_websocket(
+    firefox_with_javascript: Marionette, live_server: LiveServer
+) -> None:
+    """With JavaScript on, the production server's WebSocket brings a new message at once.
+
+    The proof that the socket (and not the frame's own refresh) brought it: the feed
+    reloads long before its meta refresh was due.
+    """
+    browser = firefox_with_javascript
+    therapist_tab, participant_tab = open_chat_on_both_sides(
+        browser, live_server, f"{live_server.url}/en"
+    )
+    time.sleep(1)  # the page's script has opened its socket
+    before, interval = feed_loaded_at(browser)
+    browser.switch_to_window(therapist_tab)
+    sent = therapist_writes(browser, live_server, "Arrived through the socket.")
+    browser.switch_to_window(participant_tab)
+    wait(browser, lambda b: "Arrived through the socket." in frame_text(b, "feed"))
+    arrived = time.monotonic()
+    after, _ = feed_loaded_at(browser)
+    assert after - before < (interval - 2) * 1000, "the feed reloaded before its refresh was due"
+    assert arrived - sent < 3

@@ -8,7 +8,7 @@ import threading
 import pyotp
 import pytest
 
-from stillroom.webapp import create_portal_app
+from stillroom.webapp.app import create_portal_app
 from stillroom.webapp.security import SECURITY_HEADERS
 from stillroom.webapp.store import connect
 

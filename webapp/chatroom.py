@@ -49,6 +49,7 @@ from stillroom.webapp.chat import (
     read_messages,
     send_message,
 )
+from stillroom.webapp.db import close_db
 from stillroom.webapp.gate import current_session, db, now, settings
 from stillroom.webapp.hub import HUB
 from stillroom.webapp.i18n import current_language
@@ -342,7 +343,9 @@ def add_chat_routes(
         """The live chat's WebSocket: "news" whenever the chat changes."""
         if current_session() is None:
             return
-        live(ws, own(appointment_id))
+        appointment = own(appointment_id)
+        close_db()  # the socket lives for the whole chat; its connection goes back now
+        live(ws, appointment)
 
     def check_live_socket() -> None:
         """Refuse a WebSocket this server cannot upgrade, or one opened from another site."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import signal
@@ -15,16 +14,22 @@ from pathlib import Path
 from typing import NoReturn
 
 import click
-import waitress
 from flask import Flask
+from gevent.pywsgi import WSGIServer
 from sqlite_utils import Database
-from waitress.server import BaseWSGIServer
 
 from stillroom.onion import clients, service, tor
-from stillroom.onion.errors import PortInUseError, TorError, TorLostError
-from stillroom.webapp import booking, create_participant_app, create_portal_app, therapists
+from stillroom.onion.errors import TorError, TorLostError
+from stillroom.webapp import booking, therapists
+from stillroom.webapp.app import create_participant_app, create_portal_app
 from stillroom.webapp.instance import prepare_instance
-from stillroom.webapp.retention import start_periodic_purge
+from stillroom.webapp.server import (
+    StopServing,
+    close_servers,
+    create_servers,
+    run_until_stopped,
+    stop_on_sigterm,
+)
 from stillroom.webapp.settings import LANGUAGES, Settings, SettingsError, describe_settings
 from stillroom.webapp.store import connect
 from stillroom.webapp.times import is_zone
@@ -82,84 +87,6 @@ def defences(settings: Settings) -> service.Defences:
     )
 
 
-#: Connections waitress keeps open at once. Tor circuits are slow and hold theirs for
-#: long; waitress's default of 100 let 200 slow clients lock everyone else out
-#: (tests/bench/server_choice.py). Each costs a file descriptor, not a thread.
-CONNECTION_LIMIT = 500
-
-
-class StopServing(Exception):
-    """Raised in the main thread by SIGTERM (and by a lost tor) to unwind cleanly."""
-
-
-def stop_serving(*_args: object) -> None:
-    """SIGTERM handler: trivial on purpose; the unwinding does the cleanup."""
-    raise StopServing
-
-
-def create_server(
-    app: Flask, port: int, settings: Settings, socket_map: dict[int, object]
-) -> BaseWSGIServer:
-    """Bind one app's port on 127.0.0.1 now, before Tor starts.
-
-    Servers that share ``socket_map`` are served by one loop, each with its own threads.
-
-    :raises PortInUseError: when another program holds the port.
-    """
-    try:
-        server: BaseWSGIServer = waitress.create_server(
-            app,
-            map=socket_map,
-            host="127.0.0.1",
-            port=port,
-            threads=settings.server_threads,
-            connection_limit=CONNECTION_LIMIT,
-            ident="",
-            # Bodies past the app's limit still reach it (and get its translated 413) up
-            # to here; waitress keeps bodies this small in memory, never in a temp file.
-            max_request_body_size=256 * 1024,
-            clear_untrusted_proxy_headers=True,
-            expose_tracebacks=False,
-        )
-    except OSError as error:
-        if error.errno == errno.EADDRINUSE:
-            raise PortInUseError(port) from error
-        raise
-    return server
-
-
-def create_servers(
-    participant_app: Flask, portal_app: Flask, settings: Settings
-) -> list[BaseWSGIServer]:
-    """Bind both apps' ports: the participant app first, then the portal."""
-    socket_map: dict[int, object] = {}
-    participant = create_server(participant_app, settings.participant_port, settings, socket_map)
-    try:
-        portal = create_server(portal_app, settings.portal_port, settings, socket_map)
-    except BaseException:
-        participant.close()
-        raise
-    return [participant, portal]
-
-
-def run_until_stopped(servers: list[BaseWSGIServer], settings: Settings) -> None:
-    """Serve both apps until Ctrl-C or SIGTERM, purging expired data every minute."""
-    stop_purge = start_periodic_purge(settings)
-    try:
-        servers[0].run()  # one loop serves every socket in the shared map
-    except (KeyboardInterrupt, StopServing):
-        pass
-    finally:
-        stop_purge.set()
-        close_servers(servers)
-
-
-def close_servers(servers: list[BaseWSGIServer]) -> None:
-    """Stop both servers' threads and close their sockets."""
-    for server in servers:
-        server.close()
-
-
 @click.group(epilog=SETTINGS_EPILOG)
 @click.version_option(package_name="stillroom")
 def main() -> None:
@@ -181,7 +108,7 @@ def serve(no_tor: bool) -> None:
     way in, and the portal is for a TLS reverse proxy.
     """
     settings = load_settings()
-    signal.signal(signal.SIGTERM, stop_serving)
+    stop_on_sigterm()
     try:
         app = create_participant_app(settings)
         servers = create_servers(app, create_portal_app(settings), settings)
@@ -205,9 +132,7 @@ def serve(no_tor: bool) -> None:
         fail(failure)
 
 
-def serve_through_tor(
-    app: Flask, servers: list[BaseWSGIServer], settings: Settings
-) -> TorError | None:
+def serve_through_tor(app: Flask, servers: list[WSGIServer], settings: Settings) -> TorError | None:
     """Start or attach tor, publish, serve; always clean up. Return what went wrong."""
     lost = threading.Event()
     handle: tor.Tor | None = None

@@ -46,7 +46,9 @@ class Settings:
         " (used in enrolment links; its host is the only one the portal answers besides"
         " 127.0.0.1). Empty: http://127.0.0.1:PORTAL_PORT.",
     )
-    server_threads: int = _setting(8, "Worker threads of the WSGI server.")
+    server_connections: int = _setting(
+        2000, "Connections each app serves at once (a greenlet each); more wait to be accepted."
+    )
     idle_timeout_minutes: int = _setting(30, "A session ends after this many idle minutes.")
     absolute_timeout_hours: int = _setting(8, "A session ends this many hours after login.")
     argon2_time_cost: int = _setting(
@@ -130,7 +132,7 @@ class Settings:
             if getattr(self, name) > 65535:
                 raise SettingsError(f"{env_var(name)} must be a port number (0-65535)")
         for name in (
-            "server_threads",
+            "server_connections",
             "argon2_concurrency",
             "argon2_time_cost",
             "argon2_parallelism",
@@ -142,12 +144,12 @@ class Settings:
         bounds = {
             "idle_timeout_minutes": (1, 24 * 60),
             "absolute_timeout_hours": (1, 7 * 24),
-            "max_request_kib": (1, 256),  # waitress caps bodies at 256 KiB
+            "max_request_kib": (1, 256),
             "argon2_memory_kib": (8, 4 * 1024 * 1024),
             "argon2_time_cost": (1, 100),
             "argon2_parallelism": (1, 64),
             "argon2_concurrency": (1, 64),
-            "server_threads": (1, 256),
+            "server_connections": (10, 100_000),
             "booking_weeks_ahead": (1, 26),
             "booking_cutoff_hours": (0, 14 * 24),
             "max_upcoming_bookings": (1, 10),

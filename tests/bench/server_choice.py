@@ -8,7 +8,7 @@ starts each candidate in its own process on 127.0.0.1 and measures:
   connections trickle their request headers one byte at a time;
 - ``websocket``: whether a flask-sock echo route works through that server.
 
-    .venv/bin/pip install gunicorn gevent   # candidates, not project dependencies
+    .venv/bin/pip install gunicorn waitress   # the other candidates, not dependencies
     PYTHONSAFEPATH=1 .venv/bin/python tests/bench/server_choice.py [--slow 200]
 
 It prints one line per server and, last, ``fastest_with_websocket=NAME``.
@@ -40,7 +40,7 @@ def build_app(data_dir: Path) -> Flask:
     from flask_sock import Sock
 
     from stillroom.crypto.kdf import FAST_FOR_TESTS
-    from stillroom.webapp import create_participant_app
+    from stillroom.webapp.app import create_participant_app
     from stillroom.webapp.settings import Settings
 
     settings = Settings.load(

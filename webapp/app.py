@@ -1,0 +1,128 @@
+"""The two Flask apps of Stillroom.
+
+Two factories over the same domain modules, as in DESIGN §3:
+:func:`create_participant_app` builds the app served only through the onion
+service; :func:`create_portal_app` builds the therapists' portal on its own port.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+import gevent
+from flask import Flask
+from gevent import monkey
+
+from stillroom.crypto.kdf import PRODUCTION, KeyDeriver, Runner
+from stillroom.webapp import assets, chatroom, db, i18n, participant, portal, security
+from stillroom.webapp.chat import RateLimiter
+from stillroom.webapp.instance import prepare_instance, subkey
+from stillroom.webapp.retention import purge
+from stillroom.webapp.settings import Settings
+
+log = logging.getLogger(__name__)
+
+#: Purposes of the per-app subkeys of the server secret (BLAKE2b allows 16 bytes).
+FORM_KEY_PURPOSE = {"participant": b"form-key", "portal": b"portal-form"}
+PENDING_KEY_PURPOSE = {"participant": b"pending-key", "portal": b"portal-pending"}
+#: The portal's own argon2id slot: a flood of participant logins through the onion never
+#: keeps therapists out. Argon2 memory is bounded by (ARGON2_CONCURRENCY + 1) x ARGON2_MEMORY_KIB.
+PORTAL_ARGON2_CONCURRENCY = 1
+
+
+def argon2_runner() -> Runner | None:
+    """Return how argon2 should run: in gevent's thread pool when serving, else in place.
+
+    Under the ``stillroom`` command every connection is a greenlet of one thread, and
+    argon2 holds its caller for a fifth of a second; in a real thread (argon2-cffi lets
+    go of the GIL) it leaves the other connections running.
+    """
+    if not monkey.is_module_patched("threading"):
+        return None
+
+    def in_thread_pool(function: Callable[..., Any], *args: Any) -> Any:
+        return gevent.get_hub().threadpool.apply(function, args)
+
+    return in_thread_pool
+
+
+def _create_app(settings: Settings | None, clock: Callable[[], float], area: str) -> Flask:
+    """Build the parts both apps share; ``area`` is the blueprint's name."""
+    settings = Settings.load() if settings is None else settings
+    argon2 = settings.argon2
+    if argon2.memory_kib < PRODUCTION.memory_kib or argon2.time_cost < PRODUCTION.time_cost:
+        log.warning("argon2id costs are below RFC 9106's recommendation: for tests only")
+    secret = prepare_instance(settings)
+    concurrency = (
+        settings.argon2_concurrency if area == "participant" else PORTAL_ARGON2_CONCURRENCY
+    )
+    app = Flask(
+        __name__,
+        instance_path=str(settings.data_dir.resolve()),
+        static_folder=None,
+    )
+    app.config.update(
+        SETTINGS=settings,
+        CLOCK=clock,
+        # Each app has its own form and pending keys: a form of one never passes the other.
+        FORM_KEY=subkey(secret, FORM_KEY_PURPOSE[area]),
+        PENDING_KEY=subkey(secret, PENDING_KEY_PURPOSE[area]),
+        LOOKUP_KEY=subkey(secret, b"lookup-key"),
+        TOTP_KEY=subkey(secret, b"totp-key"),
+        ONION_ADDRESS=None,
+        PUBLIC_HOST=None,
+        SECURE_COOKIES=False,
+        KEY_DERIVER=KeyDeriver(
+            settings.argon2, concurrency, settings.argon2_wait_seconds, argon2_runner()
+        ),
+        CHAT_RATE_LIMITER=RateLimiter(
+            settings.chat_rate_messages, settings.chat_rate_seconds, clock=clock
+        ),
+    )
+    app.jinja_env.trim_blocks = True
+    app.jinja_env.lstrip_blocks = True
+    app.jinja_env.globals["area"] = area
+    db.init_app(app)
+    security.init_app(app)
+    i18n.init_app(app)
+    assets.init_app(app)
+    chatroom.init_app(app)
+    with app.app_context():
+        purge(db.get_db(), int(clock()), settings)
+    return app
+
+
+def create_participant_app(
+    settings: Settings | None = None,
+    clock: Callable[[], float] = time.time,
+) -> Flask:
+    """Build the participant (onion) app.
+
+    :param settings: the deployment's settings; read from the environment when omitted.
+    :param clock: the time source, replaceable so that tests can move time.
+    """
+    app = _create_app(settings, clock, "participant")
+    app.config["ONION_ADDRESS"] = app.config["SETTINGS"].onion_address or None
+    participant.init_app(app)
+    return app
+
+
+def create_portal_app(
+    settings: Settings | None = None,
+    clock: Callable[[], float] = time.time,
+) -> Flask:
+    """Build the therapist portal (clearnet, behind TLS; never reachable through the onion).
+
+    :param settings: the deployment's settings; read from the environment when omitted.
+    :param clock: the time source, replaceable so that tests can move time.
+    """
+    app = _create_app(settings, clock, "portal")
+    public = urlsplit(app.config["SETTINGS"].portal_base_url)
+    app.config["PUBLIC_HOST"] = public.hostname
+    app.config["SECURE_COOKIES"] = public.scheme == "https"
+    portal.init_app(app)
+    return app

@@ -1,0 +1,153 @@
+"""The production server: gevent's WSGI server, one greenlet per connection.
+
+Chosen by measurement (``tests/bench/server_choice.py`` and ``tests/bench/chat_load.py``):
+Tor circuits are slow and hold their connections for long, no-JS participants keep
+a connection open to reload their feed, and the live chat keeps a WebSocket open for
+the whole appointment. A greenlet per connection costs kilobytes where a thread costs
+a stack, and gevent's server runs flask-sock.
+
+It only works in a process that :mod:`stillroom.webapp.command` patched before anything
+else was imported; then blocking calls (sockets, locks, sleeps) give way to the other
+connections, and argon2 runs in gevent's pool of real threads
+(:func:`stillroom.webapp.app.argon2_runner`).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import resource
+import signal
+from typing import Any
+
+import gevent
+from flask import Flask
+from gevent import monkey
+from gevent.event import Event
+from gevent.pool import Pool
+from gevent.pywsgi import WSGIHandler, WSGIServer
+
+from stillroom.onion.errors import PortInUseError
+from stillroom.webapp.retention import start_periodic_purge
+from stillroom.webapp.settings import Settings
+
+log = logging.getLogger(__name__)
+
+#: A connection that sends no complete request head for this long is closed. Longer
+#: than the slowest feed refresh (30 s), so a waiting participant keeps the connection.
+IDLE_SECONDS = 120
+
+
+class QuietHandler(WSGIHandler):  # type: ignore[misc]
+    """gevent's request handler, minus everything that could identify a client.
+
+    No access log (the server gets ``log=None``); a server-side error is logged by
+    its type alone, never with the request's environment (which holds the user agent);
+    a connection that stays silent is dropped after :data:`IDLE_SECONDS`.
+    """
+
+    def read_requestline(self) -> str:
+        """Read the request line, giving up after :data:`IDLE_SECONDS` (ends the connection)."""
+        with gevent.Timeout(IDLE_SECONDS, False):
+            line: str = super().read_requestline()
+            return line
+        return ""
+
+    def read_request(self, raw_requestline: str) -> Any:
+        """Read the headers within :data:`IDLE_SECONDS` too (a slow trickle ends the connection)."""
+        timeout = gevent.Timeout(IDLE_SECONDS)
+        timeout.start()
+        try:
+            return super().read_request(raw_requestline)
+        except gevent.Timeout as expired:
+            if expired is not timeout:
+                raise
+            self.close_connection = True
+            return None
+        finally:
+            timeout.cancel()
+
+    def handle_error(self, t: type[BaseException], v: BaseException, tb: object) -> None:
+        """Log an unexpected server error by its type only, and answer 500."""
+        log.error("request failed inside the server: %s", t.__name__)
+        self._send_error_response_if_possible(500)
+
+
+def create_server(app: Flask, port: int, settings: Settings) -> WSGIServer:
+    """Bind one app's port on 127.0.0.1 now (before Tor starts); serve it later.
+
+    :raises PortInUseError: when another program holds the port.
+    """
+    server = WSGIServer(
+        ("127.0.0.1", port),
+        app,
+        spawn=Pool(settings.server_connections),
+        log=None,
+        error_log=None,
+        handler_class=QuietHandler,
+    )
+    try:
+        server.init_socket()
+    except OSError as error:
+        if error.errno == errno.EADDRINUSE:
+            raise PortInUseError(port) from error
+        raise
+    return server
+
+
+def raise_file_limit(settings: Settings) -> None:
+    """Allow a file descriptor for every connection both apps may hold, and some to spare.
+
+    Debian's default soft limit (1,024) would stop the server accepting long before
+    ``SERVER_CONNECTIONS``; the hard limit stays the operator's (systemd's ``LimitNOFILE``).
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 2 * settings.server_connections + 256
+    if soft < wanted:
+        ceiling = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, ceiling), hard))
+
+
+def create_servers(
+    participant_app: Flask, portal_app: Flask, settings: Settings
+) -> list[WSGIServer]:
+    """Bind both apps' ports: the participant app first, then the portal."""
+    if not monkey.is_module_patched("socket"):
+        raise RuntimeError("serve through the stillroom command, which prepares gevent")
+    raise_file_limit(settings)
+    participant = create_server(participant_app, settings.participant_port, settings)
+    try:
+        portal = create_server(portal_app, settings.portal_port, settings)
+    except BaseException:
+        participant.close()
+        raise
+    return [participant, portal]
+
+
+class StopServing(Exception):
+    """Raised in the main greenlet by SIGTERM (and by a lost tor) to unwind cleanly."""
+
+
+def stop_on_sigterm() -> None:
+    """Make SIGTERM raise :class:`StopServing` wherever the main greenlet is waiting."""
+    gevent.signal_handler(signal.SIGTERM, gevent.kill, gevent.getcurrent(), StopServing)
+
+
+def run_until_stopped(servers: list[WSGIServer], settings: Settings) -> None:
+    """Serve both apps until Ctrl-C or SIGTERM, purging expired data every minute."""
+    stop_purge = start_periodic_purge(settings)
+    try:
+        for server in servers:
+            server.start()
+        Event().wait()  # until SIGTERM or Ctrl-C raises here
+    except (KeyboardInterrupt, StopServing):
+        pass
+    finally:
+        stop_purge.set()
+        close_servers(servers)
+
+
+def close_servers(servers: list[WSGIServer]) -> None:
+    """Stop accepting, give open requests a moment, and close both sockets."""
+    for server in servers:
+        server.stop(timeout=2)
