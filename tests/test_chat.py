@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import gzip
 import os
 import re
 import shutil
@@ -260,6 +261,21 @@ def test_an_unchanged_feed_is_answered_with_a_bare_304(chat):
     chat.say("therapist", "news")
     changed = chat.feed("participant", **{"If-None-Match": etag})
     assert changed.status_code == 200 and "news" in changed.get_data(as_text=True)
+
+
+def test_the_feed_is_gzipped_but_pages_with_a_form_token_never_are(chat):
+    """Compression halves a feed page; beside a secret (a form token) it could leak it."""
+    chat.at(STARTS)
+    chat.say("therapist", "A message long enough to be worth compressing, and then some.")
+    plain = chat.feed("participant").get_data()
+    packed = chat.feed("participant", **{"Accept-Encoding": "gzip, deflate, br"})
+    assert packed.headers["Content-Encoding"] == "gzip"
+    assert gzip.decompress(packed.get_data()) == plain
+    assert len(packed.get_data()) < len(plain) * 0.7
+    for path in (f"/en/chat/{chat.id}/compose", f"/en/chat/{chat.id}", "/en/account"):
+        page = chat.auth.client.get(path, headers={"Accept-Encoding": "gzip"})
+        assert 'name="form_token"' in page.get_data(as_text=True), path
+        assert "Content-Encoding" not in page.headers, path
 
 
 def test_the_feed_refreshes_faster_while_the_other_side_writes(chat, clock):

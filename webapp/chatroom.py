@@ -13,6 +13,7 @@ the feed frame reloads at once.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,7 +35,7 @@ from flask import (
 from flask_babel import lazy_gettext as _l
 from flask_sock import Sock
 
-from stillroom.webapp.assets import serve_hashed
+from stillroom.webapp.assets import gzip_if_accepted, serve_hashed
 from stillroom.webapp.chat import (
     MAX_MESSAGE_CHARS,
     ChatAppointment,
@@ -141,7 +142,8 @@ def feed(appointment: ChatAppointment, side: Side) -> Response:
         f"{conversation_id}:{newest}:{interval}:{locked}:"
         f"{window_text(appointment, side.zone)}:{side.zone}:{current_language()}"
     )
-    etag = hashlib.blake2b(state.encode(), digest_size=8).hexdigest()
+    digest = hashlib.blake2b(state.encode(), digest_size=8).digest()
+    etag = base64.urlsafe_b64encode(digest).decode().rstrip("=")  # 11 characters, not 16 in hex
     if etag in request.if_none_match:
         return not_modified(etag)
     response = make_response(
@@ -156,7 +158,7 @@ def feed(appointment: ChatAppointment, side: Side) -> Response:
     )
     response.set_etag(etag)
     response.headers["Cache-Control"] = "private, no-cache"
-    return response
+    return gzip_if_accepted(response)
 
 
 def other_label(side: Side) -> Any:

@@ -18,6 +18,7 @@ Prints the figures and, last, ``idle_reload_bytes=N`` and ``reference_chat_bytes
 from __future__ import annotations
 
 import datetime
+import gzip
 import re
 import socket
 import sys
@@ -106,7 +107,10 @@ class Browser:
         cost = len(head) + 4 + length  # what the participant downloads for it
         self.sent += len(raw)
         self.received += len(head) + 4 + length
-        return int(head.split(b" ", 2)[1]), headers, rest[:length].decode(), cost
+        content = rest[:length]
+        if headers.get("content-encoding") == "gzip":
+            content = gzip.decompress(content)
+        return int(head.split(b" ", 2)[1]), headers, content.decode(), cost
 
 
 def form_token(html: str) -> str:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gzip
 import os
 import random
 import re
@@ -180,6 +181,8 @@ class Connection:
                     headers.setdefault(name.strip().lower(), value.strip())
             length = int(headers.get("content-length", "0"))
             content = await self.reader.readexactly(length) if length else b""
+            if headers.get("content-encoding") == "gzip":
+                content = gzip.decompress(content)
             if headers.get("connection", "").lower() == "close":
                 self.writer.close()
                 self.writer = None
