@@ -361,6 +361,27 @@ def test_a_reset_therapist_makes_the_chat_say_so_calmly(chat, settings):
     assert "are you there?" in response.get_data(as_text=True)
 
 
+def test_after_a_reset_and_new_enrolment_the_pair_chats_in_a_new_conversation(
+    chat, settings
+):
+    chat.at(STARTS)
+    assert chat.say("participant", "before the reset").status_code == 200
+    db = connect(settings.database_path)
+    try:
+        enrolment = reset_therapist(db, "Anna", STARTS)
+        # The old conversation is gone, keys and all: nothing reopens it for the new key.
+        assert db.execute("SELECT count(*) FROM conversations").fetchone() == (0,)
+        assert db.execute("SELECT count(*) FROM messages").fetchone() == (0,)
+    finally:
+        db.close()
+    assert chat.therapist.enrol(enrolment.token).status_code == 302
+    assert chat.say("participant", "after the reset").status_code == 200
+    assert chat.say("therapist", "I can read you again").status_code == 200
+    therapist_sees = chat.feed("therapist").get_data(as_text=True)
+    assert "after the reset" in therapist_sees and "before the reset" not in therapist_sees
+    assert "I can read you again" in chat.feed("participant").get_data(as_text=True)
+
+
 def test_delete_when_the_chat_ends_even_with_a_next_appointment(chat, settings, clock):
     chat.at(STARTS)
     chat.therapist.publish("2027-01-25", "18:00")

@@ -161,7 +161,14 @@ def start_conversation(db: Database, participant_id: str, therapist_id: str) -> 
     """
     existing = conversation_id_of(db, participant_id, therapist_id)
     if existing is not None:
-        return existing
+        (copies,) = db.execute(
+            "SELECT key_for_participant IS NOT NULL AND key_for_therapist IS NOT NULL"
+            " FROM conversations WHERE id = ?",
+            [existing],
+        ).fetchone()
+        if copies:
+            return existing
+        delete_conversation(db, existing)  # a side's copy was shredded: it is over
     participant_key, therapist_key = db.execute(
         "SELECT (SELECT public_key FROM participants WHERE id = ?),"
         " (SELECT public_key FROM therapists WHERE id = ?)",

@@ -348,7 +348,10 @@ def therapist_reset(name: str) -> None:
             enrolment = therapists.reset_therapist(database, name, int(time.time()))
         except therapists.UnknownTherapistError:
             fail(RuntimeError(f"no therapist named {name!r}"))
-    click.echo("Password and authenticator cleared, sessions ended, account enabled.")
+    click.echo(
+        "Password and authenticator cleared, sessions ended, conversations deleted"
+        " (they were sealed to the old key), account enabled."
+    )
     say_enrolment(settings, found.languages[0], enrolment)
 
 

@@ -34,6 +34,7 @@ from stillroom.crypto.keys import (
     unwrap_key,
     wrap_key,
 )
+from stillroom.webapp.chat import delete_conversation
 from stillroom.webapp.sessions import THERAPIST_SESSIONS, end_sessions_of
 from stillroom.webapp.settings import LANGUAGES
 from stillroom.webapp.store import checkpoint, transaction
@@ -517,7 +518,10 @@ def reset_therapist(db: Database, name: str, now: int) -> Enrolment:
 
     The old key pair cannot be opened without the old password, so enrolment makes
     a new one. The login name stays. Free times are withdrawn: nobody should book a
-    therapist who cannot log in yet.
+    therapist who cannot log in yet. The therapist's conversations are deleted, their
+    keys first: they were sealed to the old key pair, so the therapist could never read
+    them again, and nothing should reopen them for whoever enrols next. A pair that
+    meets again starts a new conversation under both current keys.
 
     :returns: the login name and the new enrolment token.
     :raises UnknownTherapistError: when no therapist has this name.
@@ -532,6 +536,13 @@ def reset_therapist(db: Database, name: str, now: int) -> Enrolment:
         )
         end_sessions_of(db, THERAPIST_SESSIONS, therapist.id)
         _withdraw_free_slots(db, therapist.id, now)
+        db.execute(
+            "UPDATE conversations SET key_for_therapist = NULL WHERE therapist_id = ?",
+            [therapist.id],
+        )
         token = _issue_enrolment(db, therapist.id, now)
+    ended = db.execute("SELECT id FROM conversations WHERE therapist_id = ?", [therapist.id])
+    for (conversation_id,) in ended.fetchall():
+        delete_conversation(db, conversation_id)
     checkpoint(db)
     return Enrolment(therapist.login_name, token)
