@@ -47,7 +47,7 @@ class Settings:
         " 127.0.0.1). Empty: http://127.0.0.1:PORTAL_PORT.",
     )
     server_connections: int = _setting(
-        2000, "Connections each app serves at once (a greenlet each); more wait to be accepted."
+        4000, "Connections each app serves at once (a greenlet each); more wait to be accepted."
     )
     idle_timeout_minutes: int = _setting(30, "A session ends after this many idle minutes.")
     absolute_timeout_hours: int = _setting(8, "A session ends this many hours after login.")

@@ -57,6 +57,8 @@ FAST_ARGON2 = {
     "STILLROOM_ARGON2_MEMORY_KIB": "8192",
     "STILLROOM_ARGON2_PARALLELISM": "1",
 }
+#: A request unanswered for this long fails the run (a full server must not hang it).
+REQUEST_TIMEOUT = 30
 TEXT = "Thank you. I would like to talk about how the week went, if that is all right."
 
 
@@ -161,6 +163,9 @@ class Connection:
             head.append("Content-Type: application/x-www-form-urlencoded")
             head.append(f"Content-Length: {len(body)}")
         raw = ("\r\n".join(head) + "\r\n\r\n").encode() + body
+        return await asyncio.wait_for(self._exchange(raw), REQUEST_TIMEOUT)
+
+    async def _exchange(self, raw: bytes) -> tuple[int, dict[str, str], bytes]:
         for attempt in range(2):
             if self.writer is None:
                 self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
