@@ -361,9 +361,7 @@ def test_a_reset_therapist_makes_the_chat_say_so_calmly(chat, settings):
     assert "are you there?" in response.get_data(as_text=True)
 
 
-def test_after_a_reset_and_new_enrolment_the_pair_chats_in_a_new_conversation(
-    chat, settings
-):
+def test_after_a_reset_and_new_enrolment_the_pair_chats_in_a_new_conversation(chat, settings):
     chat.at(STARTS)
     assert chat.say("participant", "before the reset").status_code == 200
     db = connect(settings.database_path)
