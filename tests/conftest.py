@@ -16,6 +16,7 @@ import tornet
 from support import (
     FAST_ARGON2,
     AuthActions,
+    Chat,
     Clock,
     LiveServer,
     LoopbackClient,
@@ -90,3 +91,8 @@ def tor_network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tornet.Tor
         pytest.fail(tornet.TOR_MISSING, pytrace=False)
     with tornet.TorNetwork.build(tmp_path_factory.mktemp("tornet")) as network:
         yield network
+
+
+@pytest.fixture
+def chat(therapist, auth, clock, settings) -> Chat:
+    return Chat(therapist, auth, clock, settings)

@@ -12,6 +12,7 @@ import threading
 import time
 import urllib.request
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pyotp
@@ -408,3 +409,49 @@ class RecordingRelay:
     def close(self) -> None:
         self._stop.set()
         self._server.close()
+
+
+SLOT = re.compile(r"name=slot value=([0-9a-f]+)")
+#: Monday 18 January 2027, 18:00-18:50 in Berlin (17:00-17:50 UTC).
+STARTS = int(datetime(2027, 1, 18, 17, 0, tzinfo=UTC).timestamp())
+ENDS = STARTS + 50 * 60
+
+
+def rows(settings, sql: str, args=()) -> list[tuple]:
+    db = connect(settings.database_path)
+    try:
+        return db.execute(sql, list(args)).fetchall()
+    finally:
+        db.close()
+
+
+class Chat:
+    """A booked appointment with a participant and a therapist, both logged in."""
+
+    def __init__(self, therapist, auth, clock, settings) -> None:
+        self.therapist, self.auth, self.clock, self.settings = therapist, auth, clock, settings
+        therapist.create()
+        assert therapist.publish("2027-01-18", "18:00").status_code == 302
+        self.passphrase = auth.create()
+        [slot] = SLOT.findall(auth.client.get("/en/book").get_data(as_text=True))
+        assert auth.post("/book", {"slot": slot}, page="/book").status_code == 302
+        [[self.id]] = rows(settings, "SELECT id FROM appointments")
+
+    def at(self, moment: int) -> None:
+        """Move the clock and log both sides in again (sessions time out over days)."""
+        self.clock.now = moment
+        self.auth.client.delete_cookie("stillroom", domain="127.0.0.1")
+        assert self.auth.login(self.passphrase).status_code == 302
+        self.therapist.client.delete_cookie("stillroom_portal", domain="127.0.0.1")
+        assert self.therapist.login().status_code == 302
+
+    def say(self, who: str, text: str):
+        client = self.auth.client if who == "participant" else self.therapist.client
+        # Any page's token fits this session's forms (the compose frame has no form when closed).
+        html = client.get("/en/account" if who == "participant" else "/en/").get_data(as_text=True)
+        path = f"/en/chat/{self.id}/compose"
+        return client.post(path, data={**form_fields(html), "text": text})
+
+    def feed(self, who: str, **headers):
+        client = self.auth.client if who == "participant" else self.therapist.client
+        return client.get(f"/en/chat/{self.id}/feed", headers=headers)
