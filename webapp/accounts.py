@@ -8,6 +8,7 @@ argon2id key that only the passphrase gives.
 
 from __future__ import annotations
 
+import datetime
 import secrets
 import sqlite3
 from dataclasses import dataclass
@@ -141,6 +142,39 @@ def replace_passphrase(
 def delete_account(db: Database, participant_id: str) -> None:
     """Delete the account and everything that hangs off it, and flush the WAL."""
     with transaction(db):
+        _delete_accounts(db, [participant_id])
+    checkpoint(db)
+
+
+def purge_unused_accounts(db: Database, today: str, retention_days: int) -> int:
+    """Delete every account whose last login is ``retention_days`` or more before ``today``.
+
+    :param today: today's date (UTC) in ISO form, as ``last_login_day`` holds it.
+    :returns: how many accounts went.
+    """
+    cutoff = datetime.date.fromisoformat(today) - datetime.timedelta(days=retention_days)
+    with transaction(db):
+        unused = [
+            row[0]
+            for row in db.execute(
+                "SELECT id FROM participants WHERE last_login_day <= ?", [cutoff.isoformat()]
+            )
+        ]
+        _delete_accounts(db, unused)
+    return len(unused)
+
+
+def _delete_accounts(db: Database, participant_ids: list[str]) -> None:
+    """Inside a write transaction: conversation keys first, then the accounts.
+
+    Deleting an account cascades to its sessions, appointments, pairs, conversations
+    and messages; the conversation keys are shredded first all the same.
+    """
+    for participant_id in participant_ids:
+        db.execute(
+            "UPDATE conversations SET key_for_participant = NULL, key_for_therapist = NULL"
+            " WHERE participant_id = ?",
+            [participant_id],
+        )
         db.execute("DELETE FROM sessions WHERE participant_id = ?", [participant_id])
         db.execute("DELETE FROM participants WHERE id = ?", [participant_id])
-    checkpoint(db)

@@ -48,7 +48,9 @@ INVENTORY: tuple[Table, ...] = (
         name="participants",
         purpose=_l("One row per account. There is no name, e-mail or other identifier."),
         readers=_l("The server, to let you log in."),
-        retention=_l("Until you delete your account."),
+        retention=_l(
+            "Until you delete your account, or %(account_days)s days after your last login."
+        ),
         columns=(
             Column("id", _l("A random number that links your data together.")),
             Column(
@@ -185,7 +187,9 @@ INVENTORY: tuple[Table, ...] = (
             " anything you typed, and it is different for each therapist."
         ),
         readers=_l("The therapist it belongs to."),
-        retention=_l("Until you delete your account."),
+        retention=_l(
+            "Until you delete your account, or %(account_days)s days after your last login."
+        ),
         columns=(
             Column("participant_id", _l("Your account.")),
             Column("therapist_id", _l("The therapist.")),
@@ -226,6 +230,12 @@ INVENTORY: tuple[Table, ...] = (
             Column("totp_last_step", _l("The last code used, so that no code works twice.")),
             Column("failed_logins", _l("Failed logins in a row, to pause guessing.")),
             Column("locked_until", _l("Until when logging in is paused after failures.")),
+            Column(
+                "failures_expire_at",
+                _l(
+                    "When the count of failed logins is forgotten: a pause's length after the last."
+                ),
+            ),
             Column("disabled", _l("Whether the operator has locked the account.")),
         ),
         about_participants=False,
@@ -234,7 +244,7 @@ INVENTORY: tuple[Table, ...] = (
         name="enrolments",
         purpose=_l("One-time links with which a new therapist sets up their account."),
         readers=_l("The server, when the link is opened."),
-        retention=_l("Deleted when used, or after 24 hours."),
+        retention=_l("Deleted when used, or after %(link_hours)s hours."),
         columns=(
             Column("token_hash", _l("A hash of the link's secret part.")),
             Column("therapist_id", _l("The therapist the link is for.")),
@@ -285,6 +295,8 @@ def retention_values(settings: Settings) -> dict[str, int]:
         "hours": settings.absolute_timeout_hours,
         "days": settings.appointment_retention_days,
         "message_days": settings.message_retention_days,
+        "account_days": settings.account_retention_days,
+        "link_hours": settings.enrolment_link_hours,
     }
 
 

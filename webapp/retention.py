@@ -1,13 +1,15 @@
 """Retention: remove what has outlived its purpose, at startup and every minute.
 
-Expired sessions of both apps, enrolment links that were never used, chat
-messages past their day and conversations nobody needs (keys first), slots that
+Accounts unused for ``ACCOUNT_RETENTION_DAYS`` (keys first), expired sessions of both
+apps, enrolment links that were never used, failed-login counts that have run out,
+chat messages past their day and conversations nobody needs (keys first), slots that
 have ended and appointments past their retention. Each run ends with a
 write-ahead-log checkpoint so deleted rows leave the ``-wal`` file too.
 """
 
 from __future__ import annotations
 
+import datetime
 import logging
 import threading
 import time
@@ -15,20 +17,25 @@ from collections.abc import Callable
 
 from sqlite_utils import Database
 
+from stillroom.webapp.accounts import purge_unused_accounts
 from stillroom.webapp.booking import purge_bookings
 from stillroom.webapp.chat import purge_chats
 from stillroom.webapp.sessions import end_expired_sessions
 from stillroom.webapp.settings import Settings
 from stillroom.webapp.store import checkpoint, connect, transaction
+from stillroom.webapp.therapists import forget_old_failures
 
 log = logging.getLogger(__name__)
 
 
 def purge(db: Database, now: int, settings: Settings) -> int:
     """Delete everything past its retention; return how many rows went."""
-    removed = end_expired_sessions(db, now)
+    today = datetime.datetime.fromtimestamp(now, datetime.UTC).date().isoformat()
+    removed = purge_unused_accounts(db, today, settings.account_retention_days)
+    removed += end_expired_sessions(db, now)
     with transaction(db):
         removed += db.execute("DELETE FROM enrolments WHERE expires_at <= ?", [now]).rowcount
+    removed += forget_old_failures(db, now)
     removed += purge_chats(db, now, settings.chat_opens_minutes_before)
     removed += purge_bookings(db, now, settings.appointment_retention_days * 24 * 3600)
     checkpoint(db)  # if readers block it, the next run retries; the rows are gone already

@@ -78,6 +78,19 @@ class Settings:
     chat_opens_minutes_before: int = _setting(
         10, "The chat of an appointment opens this many minutes before it starts."
     )
+    enrolment_link_hours: int = _setting(
+        24, "A therapist's enrolment link works this many hours, then it is deleted."
+    )
+    login_pause_minutes: int = _setting(
+        15,
+        "After five failed logins in a row a therapist's account pauses this long; the count"
+        " of failures is forgotten this long after the last one.",
+    )
+    account_retention_days: int = _setting(
+        180,
+        "A participant's account unused for this many days (no login) is deleted, with"
+        " everything it holds.",
+    )
     message_retention_days: int = _setting(
         14, "Chat messages are deleted this many days after their appointment ends."
     )
@@ -113,6 +126,11 @@ class Settings:
     )
     onion_max_streams: int = _setting(
         20, "Streams allowed per circuit to the onion service; more close the circuit."
+    )
+    backup_public_key: str = _setting(
+        "",
+        "The operator's public key (base64) that 'stillroom backup' encrypts to;"
+        " 'stillroom backup-key' makes a key pair.",
     )
     crisis_lines_en: str = _setting(
         "", "Local crisis lines shown on the English help page, separated by ';'."
@@ -156,6 +174,9 @@ class Settings:
             "appointment_retention_days": (0, 365),
             "chat_opens_minutes_before": (0, 120),
             "message_retention_days": (1, 365),
+            "account_retention_days": (30, 3650),
+            "enrolment_link_hours": (1, 168),
+            "login_pause_minutes": (1, 1440),
             "chat_rate_messages": (1, 1000),
             "chat_rate_seconds": (1, 3600),
         }

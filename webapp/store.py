@@ -183,6 +183,12 @@ def create_chat(db: Database) -> None:
     db.execute("CREATE INDEX messages_expiry ON messages(expires_day)")
 
 
+@migrations()
+def add_failure_expiry(db: Database) -> None:
+    """A therapist's count of failed logins is forgotten a while after the last one."""
+    db.execute("ALTER TABLE therapists ADD COLUMN failures_expire_at INTEGER NOT NULL DEFAULT 0")
+
+
 def connect(path: Path) -> Database:
     """Open the database at ``path`` with the pragmas of :data:`PRAGMAS`.
 

@@ -122,7 +122,12 @@ def clean_name(name: str) -> str:
 
 
 def add_therapist(
-    db: Database, name: str, languages: tuple[str, ...], time_zone: str, now: int
+    db: Database,
+    name: str,
+    languages: tuple[str, ...],
+    time_zone: str,
+    now: int,
+    link_seconds: int = ENROLMENT_SECONDS,
 ) -> Enrolment:
     """Create a therapist who still has to enrol; return their login name and link token.
 
@@ -146,17 +151,17 @@ def add_therapist(
                 "time_zone": time_zone,
             }
         )
-        return Enrolment(login_name, _issue_enrolment(db, therapist_id, now))
+        return Enrolment(login_name, _issue_enrolment(db, therapist_id, now, link_seconds))
 
 
-def _issue_enrolment(db: Database, therapist_id: str, now: int) -> str:
+def _issue_enrolment(db: Database, therapist_id: str, now: int, link_seconds: int) -> str:
     token = new_token()
     db.execute("DELETE FROM enrolments WHERE therapist_id = ?", [therapist_id])
     db.table("enrolments").insert(
         {
             "token_hash": token_hash(token),
             "therapist_id": therapist_id,
-            "expires_at": now + ENROLMENT_SECONDS,
+            "expires_at": now + link_seconds,
         }
     )
     return token
@@ -331,6 +336,7 @@ def log_in(
     password: str,
     code: str,
     now: int,
+    pause_seconds: int = PAUSE_SECONDS,
 ) -> tuple[str, bytes]:
     """Check login name, password and a fresh TOTP code; return the id and open secret key.
 
@@ -351,7 +357,7 @@ def log_in(
     if row is None:
         raise LoginError
     therapist_id, password_hash, salt, wrapped, sealed_totp, last_step = row
-    with _attempt(db, therapist_id, now):
+    with _attempt(db, therapist_id, now, pause_seconds):
         if len(password) > MAX_PASSWORD_CHARS:
             raise LoginError
         if not deriver.verify_password(password_hash, password):
@@ -374,12 +380,12 @@ def log_in(
 
 
 @contextmanager
-def _attempt(db: Database, therapist_id: str, now: int) -> Iterator[None]:
+def _attempt(db: Database, therapist_id: str, now: int, pause_seconds: int) -> Iterator[None]:
     """Claim one login attempt for the block; a busy server gives the claim back.
 
     Claiming happens in one write transaction before any password is checked: the
     first :data:`MAX_FAILURES` claims since the last success go ahead, the next one
-    pauses the account for :data:`PAUSE_SECONDS`. A block that ends in
+    pauses the account for ``pause_seconds``. A block that ends in
     :class:`KdfBusyError` tried nothing, so its claim is returned; a successful
     login resets the count itself.
 
@@ -394,15 +400,16 @@ def _attempt(db: Database, therapist_id: str, now: int) -> Iterator[None]:
         if failures >= MAX_FAILURES:
             db.execute(
                 "UPDATE therapists SET failed_logins = 0, locked_until = ? WHERE id = ?",
-                [now + PAUSE_SECONDS, therapist_id],
+                [now + pause_seconds, therapist_id],
             )
         else:
             db.execute(
-                "UPDATE therapists SET failed_logins = failed_logins + 1 WHERE id = ?",
-                [therapist_id],
+                "UPDATE therapists SET failed_logins = failed_logins + 1,"
+                " failures_expire_at = ? WHERE id = ?",
+                [now + pause_seconds, therapist_id],
             )
     if failures >= MAX_FAILURES:
-        raise LoginPausedError(now + PAUSE_SECONDS)
+        raise LoginPausedError(now + pause_seconds)
     try:
         yield
     except KdfBusyError:
@@ -446,6 +453,7 @@ def change_password(
     current: str,
     new: str,
     now: int,
+    pause_seconds: int = PAUSE_SECONDS,
 ) -> None:
     """Replace the password and re-wrap the secret key; every session ends.
 
@@ -458,7 +466,7 @@ def change_password(
     (password_hash,) = db.execute(
         "SELECT password_hash FROM therapists WHERE id = ?", [therapist_id]
     ).fetchone()
-    with _attempt(db, therapist_id, now):
+    with _attempt(db, therapist_id, now, pause_seconds):
         if len(current) > MAX_PASSWORD_CHARS or password_hash is None:
             raise LoginError
         if not deriver.verify_password(password_hash, current):
@@ -513,7 +521,26 @@ def disable_therapist(db: Database, name: str, now: int) -> int:
     return int(upcoming)
 
 
-def reset_therapist(db: Database, name: str, now: int) -> Enrolment:
+def forget_old_failures(db: Database, now: int) -> int:
+    """Clear the failed-login counts and pauses that have run out; return how many.
+
+    A count is kept a pause's length after the last attempt, which bounds guessing
+    as the pause does (five tries per pause), and is then forgotten.
+    """
+    with transaction(db):
+        return int(
+            db.execute(
+                "UPDATE therapists SET failed_logins = 0, locked_until = 0, failures_expire_at = 0"
+                " WHERE failures_expire_at <= ? AND locked_until <= ?"
+                " AND (failed_logins > 0 OR locked_until > 0 OR failures_expire_at > 0)",
+                [now, now],
+            ).rowcount
+        )
+
+
+def reset_therapist(
+    db: Database, name: str, now: int, link_seconds: int = ENROLMENT_SECONDS
+) -> Enrolment:
     """Clear password and TOTP and issue a new enrolment link (which also re-enables).
 
     The old key pair cannot be opened without the old password, so enrolment makes
@@ -540,7 +567,7 @@ def reset_therapist(db: Database, name: str, now: int) -> Enrolment:
             "UPDATE conversations SET key_for_therapist = NULL WHERE therapist_id = ?",
             [therapist.id],
         )
-        token = _issue_enrolment(db, therapist.id, now)
+        token = _issue_enrolment(db, therapist.id, now, link_seconds)
     ended = db.execute("SELECT id FROM conversations WHERE therapist_id = ?", [therapist.id])
     for (conversation_id,) in ended.fetchall():
         delete_conversation(db, conversation_id)

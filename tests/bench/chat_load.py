@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime
 import gzip
 import os
 import random
@@ -128,7 +129,8 @@ def create_chats(count: int, data_dir: Path) -> list[Chat]:
         )
         (slot,) = booking.publish_slots(db, therapist_id, [start], 50, ("en",), ("en",), now)
         passphrase = generate_passphrase("en")
-        account = accounts.create_account(db, deriver, lookup_key, passphrase, "2026-01-01")
+        today = datetime.datetime.fromtimestamp(now, datetime.UTC).date().isoformat()
+        account = accounts.create_account(db, deriver, lookup_key, passphrase, today)
         appointment = booking.book(db, account.participant_id, slot, "en", now, 1, 0)
         chats.append(Chat(appointment, passphrase, enrolment.login_name, secret, now))
     db.close()

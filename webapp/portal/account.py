@@ -6,6 +6,7 @@ from typing import Any
 
 import segno
 from flask import abort, redirect, render_template, request, url_for
+from flask_babel import gettext as _
 from flask_babel import lazy_gettext as _l
 from werkzeug.wrappers import Response
 
@@ -16,6 +17,7 @@ from stillroom.webapp.gate import (
     now,
     open_form_value,
     seal_form_value,
+    settings,
 )
 from stillroom.webapp.portal.blueprint import (
     ENROL_FORM_MINUTES,
@@ -42,10 +44,23 @@ from stillroom.webapp.therapists import (
 )
 
 WRONG_LOGIN = _l("The login name, password or code was not right. Please try again.")
-PAUSED = _l(
-    "There were too many attempts in a row, so logging in to this account is paused"
-    " for 15 minutes. Please try again later."
-)
+
+
+def paused() -> str:
+    """Say that the account is paused, and for how long (``LOGIN_PAUSE_MINUTES``)."""
+    text: str = _(
+        "There were too many attempts in a row, so logging in to this account is paused"
+        " for %(minutes)s minutes. Please try again later.",
+        minutes=settings().login_pause_minutes,
+    )
+    return text
+
+
+def pause_seconds() -> int:
+    """Return how long failed logins pause an account, from the settings."""
+    return settings().login_pause_minutes * 60
+
+
 BAD_CODE = _l(
     "That code did not fit. Check that your authenticator app's clock is right,"
     " then type the code it shows now."
@@ -79,9 +94,10 @@ def login() -> Any:
                 request.form.get("password", ""),
                 request.form.get("code", "")[:20],
                 now(),
+                pause_seconds(),
             )
         except LoginPausedError:
-            error, status = PAUSED, 429
+            error, status = paused(), 429
         except LoginError:
             error, status = WRONG_LOGIN, 401
         else:
@@ -169,9 +185,10 @@ def password() -> Any:
                     request.form.get("current", ""),
                     new,
                     now(),
+                    pause_seconds(),
                 )
             except LoginPausedError:
-                error = PAUSED
+                error = paused()
             except LoginError:
                 error = WRONG_CURRENT
             except PasswordPolicyError as policy:
