@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
 import os
 import signal
@@ -18,11 +20,15 @@ from flask import Flask
 from gevent.pywsgi import WSGIServer
 from sqlite_utils import Database
 
+from stillroom.crypto.stream import new_recipient_keypair
 from stillroom.onion import clients, service, tor
 from stillroom.onion.errors import TorError, TorLostError
 from stillroom.webapp import booking, therapists
 from stillroom.webapp.app import create_participant_app, create_portal_app
+from stillroom.webapp.audit import run_audit
+from stillroom.webapp.backup import BackupError, decode_key, restore_backup, write_backup
 from stillroom.webapp.instance import prepare_instance
+from stillroom.webapp.retention import purge as run_purge
 from stillroom.webapp.server import (
     StopServing,
     close_servers,
@@ -260,6 +266,99 @@ def open_database(settings: Settings) -> Iterator[Database]:
         database.close()
 
 
+@main.command(epilog=SETTINGS_EPILOG)
+def purge() -> None:
+    """Delete now everything past its retention (serve also does it every minute).
+
+    Keys go before the data they open, and the write-ahead log is truncated at the end.
+    Running it twice in a row deletes nothing the second time.
+    """
+    settings = load_settings()
+    started = time.monotonic()
+    with open_database(settings) as database:
+        removed = run_purge(database, int(time.time()), settings)
+    say(f"Purged {removed} rows in {time.monotonic() - started:.2f} s.")
+
+
+@main.command(epilog=SETTINGS_EPILOG)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
+def audit(as_json: bool) -> None:
+    """Check the live data directory and settings against the published promises.
+
+    Reads only; exits with status 1 when any check fails.
+    """
+    settings = load_settings()
+    checks = run_audit(settings, int(time.time()))
+    ok = all(check.ok for check in checks)
+    if as_json:
+        click.echo(json.dumps({"ok": ok, "checks": [check.as_dict() for check in checks]}))
+    else:
+        for check in checks:
+            click.echo(f"{'ok    ' if check.ok else 'BREACH'}  {check.name}: {check.detail}")
+        click.echo("All checks hold." if ok else "At least one promise is broken; see above.")
+    sys.exit(0 if ok else 1)
+
+
+@main.command("backup-key")
+@click.argument("secret_file", type=click.Path(dir_okay=False, path_type=Path))
+def backup_key(secret_file: Path) -> None:
+    """Make the operator's backup key pair: the secret key goes to SECRET_FILE (0600).
+
+    Keep that file offline (not on this server). Set the public key it prints as
+    STILLROOM_BACKUP_PUBLIC_KEY.
+    """
+    public, secret = new_recipient_keypair()
+    try:
+        fd = os.open(secret_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        fail(RuntimeError(f"{secret_file} exists; choose a new name"))
+    with os.fdopen(fd, "w") as handle:
+        handle.write(base64.b64encode(secret).decode() + "\n")
+    say(f"Secret key written to {secret_file}: move it off this server and keep it safe.")
+    say(f"STILLROOM_BACKUP_PUBLIC_KEY={base64.b64encode(public).decode()}")
+
+
+@main.command(epilog=SETTINGS_EPILOG)
+@click.argument("destination", type=click.Path(dir_okay=False, path_type=Path))
+def backup(destination: Path) -> None:
+    """Write a consistent backup, encrypted to STILLROOM_BACKUP_PUBLIC_KEY, to DESTINATION.
+
+    Safe while the service runs. A backup keeps deleted conversations readable for as
+    long as it lives: keep it no longer than MESSAGE_RETENTION_DAYS (docs/operating.md).
+    """
+    settings = load_settings()
+    try:
+        if not settings.backup_public_key:
+            raise BackupError("set STILLROOM_BACKUP_PUBLIC_KEY (see 'stillroom backup-key')")
+        key = decode_key(settings.backup_public_key, "STILLROOM_BACKUP_PUBLIC_KEY")
+        if not settings.database_path.exists():
+            raise BackupError(f"no database in {settings.data_dir}")
+        size = write_backup(settings, destination, key)
+    except BackupError as error:
+        fail(error)
+    say(f"Backup written to {destination} ({size} bytes), encrypted to the operator's key.")
+
+
+@main.command(epilog=SETTINGS_EPILOG)
+@click.argument("backup_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--secret-key",
+    "secret_file",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="The file 'stillroom backup-key' wrote.",
+)
+def restore(backup_file: Path, secret_file: Path) -> None:
+    """Restore BACKUP_FILE into an empty data directory, then purge what has expired since."""
+    settings = load_settings()
+    try:
+        secret = decode_key(secret_file.read_text(), str(secret_file))
+        removed = restore_backup(settings, backup_file, secret)
+    except BackupError as error:
+        fail(error)
+    say(f"Restored into {settings.data_dir}; purged {removed} rows that had expired since.")
+
+
 @main.group()
 def therapist() -> None:
     """Add therapists and look after their accounts."""
@@ -288,14 +387,21 @@ def read_languages(value: str) -> tuple[str, ...]:
     help="The therapist's own time zone (IANA name); availability is entered in it.",
 )
 def therapist_add(name: str, languages: str, time_zone: str) -> None:
-    """Add a therapist and print their one-time enrolment link (valid 24 hours)."""
+    """Add a therapist and print their one-time enrolment link (ENROLMENT_LINK_HOURS)."""
     settings = load_settings()
     codes = read_languages(languages)
     if not is_zone(time_zone):
         raise click.BadParameter(f"unknown time zone {time_zone!r}", param_hint="--time-zone")
     with open_database(settings) as database:
         try:
-            enrolment = therapists.add_therapist(database, name, codes, time_zone, int(time.time()))
+            enrolment = therapists.add_therapist(
+                database,
+                name,
+                codes,
+                time_zone,
+                int(time.time()),
+                settings.enrolment_link_hours * 3600,
+            )
         except therapists.TherapistNameError:
             fail(RuntimeError(f"the name {name!r} is taken, empty, too long or not plain text"))
     say_enrolment(settings, codes[0], enrolment)
@@ -303,7 +409,10 @@ def therapist_add(name: str, languages: str, time_zone: str) -> None:
 
 def say_enrolment(settings: Settings, language: str, enrolment: therapists.Enrolment) -> None:
     """Print the login name and the one-time link, the link last (scripts take the last line)."""
-    click.echo("Give both to the therapist by a safe channel. The link works once, for 24 hours.")
+    click.echo(
+        "Give both to the therapist by a safe channel. The link works once, for"
+        f" {settings.enrolment_link_hours} hours."
+    )
     click.echo(f"Login name (not shown to participants): {enrolment.login_name}")
     click.echo(enrolment_url(settings, language, enrolment.token))
 
@@ -345,7 +454,9 @@ def therapist_reset(name: str) -> None:
     with open_database(settings) as database:
         try:
             found = therapists.find_by_name(database, name)
-            enrolment = therapists.reset_therapist(database, name, int(time.time()))
+            enrolment = therapists.reset_therapist(
+                database, name, int(time.time()), settings.enrolment_link_hours * 3600
+            )
         except therapists.UnknownTherapistError:
             fail(RuntimeError(f"no therapist named {name!r}"))
     click.echo(

@@ -33,6 +33,9 @@ from stillroom.webapp.settings import Settings
 
 log = logging.getLogger(__name__)
 
+#: Where the server logs each request: nowhere (``stillroom audit`` checks it).
+ACCESS_LOG = None
+
 #: A connection that sends no complete request head for this long is closed. Longer
 #: than the slowest feed refresh (30 s), so a waiting participant keeps the connection.
 IDLE_SECONDS = 120
@@ -82,7 +85,7 @@ def create_server(app: Flask, port: int, settings: Settings) -> WSGIServer:
         ("127.0.0.1", port),
         app,
         spawn=Pool(settings.server_connections),
-        log=None,
+        log=ACCESS_LOG,
         error_log=None,
         handler_class=QuietHandler,
     )

@@ -1,0 +1,78 @@
+"""Encrypting a whole file to a public key (for backups), with libsodium's constructions.
+
+A fresh key for libsodium's ``secretstream`` (XChaCha20-Poly1305 over chunks, each
+authenticated, the last one marked final) is sealed (``SealedBox``) to the recipient's
+X25519 public key; the file follows chunk by chunk. Only the holder of the secret key
+can open it, and a changed, reordered, dropped or cut-off chunk makes opening fail
+instead of yielding a shorter file. Memory stays at one chunk, whatever the file size.
+"""
+
+from __future__ import annotations
+
+from typing import BinaryIO
+
+import nacl.bindings as sodium
+from nacl.exceptions import CryptoError
+from nacl.public import PrivateKey, PublicKey, SealedBox
+
+#: The first bytes of every sealed stream (and its format version).
+MAGIC = b"STILLROOM-SEALED-STREAM-1\n"
+CHUNK_BYTES = 64 * 1024
+_SEALED_KEY_BYTES = sodium.crypto_secretstream_xchacha20poly1305_KEYBYTES + 48
+_HEADER_BYTES = sodium.crypto_secretstream_xchacha20poly1305_HEADERBYTES
+_CIPHER_CHUNK = CHUNK_BYTES + sodium.crypto_secretstream_xchacha20poly1305_ABYTES
+_FINAL = sodium.crypto_secretstream_xchacha20poly1305_TAG_FINAL
+_MESSAGE = sodium.crypto_secretstream_xchacha20poly1305_TAG_MESSAGE
+
+
+class StreamOpenError(Exception):
+    """The stream is not ours, was changed or cut off, or the secret key is not its key."""
+
+
+def new_recipient_keypair() -> tuple[bytes, bytes]:
+    """Return a new (public key, secret key) pair for :func:`seal_stream`'s recipient."""
+    secret = PrivateKey.generate()
+    return bytes(secret.public_key), bytes(secret)
+
+
+def seal_stream(source: BinaryIO, destination: BinaryIO, public_key: bytes) -> None:
+    """Encrypt everything ``source`` holds to ``public_key`` and write it to ``destination``."""
+    key = sodium.crypto_secretstream_xchacha20poly1305_keygen()
+    state = sodium.crypto_secretstream_xchacha20poly1305_state()
+    header = sodium.crypto_secretstream_xchacha20poly1305_init_push(state, key)
+    destination.write(MAGIC + SealedBox(PublicKey(public_key)).encrypt(key) + header)
+    chunk = source.read(CHUNK_BYTES)
+    while True:
+        following = source.read(CHUNK_BYTES)
+        tag = _MESSAGE if following else _FINAL
+        destination.write(sodium.crypto_secretstream_xchacha20poly1305_push(state, chunk, tag=tag))
+        if not following:
+            return
+        chunk = following
+
+
+def open_stream(source: BinaryIO, destination: BinaryIO, secret_key: bytes) -> None:
+    """Decrypt a stream made by :func:`seal_stream` into ``destination``.
+
+    :raises StreamOpenError: for a foreign, changed or truncated stream, or the wrong key.
+    """
+    if source.read(len(MAGIC)) != MAGIC:
+        raise StreamOpenError("not a sealed stream of this format")
+    try:
+        key = SealedBox(PrivateKey(secret_key)).decrypt(source.read(_SEALED_KEY_BYTES))
+        state = sodium.crypto_secretstream_xchacha20poly1305_state()
+        sodium.crypto_secretstream_xchacha20poly1305_init_pull(
+            state, source.read(_HEADER_BYTES), key
+        )
+        while True:
+            sealed = source.read(_CIPHER_CHUNK)
+            if not sealed:
+                raise StreamOpenError("the stream ends before its final chunk")
+            chunk, tag = sodium.crypto_secretstream_xchacha20poly1305_pull(state, sealed)
+            destination.write(chunk)
+            if tag == _FINAL:
+                break
+    except (CryptoError, ValueError, TypeError) as error:
+        raise StreamOpenError("the stream was changed, or this is not its key") from error
+    if source.read(1):
+        raise StreamOpenError("bytes follow the final chunk")
