@@ -2,7 +2,8 @@
 
 Starts ``stillroom serve --no-tor`` (the production WSGI server) on 127.0.0.1,
 logs in through the real forms, and counts the bytes of each response: status
-line, headers and body, plus the stylesheet that every page loads once. The
+line, headers and body, plus the stylesheet that every page loads once (asked for
+as Tor Browser asks, with ``Accept-Encoding: gzip, deflate, br``). The
 booking page is weighed with a busy schedule: three therapists offering
 twenty times each in every language over the next four weeks. Prints one line
 per page and, last, ``max_page_bytes=N``.
@@ -56,6 +57,7 @@ def raw_get(base: str, path: str, cookie: str | None = None) -> bytes:
     """Return the whole HTTP response to a GET, exactly as it crossed the socket."""
     host, port = urllib.parse.urlsplit(base).netloc.split(":")
     request = f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n"
+    request += "Accept-Encoding: gzip, deflate, br\r\n"  # as Tor Browser sends it
     if cookie:
         request += f"Cookie: {cookie}\r\n"
     with socket.create_connection((host, int(port)), timeout=10) as sock:
