@@ -8,6 +8,7 @@ service; :func:`create_portal_app` builds the therapists' portal on its own port
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -34,18 +35,29 @@ PENDING_KEY_PURPOSE = {"participant": b"pending-key", "portal": b"portal-pending
 PORTAL_ARGON2_CONCURRENCY = 1
 
 
+#: How much less CPU priority argon2's threads get than the event loop (Linux nice steps).
+ARGON2_NICE = 10
+
+
 def argon2_runner() -> Runner | None:
     """Return how argon2 should run: in gevent's thread pool when serving, else in place.
 
     Under the ``stillroom`` command every connection is a greenlet of one thread, and
     argon2 holds its caller for a fifth of a second; in a real thread (argon2-cffi lets
-    go of the GIL) it leaves the other connections running.
+    go of the GIL) it leaves the other connections running. Those threads (and the lane
+    threads argon2 starts from them, which inherit it) run at a lower priority, so that
+    a flood of logins slows logins, not the chats (``tests/bench/login_flood.py``).
     """
     if not monkey.is_module_patched("threading"):
         return None
+    native_id = monkey.get_original("threading", "get_native_id")
+
+    def at_low_priority(function: Callable[..., Any], args: tuple[Any, ...]) -> Any:
+        os.setpriority(os.PRIO_PROCESS, native_id(), ARGON2_NICE)
+        return function(*args)
 
     def in_thread_pool(function: Callable[..., Any], *args: Any) -> Any:
-        return gevent.get_hub().threadpool.apply(function, args)
+        return gevent.get_hub().threadpool.apply(at_low_priority, (function, args))
 
     return in_thread_pool
 
