@@ -1,0 +1,92 @@
+"""Access, over every route: other people's objects are not there, and GET changes nothing."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from support import STARTS, AuthActions, Chat, form_fields, rows
+
+#: Routes whose variables are not somebody's object (a language, a table of the
+#: inventory, an enrolment link) or that are no page (the live chat's socket).
+NOT_OBJECTS = {"lang", "table_name", "token", "digest_in_url"}
+
+
+def object_rules(app) -> list:
+    """Every route with a variable that names one person's object."""
+    return [
+        rule
+        for rule in app.url_map.iter_rules()
+        if set(rule.arguments) - NOT_OBJECTS and not rule.endpoint.endswith("_live")
+    ]
+
+
+def fill(rule, values: dict[str, str]) -> str:
+    path = rule.rule
+    for name in rule.arguments:
+        path = re.sub(rf"<[^>]*:?{name}>", values.get(name, "en"), path)
+    return path
+
+
+def test_there_are_object_routes_on_both_sides(app, portal_app):
+    assert len(object_rules(app)) >= 5 and len(object_rules(portal_app)) >= 5
+
+
+def test_every_object_route_hides_a_participants_objects_from_another(chat: Chat, app):
+    chat.at(STARTS)
+    assert chat.say("participant", "only mine").status_code == 200
+    stranger = AuthActions(app.test_client())
+    stranger.create()
+    token = form_fields(stranger.client.get("/en/account").get_data(as_text=True))
+    for rule in object_rules(app):
+        path = fill(rule, {"appointment_id": chat.id})
+        for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
+            response = stranger.client.open(
+                path, method=method, data=token if method == "POST" else None
+            )
+            assert response.status_code == 404, (method, rule.rule)
+            assert "only mine" not in response.get_data(as_text=True)
+            if method == "GET":  # the same address is there for its owner
+                assert chat.auth.client.get(path).status_code != 404, rule.rule
+    assert rows(chat.settings, "SELECT count(*) FROM messages") == [(1,)]
+    assert chat.feed("participant").status_code == 200
+
+
+def test_every_object_route_hides_a_therapists_objects_from_another(chat: Chat, portal_app):
+    chat.at(STARTS)
+    assert chat.say("therapist", "for my client").status_code == 200
+    [[slot_id]] = rows(chat.settings, "SELECT slot_id FROM appointments")
+    other = type(chat.therapist)(portal_app.test_client(), chat.clock, chat.settings.database_path)
+    other.create("Bruno", ("en",))
+    token = form_fields(other.client.get("/en/").get_data(as_text=True))
+    for rule in object_rules(portal_app):
+        path = fill(rule, {"appointment_id": chat.id, "slot_id": slot_id})
+        for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
+            response = other.client.open(
+                path, method=method, data=token if method == "POST" else None
+            )
+            assert response.status_code == 404, (method, rule.rule)
+            assert "for my client" not in response.get_data(as_text=True)
+            if method == "GET":  # the same address is there for its owner
+                assert chat.therapist.client.get(path).status_code != 404, rule.rule
+    assert rows(chat.settings, "SELECT count(*) FROM appointments") == [(1,)]
+
+
+@pytest.mark.parametrize("side", ["participant", "therapist"])
+def test_get_on_a_state_changing_route_is_405(chat: Chat, app, portal_app, side):
+    chat.at(STARTS)
+    flask_app, client = (
+        (app, chat.auth.client) if side == "participant" else (portal_app, chat.therapist.client)
+    )
+    [[slot_id]] = rows(chat.settings, "SELECT slot_id FROM appointments")
+    changing = [
+        rule
+        for rule in flask_app.url_map.iter_rules()
+        if "POST" in rule.methods and "GET" not in rule.methods
+    ]
+    assert changing, "the app has routes that only change state"
+    for rule in changing:
+        path = fill(rule, {"appointment_id": chat.id, "slot_id": slot_id})
+        assert client.get(path).status_code == 405, rule.rule
+    assert rows(chat.settings, "SELECT count(*) FROM appointments") == [(1,)]
