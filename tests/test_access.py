@@ -90,3 +90,22 @@ def test_get_on_a_state_changing_route_is_405(chat: Chat, app, portal_app, side)
         path = fill(rule, {"appointment_id": chat.id, "slot_id": slot_id})
         assert client.get(path).status_code == 405, rule.rule
     assert rows(chat.settings, "SELECT count(*) FROM appointments") == [(1,)]
+
+
+def test_logging_out_anywhere_ends_every_session_of_the_account(chat: Chat, app, portal_app):
+    chat.at(STARTS)
+    elsewhere = AuthActions(app.test_client())
+    assert elsewhere.login(chat.passphrase).status_code == 302
+    assert elsewhere.client.get("/en/account").status_code == 200
+    chat.auth.logout()
+    assert elsewhere.client.get("/en/account").status_code == 302, "the other browser is out too"
+    assert rows(chat.settings, "SELECT count(*) FROM sessions") == [(0,)]
+
+    other_desk = type(chat.therapist)(
+        portal_app.test_client(), chat.clock, chat.settings.database_path
+    )
+    other_desk.secret, other_desk.login_names = chat.therapist.secret, chat.therapist.login_names
+    assert other_desk.login().status_code == 302
+    chat.therapist.logout()
+    assert other_desk.client.get("/en/").status_code == 302
+    assert rows(chat.settings, "SELECT count(*) FROM therapist_sessions") == [(0,)]

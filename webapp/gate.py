@@ -33,6 +33,7 @@ from stillroom.webapp.sessions import (
     Timeouts,
     end_expired_sessions,
     end_session,
+    end_sessions_of,
     load_session,
     start_session,
 )
@@ -221,10 +222,14 @@ class Gate:
         return self.set_cookie(redirect(target), token)
 
     def log_out(self, target: str) -> Response:
-        """End this session at once and forget the cookie."""
+        """End every session of this account at once, and forget the cookie.
+
+        Logging out anywhere logs out everywhere: a session forgotten in another
+        browser must not outlive the person's decision to leave.
+        """
         session = current_session()
         if session is not None:
-            end_session(db(), self.table, session.token_hash)
+            end_sessions_of(db(), self.table, session.owner_id)
         return self.clear_cookie(redirect(target))
 
     def set_cookie(self, response: Response, token: str) -> Response:
