@@ -33,22 +33,30 @@ def test_there_are_object_routes_on_both_sides(app, portal_app):
     assert len(object_rules(app)) >= 5 and len(object_rules(portal_app)) >= 5
 
 
+def assert_hidden(app, stranger, owner, values: dict[str, str], secret: str, page: str) -> None:
+    """Every object route of ``app``, by every method, is a 404 for ``stranger``.
+
+    ``page`` is any page of the stranger's that carries a form token for their posts;
+    ``owner`` must still reach each address by GET, so no 404 comes from a wrong address.
+    """
+    token = form_fields(stranger.get(page).get_data(as_text=True))
+    for rule in object_rules(app):
+        path = fill(rule, values)
+        for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
+            response = stranger.open(path, method=method, data=token if method == "POST" else None)
+            assert response.status_code == 404, (method, rule.rule)
+            assert secret not in response.get_data(as_text=True)
+            if method == "GET":
+                assert owner.get(path).status_code != 404, rule.rule
+
+
 def test_every_object_route_hides_a_participants_objects_from_another(chat: Chat, app):
     chat.at(STARTS)
     assert chat.say("participant", "only mine").status_code == 200
     stranger = AuthActions(app.test_client())
     stranger.create()
-    token = form_fields(stranger.client.get("/en/account").get_data(as_text=True))
-    for rule in object_rules(app):
-        path = fill(rule, {"appointment_id": chat.id})
-        for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
-            response = stranger.client.open(
-                path, method=method, data=token if method == "POST" else None
-            )
-            assert response.status_code == 404, (method, rule.rule)
-            assert "only mine" not in response.get_data(as_text=True)
-            if method == "GET":  # the same address is there for its owner
-                assert chat.auth.client.get(path).status_code != 404, rule.rule
+    values = {"appointment_id": chat.id}
+    assert_hidden(app, stranger.client, chat.auth.client, values, "only mine", "/en/account")
     assert rows(chat.settings, "SELECT count(*) FROM messages") == [(1,)]
     assert chat.feed("participant").status_code == 200
 
@@ -59,17 +67,8 @@ def test_every_object_route_hides_a_therapists_objects_from_another(chat: Chat, 
     [[slot_id]] = rows(chat.settings, "SELECT slot_id FROM appointments")
     other = type(chat.therapist)(portal_app.test_client(), chat.clock, chat.settings.database_path)
     other.create("Bruno", ("en",))
-    token = form_fields(other.client.get("/en/").get_data(as_text=True))
-    for rule in object_rules(portal_app):
-        path = fill(rule, {"appointment_id": chat.id, "slot_id": slot_id})
-        for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
-            response = other.client.open(
-                path, method=method, data=token if method == "POST" else None
-            )
-            assert response.status_code == 404, (method, rule.rule)
-            assert "for my client" not in response.get_data(as_text=True)
-            if method == "GET":  # the same address is there for its owner
-                assert chat.therapist.client.get(path).status_code != 404, rule.rule
+    values = {"appointment_id": chat.id, "slot_id": slot_id}
+    assert_hidden(portal_app, other.client, chat.therapist.client, values, "for my client", "/en/")
     assert rows(chat.settings, "SELECT count(*) FROM appointments") == [(1,)]
 
 

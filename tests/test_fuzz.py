@@ -57,6 +57,21 @@ EXAMPLES = 1_200  # 6,000 requests anywhere, and 4,000 more into the forms thems
 FORM_EXAMPLES = 4_000
 
 
+def generated(examples: int) -> Any:
+    """Hypothesis's settings for these runs: repeatable, no example database, no deadline.
+
+    The world (a booked chat, two sessions) is made once per test and shared by its
+    examples, on purpose: building it per example would cost more than the requests.
+    """
+    return settings(
+        max_examples=examples,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    )
+
+
 class World:
     """Both apps' clients in a booked, open chat, and the forms and ids they use."""
 
@@ -160,13 +175,7 @@ def one_request(data: st.DataObject, world: World) -> None:
         assert MARKER not in page, (method, path)
 
 
-@settings(
-    max_examples=EXAMPLES,
-    deadline=None,
-    derandomize=True,
-    database=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
+@generated(EXAMPLES)
 @given(data=st.data())
 def test_generated_requests_anywhere_fail_nothing_and_echo_nothing(world, data):
     for _ in range(REQUESTS_PER_EXAMPLE):
@@ -174,13 +183,7 @@ def test_generated_requests_anywhere_fail_nothing_and_echo_nothing(world, data):
         world.sent += 1
 
 
-@settings(
-    max_examples=FORM_EXAMPLES,
-    deadline=None,
-    derandomize=True,
-    database=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
+@generated(FORM_EXAMPLES)
 @given(data=st.data())
 def test_generated_form_posts_fail_nothing_and_echo_nothing(forms, data):
     """Every form, posted with its own fields, a valid token and generated values."""
