@@ -237,3 +237,28 @@ def test_the_pause_and_the_enrolment_link_follow_the_settings(tmp_path, clock):
         " WHERE name = 'Linus'",
     )
     assert before + 3 * 3600 <= expires_at <= int(time.time()) + 3 * 3600
+
+
+def test_a_clock_that_jumps_resurrects_nothing_and_the_purge_stays_right(chat, settings, clock):
+    chat.at(STARTS)
+    assert chat.say("participant", "before the jumps").status_code == 200
+    # A message's expiry follows its appointment's end, not the clock that wrote it.
+    assert rows(settings, "SELECT expires_day FROM messages") == [("2027-02-01",)]
+    db = connect(settings.database_path)
+    try:
+        clock.now = STARTS - 365 * DAY  # far back: nothing is purged early
+        assert purge(db, int(clock()), settings) == 0
+        assert db.execute("SELECT count(*) FROM messages").fetchone() == (1,)
+        clock.now = ENDS + 30 * DAY  # far forward: all of it is past its retention
+        assert purge(db, int(clock()), settings) > 0
+        gone = ("messages", "conversations", "appointments", "sessions", "therapist_sessions")
+        for table in gone:
+            assert db.execute(f"SELECT count(*) FROM {table}").fetchone() == (0,), table
+        clock.now = STARTS  # and back again: what went stays gone, nothing more goes
+        assert purge(db, int(clock()), settings) == 0
+        for table in gone:
+            assert db.execute(f"SELECT count(*) FROM {table}").fetchone() == (0,), table
+        assert db.execute("SELECT count(*) FROM participants").fetchone() == (1,)
+    finally:
+        db.close()
+    assert chat.auth.client.get("/en/account").status_code == 302  # its session went too
