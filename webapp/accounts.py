@@ -17,6 +17,7 @@ from sqlite_utils import Database
 
 from stillroom.crypto.kdf import SALT_BYTES, KeyDeriver
 from stillroom.crypto.keys import keyed_hash, new_keypair, random_bytes, unwrap_key, wrap_key
+from stillroom.webapp.chat import shred_keys
 from stillroom.webapp.store import checkpoint, transaction
 
 
@@ -171,10 +172,6 @@ def _delete_accounts(db: Database, participant_ids: list[str]) -> None:
     and messages; the conversation keys are shredded first all the same.
     """
     for participant_id in participant_ids:
-        db.execute(
-            "UPDATE conversations SET key_for_participant = NULL, key_for_therapist = NULL"
-            " WHERE participant_id = ?",
-            [participant_id],
-        )
+        shred_keys(db, "participant_id", participant_id)
         db.execute("DELETE FROM sessions WHERE participant_id = ?", [participant_id])
         db.execute("DELETE FROM participants WHERE id = ?", [participant_id])

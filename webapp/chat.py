@@ -303,14 +303,24 @@ def read_messages(
     return shown
 
 
+def shred_keys(db: Database, column: str, value: str) -> None:
+    """Inside a write transaction: destroy both sealed copies of conversation keys.
+
+    Crypto-shredding: once they are gone, no copy of the messages anywhere opens.
+
+    :param column: ``"id"`` for one conversation, ``"participant_id"`` for all of one
+        participant's.
+    """
+    if column not in ("id", "participant_id"):
+        raise ValueError(column)
+    shred = "UPDATE conversations SET key_for_participant = NULL, key_for_therapist = NULL"
+    db.execute(f"{shred} WHERE {column} = ?", [value])  # column: one of the two above
+
+
 def delete_conversation(db: Database, conversation_id: str) -> None:
     """Destroy the conversation's keys, then its messages, then the conversation."""
     with transaction(db):
-        db.execute(
-            "UPDATE conversations SET key_for_participant = NULL, key_for_therapist = NULL"
-            " WHERE id = ?",
-            [conversation_id],
-        )
+        shred_keys(db, "id", conversation_id)
         db.execute("DELETE FROM messages WHERE conversation_id = ?", [conversation_id])
         db.execute("DELETE FROM conversations WHERE id = ?", [conversation_id])
     checkpoint(db)
