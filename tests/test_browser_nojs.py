@@ -384,6 +384,18 @@ def set_date_and_time(browser: Marionette, day: datetime.date, clock: str) -> No
         browser.execute_script("arguments[0].value = arguments[1];", script_args=(field, value))
 
 
+def choose_time_of(browser: Marionette, therapist: str) -> None:
+    """On a booking page, pick the first free time of ``therapist`` and send the form."""
+    labels = [
+        label
+        for label in browser.find_elements(By.CSS_SELECTOR, "fieldset label")
+        if therapist in str(label.text)
+    ]
+    assert labels, browser.page_source
+    labels[0].find_element(By.CSS_SELECTOR, "input").click()
+    press(browser, browser.find_element(By.CSS_SELECTOR, "main form:not(.zone) button"))
+
+
 def shot(browser: Marionette, name: str) -> None:
     (SCREENSHOTS / f"{name}.png").write_bytes(browser.screenshot(format="binary", full=True))
 
@@ -439,14 +451,7 @@ def test_therapist_publishes_and_participant_books_without_javascript(
 
     def book_first_of_mine() -> None:
         visit(firefox, f"{base}/book")
-        labels = [
-            label
-            for label in firefox.find_elements(By.CSS_SELECTOR, "fieldset label")
-            if name in str(label.text)
-        ]
-        assert labels, firefox.page_source
-        labels[0].find_element(By.CSS_SELECTOR, "input").click()
-        press(firefox, firefox.find_element(By.CSS_SELECTOR, "main form:not(.zone) button"))
+        choose_time_of(firefox, name)
         assert query_of(firefox) == "done=booked"
 
     book_first_of_mine()
@@ -481,13 +486,7 @@ def test_therapist_publishes_and_participant_books_without_javascript(
     wait(firefox, page_ready)
     firefox.find_element(By.PARTIAL_LINK_TEXT, "Later times").click()
     wait(firefox, page_ready)
-    [label] = [
-        item
-        for item in firefox.find_elements(By.CSS_SELECTOR, "fieldset label")
-        if name in str(item.text)
-    ]
-    label.find_element(By.CSS_SELECTOR, "input").click()
-    press(firefox, firefox.find_element(By.CSS_SELECTOR, "main form:not(.zone) button"))
+    choose_time_of(firefox, name)
     assert query_of(firefox) == "done=moved"
     after = str(firefox.find_element(By.CSS_SELECTOR, ".appointment strong").text)
     assert after != before
@@ -562,13 +561,7 @@ def open_chat_on_both_sides(
         log_out(browser)
     create_account(browser, base)
     visit(browser, f"{base}/book")
-    [label] = [
-        item
-        for item in browser.find_elements(By.CSS_SELECTOR, "fieldset label")
-        if name in str(item.text)
-    ]
-    label.find_element(By.CSS_SELECTOR, "input").click()
-    press(browser, browser.find_element(By.CSS_SELECTOR, "main form:not(.zone) button"))
+    choose_time_of(browser, name)
     browser.find_element(By.PARTIAL_LINK_TEXT, "Open the chat").click()
     wait(browser, page_ready)
     assert "The chat is open" in frame_text(browser, "feed")
