@@ -18,7 +18,7 @@ from pathlib import Path
 import pyotp
 from flask.testing import FlaskClient
 
-from stillroom.crypto.kdf import FAST_FOR_TESTS
+from stillroom.crypto.kdf import FAST_FOR_TESTS, Argon2Params
 from stillroom.webapp.settings import LANGUAGES
 from stillroom.webapp.store import connect
 from stillroom.webapp.therapists import add_therapist
@@ -28,6 +28,15 @@ FAST_ARGON2 = {
     "argon2_memory_kib": FAST_FOR_TESTS.memory_kib,
     "argon2_parallelism": FAST_FOR_TESTS.parallelism,
 }
+
+
+def argon2_env(params: Argon2Params) -> dict[str, str]:
+    """Return the ``STILLROOM_ARGON2_*`` variables that give a process these costs."""
+    return {
+        "STILLROOM_ARGON2_TIME_COST": str(params.time_cost),
+        "STILLROOM_ARGON2_MEMORY_KIB": str(params.memory_kib),
+        "STILLROOM_ARGON2_PARALLELISM": str(params.parallelism),
+    }
 
 
 class Clock:
@@ -262,7 +271,7 @@ def stillroom_env(data_dir: Path, port: int, extra: dict[str, str] | None = None
         "STILLROOM_DATA_DIR": str(data_dir),
         "STILLROOM_PARTICIPANT_PORT": str(port),
         "STILLROOM_PORTAL_PORT": str(free_port()),
-        **{f"STILLROOM_{key.upper()}": str(value) for key, value in FAST_ARGON2.items()},
+        **argon2_env(FAST_FOR_TESTS),
         **(extra or {}),
     }
 

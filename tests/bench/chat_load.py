@@ -45,19 +45,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/, for s
 import pyotp
 from websockets.asyncio.client import connect as websocket
 
+from stillroom.crypto.kdf import FAST_FOR_TESTS
 from stillroom.crypto.passphrase import generate_passphrase
 from stillroom.webapp import accounts, booking, therapists
 from stillroom.webapp.app import create_participant_app
 from stillroom.webapp.settings import Settings
 from stillroom.webapp.store import connect
 
-from support import FORM_TOKEN, GOOD_PASSWORD, start_server, stop_server
+from support import FORM_TOKEN, GOOD_PASSWORD, argon2_env, start_server, stop_server
 
-FAST_ARGON2 = {
-    "STILLROOM_ARGON2_TIME_COST": "1",
-    "STILLROOM_ARGON2_MEMORY_KIB": "8192",
-    "STILLROOM_ARGON2_PARALLELISM": "1",
-}
 #: A request unanswered for this long fails the run (a full server must not hang it).
 REQUEST_TIMEOUT = 30
 TEXT = "Thank you. I would like to talk about how the week went, if that is all right."
@@ -433,7 +429,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = Path(tmp) / "instance"
         env = {
-            **FAST_ARGON2,
+            **argon2_env(FAST_FOR_TESTS),
             "STILLROOM_CHAT_OPENS_MINUTES_BEFORE": "120",
             "STILLROOM_ARGON2_CONCURRENCY": "2",
         }

@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # chat_load.py, beside
 
 from chat_load import Connection, create_chats, form_token, log_in, peak_rss_mb, percentile
 
+from stillroom.crypto.kdf import PRODUCTION
 from stillroom.crypto.passphrase import generate_passphrase
 from stillroom.webapp import accounts
 from stillroom.webapp.app import create_participant_app
@@ -41,7 +42,7 @@ from stillroom.webapp.settings import Settings
 from stillroom.webapp.store import connect
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/, for support.py
-from support import start_server, stop_server
+from support import argon2_env, start_server, stop_server
 
 
 def create_accounts(count: int) -> list[str]:
@@ -166,7 +167,7 @@ def main() -> int:
             flush=True,
         )
         # The server runs the production costs: no argon2 settings in its environment.
-        server = start_server(data_dir, {**env, **PRODUCTION_ARGON2})
+        server = start_server(data_dir, {**env, **argon2_env(PRODUCTION)})
         crashed = 0
         try:
             ports = (int(server.url.rsplit(":", 1)[1]), int(server.portal_url.rsplit(":", 1)[1]))
@@ -203,13 +204,6 @@ def main() -> int:
     )
     return 0
 
-
-#: The production costs, named explicitly so that no test setting leaks in.
-PRODUCTION_ARGON2 = {
-    "STILLROOM_ARGON2_TIME_COST": "3",
-    "STILLROOM_ARGON2_MEMORY_KIB": "65536",
-    "STILLROOM_ARGON2_PARALLELISM": "4",
-}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -24,14 +24,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # chat_load.py, beside this script
 
-from chat_load import FAST_ARGON2, create_chats
+from chat_load import create_chats  # it puts tests/ on the path, for support.py
 
 from stillroom.crypto.box import seal_message
+from stillroom.crypto.kdf import FAST_FOR_TESTS
 from stillroom.webapp.audit import run_audit
 from stillroom.webapp.chat import start_conversation
 from stillroom.webapp.retention import purge
 from stillroom.webapp.settings import Settings
 from stillroom.webapp.store import connect, transaction
+
+from support import argon2_env
 
 TEXT = "A message of ordinary length, the kind that is written many times in a chat hour."
 
@@ -84,7 +87,8 @@ def main() -> int:
     parser.add_argument("--messages", type=int, default=100_000)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        os.environ.update({**FAST_ARGON2, "STILLROOM_DATA_DIR": str(Path(tmp) / "instance")})
+        os.environ.update(argon2_env(FAST_FOR_TESTS))
+        os.environ["STILLROOM_DATA_DIR"] = str(Path(tmp) / "instance")
         settings = Settings.load()
         seconds, _ = timed(lambda: fill(settings, args.pairs, args.messages))
         size = settings.database_path.stat().st_size
