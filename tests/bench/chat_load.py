@@ -28,11 +28,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime
-import gzip
 import os
 import random
-import re
 import resource
 import sys
 import tempfile
@@ -41,37 +38,23 @@ import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/, for support.py
-import pyotp
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/, for the helpers
+from loadclients import (
+    Chat,
+    Connection,
+    create_chats,
+    log_in_all,
+    peak_rss_mb,
+    percentile,
+)
 from websockets.asyncio.client import connect as websocket
 
 from stillroom.crypto.kdf import FAST_FOR_TESTS
-from stillroom.crypto.passphrase import generate_passphrase
-from stillroom.webapp import accounts, booking, therapists
-from stillroom.webapp.app import create_participant_app
 from stillroom.webapp.settings import Settings
-from stillroom.webapp.store import connect
 
-from support import FORM_TOKEN, GOOD_PASSWORD, argon2_env, start_server, stop_server
+from support import argon2_env, start_server, stop_server
 
-#: A request unanswered for this long fails the run (a full server must not hang it).
-REQUEST_TIMEOUT = 30
 TEXT = "Thank you. I would like to talk about how the week went, if that is all right."
-
-
-@dataclass
-class Chat:
-    """One participant-therapist pair with an open appointment."""
-
-    appointment: str
-    passphrase: str
-    login_name: str
-    totp_secret: str
-    enrolled_at: int
-    participant_cookie: str = ""
-    therapist_cookie: str = ""
-    participant_token: str = ""
-    therapist_token: str = ""
 
 
 @dataclass
@@ -96,159 +79,6 @@ class Figures:
     def running(self) -> bool:
         """Whether the load goes on (a second past the window, so that it ends loaded)."""
         return time.monotonic() < self.ends + 1
-
-
-def create_chats(count: int, data_dir: Path) -> list[Chat]:
-    """Make ``count`` therapists and participants and book each pair a time open now."""
-    settings = Settings.load()
-    app = create_participant_app(settings)  # prepares the instance; lends its keys
-    deriver, lookup_key = app.config["KEY_DERIVER"], app.config["LOOKUP_KEY"]
-    totp_key = app.config["TOTP_KEY"]
-    db = connect(settings.database_path)
-    now = int(time.time())
-    start = (now // 60 + 70) * 60  # bookable (an hour ahead); its chat opens 120 min before
-    chats = []
-    for number in range(count):
-        enrolment = therapists.add_therapist(
-            db, f"Therapist {number}", ("en",), "Europe/Berlin", now
-        )
-        secret = pyotp.random_base32()
-        therapist_id, _ = therapists.enrol(
-            db,
-            deriver,
-            totp_key,
-            enrolment.token,
-            GOOD_PASSWORD,
-            secret,
-            pyotp.TOTP(secret).at(now),
-            now,
-        )
-        (slot,) = booking.publish_slots(db, therapist_id, [start], 50, ("en",), ("en",), now)
-        passphrase = generate_passphrase("en")
-        today = datetime.datetime.fromtimestamp(now, datetime.UTC).date().isoformat()
-        account = accounts.create_account(db, deriver, lookup_key, passphrase, today)
-        appointment = booking.book(db, account.participant_id, slot, "en", now, 1, 0)
-        chats.append(Chat(appointment, passphrase, enrolment.login_name, secret, now))
-    db.close()
-    return chats
-
-
-class Connection:
-    """One keep-alive HTTP/1.1 connection, as a browser holds it."""
-
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.reader: asyncio.StreamReader | None = None
-        self.writer: asyncio.StreamWriter | None = None
-
-    async def request(
-        self,
-        method: str,
-        path: str,
-        cookie: str = "",
-        form: dict[str, str] | None = None,
-        etag: str = "",
-    ) -> tuple[int, dict[str, str], bytes]:
-        """Send one request and read the whole answer; reconnect if the server closed."""
-        body = urllib.parse.urlencode(form).encode() if form is not None else b""
-        head = [f"{method} {path} HTTP/1.1", f"Host: 127.0.0.1:{self.port}"]
-        head += ["Sec-Fetch-Site: same-origin", "Accept-Encoding: gzip, deflate"]
-        if cookie:
-            head.append(f"Cookie: {cookie}")
-        if etag:
-            head.append(f"If-None-Match: {etag}")
-        if form is not None:
-            head.append("Content-Type: application/x-www-form-urlencoded")
-            head.append(f"Content-Length: {len(body)}")
-        raw = ("\r\n".join(head) + "\r\n\r\n").encode() + body
-        return await asyncio.wait_for(self._exchange(raw), REQUEST_TIMEOUT)
-
-    async def _exchange(self, raw: bytes) -> tuple[int, dict[str, str], bytes]:
-        for attempt in range(2):
-            if self.writer is None:
-                self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
-            assert self.reader is not None
-            try:
-                self.writer.write(raw)
-                answer = await self.reader.readuntil(b"\r\n\r\n")
-            except (ConnectionError, asyncio.IncompleteReadError):
-                self.writer = None
-                if attempt:
-                    raise
-                continue
-            lines = answer.decode("latin-1").split("\r\n")
-            headers: dict[str, str] = {}
-            for line in lines[1:]:
-                if ":" in line:
-                    name, value = line.split(":", 1)
-                    headers.setdefault(name.strip().lower(), value.strip())
-            length = int(headers.get("content-length", "0"))
-            content = await self.reader.readexactly(length) if length else b""
-            if headers.get("content-encoding") == "gzip":
-                content = gzip.decompress(content)
-            if headers.get("connection", "").lower() == "close":
-                self.writer.close()
-                self.writer = None
-            return int(lines[0].split(" ", 2)[1]), headers, content
-        raise AssertionError("unreachable")
-
-
-def session_cookie(headers: dict[str, str]) -> str:
-    return headers["set-cookie"].split(";", 1)[0]
-
-
-def form_token(content: bytes) -> str:
-    match = FORM_TOKEN.search(content.decode())
-    assert match is not None, content[:300]
-    return match.group(1)
-
-
-async def log_in(chat: Chat, participant_port: int, portal_port: int) -> None:
-    """Log both sides of ``chat`` in through the real forms; keep cookies and form tokens."""
-    door = Connection(participant_port)
-    _, _, page = await door.request("GET", "/en/login")
-    status, headers, _ = await door.request(
-        "POST", "/en/login", form={"form_token": form_token(page), "passphrase": chat.passphrase}
-    )
-    assert status == 302, status
-    chat.participant_cookie = session_cookie(headers)
-    _, _, page = await door.request(
-        "GET", f"/en/chat/{chat.appointment}/compose", chat.participant_cookie
-    )
-    chat.participant_token = form_token(page)
-    portal = Connection(portal_port)
-    _, _, page = await portal.request("GET", "/en/login")
-    code = pyotp.TOTP(chat.totp_secret).at(max(time.time(), chat.enrolled_at + 30))
-    status, headers, _ = await portal.request(
-        "POST",
-        "/en/login",
-        form={
-            "form_token": form_token(page),
-            "name": chat.login_name,
-            "password": GOOD_PASSWORD,
-            "code": code,
-        },
-    )
-    assert status == 302, status
-    chat.therapist_cookie = session_cookie(headers)
-    _, _, page = await portal.request(
-        "GET", f"/en/chat/{chat.appointment}/compose", chat.therapist_cookie
-    )
-    chat.therapist_token = form_token(page)
-    for connection in (door, portal):
-        if connection.writer is not None:
-            connection.writer.close()
-
-
-async def log_in_all(chats: list[Chat], participant_port: int, portal_port: int) -> None:
-    """Log every pair in, a few at a time (the server's argon2 slots are few)."""
-    queue = list(chats)
-
-    async def worker() -> None:
-        while queue:
-            await log_in(queue.pop(), participant_port, portal_port)
-
-    await asyncio.gather(*(worker() for _ in range(4)))
 
 
 async def therapist_says(pool: asyncio.Queue[Connection], chat: Chat, text: str) -> int:
@@ -355,20 +185,10 @@ async def ws_participant(
             await asyncio.sleep(max(0.0, args.ws_talk - (time.monotonic() - started)))
 
 
-def percentile(values: list[float], share: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(share * len(ordered)))] if ordered else float("nan")
-
-
 def cpu_seconds(pid: int) -> float:
     """Return the user and system CPU time process ``pid`` has used so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def peak_rss_mb(pid: int) -> float:
-    status = Path(f"/proc/{pid}/status").read_text()
-    return int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) / 1024  # type: ignore[union-attr]
 
 
 async def run_load(
@@ -435,7 +255,7 @@ def main() -> int:
         }
         os.environ.update({**env, "STILLROOM_DATA_DIR": str(data_dir)})
         began = time.monotonic()
-        chats = create_chats(args.nojs + args.ws, data_dir)
+        chats = create_chats(args.nojs + args.ws, Settings.load())
         print(f"created {len(chats)} pairs, {time.monotonic() - began:.0f} s", flush=True)
         server = start_server(data_dir, env)
         try:

@@ -30,9 +30,9 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # chat_load.py, beside this script
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/, for the helpers
 
-from chat_load import Connection, create_chats, form_token, log_in, peak_rss_mb, percentile
+from loadclients import Connection, create_chats, form_token, log_in, peak_rss_mb, percentile
 
 from stillroom.crypto.kdf import PRODUCTION
 from stillroom.crypto.passphrase import generate_passphrase
@@ -41,7 +41,6 @@ from stillroom.webapp.app import create_participant_app
 from stillroom.webapp.settings import Settings
 from stillroom.webapp.store import connect
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/, for support.py
 from support import argon2_env, start_server, stop_server
 
 
@@ -159,7 +158,7 @@ def main() -> int:
         }
         os.environ.update(env)
         began = time.monotonic()
-        chats = create_chats(args.pairs, data_dir)
+        chats = create_chats(args.pairs, Settings.load())
         passphrases = create_accounts(args.logins)
         print(
             f"made {args.pairs} chats and {args.logins} accounts with production argon2id,"
