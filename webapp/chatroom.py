@@ -55,6 +55,7 @@ from stillroom.webapp.gate import current_session, db, now, settings
 from stillroom.webapp.hub import HUB
 from stillroom.webapp.i18n import current_language
 from stillroom.webapp.paths import package_dir
+from stillroom.webapp.store import StoreUnwritableError
 from stillroom.webapp.times import format_clock
 
 #: Registers the WebSocket routes on the two blueprints.
@@ -80,6 +81,10 @@ TOO_LONG = _l("A message can have at most %(count)s characters.", count=MAX_MESS
 SLOW_DOWN = _l("You are sending messages very quickly. Please wait a few seconds.")
 CLOSED = _l("The chat is not open now, so the message was not sent. Your text is still here.")
 LOCKED = _l("This conversation cannot be opened with your current key.")
+NOT_SAVED = _l(
+    "The message could not be saved just now, so it was not sent. Your text is still here:"
+    " please try again in a few minutes."
+)
 
 
 @dataclass(frozen=True)
@@ -208,7 +213,7 @@ def compose(appointment: ChatAppointment, side: Side) -> Any:
         error = send(appointment, side, text)
         if error is None:
             text, sent = "", True
-    status = {None: 200, SLOW_DOWN: 429, CLOSED: 409}.get(error, 400)
+    status = {None: 200, SLOW_DOWN: 429, CLOSED: 409, NOT_SAVED: 503}.get(error, 400)
     writable = appointment.is_open(now(), settings().chat_opens_minutes_before)
     return render_template(
         "chat/compose.html",
@@ -248,6 +253,9 @@ def send(appointment: ChatAppointment, side: Side, text: str) -> Any:
         return CLOSED
     except ConversationLockedError:
         return LOCKED
+    except StoreUnwritableError as problem:
+        problem.report()
+        return NOT_SAVED
     HUB.publish(pair_key(appointment))
     return None
 

@@ -37,7 +37,7 @@ from stillroom.webapp.server import (
     stop_on_sigterm,
 )
 from stillroom.webapp.settings import LANGUAGES, Settings, SettingsError, describe_settings
-from stillroom.webapp.store import connect
+from stillroom.webapp.store import StoreUnwritableError, connect
 from stillroom.webapp.times import is_zone
 
 SETTINGS_EPILOG = (
@@ -118,7 +118,7 @@ def serve(no_tor: bool) -> None:
     try:
         app = create_participant_app(settings)
         servers = create_servers(app, create_portal_app(settings), settings)
-    except (TorError, SettingsError) as error:
+    except (TorError, SettingsError, StoreUnwritableError) as error:
         fail(error)
     say(
         f"Therapist portal: http://127.0.0.1:{settings.portal_port}/"
@@ -257,13 +257,19 @@ def clients_remove(name: str) -> None:
 
 @contextmanager
 def open_database(settings: Settings) -> Iterator[Database]:
-    """Create or upgrade the data directory and open its database."""
-    prepare_instance(settings)
-    database = connect(settings.database_path)
+    """Create or upgrade the data directory and open its database.
+
+    A database that cannot be written ends the command with the operator's error.
+    """
     try:
-        yield database
-    finally:
-        database.close()
+        prepare_instance(settings)
+        database = connect(settings.database_path)
+        try:
+            yield database
+        finally:
+            database.close()
+    except StoreUnwritableError as error:
+        fail(error)
 
 
 @main.command(epilog=SETTINGS_EPILOG)

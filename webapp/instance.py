@@ -7,22 +7,32 @@ from pathlib import Path
 
 from stillroom.crypto.keys import keyed_hash, random_bytes
 from stillroom.webapp.settings import Settings, SettingsError
-from stillroom.webapp.store import migrate
+from stillroom.webapp.store import migrate, unwritable_path
 
 #: The server secret: keys the account lookup hash, form tokens and pending passphrases.
 SECRET_FILE = "server.key"  # noqa: S105 - a file name, not a secret
+#: Space held for the purge (``DISK_RESERVE_MIB``): on a full disk SQLite cannot delete
+#: either, since a deletion is written to the write-ahead log first.
+RESERVE_FILE = "reserve"
 
 
 def prepare_instance(settings: Settings) -> bytes:
     """Create the data directory (0700), the server secret (0600) and the database.
 
     :returns: the 32-byte server secret.
+    :raises StoreUnwritableError: when the directory or the database cannot be written.
     """
     data_dir = settings.data_dir
-    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    data_dir.chmod(0o700)
-    secret = _read_or_create_secret(data_dir / SECRET_FILE)
-    migrate(settings.database_path)
+    try:
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        data_dir.chmod(0o700)
+        secret = _read_or_create_secret(data_dir / SECRET_FILE)
+        migrate(settings.database_path)
+    except OSError as error:
+        problem = unwritable_path(error, data_dir)
+        if problem is None:
+            raise
+        raise problem from error
     return secret
 
 
@@ -46,3 +56,34 @@ def _read_or_create_secret(path: Path) -> bytes:
 def subkey(secret: bytes, purpose: bytes) -> bytes:
     """Derive an independent key for one ``purpose`` from the server secret."""
     return keyed_hash(b"", secret, purpose)
+
+
+def keep_reserve(settings: Settings) -> None:
+    """Hold ``DISK_RESERVE_MIB`` of real blocks in the data directory, if there is room.
+
+    Called after every purge: once the operator has freed space, the reserve is back.
+    """
+    path = settings.data_dir / RESERVE_FILE
+    wanted = settings.disk_reserve_mib * 1024 * 1024
+    if wanted == 0:
+        path.unlink(missing_ok=True)
+        return
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    except OSError:
+        return  # a read-only directory: nothing to hold
+    try:
+        if os.fstat(fd).st_blocks * 512 < wanted:
+            os.posix_fallocate(fd, 0, wanted)  # allocated, not sparse; reads as zeros
+    except OSError:
+        os.ftruncate(fd, 0)  # no room yet: keep nothing half-held, try at the next purge
+    finally:
+        os.close(fd)
+
+
+def release_reserve(settings: Settings) -> bool:
+    """Give the reserve back to the filesystem; return whether there was one to give."""
+    path = settings.data_dir / RESERVE_FILE
+    held = path.exists() and path.stat().st_blocks > 0
+    path.unlink(missing_ok=True)
+    return held

@@ -24,6 +24,7 @@ from werkzeug.exceptions import (
 
 from stillroom.crypto.kdf import KdfBusyError
 from stillroom.crypto.keys import keyed_hash
+from stillroom.webapp.store import StoreUnwritableError
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,9 @@ ERROR_TEXT = {
 
 
 #: Shown when a Tor2web proxy forwards a request: it would see everything.
+NOT_SAVED_TEXT = _l(
+    "This could not be saved just now, so nothing was changed. Please try again in a few minutes."
+)
 TOR2WEB_TEXT = _l(
     "This service cannot be used through a Tor2web proxy, because such a proxy sees"
     " everything you do here. Please open the .onion address in Tor Browser."
@@ -167,6 +171,12 @@ def render_unexpected(error: Exception) -> tuple[str, int, dict[str, str]]:
     return render_error(InternalServerError())
 
 
+def render_unwritable(error: StoreUnwritableError) -> tuple[str, int, dict[str, str]]:
+    """Tell the operator once a minute; tell the user calmly that nothing was changed."""
+    error.report()
+    return render_template("error.html", code=503, message=NOT_SAVED_TEXT), 503, {}
+
+
 def render_busy(_error: KdfBusyError) -> tuple[str, int, dict[str, str]]:
     """Show the small 'busy' page when every argon2 slot is taken."""
     return render_error(ServiceUnavailable())
@@ -181,5 +191,6 @@ def init_app(app: Flask) -> None:
     app.after_request(harden_response)
     app.register_error_handler(HTTPException, render_error)
     app.register_error_handler(KdfBusyError, render_busy)
+    app.register_error_handler(StoreUnwritableError, render_unwritable)
     app.register_error_handler(Exception, render_unexpected)
     app.jinja_env.globals["error_text"] = ERROR_TEXT

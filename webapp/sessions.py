@@ -20,7 +20,7 @@ from stillroom.crypto.keys import (
     unwrap_key,
     wrap_key,
 )
-from stillroom.webapp.store import transaction
+from stillroom.webapp.store import StoreUnwritableError, transaction
 
 #: Do not rewrite a session row on every request; once a minute is precise enough.
 _TOUCH_GRANULARITY = 60
@@ -95,21 +95,34 @@ def load_session(
         return None
     owner_id, wrapped, idle_expires_at, absolute_expires_at = row
     if now >= idle_expires_at or now >= absolute_expires_at:
-        end_session(db, table, hashed)
+        _write_if_possible(db, f"DELETE FROM {table.name} WHERE token_hash = ?", [hashed])  # noqa: S608
         return None
     try:
         secret_key = unwrap_key(wrapped, token_key(token))
     except UnwrapError:
-        end_session(db, table, hashed)
+        _write_if_possible(db, f"DELETE FROM {table.name} WHERE token_hash = ?", [hashed])  # noqa: S608
         return None
     new_idle = min(now + timeouts.idle, absolute_expires_at)
     if new_idle - idle_expires_at >= _TOUCH_GRANULARITY:
-        with transaction(db):
-            db.execute(
-                f"UPDATE {table.name} SET idle_expires_at = ? WHERE token_hash = ?",  # noqa: S608
-                [new_idle, hashed],
-            )
+        _write_if_possible(
+            db,
+            f"UPDATE {table.name} SET idle_expires_at = ? WHERE token_hash = ?",  # noqa: S608
+            [new_idle, hashed],
+        )
     return Session(hashed, owner_id, secret_key)
+
+
+def _write_if_possible(db: Database, sql: str, args: list[object]) -> None:
+    """Run a write that reading does not depend on; on a full or read-only disk, go on.
+
+    A session read on a full disk keeps working: its idle deadline moves at the next
+    request that can write, and an expired row is refused here and purged later.
+    """
+    try:
+        with transaction(db):
+            db.execute(sql, args)
+    except StoreUnwritableError as problem:
+        problem.report()
 
 
 def end_session(db: Database, table: SessionTable, hashed: bytes) -> None:

@@ -49,6 +49,11 @@ class Settings:
     server_connections: int = _setting(
         4000, "Connections each app serves at once (a greenlet each); more wait to be accepted."
     )
+    disk_reserve_mib: int = _setting(
+        64,
+        "Space kept in the data directory for the purge: released when the disk is full,"
+        " so that deleting what has expired never waits for free space.",
+    )
     idle_timeout_minutes: int = _setting(30, "A session ends after this many idle minutes.")
     absolute_timeout_hours: int = _setting(8, "A session ends this many hours after login.")
     argon2_time_cost: int = _setting(
@@ -168,6 +173,7 @@ class Settings:
             "argon2_parallelism": (1, 64),
             "argon2_concurrency": (1, 64),
             "server_connections": (10, 100_000),
+            "disk_reserve_mib": (0, 4096),
             "booking_weeks_ahead": (1, 26),
             "booking_cutoff_hours": (0, 14 * 24),
             "max_upcoming_bookings": (1, 10),

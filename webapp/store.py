@@ -7,6 +7,7 @@ never deadlock upgrading a read lock.
 
 from __future__ import annotations
 
+import errno
 import logging
 import sqlite3
 import time
@@ -30,6 +31,83 @@ PRAGMAS = (
 
 migrations = Migrations("stillroom")
 log = logging.getLogger(__name__)
+
+#: What the operator should do, by SQLite's primary result code of the failed write.
+_UNWRITABLE = {
+    sqlite3.SQLITE_FULL: (
+        "the disk is full",
+        "free space on the filesystem of the data directory; reading and the purge go on",
+    ),
+    sqlite3.SQLITE_READONLY: (
+        "it is read-only",
+        "mount its filesystem read-write and make the data directory and its files"
+        " belong to the user that runs Stillroom",
+    ),
+    sqlite3.SQLITE_CANTOPEN: (
+        "it cannot be opened for writing",
+        "check the filesystem of the data directory and the owner of its files",
+    ),
+    sqlite3.SQLITE_IOERR: (
+        "the disk reports input/output errors",
+        "check the disk (the kernel log says more) and restore from a backup if needed",
+    ),
+}
+#: An unwritable database is reported at most this often (every request would fail).
+_REPORT_EVERY_SECONDS = 60
+_last_report = -float("inf")
+
+
+class StoreUnwritableError(Exception):
+    """The database cannot be written: its disk is full, or it is read-only or failing."""
+
+    def __init__(self, code: int, where: str) -> None:
+        self.code = code
+        self.problem, self.remedy = _UNWRITABLE[code]
+        super().__init__(
+            f"{where} cannot be written: {self.problem}. {self.remedy[0].upper()}{self.remedy[1:]}."
+        )
+
+    @property
+    def disk_full(self) -> bool:
+        """Whether freeing space would help (the purge's reserve is for that)."""
+        return self.code == sqlite3.SQLITE_FULL
+
+    def report(self) -> None:
+        """Log the problem for the operator, at most once a minute, with nothing about anyone."""
+        global _last_report
+        if time.monotonic() - _last_report >= _REPORT_EVERY_SECONDS:
+            _last_report = time.monotonic()
+            log.error("%s", self)
+
+
+def raise_if_unwritable(error: sqlite3.Error, path: Path | str) -> None:
+    """Raise the :class:`StoreUnwritableError` that ``error`` on ``path`` means, if any."""
+    code = getattr(error, "sqlite_errorcode", 0) & 0xFF  # the primary code of an extended one
+    if code in _UNWRITABLE:
+        raise StoreUnwritableError(code, f"the database {path}") from error
+
+
+def database_path(db: Database) -> str:
+    """Return the file behind a connection, for messages to the operator."""
+    path: str = db.execute("PRAGMA database_list").fetchone()[2]
+    return path
+
+
+#: The same problems met by the filesystem rather than by SQLite.
+_ERRNO_CODES = {
+    errno.ENOSPC: sqlite3.SQLITE_FULL,
+    errno.EDQUOT: sqlite3.SQLITE_FULL,
+    errno.EROFS: sqlite3.SQLITE_READONLY,
+    errno.EACCES: sqlite3.SQLITE_READONLY,
+    errno.EPERM: sqlite3.SQLITE_READONLY,
+    errno.EIO: sqlite3.SQLITE_IOERR,
+}
+
+
+def unwritable_path(error: OSError, path: Path) -> StoreUnwritableError | None:
+    """Return the :class:`StoreUnwritableError` that an ``OSError`` on ``path`` means, if any."""
+    code = _ERRNO_CODES.get(error.errno or 0)
+    return None if code is None else StoreUnwritableError(code, str(path))
 
 
 @migrations()
@@ -202,23 +280,41 @@ def connect(path: Path) -> Database:
 
 @contextmanager
 def transaction(db: Database) -> Iterator[Database]:
-    """Run a block as one write transaction that holds the write lock from the start."""
-    db.conn.execute("BEGIN IMMEDIATE")
+    """Run a block as one write transaction that holds the write lock from the start.
+
+    :raises StoreUnwritableError: when the disk is full or the database read-only; the
+        transaction is rolled back and nothing of it was written.
+    """
     try:
-        yield db
-    except BaseException:
-        db.conn.execute("ROLLBACK")
+        db.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            if db.conn.in_transaction:  # SQLite rolls back by itself after some errors
+                db.conn.execute("ROLLBACK")
+            raise
+        db.conn.execute("COMMIT")
+    except sqlite3.OperationalError as error:
+        if db.conn.in_transaction:  # a COMMIT that could not write
+            db.conn.execute("ROLLBACK")
+        raise_if_unwritable(error, database_path(db))
         raise
-    db.conn.execute("COMMIT")
 
 
 def migrate(path: Path) -> None:
-    """Create or upgrade the database at ``path`` and make it private to the owner."""
-    db = connect(path)
+    """Create or upgrade the database at ``path`` and make it private to the owner.
+
+    :raises StoreUnwritableError: when the database cannot be written.
+    """
     try:
-        migrations.apply(db)
-    finally:
-        db.close()
+        db = connect(path)
+        try:
+            migrations.apply(db)
+        finally:
+            db.close()
+    except sqlite3.OperationalError as error:
+        raise_if_unwritable(error, path)
+        raise
     for suffix in ("", "-wal", "-shm"):
         sibling = Path(f"{path}{suffix}")
         if sibling.exists():
@@ -234,6 +330,7 @@ def checkpoint(db: Database, attempts: int = 3) -> bool:
     every minute truncates it later.
 
     :returns: whether the log was truncated.
+    :raises StoreUnwritableError: when the main file cannot take the log's pages.
     """
     db.execute("PRAGMA busy_timeout=100")
     try:
@@ -241,6 +338,9 @@ def checkpoint(db: Database, attempts: int = 3) -> bool:
             if not db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]:
                 return True
             time.sleep(0.1)
+    except sqlite3.OperationalError as error:
+        raise_if_unwritable(error, database_path(db))
+        raise
     finally:
         db.execute(f"PRAGMA busy_timeout={dict(PRAGMAS)['busy_timeout']}")
     log.warning("write-ahead log busy; the next purge truncates it")

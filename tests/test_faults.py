@@ -1,0 +1,201 @@
+"""Faults an operator meets: a full disk, a read-only database.
+
+The server runs as ``stillroom serve --no-tor`` in a mount namespace of its own, with
+its data directory on a small tmpfs (or bound read-only), so that nothing outside the
+test sees the mount. Filling the disk and looking at the files happen inside that
+namespace too (``nsenter``). These need root, as CI has; without it they fail.
+"""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from loadclients import Chat, Connection, create_chats, log_in
+
+from stillroom.webapp.settings import Settings
+
+from support import free_port, stillroom_env
+
+STILLROOM = str(Path(sys.executable).with_name("stillroom"))
+#: The calm sentences of a write that could not be saved (webapp/chatroom.py, security.py).
+NOT_SENT = "could not be saved just now, so it was not sent"
+NOTHING_CHANGED = "could not be saved just now, so nothing was changed"
+
+
+@dataclass
+class Namespaced:
+    """A ``stillroom serve`` in its own mount namespace, and a way to run commands there."""
+
+    process: subprocess.Popen[str]
+    env: dict[str, str]
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.env["STILLROOM_DATA_DIR"])
+
+    @property
+    def ports(self) -> tuple[int, int]:
+        return int(self.env["STILLROOM_PARTICIPANT_PORT"]), int(self.env["STILLROOM_PORTAL_PORT"])
+
+    def inside(self, *command: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run ``command`` in the server's mount namespace, with the server's settings."""
+        return subprocess.run(
+            ["nsenter", f"--target={self.process.pid}", "--mount", "--", *command],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=check,
+            env=self.env,
+        )
+
+    def sql(self, statement: str) -> list[tuple[object, ...]]:
+        """Run one SQL statement on the live database, inside the namespace."""
+        script = (
+            "import sqlite3, sys; c = sqlite3.connect(sys.argv[1], isolation_level=None);"
+            " print(repr(c.execute(sys.argv[2]).fetchall()))"
+        )
+        database = str(self.data_dir / "stillroom.db")
+        answer = self.inside(sys.executable, "-c", script, database, statement)
+        return ast.literal_eval(answer.stdout)
+
+    def output(self) -> str:
+        """Stop the server (SIGTERM) and return everything it printed."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        out, _ = self.process.communicate(timeout=30)
+        return out
+
+
+def start_namespaced(prepare: str, env: dict[str, str]) -> Namespaced:
+    """Run the shell line ``prepare`` in a new mount namespace, then the server there."""
+    for tool in ("unshare", "nsenter", "mount"):
+        assert shutil.which(tool), f"{tool} (util-linux) is needed for the fault tests"
+    assert os.geteuid() == 0, "the fault tests mount filesystems: run them as root (CI does)"
+    script = f"set -e; {prepare}; exec {shlex.quote(STILLROOM)} serve --no-tor"
+    process = subprocess.Popen(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    return Namespaced(process, env)
+
+
+def wait_until_answering(server: Namespaced) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        assert server.process.poll() is None, server.output()
+        try:
+            if all(request(port, "GET", "/en/login")[0] == 200 for port in server.ports):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise AssertionError("the server did not answer within 30 s")
+
+
+def request(
+    port: int, method: str, path: str, cookie: str = "", form: dict[str, str] | None = None
+) -> tuple[int, str]:
+    """One request on a fresh connection; return the status and the page."""
+
+    async def once() -> tuple[int, str]:
+        connection = Connection(port)
+        try:
+            status, _, body = await connection.request(method, path, cookie, form)
+        finally:
+            connection.close()
+        return status, body.decode()
+
+    return asyncio.run(once())
+
+
+def say(server: Namespaced, chat: Chat, text: str) -> tuple[int, str]:
+    """Send ``text`` from the participant's side of ``chat``."""
+    form = {"form_token": chat.participant_token, "text": text}
+    compose = f"/en/chat/{chat.appointment}/compose"
+    return request(server.ports[0], "POST", compose, chat.participant_cookie, form)
+
+
+@pytest.fixture
+def seeded(tmp_path: Path) -> Iterator[tuple[Path, dict[str, str], Chat]]:
+    """A data directory with one pair whose chat is open now, and the server's environment."""
+    seed = tmp_path / "seed"
+    env = stillroom_env(
+        seed,
+        free_port(),
+        {"STILLROOM_CHAT_OPENS_MINUTES_BEFORE": "120", "STILLROOM_DISK_RESERVE_MIB": "1"},
+    )
+    (chat,) = create_chats(1, Settings.load(env))
+    yield seed, env, chat
+
+
+def test_a_full_disk_refuses_writes_calmly_while_reading_and_purging_go_on(seeded, tmp_path):
+    seed, env, chat = seeded
+    data = tmp_path / "data"
+    data.mkdir()
+    on_tmpfs = f"mount -t tmpfs -o size=4m,mode=0700 stillroom-test {data}; cp -a {seed}/. {data}/"
+    server = start_namespaced(on_tmpfs, {**env, "STILLROOM_DATA_DIR": str(data)})
+    try:
+        wait_until_answering(server)
+        assert server.inside("du", "-k", f"{data}/reserve").stdout.split()[0] == "1024"
+        asyncio.run(log_in(chat, *server.ports))
+        assert say(server, chat, "Before the disk filled up.")[0] == 200
+        server.sql(
+            "INSERT INTO messages SELECT conversation_id, -1, envelope, '2000-01-01'"
+            " FROM messages LIMIT 1"
+        )
+        filled = server.inside("dd", "if=/dev/zero", f"of={data}/filler", "bs=64k", check=False)
+        assert "No space left" in filled.stderr
+        for attempt in range(300):
+            status, page = say(server, chat, f"Written on a full disk {attempt}.")
+            if status != 200:
+                break
+        assert status == 503, page
+        assert NOT_SENT in page and f"Written on a full disk {attempt}." in page, "text kept"
+        feed = f"/en/chat/{chat.appointment}/history"
+        status, page = request(server.ports[0], "GET", feed, chat.participant_cookie)
+        assert status == 200 and "Before the disk filled up." in page, "reading goes on"
+        status, page = request(server.ports[1], "GET", "/en/login")
+        assert status == 200
+        purged = server.inside(STILLROOM, "purge", check=False)
+        assert purged.returncode == 0, purged.stdout + purged.stderr
+        assert server.sql("SELECT count(*) FROM messages WHERE expires_day < '2001-01-01'") == [
+            (0,)
+        ]
+        assert server.sql("PRAGMA integrity_check") == [("ok",)]
+        server.inside("rm", f"{data}/filler")
+        status, page = say(server, chat, "After the operator freed space.")
+        assert status == 200, page
+        status, page = request(server.ports[0], "GET", feed, chat.participant_cookie)
+        assert "After the operator freed space." in page
+        assert f"Written on a full disk {attempt}." not in page, "a refused write left nothing"
+    finally:
+        output = server.output()
+    assert "cannot be written: the disk is full" in output
+    assert output.count("cannot be written") <= 2, "reported once a minute, not per request"
+    assert "Traceback" not in output
+
+
+def test_a_read_only_database_stops_serve_with_the_operators_fix(seeded):
+    seed, env, _chat = seeded
+    read_only = f"mount --bind {seed} {seed}; mount -o remount,bind,ro {seed}"
+    server = start_namespaced(read_only, env)
+    server.process.wait(timeout=60)
+    output = server.output()
+    assert server.process.returncode == 1
+    assert f"{seed} cannot be written: it is read-only" in output
+    assert "Mount its filesystem read-write and make the data directory" in output
+    assert "Traceback" not in output
