@@ -165,6 +165,11 @@ def test_a_full_disk_refuses_writes_calmly_while_reading_and_purging_go_on(seede
                 break
         assert status == 503, page
         assert NOT_SENT in page and f"Written on a full disk {attempt}." in page, "text kept"
+        form = {"form_token": chat.participant_token, "zone": "Europe/Athens"}
+        status, page = request(
+            server.ports[0], "POST", "/en/time-zone", chat.participant_cookie, form
+        )
+        assert status == 503 and NOTHING_CHANGED in page, "any other write: the calm page"
         feed = f"/en/chat/{chat.appointment}/history"
         status, page = request(server.ports[0], "GET", feed, chat.participant_cookie)
         assert status == 200 and "Before the disk filled up." in page, "reading goes on"
