@@ -59,10 +59,11 @@ ERROR_TEXT = {
 }
 
 
-#: Shown when a Tor2web proxy forwards a request: it would see everything.
+#: Shown when a write cannot be made: the disk is full, or the database read-only.
 NOT_SAVED_TEXT = _l(
     "This could not be saved just now, so nothing was changed. Please try again in a few minutes."
 )
+#: Shown when a Tor2web proxy forwards a request: it would see everything.
 TOR2WEB_TEXT = _l(
     "This service cannot be used through a Tor2web proxy, because such a proxy sees"
     " everything you do here. Please open the .onion address in Tor Browser."
