@@ -1,7 +1,8 @@
 """One exception per way Tor can fail, each telling the operator what to do.
 
-``str(error)`` is a single sentence with the fix; ``stillroom serve`` prints it and
-exits with status 1.
+``str(error)`` is a single sentence with the fix. When ``stillroom serve`` cannot
+start, it prints it and exits with status 1; once it is serving, it prints it and
+keeps trying to bring the onion service back.
 """
 
 from __future__ import annotations
@@ -111,18 +112,18 @@ class TorLostError(TorError):
     def __init__(self) -> None:
         super().__init__(
             "tor stopped unexpectedly, so the onion service is down: check the lines "
-            "marked 'tor:' above and the system journal, then start Stillroom again "
-            "(under systemd, Restart=on-failure does this)."
+            "marked 'tor:' above and the system journal."
         )
 
 
 class OnionKeyError(TorError):
-    """The stored onion key is empty or damaged."""
+    """The stored onion key is empty or damaged, or gone while the service runs."""
 
     def __init__(self, path: str) -> None:
         super().__init__(
-            f"the onion key in {path} is empty or damaged: restore it from your encrypted "
-            "backup to keep the address, or delete it to start over with a new address."
+            f"the onion key in {path} is missing, empty or damaged: restore it from your "
+            "encrypted backup to keep the address, or delete it and start Stillroom again "
+            "to start over with a new address."
         )
 
 

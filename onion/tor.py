@@ -131,13 +131,19 @@ class Tor:
         return self.process is not None
 
     def watch(self, on_lost: Callable[[], None]) -> None:
-        """Call ``on_lost`` (from stem's thread) if tor goes away before :meth:`close`."""
+        """Call ``on_lost`` (from stem's thread) if tor goes away before :meth:`close`.
+
+        A tor that is gone already is reported at once, since stem only reports the
+        moment the connection closes; ``on_lost`` may therefore run twice.
+        """
 
         def listener(_controller: object, state: stem.control.State, _when: float) -> None:
             if state == stem.control.State.CLOSED and not self.closing:
                 on_lost()
 
         self.controller.add_status_listener(listener)
+        if not self.controller.is_alive() and not self.closing:
+            on_lost()
 
     def close(self) -> None:
         """Close the controller; a tor we launched exits with it, and we wait for that."""

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import base64
+import http.client
 import os
+import queue
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,10 +32,11 @@ from stillroom.onion.errors import (
     TorTooOldError,
 )
 
-from support import stillroom_env
+from support import free_port, stillroom_env
 
 STILLROOM = str(Path(sys.executable).with_name("stillroom"))
 DEFENCES = service.Defences(pow_queue_rate=50, pow_queue_burst=400, max_streams=10)
+PUBLISHED = re.compile(r"Onion service published: http://([a-z2-7]{56}\.onion)/")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -368,32 +373,184 @@ def test_an_attached_tor_without_safe_logging_is_refused(tmp_path):
     assert "SafeLogging is not 1" in result.stderr
 
 
-def test_serve_exits_non_zero_when_its_tor_dies(tmp_path, offline):
-    """A silent outage must not look like a clean stop: systemd restarts on failure."""
+class Output:
+    """What a running ``stillroom serve`` prints, read line by line as it comes."""
+
+    def __init__(self, process: subprocess.Popen[str]) -> None:
+        self.process = process
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.seen: list[str] = []
+        self.pump = threading.Thread(target=self._pump, daemon=True)
+        self.pump.start()
+
+    def _pump(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.put(line)
+        self.process.stdout.close()
+
+    def wait_for(self, pattern: re.Pattern[str], timeout: float) -> re.Match[str] | None:
+        """Return the next line matching ``pattern`` within ``timeout`` seconds, or ``None``."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                line = self.lines.get(timeout=min(0.2, max(0.0, deadline - time.monotonic())))
+            except queue.Empty:
+                if not self.pump.is_alive() and self.lines.empty():
+                    break  # serve has exited and all it printed has been read
+                continue
+            self.seen.append(line)
+            if match := pattern.search(line):
+                return match
+        return None
+
+    def expect(self, pattern: re.Pattern[str], timeout: float) -> re.Match[str]:
+        """Like :meth:`wait_for`, but a missing line fails the test with the output so far."""
+        match = self.wait_for(pattern, timeout)
+        assert match is not None, f"serve never printed {pattern.pattern}:\n{self.text()}"
+        return match
+
+    def text(self) -> str:
+        """Return everything read so far, or all of it once serve has exited."""
+        if self.process.poll() is not None:
+            self.pump.join(timeout=10)
+        while not self.lines.empty():
+            self.seen.append(self.lines.get())
+        return "".join(self.seen)
+
+
+def child_pids(pid: int) -> list[int]:
+    """Return the processes ``pid`` started: serve's own tor."""
+    return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def status_of(connection: http.client.HTTPConnection, path: str) -> int:
+    """GET ``path`` on an open connection and return the status, keeping the connection."""
+    connection.request("GET", path)
+    response = connection.getresponse()
+    response.read()
+    return response.status
+
+
+def local_status(port: int, path: str) -> int:
+    """Ask the participant app on a new connection, as the onion service's target."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        return status_of(connection, path)
+    finally:
+        connection.close()
+
+
+def test_serve_keeps_serving_and_brings_its_tor_back_at_the_same_address(tmp_path, offline):
+    """Tor dies under a running serve: the app never stops answering, the onion comes back."""
+    port = free_port()
     process = subprocess.Popen(
         [STILLROOM, "serve"],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        env=stillroom_env(tmp_path / "data", 0, {"STILLROOM_TOR_EXTRA_CONFIG": str(offline)}),
+        env=stillroom_env(
+            tmp_path / "data",
+            port,
+            {
+                "STILLROOM_TOR_EXTRA_CONFIG": str(offline),
+                # A tor without network never bootstraps or uploads: publish without waiting.
+                "STILLROOM_TOR_BOOTSTRAP_TIMEOUT": "0",
+                "STILLROOM_TOR_PUBLISH_TIMEOUT": "0",
+            },
+        ),
     )
+    output = Output(process)
     try:
-        assert process.stdout is not None
-        for _ in range(50):
-            if "tor bootstrap 0%" in process.stdout.readline():
-                break
-        tor_pid = int(
-            Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()[0]
-        )
-        os.kill(tor_pid, signal.SIGKILL)
-        output, _ = process.communicate(timeout=60)
+        address = output.expect(PUBLISHED, 60).group(1)
+        [first_tor] = child_pids(process.pid)
+        kept = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        assert status_of(kept, "/en/") == 200
+        os.kill(first_tor, signal.SIGKILL)
+        output.expect(re.compile(r"Tor went away; starting it again in \d+ s"), 30)
+        answered = 0
+        deadline = time.monotonic() + 60
+        while (again := output.wait_for(PUBLISHED, 0.1)) is None:
+            assert time.monotonic() < deadline, f"tor never came back:\n{output.text()}"
+            assert status_of(kept, "/en/") == 200, "an open connection outlives tor"
+            assert local_status(port, "/en/") == 200, "new connections are served meanwhile"
+            answered += 1
+        assert answered, "the app was asked while tor was away"
+        assert again.group(1) == address, "the address never changes"
+        [second_tor] = child_pids(process.pid)
+        assert second_tor != first_tor, "a new tor, and the dead one reaped"
+        assert status_of(kept, "/en/") == 200
+        kept.close()
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(timeout=60)
     finally:
         if process.poll() is None:
             process.kill()
-            process.communicate()
-    assert process.returncode == 1
-    assert "tor stopped unexpectedly" in output
-    assert "Traceback" not in output
+            process.wait()
+    text = output.text()
+    assert code == 0, text
+    assert "Onion service removed." in text and "Tor stopped." in text
+    assert "Traceback" not in text
+    assert not Path(f"/proc/{second_tor}").exists(), "tor stopped with serve"
+
+
+def test_sigterm_stops_serve_cleanly_while_it_waits_for_the_operators_tor(tmp_path):
+    """The attached tor is down and serve keeps trying: SIGTERM still ends it at once, cleanly."""
+    operator_dir = tmp_path / "operator"
+    operator_dir.mkdir(mode=0o700)
+    control = operator_dir / "control"
+    operator = stem.process.launch_tor_with_config(
+        config={
+            "DataDirectory": str(operator_dir),
+            "ControlSocket": str(control),
+            "CookieAuthentication": "1",
+            "DisableNetwork": "1",
+            "SocksPort": "0",
+            "Log": "NOTICE stdout",
+        },
+        tor_cmd=tor.find_tor(),
+        completion_percent=0,
+    )
+    port = free_port()
+    process = subprocess.Popen(
+        [STILLROOM, "serve"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=stillroom_env(
+            tmp_path / "data",
+            port,
+            {
+                "STILLROOM_TOR_CONTROL": str(control),
+                "STILLROOM_TOR_BOOTSTRAP_TIMEOUT": "0",
+                "STILLROOM_TOR_PUBLISH_TIMEOUT": "0",
+            },
+        ),
+    )
+    output = Output(process)
+    try:
+        output.expect(PUBLISHED, 60)
+        operator.terminate()
+        operator.wait(timeout=30)
+        output.expect(re.compile(r"Tor went away; reconnecting in \d+ s"), 30)
+        output.expect(re.compile(r"Tor is not back yet; trying again in \d+ s: cannot reach"), 30)
+        assert local_status(port, "/en/") == 200, "the app keeps serving meanwhile"
+        asked = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(timeout=60)
+        stopped_after = time.monotonic() - asked
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        if operator.poll() is None:
+            operator.kill()
+            operator.wait()
+    text = output.text()
+    assert code == 0, text
+    assert stopped_after < 10, "SIGTERM does not wait for the next try"
+    assert "Stopped waiting for tor." in text
+    assert "Onion service removed." not in text and "Traceback" not in text
 
 
 def test_a_damaged_onion_key_is_refused_not_replaced(tmp_path, offline):

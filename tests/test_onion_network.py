@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 import urllib.parse
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -219,6 +220,81 @@ def test_attach_mode_republishes_the_same_address(tor_network, tmp_path, capsys)
         operator.stop()
     with capsys.disabled():
         print(f"\n[onion] attach, publish, restart, republish, fetch twice: {elapsed:.1f} s")
+
+
+def local_status(port: int, path: str) -> int:
+    """Ask the participant app directly on 127.0.0.1, as the onion service's target."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
+        return int(response.status)
+
+
+def test_serve_comes_back_by_itself_when_the_operators_tor_restarts(tor_network, tmp_path, capsys):
+    """`systemctl restart tor` under a running serve: the same address again, nobody steps in."""
+    operator = tornet.TorProcess.launch(
+        "operator", tmp_path / "operator", [*tor_network.join_config_lines(), "SocksPort 0"]
+    )
+    try:
+        port = free_port()
+        serve = start_serve(
+            tmp_path / "data", port, {"STILLROOM_TOR_CONTROL": str(operator.control_socket)}
+        )
+        try:
+            address = serve.wait_for(PUBLISHED, 120).group(1)
+            assert tor_network.fetch(f"http://{address}/en/")[0] == 200
+            started = time.monotonic()
+            operator.restart()
+            serve.wait_for(re.compile(r"Tor went away; reconnecting in \d+ s"), 30)
+            assert local_status(port, "/en/") == 200, "the app keeps serving while tor is away"
+            assert serve.wait_for(PUBLISHED, 120).group(1) == address
+            republished = time.monotonic() - started
+            status, _, body = tor_network.fetch(f"http://{address}/en/")
+            assert status == 200 and b"Stillroom" in body
+            reachable = time.monotonic() - started
+        finally:
+            code = serve.stop()
+        output = "".join(serve.seen)
+        assert code == 0, output
+        assert "Detached from tor; it keeps running." in output
+        assert "Traceback" not in output
+        assert operator.alive, "serve never stops a tor it attached to"
+    finally:
+        operator.stop()
+    with capsys.disabled():
+        print(
+            f"\n[onion] operator's tor restarted: republished after {republished:.1f} s,"
+            f" reachable through the onion after {reachable:.1f} s"
+        )
+
+
+def test_serve_starts_its_tor_again_when_it_dies(tor_network, join_config, tmp_path, capsys):
+    """Serve's own tor is killed: serve launches a new one and the address comes back."""
+    port = free_port()
+    serve = start_serve(tmp_path / "data", port, {"STILLROOM_TOR_EXTRA_CONFIG": str(join_config)})
+    try:
+        address = serve.wait_for(PUBLISHED, 120).group(1)
+        [first_tor] = child_pids(serve.process.pid)
+        started = time.monotonic()
+        os.kill(first_tor, signal.SIGKILL)
+        serve.wait_for(re.compile(r"Tor went away; starting it again in \d+ s"), 30)
+        assert local_status(port, "/en/") == 200, "the app keeps serving while tor is away"
+        assert serve.wait_for(PUBLISHED, 120).group(1) == address
+        republished = time.monotonic() - started
+        [second_tor] = child_pids(serve.process.pid)
+        assert second_tor != first_tor
+        status, _, body = tor_network.fetch(f"http://{address}/en/")
+        assert status == 200 and b"Stillroom" in body
+        reachable = time.monotonic() - started
+    finally:
+        code = serve.stop()
+    output = "".join(serve.seen)
+    assert code == 0, output
+    assert "Onion service removed." in output and "Tor stopped." in output
+    assert "Traceback" not in output
+    with capsys.disabled():
+        print(
+            f"\n[onion] serve's tor killed: republished after {republished:.1f} s,"
+            f" reachable through the onion after {reachable:.1f} s"
+        )
 
 
 def test_restricted_discovery_admits_only_key_holders(tor_network, join_config, tmp_path):

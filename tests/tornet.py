@@ -184,6 +184,7 @@ class TorProcess:
     name: str
     data_dir: Path
     process: subprocess.Popen[bytes]
+    options: tuple[str, ...] = ()
     _controller: Controller | None = field(default=None, repr=False)
 
     @classmethod
@@ -219,7 +220,7 @@ class TorProcess:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        return cls(name, data_dir, process)
+        return cls(name, data_dir, process, tuple(options))
 
     @property
     def pid(self) -> int:
@@ -310,6 +311,15 @@ class TorProcess:
     def stop(self, timeout: float = 10.0) -> None:
         """Terminate this tor by PID and wait for it."""
         _stop_all([self], timeout)
+
+    def restart(self) -> None:
+        """Stop this tor and start it again on the same data directory and control socket.
+
+        What an operator's ``systemctl restart tor`` does: tor forgets every control
+        connection and every service added over one.
+        """
+        self.stop()
+        self.process = TorProcess.launch(self.name, self.data_dir, self.options).process
 
 
 def _stop_all(tors: Sequence[TorProcess], timeout: float = 10.0) -> None:

@@ -6,23 +6,24 @@ import base64
 import json
 import logging
 import os
-import signal
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NoReturn
 
 import click
+import stem
 from flask import Flask
+from gevent.event import Event
 from gevent.pywsgi import WSGIServer
 from sqlite_utils import Database
 
 from stillroom.crypto.stream import new_recipient_keypair
 from stillroom.onion import clients, service, tor
-from stillroom.onion.errors import TorError, TorLostError
+from stillroom.onion.errors import OnionKeyError, TorError, TorLostError
 from stillroom.webapp import booking, therapists
 from stillroom.webapp.app import create_participant_app, create_portal_app
 from stillroom.webapp.audit import run_audit
@@ -77,7 +78,8 @@ def start_tor(settings: Settings) -> tor.Tor:
         handle = tor.launch(settings.data_dir, extra, say)
     try:
         tor.check_hardening(handle.controller)
-        tor.wait_for_bootstrap(handle.controller, settings.tor_bootstrap_timeout, say)
+        if settings.tor_bootstrap_timeout:  # 0 publishes at once (a tor kept offline)
+            tor.wait_for_bootstrap(handle.controller, settings.tor_bootstrap_timeout, say)
     except BaseException:
         handle.close()
         raise
@@ -139,49 +141,127 @@ def serve(no_tor: bool) -> None:
 
 
 def serve_through_tor(app: Flask, servers: list[WSGIServer], settings: Settings) -> TorError | None:
-    """Start or attach tor, publish, serve; always clean up. Return what went wrong."""
-    lost = threading.Event()
-    handle: tor.Tor | None = None
-    uploads: service.UploadLog | None = None
-    address = None
-    failure: TorError | None = None
+    """Publish the onion service and serve, bringing the service back whenever tor goes away.
+
+    :returns: what stopped the first start (the operator's to fix), or ``None`` after a stop.
+    """
+    onion_service = OnionService(app, settings)
     try:
-        service.read_key(settings.data_dir)  # a damaged key fails before tor starts
-        handle = start_tor(settings)
-
-        def on_lost() -> None:
-            lost.set()
-            os.kill(os.getpid(), signal.SIGTERM)
-
-        handle.watch(on_lost)
-        uploads = service.UploadLog(handle.controller, settings.data_dir)
-        address = service.publish(
-            handle.controller,
-            settings.data_dir,
-            settings.participant_port,
-            defences(settings),
-            clients.client_public_keys(settings.data_dir),
-            settings.tor_publish_timeout,
-        )
-        uploads.track(address)
-        app.config["ONION_ADDRESS"] = address
-        say(f"Onion service published: http://{address}/")
-        run_until_stopped(servers, settings)
+        onion_service.publish()
+        run_until_stopped(servers, settings, onion_service.keep_up)
     except TorError as error:
-        failure = error
+        return error
     except (KeyboardInterrupt, StopServing):
         pass
     finally:
         close_servers(servers)
-        if uploads is not None:
-            uploads.close()
-        if handle is not None:
-            if address and not lost.is_set():
-                service.unpublish(handle.controller, address)
+        onion_service.stop()
+    return None
+
+
+#: Seconds before the first try to bring tor back; every try that fails doubles it.
+RETRY_FIRST_SECONDS = 1
+#: The longest pause between tries, and how long tor must have run to earn a quick retry.
+RETRY_LAST_SECONDS = 30
+
+
+@dataclass
+class OnionService:
+    """The participant app's onion service as serve keeps it up, through tor restarts too."""
+
+    app: Flask
+    settings: Settings
+    handle: tor.Tor | None = None
+    uploads: service.UploadLog | None = None
+    address: str | None = None
+    lost: Event = field(default_factory=Event)
+
+    def publish(self) -> None:
+        """Start or attach tor and publish the service with its key (the same address).
+
+        :raises TorError: when a step fails; :meth:`drop` lets go of what was started.
+        """
+        data_dir = self.settings.data_dir
+        # read_key refuses a damaged key before tor starts; a key gone since the first
+        # publication would bring the service back at a new address, unnoticed.
+        if service.read_key(data_dir) is None and self.address:
+            raise OnionKeyError(str(data_dir / service.KEY_FILE))
+        self.lost = Event()  # a fresh one: a late call from an earlier tor must not count
+        try:
+            self.handle = start_tor(self.settings)
+            self.handle.watch(self.lost.set)
+            self.uploads = service.UploadLog(self.handle.controller, data_dir)
+            address = service.publish(
+                self.handle.controller,
+                data_dir,
+                self.settings.participant_port,
+                defences(self.settings),
+                clients.client_public_keys(data_dir),
+                # 0 waits for no upload, like a bootstrap timeout of 0 (a tor kept offline).
+                self.settings.tor_publish_timeout or None,
+            )
+        except stem.SocketError as error:  # tor went away in the middle of a command
+            raise TorLostError from error
+        self.uploads.track(address)
+        self.address = address
+        self.app.config["ONION_ADDRESS"] = address
+        say(f"Onion service published: http://{address}/")
+
+    def keep_up(self) -> None:
+        """Bring the service back at the same address whenever tor goes away; never returns."""
+        delay = RETRY_FIRST_SECONDS
+        while True:
+            up_since = time.monotonic()
+            self.lost.wait()
+            if time.monotonic() - up_since >= RETRY_LAST_SECONDS:
+                delay = RETRY_FIRST_SECONDS  # only a tor that dies again at once backs off
+            delay = self.come_back(delay)
+
+    def come_back(self, delay: int) -> int:
+        """Try to publish again, pausing longer after each failure, until it works.
+
+        :returns: the pause to start from should tor go away again soon.
+        """
+        self.drop()
+        again = "reconnecting" if self.settings.tor_control else "starting it again"
+        say(f"Tor went away; {again} in {delay} s")
+        while True:
+            time.sleep(delay)  # a greenlet sleep: SIGTERM and Ctrl-C end serve here too
+            delay = min(2 * delay, RETRY_LAST_SECONDS)
+            try:
+                self.publish()
+            except (TorError, OSError, stem.ControllerError) as error:
+                self.drop()
+                say(f"Tor is not back yet; trying again in {delay} s: {error}")
+            else:
+                return delay
+
+    def drop(self) -> None:
+        """Let go of a tor that went away or did not come up; tor removes the service itself."""
+        if self.uploads is not None:
+            self.uploads.close()
+            self.uploads = None
+        if self.handle is not None:
+            self.handle.close()
+            self.handle = None
+
+    def stop(self) -> None:
+        """Remove the service and stop our tor or leave the operator's, saying which."""
+        if self.uploads is not None:
+            self.uploads.close()
+        if self.handle is not None:
+            if self.address and not self.lost.is_set():
+                service.unpublish(self.handle.controller, self.address)
                 say("Onion service removed.")
-            handle.close()
-            say("Tor stopped." if handle.launched else "Detached from tor; it keeps running.")
-    return TorLostError() if lost.is_set() else failure
+            self.handle.close()
+        elif self.address is None:
+            return  # tor never came up: nothing to report
+        if not self.settings.tor_control:
+            say("Tor stopped.")
+        elif self.handle is not None:
+            say("Detached from tor; it keeps running.")
+        else:
+            say("Stopped waiting for tor.")
 
 
 @main.group()

@@ -19,6 +19,7 @@ import gc
 import logging
 import resource
 import signal
+from collections.abc import Callable
 from typing import Any
 
 import gevent
@@ -134,7 +135,7 @@ def create_servers(
 
 
 class StopServing(Exception):
-    """Raised in the main greenlet by SIGTERM (and by a lost tor) to unwind cleanly."""
+    """Raised in the main greenlet by SIGTERM to unwind cleanly."""
 
 
 def stop_on_sigterm() -> None:
@@ -142,13 +143,19 @@ def stop_on_sigterm() -> None:
     gevent.signal_handler(signal.SIGTERM, gevent.kill, gevent.getcurrent(), StopServing)
 
 
-def run_until_stopped(servers: list[WSGIServer], settings: Settings) -> None:
-    """Serve both apps until Ctrl-C or SIGTERM, purging expired data every minute."""
+def run_until_stopped(
+    servers: list[WSGIServer], settings: Settings, meanwhile: Callable[[], object] | None = None
+) -> None:
+    """Serve both apps until Ctrl-C or SIGTERM, purging expired data every minute.
+
+    :param meanwhile: what the main greenlet does while the apps are served (keep the
+        onion service up); SIGTERM or Ctrl-C ends it by raising inside it.
+    """
     stop_purge = start_periodic_purge(settings)
     try:
         for server in servers:
             server.start()
-        Event().wait()  # until SIGTERM or Ctrl-C raises here
+        (meanwhile or Event().wait)()  # until SIGTERM or Ctrl-C raises here
     except (KeyboardInterrupt, StopServing):
         pass
     finally:

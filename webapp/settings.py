@@ -119,9 +119,13 @@ class Settings:
     tor_extra_config: str = _setting(
         "", "File of extra torrc lines for the tor that 'serve' launches."
     )
-    tor_bootstrap_timeout: int = _setting(300, "Seconds to wait for tor to bootstrap.")
+    tor_bootstrap_timeout: int = _setting(
+        300, "Seconds to wait for tor to bootstrap (0: publish without waiting)."
+    )
     tor_publish_timeout: int = _setting(
-        180, "Seconds to wait for the first upload of the onion service descriptor."
+        180,
+        "Seconds to wait for the first upload of the onion service descriptor"
+        " (0: do not wait for it).",
     )
     pow_queue_rate: int = _setting(
         250, "Onion proof-of-work: introductions per second let through under attack."
