@@ -14,7 +14,9 @@ import urllib.request
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
+import hypothesis
 import pyotp
 from flask.testing import FlaskClient
 
@@ -464,3 +466,21 @@ class Chat:
     def feed(self, who: str, **headers):
         client = self.auth.client if who == "participant" else self.therapist.client
         return client.get(f"/en/chat/{self.id}/feed", headers=headers)
+
+
+def generated(examples: int) -> Any:
+    """Hypothesis's settings for these runs: repeatable, no example database, no deadline.
+
+    The world (a booked chat, two sessions) is made once per test and shared by its
+    examples, on purpose: building it per example would cost more than the requests.
+    """
+    return hypothesis.settings(
+        max_examples=examples,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=[
+            hypothesis.HealthCheck.function_scoped_fixture,
+            hypothesis.HealthCheck.too_slow,
+        ],
+    )

@@ -5,8 +5,10 @@ from __future__ import annotations
 import re
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from support import STARTS, AuthActions, Chat, form_fields, rows
+from support import STARTS, AuthActions, Chat, form_fields, generated, rows
 
 #: Routes whose variables are not somebody's object (a language, a table of the
 #: inventory, an enrolment link) or that are no page (the live chat's socket).
@@ -108,3 +110,62 @@ def test_logging_out_anywhere_ends_every_session_of_the_account(chat: Chat, app,
     chat.therapist.logout()
     assert other_desk.client.get("/en/").status_code == 302
     assert rows(chat.settings, "SELECT count(*) FROM therapist_sessions") == [(0,)]
+
+
+@pytest.mark.parametrize("side", ["participant", "therapist"])
+def test_generated_object_addresses_never_reach_anothers_objects(chat: Chat, app, portal_app, side):
+    """Generated: any object route and method, with the other's real ids or near misses of them.
+
+    Near misses (one character changed, another case, cut short, grown) must not find the
+    object either, for the stranger or for the owner, and nothing may change.
+    """
+    chat.at(STARTS)
+    assert chat.say(side, "kept to the two of us").status_code == 200
+    [[slot_id]] = rows(chat.settings, "SELECT slot_id FROM appointments")
+    real = {"appointment_id": chat.id, "slot_id": slot_id}
+    if side == "participant":
+        flask_app, owner = app, chat.auth.client
+        stranger = AuthActions(app.test_client())
+        stranger.create()
+        page = "/en/account"
+    else:
+        flask_app, owner = portal_app, chat.therapist.client
+        stranger = type(chat.therapist)(
+            portal_app.test_client(), chat.clock, chat.settings.database_path
+        )
+        stranger.create("Bruno", ("en",))
+        page = "/en/"
+    token = form_fields(stranger.client.get(page).get_data(as_text=True))
+    before = rows(chat.settings, "SELECT count(*) FROM messages, appointments, slots")
+
+    def near_misses(value: str) -> st.SearchStrategy[str]:
+        return st.one_of(
+            st.just(value),
+            st.integers(0, len(value) - 1).flatmap(
+                lambda i: st.sampled_from("0123456789abcdef").map(
+                    lambda c: value[:i] + c + value[i + 1 :]
+                )
+            ),
+            st.just(value.upper()),
+            st.integers(1, len(value) - 1).map(lambda n: value[:n]),
+            st.just(value + "0"),
+            st.text("0123456789abcdef", min_size=1, max_size=40),
+        )
+
+    @generated(300)
+    @given(data=st.data())
+    def probe(data) -> None:
+        rule = data.draw(st.sampled_from(object_rules(flask_app)))
+        method = data.draw(st.sampled_from(sorted(rule.methods - {"HEAD", "OPTIONS"})))
+        values = {name: data.draw(near_misses(real[name])) for name in real}
+        path = fill(rule, values)
+        form = token if method == "POST" else None
+        response = stranger.client.open(path, method=method, data=form)
+        assert response.status_code == 404, (method, path)
+        assert "kept to the two of us" not in response.get_data(as_text=True)
+        changed = any(values[name] != real[name] for name in rule.arguments if name in real)
+        if changed and method == "GET":
+            assert owner.get(path).status_code == 404, path
+
+    probe()
+    assert rows(chat.settings, "SELECT count(*) FROM messages, appointments, slots") == before

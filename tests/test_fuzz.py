@@ -15,13 +15,13 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from markupsafe import escape
 
 from stillroom.webapp.settings import LANGUAGES
 
-from support import STARTS, Chat, form_fields
+from support import STARTS, Chat, form_fields, generated
 
 #: Markup that must only ever come back escaped.
 MARKER = '<b id="fuzz">'
@@ -55,21 +55,6 @@ ENDS_THE_SESSION = {
 REQUESTS_PER_EXAMPLE = 5
 EXAMPLES = 1_200  # 6,000 requests anywhere, and 4,000 more into the forms themselves
 FORM_EXAMPLES = 4_000
-
-
-def generated(examples: int) -> Any:
-    """Hypothesis's settings for these runs: repeatable, no example database, no deadline.
-
-    The world (a booked chat, two sessions) is made once per test and shared by its
-    examples, on purpose: building it per example would cost more than the requests.
-    """
-    return settings(
-        max_examples=examples,
-        deadline=None,
-        derandomize=True,
-        database=None,
-        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-    )
 
 
 class World:
