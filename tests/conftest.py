@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,10 +26,14 @@ from support import (
     stop_server,
 )
 
+#: Every data directory holds a reserve for the purge (64 MiB by default); a run makes
+#: hundreds of them, in this process and in the servers and commands it starts.
+os.environ["STILLROOM_DISK_RESERVE_MIB"] = "1"
+
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    return Settings.load({}, data_dir=tmp_path / "instance", **FAST_ARGON2)
+    return Settings.load({}, data_dir=tmp_path / "instance", disk_reserve_mib=1, **FAST_ARGON2)
 
 
 @pytest.fixture

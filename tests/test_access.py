@@ -169,3 +169,23 @@ def test_generated_object_addresses_never_reach_anothers_objects(chat: Chat, app
 
     probe()
     assert rows(chat.settings, "SELECT count(*) FROM messages, appointments, slots") == before
+
+
+def test_a_session_id_planted_before_login_is_never_accepted(chat: Chat, app, portal_app):
+    """Session fixation: a cookie set before login (by someone else) opens nothing after it."""
+    chat.at(STARTS)
+    planted = "planted-by-someone-else-0123456789abcdef"
+    for flask_app, login, home, who in (
+        (app, lambda: chat.auth.login(chat.passphrase), "/en/account", "participant"),
+        (portal_app, chat.therapist.login, "/en/", "therapist"),
+    ):
+        victim = chat.auth.client if who == "participant" else chat.therapist.client
+        cookie = "stillroom" if who == "participant" else "stillroom_portal"
+        victim.delete_cookie(cookie, domain="127.0.0.1")
+        victim.set_cookie(cookie, planted, domain="127.0.0.1")
+        assert login().status_code == 302
+        issued = victim.get_cookie(cookie, domain="127.0.0.1")
+        assert issued is not None and issued.value != planted, who
+        attacker = flask_app.test_client()
+        attacker.set_cookie(cookie, planted, domain="127.0.0.1")
+        assert attacker.get(home).status_code == 302, f"the planted id stays logged out: {who}"
