@@ -142,14 +142,27 @@ def seeded(tmp_path: Path) -> Iterator[tuple[Path, dict[str, str], Chat]]:
     yield seed, env, chat
 
 
-def test_a_full_disk_refuses_writes_calmly_while_reading_and_purging_go_on(seeded, tmp_path):
-    seed, env, chat = seeded
-    data = tmp_path / "data"
+def start_on_small_disk(seed: Path, env: dict[str, str], data: Path) -> Namespaced:
+    """Serve a copy of ``seed`` from a 4 MiB tmpfs mounted at ``data``, once it answers."""
     data.mkdir()
     on_tmpfs = f"mount -t tmpfs -o size=4m,mode=0700 stillroom-test {data}; cp -a {seed}/. {data}/"
     server = start_namespaced(on_tmpfs, {**env, "STILLROOM_DATA_DIR": str(data)})
+    wait_until_answering(server)
+    return server
+
+
+def fill_the_disk(server: Namespaced) -> None:
+    filled = server.inside(
+        "dd", "if=/dev/zero", f"of={server.data_dir}/filler", "bs=64k", check=False
+    )
+    assert "No space left" in filled.stderr
+
+
+def test_a_full_disk_refuses_writes_calmly_while_reading_and_purging_go_on(seeded, tmp_path):
+    seed, env, chat = seeded
+    data = tmp_path / "data"
+    server = start_on_small_disk(seed, env, data)
     try:
-        wait_until_answering(server)
         assert server.inside("du", "-k", f"{data}/reserve").stdout.split()[0] == "1024"
         asyncio.run(log_in(chat, *server.ports))
         assert say(server, chat, "Before the disk filled up.")[0] == 200
@@ -157,8 +170,7 @@ def test_a_full_disk_refuses_writes_calmly_while_reading_and_purging_go_on(seede
             "INSERT INTO messages SELECT conversation_id, -1, envelope, '2000-01-01'"
             " FROM messages LIMIT 1"
         )
-        filled = server.inside("dd", "if=/dev/zero", f"of={data}/filler", "bs=64k", check=False)
-        assert "No space left" in filled.stderr
+        fill_the_disk(server)
         for attempt in range(300):
             status, page = say(server, chat, f"Written on a full disk {attempt}.")
             if status != 200:
@@ -191,6 +203,29 @@ def test_a_full_disk_refuses_writes_calmly_while_reading_and_purging_go_on(seede
         output = server.output()
     assert "cannot be written: the disk is full" in output
     assert output.count("cannot be written") <= 2, "reported once a minute, not per request"
+    assert "Traceback" not in output
+
+
+def test_a_participant_can_delete_the_account_on_a_full_disk(seeded, tmp_path):
+    """Deleting needs room in the log too: the reserve makes sure it goes."""
+    seed, env, chat = seeded
+    server = start_on_small_disk(seed, env, tmp_path / "data")
+    try:
+        asyncio.run(log_in(chat, *server.ports))
+        assert say(server, chat, "Please forget me.")[0] == 200
+        fill_the_disk(server)
+        assert say(server, chat, "This one cannot be stored.")[0] == 503, "the disk is full"
+        form = {"form_token": chat.participant_token}
+        status, _ = request(
+            server.ports[0], "POST", "/en/account/delete", chat.participant_cookie, form
+        )
+        assert status == 302
+        assert server.sql("SELECT count(*) FROM participants") == [(0,)]
+        assert server.sql("SELECT count(*) FROM messages") == [(0,)]
+        assert server.sql("PRAGMA integrity_check") == [("ok",)]
+    finally:
+        output = server.output()
+    assert "gave back the reserve so that a deletion can run" in output
     assert "Traceback" not in output
 
 

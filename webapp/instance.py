@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from stillroom.crypto.keys import keyed_hash, random_bytes
 from stillroom.webapp.settings import Settings, SettingsError
-from stillroom.webapp.store import migrate, unwritable_path
+from stillroom.webapp.store import StoreUnwritableError, migrate, unwritable_path
 
 #: The server secret: keys the account lookup hash, form tokens and pending passphrases.
 SECRET_FILE = "server.key"  # noqa: S105 - a file name, not a secret
-#: Space held for the purge (``DISK_RESERVE_MIB``): on a full disk SQLite cannot delete
+#: Space held for deletions (``DISK_RESERVE_MIB``): on a full disk SQLite cannot delete
 #: either, since a deletion is written to the write-ahead log first.
 RESERVE_FILE = "reserve"
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def prepare_instance(settings: Settings) -> bytes:
@@ -61,7 +67,7 @@ def subkey(secret: bytes, purpose: bytes) -> bytes:
 def keep_reserve(settings: Settings) -> None:
     """Hold ``DISK_RESERVE_MIB`` of real blocks in the data directory, if there is room.
 
-    Called after every purge: once the operator has freed space, the reserve is back.
+    Called after every deletion that may use it: once space is free again, the reserve is back.
     """
     path = settings.data_dir / RESERVE_FILE
     wanted = settings.disk_reserve_mib * 1024 * 1024
@@ -79,6 +85,25 @@ def keep_reserve(settings: Settings) -> None:
         os.ftruncate(fd, 0)  # no room yet: keep nothing half-held, try at the next purge
     finally:
         os.close(fd)
+
+
+def delete_with_reserve(settings: Settings, deletion: Callable[[], T]) -> T:
+    """Run ``deletion``; on a full disk, give back the reserve and run it once more.
+
+    Deleting needs free space too (SQLite writes a deletion to its log first), and
+    what has expired, or what a participant asks to be rid of, must go even then.
+
+    :raises StoreUnwritableError: when the database cannot be written even so.
+    """
+    try:
+        done = deletion()
+    except StoreUnwritableError as problem:
+        if not (problem.disk_full and release_reserve(settings)):
+            raise
+        log.warning("the disk is full: gave back the reserve so that a deletion can run")
+        done = deletion()
+    keep_reserve(settings)
+    return done
 
 
 def release_reserve(settings: Settings) -> bool:

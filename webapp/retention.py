@@ -20,10 +20,10 @@ from sqlite_utils import Database
 from stillroom.webapp.accounts import purge_unused_accounts
 from stillroom.webapp.booking import purge_bookings
 from stillroom.webapp.chat import purge_chats
-from stillroom.webapp.instance import keep_reserve, release_reserve
+from stillroom.webapp.instance import delete_with_reserve
 from stillroom.webapp.sessions import end_expired_sessions
 from stillroom.webapp.settings import Settings
-from stillroom.webapp.store import StoreUnwritableError, checkpoint, connect, transaction
+from stillroom.webapp.store import checkpoint, connect, transaction
 from stillroom.webapp.therapists import forget_old_failures
 
 log = logging.getLogger(__name__)
@@ -32,21 +32,11 @@ log = logging.getLogger(__name__)
 def purge(db: Database, now: int, settings: Settings) -> int:
     """Delete everything past its retention; return how many rows went.
 
-    On a full disk the deletions themselves need space (the write-ahead log), so the
-    purge gives back the data directory's reserve and runs again; the reserve is taken
-    anew once there is room.
+    On a full disk it runs on the data directory's reserve (:func:`delete_with_reserve`).
 
     :raises StoreUnwritableError: when the database cannot be written even so.
     """
-    try:
-        removed = _delete_expired(db, now, settings)
-    except StoreUnwritableError as problem:
-        if not (problem.disk_full and release_reserve(settings)):
-            raise
-        log.warning("the disk is full: gave back the reserve so that the purge can run")
-        removed = _delete_expired(db, now, settings)
-    keep_reserve(settings)
-    return removed
+    return delete_with_reserve(settings, lambda: _delete_expired(db, now, settings))
 
 
 def _delete_expired(db: Database, now: int, settings: Settings) -> int:

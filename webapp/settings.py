@@ -51,8 +51,8 @@ class Settings:
     )
     disk_reserve_mib: int = _setting(
         64,
-        "Space kept in the data directory for the purge: released when the disk is full,"
-        " so that deleting what has expired never waits for free space.",
+        "Space kept in the data directory for deletions: released when the disk is full,"
+        " so that the purge and a participant's own deletions never wait for free space.",
     )
     idle_timeout_minutes: int = _setting(30, "A session ends after this many idle minutes.")
     absolute_timeout_hours: int = _setting(8, "A session ends this many hours after login.")

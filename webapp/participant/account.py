@@ -24,6 +24,7 @@ from stillroom.webapp.accounts import (
 from stillroom.webapp.booking import upcoming_appointments
 from stillroom.webapp.gate import current_session, db, deriver, now, settings
 from stillroom.webapp.i18n import current_language
+from stillroom.webapp.instance import delete_with_reserve
 from stillroom.webapp.participant.blueprint import (
     bp,
     gate,
@@ -186,6 +187,6 @@ def delete() -> Any:
     assert session is not None
     if request.method == "GET":
         return render_template("participant/delete.html")
-    delete_account(db(), session.owner_id)
+    delete_with_reserve(settings(), lambda: delete_account(db(), session.owner_id))
     response = make_response(redirect(url_for("participant.home", done="deleted")))
     return gate.clear_cookie(response)
