@@ -170,7 +170,8 @@ def launch(
     :raises TorMissingError: when tor is not installed.
     :raises TorTooOldError: when tor is too old.
     :raises TorConfigError: when the extra lines are unusable.
-    :raises TorStartError: when tor exits while starting (it refused an option, say).
+    :raises TorStartError: when tor exits while starting (it refused an option, say), or
+        its control socket does not answer.
     """
     tor = find_tor()
     tor_dir = data_dir.resolve() / "tor"  # tor needs absolute paths for its sockets
@@ -196,12 +197,19 @@ def launch(
     except OSError as error:  # stem reports tor's own complaint this way
         raise TorStartError(str(error)) from error
     _forward_warnings(process, report)
-    controller = stem.control.Controller.from_socket_file(str(control))
-    controller.authenticate()
+    try:
+        controller = stem.control.Controller.from_socket_file(str(control))
+        controller.authenticate()
+    except BaseException as error:
+        process.kill()  # never leave a tor behind that holds the data directory's lock
+        process.wait()
+        if isinstance(error, (stem.SocketError, stem.connection.AuthenticationFailure)):
+            raise TorStartError(f"its control socket did not answer: {error}") from error
+        raise
     handle = Tor(controller, process)
     try:
         check_launched_config(controller)
-    except TorConfigError:
+    except BaseException:
         handle.close()
         raise
     return handle

@@ -67,8 +67,12 @@ def say(message: str) -> None:
     click.echo(message)
 
 
-def start_tor(settings: Settings) -> tor.Tor:
-    """Launch a private tor or attach to the operator's, and wait for bootstrap."""
+def start_tor(settings: Settings, waiting: bool = True) -> tor.Tor:
+    """Launch a private tor or attach to the operator's, and wait for bootstrap.
+
+    :param waiting: wait for bootstrap within its timeout; without it, tor is left to
+        finish bootstrapping by itself.
+    """
     if settings.tor_control:
         say(f"Attaching to tor at {settings.tor_control}")
         handle = tor.attach(settings.tor_control, settings.tor_control_password or None)
@@ -78,7 +82,7 @@ def start_tor(settings: Settings) -> tor.Tor:
         handle = tor.launch(settings.data_dir, extra, say)
     try:
         tor.check_hardening(handle.controller)
-        if settings.tor_bootstrap_timeout:  # 0 publishes at once (a tor kept offline)
+        if waiting and settings.tor_bootstrap_timeout:  # 0: at once (a tor kept offline)
             tor.wait_for_bootstrap(handle.controller, settings.tor_bootstrap_timeout, say)
     except BaseException:
         handle.close()
@@ -176,9 +180,13 @@ class OnionService:
     address: str | None = None
     lost: Event = field(default_factory=Event)
 
-    def publish(self) -> None:
+    def publish(self, waiting: bool = True) -> None:
         """Start or attach tor and publish the service with its key (the same address).
 
+        :param waiting: wait for bootstrap and the first descriptor upload within their
+            timeouts, to report what the operator must fix at the first start. When tor
+            comes back, tor finishes both by itself: a slow network must not make serve
+            give up on a tor that works.
         :raises TorError: when a step fails; :meth:`drop` lets go of what was started.
         """
         data_dir = self.settings.data_dir
@@ -188,7 +196,7 @@ class OnionService:
             raise OnionKeyError(str(data_dir / service.KEY_FILE))
         self.lost = Event()  # a fresh one: a late call from an earlier tor must not count
         try:
-            self.handle = start_tor(self.settings)
+            self.handle = start_tor(self.settings, waiting)
             self.handle.watch(self.lost.set)
             self.uploads = service.UploadLog(self.handle.controller, data_dir)
             address = service.publish(
@@ -198,7 +206,7 @@ class OnionService:
                 defences(self.settings),
                 clients.client_public_keys(data_dir),
                 # 0 waits for no upload, like a bootstrap timeout of 0 (a tor kept offline).
-                self.settings.tor_publish_timeout or None,
+                (self.settings.tor_publish_timeout or None) if waiting else None,
             )
         except stem.SocketError as error:  # tor went away in the middle of a command
             raise TorLostError from error
@@ -229,10 +237,11 @@ class OnionService:
             time.sleep(delay)  # a greenlet sleep: SIGTERM and Ctrl-C end serve here too
             delay = min(2 * delay, RETRY_LAST_SECONDS)
             try:
-                self.publish()
-            except (TorError, OSError, stem.ControllerError) as error:
+                self.publish(waiting=False)
+            except Exception as error:  # whatever tor did, serving goes on and so do the tries
                 self.drop()
-                say(f"Tor is not back yet; trying again in {delay} s: {error}")
+                reason = error if isinstance(error, TorError) else type(error).__name__
+                say(f"Tor is not back yet; trying again in {delay} s: {reason}")
             else:
                 return delay
 
