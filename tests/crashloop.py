@@ -296,11 +296,30 @@ async def load_then_kill(
 
 async def run(setup: Setup, ledger: Ledger, rounds: int, log: Path) -> None:
     """Run ``rounds`` rounds, each ended by a SIGKILL; then check once more."""
+    servers: list[subprocess.Popen[bytes]] = []
+    try:
+        await run_rounds(setup, ledger, rounds, log, servers)
+    finally:
+        for server in servers:  # a failed check must not leave a server on the ports
+            if server.poll() is None:
+                server.kill()
+                server.wait()
+
+
+async def run_rounds(
+    setup: Setup, ledger: Ledger, rounds: int, log: Path, servers: list[subprocess.Popen[bytes]]
+) -> None:
+    """The rounds of :func:`run`; every server started is added to ``servers``."""
+
+    def started() -> subprocess.Popen[bytes]:
+        servers.append(start(setup, log))
+        return servers[-1]
+
     purged = False
     for round_ in range(rounds):
         check_files(setup, ledger, purged)
         began = time.monotonic()
-        process = start(setup, log)
+        process = started()
         if round_ % EARLY_KILL_EVERY == EARLY_KILL_EVERY - 1:
             await asyncio.sleep(random.uniform(0.0, 0.8))  # importing, migrating, purging
             if process.poll() is None:
@@ -308,14 +327,9 @@ async def run(setup: Setup, ledger: Ledger, rounds: int, log: Path) -> None:
                 ledger.early_kills += 1
             process.wait(timeout=30)
             check_files(setup, ledger, purged=False)
-            process = start(setup, log)
+            process = started()
             began = time.monotonic()
-        try:
-            await wait_until_answering(setup, process)
-        except BaseException:
-            process.kill()
-            process.wait()
-            raise
+        await wait_until_answering(setup, process)
         ledger.starts.append(time.monotonic() - began)
         purged = True
         if round_ == 0:
@@ -323,10 +337,8 @@ async def run(setup: Setup, ledger: Ledger, rounds: int, log: Path) -> None:
         await check_messages(setup, ledger)
         await load_then_kill(setup, ledger, process, round_)
     check_files(setup, ledger, purged)
-    process = start(setup, log)
-    try:
-        await wait_until_answering(setup, process)
-        await check_messages(setup, ledger)
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
+    process = started()
+    await wait_until_answering(setup, process)
+    await check_messages(setup, ledger)
+    process.terminate()
+    process.wait(timeout=30)

@@ -26,7 +26,7 @@ from loadclients import Chat, Connection, create_chats, log_in
 
 from stillroom.webapp.settings import Settings
 
-from support import free_port, stillroom_env
+from support import PASSPHRASE, form_fields, free_port, stillroom_env
 
 STILLROOM = str(Path(sys.executable).with_name("stillroom"))
 #: The calm sentences of a write that could not be saved (webapp/chatroom.py, security.py).
@@ -142,12 +142,25 @@ def seeded(tmp_path: Path) -> Iterator[tuple[Path, dict[str, str], Chat]]:
     yield seed, env, chat
 
 
-def start_on_small_disk(seed: Path, env: dict[str, str], data: Path) -> Namespaced:
-    """Serve a copy of ``seed`` from a 4 MiB tmpfs mounted at ``data``, once it answers."""
+def start_on_small_disk(
+    seed: Path, env: dict[str, str], data: Path, before: str = "true"
+) -> Namespaced:
+    """Serve a copy of ``seed`` from a 4 MiB tmpfs mounted at ``data``, once it answers.
+
+    ``before`` is a shell line run on that disk before the server starts.
+    """
     data.mkdir()
-    on_tmpfs = f"mount -t tmpfs -o size=4m,mode=0700 stillroom-test {data}; cp -a {seed}/. {data}/"
+    on_tmpfs = (
+        f"mount -t tmpfs -o size=4m,mode=0700 stillroom-test {data}; cp -a {seed}/. {data}/;"
+        f" {before}"
+    )
     server = start_namespaced(on_tmpfs, {**env, "STILLROOM_DATA_DIR": str(data)})
-    wait_until_answering(server)
+    try:
+        wait_until_answering(server)
+    except BaseException:
+        server.process.kill()
+        server.output()
+        raise
     return server
 
 
@@ -189,6 +202,7 @@ def test_a_full_disk_refuses_writes_calmly_while_reading_and_purging_go_on(seede
         assert status == 200
         purged = server.inside(STILLROOM, "purge", check=False)
         assert purged.returncode == 0, purged.stdout + purged.stderr
+        assert "gave back the reserve" in purged.stderr, "the purge ran on the reserve"
         assert server.sql("SELECT count(*) FROM messages WHERE expires_day < '2001-01-01'") == [
             (0,)
         ]
@@ -229,12 +243,71 @@ def test_a_participant_can_delete_the_account_on_a_full_disk(seeded, tmp_path):
     assert "Traceback" not in output
 
 
+def test_a_passphrase_change_on_a_full_disk_says_what_happened(seeded, tmp_path):
+    """Whatever the disk allowed, the page told matches what opens the account afterwards."""
+    seed, env, chat = seeded
+    server = start_on_small_disk(seed, env, tmp_path / "data")
+    try:
+        asyncio.run(log_in(chat, *server.ports))
+        cookie, port = chat.participant_cookie, server.ports[0]
+        status, page = request(port, "GET", "/en/account/passphrase", cookie)
+        new = PASSPHRASE.search(page).group(1)  # type: ignore[union-attr]
+        fill_the_disk(server)
+        form = {**form_fields(page), "current": chat.passphrase, "confirm": new}
+        status, page = request(port, "POST", "/en/account/passphrase", cookie, form)
+        changed = status == 302
+        assert changed or (status == 503 and NOTHING_CHANGED in page), (status, page[:300])
+        server.inside("rm", f"{server.data_dir}/filler")
+        works, fails = (new, chat.passphrase) if changed else (chat.passphrase, new)
+        for passphrase, expected in ((works, 302), (fails, 401)):
+            _, login_page = request(port, "GET", "/en/login")
+            form = {**form_fields(login_page), "passphrase": passphrase}
+            assert request(port, "POST", "/en/login", form=form)[0] == expected
+    finally:
+        output = server.output()
+    assert "Traceback" not in output
+
+
+def test_logging_out_on_a_full_disk_ends_the_session(seeded, tmp_path):
+    seed, env, chat = seeded
+    server = start_on_small_disk(seed, env, tmp_path / "data")
+    try:
+        asyncio.run(log_in(chat, *server.ports))
+        cookie, port = chat.participant_cookie, server.ports[0]
+        fill_the_disk(server)
+        assert say(server, chat, "Refused: the disk is full.")[0] == 503
+        token = {"form_token": chat.participant_token}
+        assert request(port, "POST", "/en/logout", cookie, token)[0] == 302
+        assert request(port, "GET", "/en/account", cookie)[0] == 302, "the session is over"
+        assert server.sql("SELECT count(*) FROM sessions") == [(0,)]
+    finally:
+        output = server.output()
+    assert "Traceback" not in output
+
+
+def test_serve_starts_again_on_a_full_disk(seeded, tmp_path):
+    """A restart after the disk filled up: the reserve lets serve open, purge and read."""
+    seed, env, _chat = seeded
+    full = f"{STILLROOM} purge; dd if=/dev/zero of={tmp_path / 'data'}/filler bs=64k || true"
+    server = start_on_small_disk(seed, env, tmp_path / "data", before=full)
+    try:
+        assert server.sql("PRAGMA integrity_check") == [("ok",)]
+        assert request(server.ports[0], "GET", "/en/help")[0] == 200
+    finally:
+        output = server.output()
+    assert "gave back the reserve" in output
+    assert "Traceback" not in output
+
+
 def test_a_read_only_database_stops_serve_with_the_operators_fix(seeded):
     seed, env, _chat = seeded
     read_only = f"mount --bind {seed} {seed}; mount -o remount,bind,ro {seed}"
     server = start_namespaced(read_only, env)
-    server.process.wait(timeout=60)
-    output = server.output()
+    try:
+        server.process.wait(timeout=60)
+    finally:
+        server.process.kill()
+        output = server.output()
     assert server.process.returncode == 1
     assert f"{seed} cannot be written: it is read-only" in output
     assert "Mount its filesystem read-write and make the data directory" in output

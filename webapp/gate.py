@@ -21,6 +21,7 @@ from werkzeug.wrappers import Response
 from stillroom.crypto.kdf import KeyDeriver
 from stillroom.crypto.keys import UnwrapError, unwrap_key, wrap_key
 from stillroom.webapp.db import get_db
+from stillroom.webapp.instance import with_reserve
 from stillroom.webapp.security import (
     FormTokenError,
     check_form_token,
@@ -38,6 +39,7 @@ from stillroom.webapp.sessions import (
     start_session,
 )
 from stillroom.webapp.settings import LANGUAGES, Settings
+from stillroom.webapp.store import StoreUnwritableError, transaction
 
 View = TypeVar("View", bound=Callable[..., Any])
 
@@ -212,24 +214,42 @@ class Gate:
         token = start_session(db(), self.table, owner_id, secret_key, now(), timeouts())
         return self.set_cookie(redirect(target), token)
 
-    def renew(self, target: str) -> Response:
-        """Give this browser a new session after a credential change ended all of them."""
+    def renew(self, endpoint: str, done: str) -> Response:
+        """Give this browser a new session after a credential change ended all of them.
+
+        The change is saved already. If no session can be written (a full disk), the
+        browser goes to the login page with the same confirmation: never to an error
+        page that would say nothing changed, while the old credential no longer works.
+        """
         session = current_session()
         assert session is not None
-        token = start_session(
-            db(), self.table, session.owner_id, session.secret_key, now(), timeouts()
-        )
-        return self.set_cookie(redirect(target), token)
+        try:
+            token = start_session(
+                db(), self.table, session.owner_id, session.secret_key, now(), timeouts()
+            )
+        except StoreUnwritableError as problem:
+            problem.report()
+            return self.clear_cookie(redirect(url_for(self.login, done=done)))
+        return self.set_cookie(redirect(url_for(endpoint, done=done)), token)
 
     def log_out(self, target: str) -> Response:
         """End every session of this account at once, and forget the cookie.
 
         Logging out anywhere logs out everywhere: a session forgotten in another
-        browser must not outlive the person's decision to leave.
+        browser must not outlive the person's decision to leave. On a full disk it
+        runs on the reserve; should even that fail, this browser's cookie still goes.
         """
         session = current_session()
         if session is not None:
-            end_sessions_of(db(), self.table, session.owner_id)
+
+            def end_all() -> None:
+                with transaction(db()):
+                    end_sessions_of(db(), self.table, session.owner_id)
+
+            try:
+                with_reserve(settings(), end_all)
+            except StoreUnwritableError as problem:
+                problem.report()
         return self.clear_cookie(redirect(target))
 
     def set_cookie(self, response: Response, token: str) -> Response:

@@ -33,7 +33,7 @@ def prepare_instance(settings: Settings) -> bytes:
         data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         data_dir.chmod(0o700)
         secret = _read_or_create_secret(data_dir / SECRET_FILE)
-        migrate(settings.database_path)
+        with_reserve(settings, lambda: migrate(settings.database_path))
     except OSError as error:
         problem = unwritable_path(error, data_dir)
         if problem is None:
@@ -67,7 +67,9 @@ def subkey(secret: bytes, purpose: bytes) -> bytes:
 def keep_reserve(settings: Settings) -> None:
     """Hold ``DISK_RESERVE_MIB`` of real blocks in the data directory, if there is room.
 
-    Called after every deletion that may use it: once space is free again, the reserve is back.
+    Called after everything that may use it: once space is free again, the reserve is
+    back. It is taken only when the rest of the disk keeps as much free again, so that
+    taking it never fills the disk for anyone else (tor keeps its state here too).
     """
     path = settings.data_dir / RESERVE_FILE
     wanted = settings.disk_reserve_mib * 1024 * 1024
@@ -75,33 +77,41 @@ def keep_reserve(settings: Settings) -> None:
         path.unlink(missing_ok=True)
         return
     try:
+        held = path.stat().st_blocks * 512 if path.exists() else 0
+        if held >= wanted:
+            if path.stat().st_size > wanted:
+                os.truncate(path, wanted)  # DISK_RESERVE_MIB was lowered
+            return
+        disk = os.statvfs(settings.data_dir)
+        if disk.f_bavail * disk.f_frsize < 2 * wanted - held:
+            return  # not enough room yet: try again after the next deletion or purge
         fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
     except OSError:
         return  # a read-only directory: nothing to hold
     try:
-        if os.fstat(fd).st_blocks * 512 < wanted:
-            os.posix_fallocate(fd, 0, wanted)  # allocated, not sparse; reads as zeros
+        os.posix_fallocate(fd, 0, wanted)  # allocated, not sparse; reads as zeros
     except OSError:
-        os.ftruncate(fd, 0)  # no room yet: keep nothing half-held, try at the next purge
+        os.ftruncate(fd, 0)  # lost a race for the space: hold nothing half-taken
     finally:
         os.close(fd)
 
 
-def delete_with_reserve(settings: Settings, deletion: Callable[[], T]) -> T:
-    """Run ``deletion``; on a full disk, give back the reserve and run it once more.
+def with_reserve(settings: Settings, action: Callable[[], T]) -> T:
+    """Run ``action``; on a full disk, give back the reserve and run it once more.
 
-    Deleting needs free space too (SQLite writes a deletion to its log first), and
-    what has expired, or what a participant asks to be rid of, must go even then.
+    For what must happen even on a full disk: deleting (SQLite writes a deletion to its
+    log first, so it needs free space too) what has expired, or what a participant asks
+    to be rid of, and opening the database at startup.
 
     :raises StoreUnwritableError: when the database cannot be written even so.
     """
     try:
-        done = deletion()
+        done = action()
     except StoreUnwritableError as problem:
         if not (problem.disk_full and release_reserve(settings)):
             raise
         log.warning("the disk is full: gave back the reserve so that a deletion can run")
-        done = deletion()
+        done = action()
     keep_reserve(settings)
     return done
 

@@ -20,10 +20,10 @@ from sqlite_utils import Database
 from stillroom.webapp.accounts import purge_unused_accounts
 from stillroom.webapp.booking import purge_bookings
 from stillroom.webapp.chat import purge_chats
-from stillroom.webapp.instance import delete_with_reserve
+from stillroom.webapp.instance import with_reserve
 from stillroom.webapp.sessions import end_expired_sessions
 from stillroom.webapp.settings import Settings
-from stillroom.webapp.store import checkpoint, connect, transaction
+from stillroom.webapp.store import StoreUnwritableError, checkpoint, connect, transaction
 from stillroom.webapp.therapists import forget_old_failures
 
 log = logging.getLogger(__name__)
@@ -32,11 +32,11 @@ log = logging.getLogger(__name__)
 def purge(db: Database, now: int, settings: Settings) -> int:
     """Delete everything past its retention; return how many rows went.
 
-    On a full disk it runs on the data directory's reserve (:func:`delete_with_reserve`).
+    On a full disk it runs on the data directory's reserve (:func:`with_reserve`).
 
     :raises StoreUnwritableError: when the database cannot be written even so.
     """
-    return delete_with_reserve(settings, lambda: _delete_expired(db, now, settings))
+    return with_reserve(settings, lambda: _delete_expired(db, now, settings))
 
 
 def _delete_expired(db: Database, now: int, settings: Settings) -> int:
@@ -49,7 +49,7 @@ def _delete_expired(db: Database, now: int, settings: Settings) -> int:
     removed += forget_old_failures(db, now)
     removed += purge_chats(db, now, settings.chat_opens_minutes_before)
     removed += purge_bookings(db, now, settings.appointment_retention_days * 24 * 3600)
-    checkpoint(db)  # if readers block it, the next run retries; the rows are gone already
+    checkpoint(db, strict=True)  # readers blocking it: the next run retries; a full disk: raise
     return removed
 
 
@@ -64,9 +64,15 @@ def start_periodic_purge(
 
     def loop() -> None:
         while not stop.wait(interval):
-            db = connect(settings.database_path)
+            try:
+                db = connect(settings.database_path)
+            except Exception as error:  # keep trying every minute
+                log.error("purge could not open the database: %s", type(error).__name__)
+                continue
             try:
                 purge(db, int(clock()), settings)
+            except StoreUnwritableError as problem:
+                problem.report()
             except Exception as error:  # keep purging; report without any data
                 log.error("purge failed: %s", type(error).__name__)
             finally:

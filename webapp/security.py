@@ -175,7 +175,11 @@ def render_unexpected(error: Exception) -> tuple[str, int, dict[str, str]]:
 def render_unwritable(error: StoreUnwritableError) -> tuple[str, int, dict[str, str]]:
     """Tell the operator once a minute; tell the user calmly that nothing was changed."""
     error.report()
-    return render_template("error.html", code=503, message=NOT_SAVED_TEXT), 503, {}
+    return (
+        render_template("error.html", code=503, message=NOT_SAVED_TEXT),
+        503,
+        {"Retry-After": "60"},
+    )
 
 
 def render_busy(_error: KdfBusyError) -> tuple[str, int, dict[str, str]]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -82,9 +83,24 @@ class StoreUnwritableError(Exception):
 
 def raise_if_unwritable(error: sqlite3.Error, path: Path | str) -> None:
     """Raise the :class:`StoreUnwritableError` that ``error`` on ``path`` means, if any."""
-    code = getattr(error, "sqlite_errorcode", 0) & 0xFF  # the primary code of an extended one
+    extended = getattr(error, "sqlite_errorcode", 0)
+    code = extended & 0xFF  # the primary code of an extended one
+    # Opening a database whose shared-memory file cannot grow, or failing to write at
+    # all, on a filesystem with no space left is a full disk, not a failing one.
+    if extended == sqlite3.SQLITE_IOERR_SHMSIZE or (
+        code == sqlite3.SQLITE_IOERR and _no_space(path)
+    ):
+        code = sqlite3.SQLITE_FULL
     if code in _UNWRITABLE:
         raise StoreUnwritableError(code, f"the database {path}") from error
+
+
+def _no_space(path: Path | str) -> bool:
+    """Whether the filesystem that holds ``path`` has no block left for us."""
+    try:
+        return os.statvfs(Path(path).parent).f_bavail == 0
+    except OSError:
+        return False
 
 
 def database_path(db: Database) -> str:
@@ -321,16 +337,19 @@ def migrate(path: Path) -> None:
             sibling.chmod(0o600)
 
 
-def checkpoint(db: Database, attempts: int = 3) -> bool:
+def checkpoint(db: Database, attempts: int = 3, strict: bool = False) -> bool:
     """Fold the write-ahead log into the main file and truncate it.
 
     Without this, deleted rows survive in the ``-wal`` file until the next
     automatic checkpoint. A reader holding an old snapshot blocks the truncation;
     then this gives up quickly (a request must not hang) and the purge that runs
-    every minute truncates it later.
+    every minute truncates it later. It runs after a write has been committed, so by
+    default a full disk is reported, not raised: the write is done, and the user
+    must not be told that nothing changed.
 
+    :param strict: raise instead (the purge, which can free space and try again).
     :returns: whether the log was truncated.
-    :raises StoreUnwritableError: when the main file cannot take the log's pages.
+    :raises StoreUnwritableError: with ``strict``, when the main file cannot take the log.
     """
     db.execute("PRAGMA busy_timeout=100")
     try:
@@ -339,7 +358,13 @@ def checkpoint(db: Database, attempts: int = 3) -> bool:
                 return True
             time.sleep(0.1)
     except sqlite3.OperationalError as error:
-        raise_if_unwritable(error, database_path(db))
+        try:
+            raise_if_unwritable(error, database_path(db))
+        except StoreUnwritableError as problem:
+            if strict:
+                raise
+            problem.report()
+            return False
         raise
     finally:
         db.execute(f"PRAGMA busy_timeout={dict(PRAGMAS)['busy_timeout']}")

@@ -24,7 +24,7 @@ from stillroom.webapp.accounts import (
 from stillroom.webapp.booking import upcoming_appointments
 from stillroom.webapp.gate import current_session, db, deriver, now, settings
 from stillroom.webapp.i18n import current_language
-from stillroom.webapp.instance import delete_with_reserve
+from stillroom.webapp.instance import with_reserve
 from stillroom.webapp.participant.blueprint import (
     bp,
     gate,
@@ -168,7 +168,7 @@ def change_passphrase() -> Any:
             else:
                 account = Unlocked(session.owner_id, session.secret_key)
                 replace_passphrase(db(), deriver(), lookup_key(), account, passphrase)
-                return gate.renew(url_for("participant.account", done="replaced"))
+                return gate.renew("participant.account", done="replaced")
     if passphrase is None:
         passphrase = generate_passphrase(current_language())
     return render_template(
@@ -187,6 +187,6 @@ def delete() -> Any:
     assert session is not None
     if request.method == "GET":
         return render_template("participant/delete.html")
-    delete_with_reserve(settings(), lambda: delete_account(db(), session.owner_id))
+    with_reserve(settings(), lambda: delete_account(db(), session.owner_id))
     response = make_response(redirect(url_for("participant.home", done="deleted")))
     return gate.clear_cookie(response)

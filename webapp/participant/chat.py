@@ -18,7 +18,7 @@ from stillroom.webapp.chat import (
 )
 from stillroom.webapp.gate import current_session, db, settings
 from stillroom.webapp.i18n import current_language
-from stillroom.webapp.instance import delete_with_reserve
+from stillroom.webapp.instance import with_reserve
 from stillroom.webapp.participant.blueprint import bp, login_required
 from stillroom.webapp.times import format_when
 
@@ -88,7 +88,7 @@ def delete_chat(appointment_id: str) -> Any:
         abort(404)
     if request.method == "GET":
         return render_template("participant/chat_delete.html", appointment_id=appointment_id)
-    delete_with_reserve(settings(), lambda: delete_conversation(db(), conversation_id))
+    with_reserve(settings(), lambda: delete_conversation(db(), conversation_id))
     return redirect(url_for("participant.account", done="chat-deleted"))
 
 

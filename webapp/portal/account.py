@@ -194,7 +194,7 @@ def password() -> Any:
             except PasswordPolicyError as policy:
                 error = POLICY[policy.reason]
             else:
-                return gate.renew(url_for("portal.home", done="password-changed"))
+                return gate.renew("portal.home", done="password-changed")
     return render_template(
         "portal/password.html",
         therapist=current_therapist(),
