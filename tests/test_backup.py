@@ -58,6 +58,8 @@ def test_a_backup_restores_into_a_working_instance(chat: Chat, settings, tmp_pat
     assert destination.stat().st_mode & 0o777 == 0o600
     assert CANARY.encode() not in sealed and b"SQLite format 3" not in sealed
     assert b"CREATE TABLE" not in sealed, "the schema is encrypted too"
+    reserve = (settings.data_dir / "reserve").stat().st_size
+    assert reserve > 0 and len(sealed) < reserve, "the disk reserve stays out of the backup"
 
     restored = tmp_path / "restored"
     env = stillroom_env(restored, 0)

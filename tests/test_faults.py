@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import base64
 import os
 import shlex
 import shutil
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import pytest
 from loadclients import Chat, Connection, create_chats, log_in
+from nacl.public import PrivateKey
 
 from stillroom.webapp.settings import Settings
 
@@ -299,9 +301,22 @@ def test_serve_starts_again_on_a_full_disk(seeded, tmp_path):
     assert "Traceback" not in output
 
 
-def test_a_read_only_database_stops_serve_with_the_operators_fix(seeded):
+def test_a_read_only_database_stops_serve_with_the_operators_fix(seeded, tmp_path):
+    """And the audit, which only reads, still works; a backup says what is wrong."""
     seed, env, _chat = seeded
-    read_only = f"mount --bind {seed} {seed}; mount -o remount,bind,ro {seed}"
+    out = tmp_path / "out"
+    out.mkdir()
+    env = {
+        **env,
+        "STILLROOM_BACKUP_PUBLIC_KEY": base64.b64encode(
+            bytes(PrivateKey.generate().public_key)
+        ).decode(),
+    }
+    read_only = (
+        f"mount --bind {seed} {seed}; mount -o remount,bind,ro {seed};"
+        f" {STILLROOM} audit > {out}/audit 2>&1 || echo exit $? >> {out}/audit;"
+        f" {STILLROOM} backup {out}/backup > {out}/said 2>&1 || echo exit $? >> {out}/said"
+    )
     server = start_namespaced(read_only, env)
     try:
         server.process.wait(timeout=60)
@@ -312,3 +327,8 @@ def test_a_read_only_database_stops_serve_with_the_operators_fix(seeded):
     assert f"{seed} cannot be written: it is read-only" in output
     assert "Mount its filesystem read-write and make the data directory" in output
     assert "Traceback" not in output
+    audit = (out / "audit").read_text()
+    assert "All checks hold." in audit and "exit" not in audit, audit
+    said = (out / "said").read_text()
+    assert "cannot be written: it is read-only" in said and "exit 1" in said, said
+    assert "Traceback" not in said and not (out / "backup").exists()

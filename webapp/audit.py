@@ -9,6 +9,7 @@ What no check can see is a running server's memory; ``docs/auditing.md`` says so
 from __future__ import annotations
 
 import datetime
+import os
 import sqlite3
 import stat
 from collections.abc import Callable, Iterator
@@ -199,6 +200,24 @@ CHECKS: tuple[Callable[[Database, Settings, int], Check], ...] = (
 )
 
 
+def open_read_only(settings: Settings) -> sqlite3.Connection:
+    """Open the database read-only, also where the data directory itself is read-only.
+
+    A WAL database wants its shared-memory file even for reading; where none can be
+    made, nothing can change the file either, so it is read as immutable.
+    """
+    uri = settings.database_path.resolve().as_uri()
+    conn = sqlite3.connect(f"{uri}?mode=ro", uri=True)
+    try:
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()  # opening is lazy
+    except sqlite3.OperationalError:
+        conn.close()
+        if os.access(settings.data_dir, os.W_OK):
+            raise
+        conn = sqlite3.connect(f"{uri}?mode=ro&immutable=1", uri=True)
+    return conn
+
+
 def run_audit(settings: Settings, now: int) -> list[Check]:
     """Run every check against the data directory of ``settings``; change nothing.
 
@@ -206,7 +225,7 @@ def run_audit(settings: Settings, now: int) -> list[Check]:
     """
     if not settings.database_path.exists():
         return [Check("database", False, f"no database at {settings.database_path}")]
-    conn = sqlite3.connect(f"{settings.database_path.resolve().as_uri()}?mode=ro", uri=True)
+    conn = open_read_only(settings)
     db = Database(conn)
     try:
         return [check(db, settings, now) for check in CHECKS]

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from stillroom.crypto.stream import StreamOpenError, open_stream, seal_stream
-from stillroom.webapp.instance import prepare_instance
+from stillroom.webapp.instance import RESERVE_FILE, prepare_instance
 from stillroom.webapp.retention import purge
 from stillroom.webapp.settings import Settings
 from stillroom.webapp.store import connect
@@ -59,6 +59,16 @@ def write_backup(settings: Settings, destination: Path, public_key: bytes) -> in
         fd = os.open(destination, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
         raise BackupError(f"{destination} exists; choose a new name") from None
+    try:
+        _write_sealed(settings, fd, public_key)
+    except BaseException:
+        destination.unlink()  # no half-written backup to mistake for a whole one
+        raise
+    return destination.stat().st_size
+
+
+def _write_sealed(settings: Settings, fd: int, public_key: bytes) -> None:
+    """Copy the database consistently, pack it with the keys, and seal the lot into ``fd``."""
     # The plain copy lives next to the database it copies, as private as that database.
     with tempfile.TemporaryDirectory(dir=settings.data_dir) as work, os.fdopen(fd, "wb") as out:
         copy = Path(work) / DATABASE_MEMBER
@@ -73,11 +83,11 @@ def write_backup(settings: Settings, destination: Path, public_key: bytes) -> in
         with tarfile.open(archive, "w") as tar:
             tar.add(copy, arcname=DATABASE_MEMBER)
             for path in sorted(settings.data_dir.iterdir()):
-                if path.is_file() and not path.name.startswith(DATABASE_MEMBER):
+                skipped = path.name.startswith(DATABASE_MEMBER) or path.name == RESERVE_FILE
+                if path.is_file() and not skipped:
                     tar.add(path, arcname=path.name)
         with archive.open("rb") as plain:
             seal_stream(plain, out, public_key)
-    return destination.stat().st_size
 
 
 def restore_backup(settings: Settings, backup: Path, secret_key: bytes) -> int:

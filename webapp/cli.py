@@ -38,7 +38,7 @@ from stillroom.webapp.server import (
     stop_on_sigterm,
 )
 from stillroom.webapp.settings import LANGUAGES, Settings, SettingsError, describe_settings
-from stillroom.webapp.store import StoreUnwritableError, connect
+from stillroom.webapp.store import StoreUnwritableError, connect, unwritable_path
 from stillroom.webapp.times import is_zone
 
 SETTINGS_EPILOG = (
@@ -431,6 +431,8 @@ def backup(destination: Path) -> None:
         size = write_backup(settings, destination, key)
     except BackupError as error:
         fail(error)
+    except OSError as error:  # a read-only data directory holds no temporary copy, say
+        fail(unwritable_path(error, Path(error.filename or settings.data_dir)) or error)
     say(f"Backup written to {destination} ({size} bytes), encrypted to the operator's key.")
 
 
