@@ -441,24 +441,25 @@ def local_status(port: int, path: str) -> int:
         connection.close()
 
 
-def test_serve_keeps_serving_and_brings_its_tor_back_at_the_same_address(tmp_path, offline):
-    """Tor dies under a running serve: the app never stops answering, the onion comes back."""
-    port = free_port()
-    process = subprocess.Popen(
+def serve_without_waiting(
+    data_dir: Path, port: int, extra: dict[str, str]
+) -> subprocess.Popen[str]:
+    """Start ``stillroom serve`` publishing at once: a tor without network never bootstraps."""
+    env = {"STILLROOM_TOR_BOOTSTRAP_TIMEOUT": "0", "STILLROOM_TOR_PUBLISH_TIMEOUT": "0"}
+    return subprocess.Popen(
         [STILLROOM, "serve"],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        env=stillroom_env(
-            tmp_path / "data",
-            port,
-            {
-                "STILLROOM_TOR_EXTRA_CONFIG": str(offline),
-                # A tor without network never bootstraps or uploads: publish without waiting.
-                "STILLROOM_TOR_BOOTSTRAP_TIMEOUT": "0",
-                "STILLROOM_TOR_PUBLISH_TIMEOUT": "0",
-            },
-        ),
+        env=stillroom_env(data_dir, port, {**env, **extra}),
+    )
+
+
+def test_serve_keeps_serving_and_brings_its_tor_back_at_the_same_address(tmp_path, offline):
+    """Tor dies under a running serve: the app never stops answering, the onion comes back."""
+    port = free_port()
+    process = serve_without_waiting(
+        tmp_path / "data", port, {"STILLROOM_TOR_EXTRA_CONFIG": str(offline)}
     )
     output = Output(process)
     try:
@@ -512,20 +513,8 @@ def test_sigterm_stops_serve_cleanly_while_it_waits_for_the_operators_tor(tmp_pa
         completion_percent=0,
     )
     port = free_port()
-    process = subprocess.Popen(
-        [STILLROOM, "serve"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=stillroom_env(
-            tmp_path / "data",
-            port,
-            {
-                "STILLROOM_TOR_CONTROL": str(control),
-                "STILLROOM_TOR_BOOTSTRAP_TIMEOUT": "0",
-                "STILLROOM_TOR_PUBLISH_TIMEOUT": "0",
-            },
-        ),
+    process = serve_without_waiting(
+        tmp_path / "data", port, {"STILLROOM_TOR_CONTROL": str(control)}
     )
     output = Output(process)
     try:
