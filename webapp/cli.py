@@ -165,8 +165,10 @@ def serve_through_tor(app: Flask, servers: list[WSGIServer], settings: Settings)
 
 #: Seconds before the first try to bring tor back; every try that fails doubles it.
 RETRY_FIRST_SECONDS = 1
-#: The longest pause between tries, and how long tor must have run to earn a quick retry.
+#: The longest pause between tries.
 RETRY_LAST_SECONDS = 30
+#: How long tor must have run for its next loss to be retried after the first pause again.
+RETRY_RESET_SECONDS = 30
 
 
 @dataclass
@@ -221,7 +223,7 @@ class OnionService:
         while True:
             up_since = time.monotonic()
             self.lost.wait()
-            if time.monotonic() - up_since >= RETRY_LAST_SECONDS:
+            if time.monotonic() - up_since >= RETRY_RESET_SECONDS:
                 delay = RETRY_FIRST_SECONDS  # only a tor that dies again at once backs off
             delay = self.come_back(delay)
 

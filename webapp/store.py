@@ -303,17 +303,13 @@ def transaction(db: Database) -> Iterator[Database]:
     """
     try:
         db.conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield db
-        except BaseException:
-            if db.conn.in_transaction:  # SQLite rolls back by itself after some errors
-                db.conn.execute("ROLLBACK")
-            raise
+        yield db
         db.conn.execute("COMMIT")
-    except sqlite3.OperationalError as error:
-        if db.conn.in_transaction:  # a COMMIT that could not write
+    except BaseException as error:
+        if db.conn.in_transaction:  # SQLite has rolled back by itself after some errors
             db.conn.execute("ROLLBACK")
-        raise_if_unwritable(error, database_path(db))
+        if isinstance(error, sqlite3.OperationalError):
+            raise_if_unwritable(error, database_path(db))
         raise
 
 
