@@ -341,23 +341,29 @@ def test_unusable_extra_config_is_explained(tmp_path, problem):
         assert "tor could not start" in result.stderr and "NoSuchTorOption" in result.stderr
 
 
-def test_an_attached_tor_without_safe_logging_is_refused(tmp_path):
-    data = tmp_path / "unsafe"
-    data.mkdir(mode=0o700)
-    control = data / "control"
-    process = stem.process.launch_tor_with_config(
+def launch_operator_tor(
+    control: Path, extra: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """Start an operator's own tor, offline, with its control socket at ``control``."""
+    control.parent.mkdir(mode=0o700)
+    return stem.process.launch_tor_with_config(
         config={
-            "DataDirectory": str(data),
+            "DataDirectory": str(control.parent),
             "ControlSocket": str(control),
             "CookieAuthentication": "1",
-            "SafeLogging": "0",
             "DisableNetwork": "1",
             "SocksPort": "0",
             "Log": "NOTICE stdout",
+            **(extra or {}),
         },
         tor_cmd=tor.find_tor(),
         completion_percent=0,
     )
+
+
+def test_an_attached_tor_without_safe_logging_is_refused(tmp_path):
+    control = tmp_path / "unsafe" / "control"
+    process = launch_operator_tor(control, {"SafeLogging": "0"})
     try:
         result = run_serve(
             {
@@ -497,21 +503,8 @@ def test_serve_keeps_serving_and_brings_its_tor_back_at_the_same_address(tmp_pat
 
 def test_sigterm_stops_serve_cleanly_while_it_waits_for_the_operators_tor(tmp_path):
     """The attached tor is down and serve keeps trying: SIGTERM still ends it at once, cleanly."""
-    operator_dir = tmp_path / "operator"
-    operator_dir.mkdir(mode=0o700)
-    control = operator_dir / "control"
-    operator = stem.process.launch_tor_with_config(
-        config={
-            "DataDirectory": str(operator_dir),
-            "ControlSocket": str(control),
-            "CookieAuthentication": "1",
-            "DisableNetwork": "1",
-            "SocksPort": "0",
-            "Log": "NOTICE stdout",
-        },
-        tor_cmd=tor.find_tor(),
-        completion_percent=0,
-    )
+    control = tmp_path / "operator" / "control"
+    operator = launch_operator_tor(control)
     port = free_port()
     process = serve_without_waiting(
         tmp_path / "data", port, {"STILLROOM_TOR_CONTROL": str(control)}
