@@ -241,7 +241,7 @@ def test_a_participant_can_delete_the_account_on_a_full_disk(seeded, tmp_path):
         assert server.sql("PRAGMA integrity_check") == [("ok",)]
     finally:
         output = server.output()
-    assert "gave back the reserve so that a deletion can run" in output
+    assert "gave back the reserve to delete" in output
     assert "Traceback" not in output
 
 

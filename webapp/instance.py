@@ -110,7 +110,7 @@ def with_reserve(settings: Settings, action: Callable[[], T]) -> T:
     except StoreUnwritableError as problem:
         if not (problem.disk_full and release_reserve(settings)):
             raise
-        log.warning("the disk is full: gave back the reserve so that a deletion can run")
+        log.warning("the disk is full: gave back the reserve to delete or open the database")
         done = action()
     keep_reserve(settings)
     return done

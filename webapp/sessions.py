@@ -8,6 +8,7 @@ the session table ends access for good.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from sqlite_utils import Database
@@ -95,32 +96,35 @@ def load_session(
         return None
     owner_id, wrapped, idle_expires_at, absolute_expires_at = row
     if now >= idle_expires_at or now >= absolute_expires_at:
-        _write_if_possible(db, f"DELETE FROM {table.name} WHERE token_hash = ?", [hashed])  # noqa: S608
+        _if_possible(lambda: end_session(db, table, hashed))
         return None
     try:
         secret_key = unwrap_key(wrapped, token_key(token))
     except UnwrapError:
-        _write_if_possible(db, f"DELETE FROM {table.name} WHERE token_hash = ?", [hashed])  # noqa: S608
+        _if_possible(lambda: end_session(db, table, hashed))
         return None
     new_idle = min(now + timeouts.idle, absolute_expires_at)
     if new_idle - idle_expires_at >= _TOUCH_GRANULARITY:
-        _write_if_possible(
-            db,
-            f"UPDATE {table.name} SET idle_expires_at = ? WHERE token_hash = ?",  # noqa: S608
-            [new_idle, hashed],
-        )
+        _if_possible(lambda: _move_idle_deadline(db, table, hashed, new_idle))
     return Session(hashed, owner_id, secret_key)
 
 
-def _write_if_possible(db: Database, sql: str, args: list[object]) -> None:
+def _move_idle_deadline(db: Database, table: SessionTable, hashed: bytes, deadline: int) -> None:
+    with transaction(db):
+        db.execute(
+            f"UPDATE {table.name} SET idle_expires_at = ? WHERE token_hash = ?",  # noqa: S608
+            [deadline, hashed],
+        )
+
+
+def _if_possible(write: Callable[[], None]) -> None:
     """Run a write that reading does not depend on; on a full or read-only disk, go on.
 
     A session read on a full disk keeps working: its idle deadline moves at the next
     request that can write, and an expired row is refused here and purged later.
     """
     try:
-        with transaction(db):
-            db.execute(sql, args)
+        write()
     except StoreUnwritableError as problem:
         problem.report()
 
