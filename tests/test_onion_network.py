@@ -323,8 +323,11 @@ def test_restricted_discovery_admits_only_key_holders(tor_network, join_config, 
         with pytest.raises(tornet.TorNetworkError, match="client authorization missing"):
             tor_network.fetch(f"http://{address}/en/", timeout=5)
         raw = base64.b32decode(key + "=" * (-len(key) % 8))
+        # Permanent, as a participant's Tor Browser keeps it: fetch retries after NEWNYM,
+        # and NEWNYM (even one delayed by its rate limit) forgets ephemeral keys.
         answer = client.msg(
             f"ONION_CLIENT_AUTH_ADD {service_id} x25519:{base64.b64encode(raw).decode()}"
+            " Flags=Permanent"
         )
         assert answer.content()[0][0] in {"250", "251", "252"}, str(answer)  # 25x: accepted
         status, _, body = tor_network.fetch(f"http://{address}/en/")

@@ -655,10 +655,17 @@ class TorNetwork:
 
         phase_start = time.monotonic()
         (self.socks_port,) = free_ports(1)
+        private_dir(self.base_dir / "client" / "onion-auth")
         self.client = TorProcess.launch(
             "client",
             self.base_dir / "client",
-            [*network_options, f"SocksPort 127.0.0.1:{self.socks_port} ExtendedErrors"],
+            [
+                *network_options,
+                f"SocksPort 127.0.0.1:{self.socks_port} ExtendedErrors",
+                # Where ONION_CLIENT_AUTH_ADD Flags=Permanent keeps a key, as Tor Browser does
+                # when asked to remember it. An ephemeral key would be forgotten by NEWNYM.
+                f"ClientOnionAuthDir {self.base_dir / 'client' / 'onion-auth'}",
+            ],
         )
         self.tors.append(self.client)
         self.client.wait_bootstrapped(self.client.connect(deadline), deadline)
