@@ -195,9 +195,10 @@ class UploadLog:
     """Counts the descriptor uploads tor reports for our service while serving.
 
     ``stillroom onion status`` runs in another process and cannot see past events,
-    so the count and the minute of the last upload go to a small file (0600). It
-    says nothing about participants: only that the service keeps being announced.
-    Attach it before publishing, so the first uploads are counted too.
+    so the count, the minute tor was connected and the minute of the last upload go
+    to a small file (0600). It says nothing about participants: only that the service
+    keeps being announced. Attach it before publishing, so the first uploads are
+    counted too. Each tor (a restarted one too) gets a new log, counting from zero.
     """
 
     def __init__(self, controller: stem.control.Controller, data_dir: Path) -> None:
@@ -206,6 +207,7 @@ class UploadLog:
         self._lock = threading.Lock()
         self._uploads: list[str] = []
         self._service_id: str | None = None
+        self._since = _minute()
         controller.add_event_listener(self._on_descriptor, stem.control.EventType.HS_DESC)
 
     def close(self) -> None:
@@ -227,14 +229,17 @@ class UploadLog:
     def _write(self) -> None:
         count = self._uploads.count(self._service_id) if self._service_id else 0
         if count:
-            minute = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-            _write_private(self.path, f"{count} {minute}")
+            _write_private(self.path, f"{count}\n{self._since}\n{_minute()}")
+
+
+def _minute() -> str:
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
 
 
 def read_uploads(data_dir: Path) -> str:
     """Return the upload count and the last upload's minute, as :class:`UploadLog` wrote."""
     path = data_dir / STATUS_FILE
     if not path.exists():
-        return "none while serve has been running"
-    count, _, last = path.read_text(encoding="ascii").strip().partition(" ")
-    return f"{count} to directory servers since serve started (last {last})"
+        return "none yet since serve last connected to tor"
+    count, since, last = path.read_text(encoding="ascii").splitlines()
+    return f"{count} to directory servers since serve connected to tor at {since} (last {last})"

@@ -31,6 +31,7 @@ from support import (
 
 STILLROOM = str(Path(sys.executable).with_name("stillroom"))
 PUBLISHED = re.compile(r"Onion service published: http://([a-z2-7]{56}\.onion)/")
+UPLOADS = r"descriptor uploads: [1-9]\d* to directory servers since serve connected to tor at "
 
 
 @dataclass
@@ -104,6 +105,17 @@ def child_pids(pid: int) -> list[int]:
     return [int(child) for child in children.read_text().split()] if children.exists() else []
 
 
+def onion_status(data_dir: Path) -> str:
+    """Return what ``stillroom onion status`` prints for this data directory."""
+    return subprocess.run(
+        [STILLROOM, "onion", "status"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONSAFEPATH": "1", "STILLROOM_DATA_DIR": str(data_dir)},
+    ).stdout
+
+
 def create_account_through_tor(network: tornet.TorNetwork, address: str) -> str:
     """Create an account on the onion service with nothing but the Tor client."""
     status, _, body = network.fetch(f"http://{address}/en/create")
@@ -158,19 +170,12 @@ def test_serve_launches_tor_and_publishes_the_app(tor_network, join_config, tmp_
         tor_pids = child_pids(serve.process.pid)
         assert tor_pids, "serve launched its own tor"
         tor_mib = tornet.rss_mib(tor_pids)
-        status_output = subprocess.run(
-            [STILLROOM, "onion", "status"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            env={**os.environ, "PYTHONSAFEPATH": "1", "STILLROOM_DATA_DIR": str(tmp_path / "data")},
-        ).stdout
+        status_output = onion_status(tmp_path / "data")
         assert f"address: {address}" in status_output
         assert "bootstrap: 100%" in status_output
         assert "published: yes" in status_output
         assert "pow: on (pow-params v1" in status_output, status_output
-        uploads = r"descriptor uploads: [1-9]\d* to directory servers since serve started"
-        assert re.search(uploads, status_output)
+        assert re.search(UPLOADS, status_output)
     finally:
         code = serve.stop()
     output = "".join(serve.seen)
@@ -284,6 +289,9 @@ def test_serve_starts_its_tor_again_when_it_dies(tor_network, join_config, tmp_p
         status, _, body = tor_network.fetch(f"http://{address}/en/")
         assert status == 200 and b"Stillroom" in body
         reachable = time.monotonic() - started
+        status_output = onion_status(tmp_path / "data")  # reads the new tor, counts anew
+        assert f"address: {address}" in status_output and "bootstrap: 100%" in status_output
+        assert re.search(UPLOADS, status_output), status_output
     finally:
         code = serve.stop()
     output = "".join(serve.seen)
