@@ -98,12 +98,14 @@ class TorRefusedError(TorError):
 class TorConfigError(TorError):
     """The extra torrc lines cannot be used: unreadable, invalid, or weakening the service."""
 
-    def __init__(self, problem: str) -> None:
-        super().__init__(
-            f"the tor configuration cannot be used ({problem}): fix or remove the lines in "
-            "STILLROOM_TOR_EXTRA_CONFIG (Stillroom sets SocksPort, SafeLogging and the control "
-            "options itself), or fix the attached tor's torrc."
+    def __init__(self, problem: str, attached: bool = False) -> None:
+        remedy = (
+            "fix the torrc of the tor that STILLROOM_TOR_CONTROL names"
+            if attached
+            else "fix or remove the lines in STILLROOM_TOR_EXTRA_CONFIG (Stillroom sets "
+            "SocksPort, SafeLogging and the control options itself)"
         )
+        super().__init__(f"the tor configuration cannot be used ({problem}): {remedy}.")
 
 
 class TorLostError(TorError):

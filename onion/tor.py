@@ -246,15 +246,16 @@ def check_launched_config(controller: stem.control.Controller) -> None:
         raise TorConfigError("CookieAuthentication is off")
 
 
-def check_hardening(controller: stem.control.Controller) -> None:
+def check_hardening(handle: Tor) -> None:
     """Refuse a tor that would log addresses or run services without anonymity.
 
     :raises TorConfigError: when ``SafeLogging`` is off or non-anonymous mode is on.
     """
-    if controller.get_conf("SafeLogging") != "1":
-        raise TorConfigError("SafeLogging is not 1")
-    if controller.get_conf("HiddenServiceNonAnonymousMode") != "0":
-        raise TorConfigError("HiddenServiceNonAnonymousMode is on")
+    attached = not handle.launched
+    if handle.controller.get_conf("SafeLogging") != "1":
+        raise TorConfigError("SafeLogging is not 1", attached)
+    if handle.controller.get_conf("HiddenServiceNonAnonymousMode") != "0":
+        raise TorConfigError("HiddenServiceNonAnonymousMode is on", attached)
 
 
 def attach(target: str, password: str | None) -> Tor:

@@ -377,6 +377,9 @@ def test_an_attached_tor_without_safe_logging_is_refused(tmp_path):
         process.wait(timeout=30)
     assert result.returncode == 1
     assert "SafeLogging is not 1" in result.stderr
+    # The operator is sent to the torrc that applies, not to a setting serve did not use.
+    assert "STILLROOM_TOR_CONTROL names" in result.stderr
+    assert "STILLROOM_TOR_EXTRA_CONFIG" not in result.stderr
 
 
 class Output:

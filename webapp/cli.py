@@ -81,7 +81,7 @@ def start_tor(settings: Settings, waiting: bool = True) -> tor.Tor:
         extra = Path(settings.tor_extra_config) if settings.tor_extra_config else None
         handle = tor.launch(settings.data_dir, extra, say)
     try:
-        tor.check_hardening(handle.controller)
+        tor.check_hardening(handle)
         if waiting and settings.tor_bootstrap_timeout:  # 0: at once (a tor kept offline)
             tor.wait_for_bootstrap(handle.controller, settings.tor_bootstrap_timeout, say)
     except BaseException:
