@@ -19,6 +19,7 @@ import simple_websocket
 from werkzeug.serving import make_server
 
 from stillroom.crypto.box import MessageUnavailableError, open_message
+from stillroom.webapp import chatroom
 from stillroom.webapp.booking import book
 from stillroom.webapp.chat import RateLimiter
 from stillroom.webapp.instance import subkey
@@ -450,6 +451,33 @@ def test_the_websocket_brings_news_at_once(chat, werkzeug_servers):
         assert delay < 0.1, delay
     finally:
         socket.close()
+
+
+@pytest.mark.parametrize("ending", ["/logout", "/account/delete"])
+def test_a_websocket_closes_once_its_session_has_ended(
+    chat, werkzeug_servers, settings, monkeypatch, ending
+):
+    """Ending a session in another tab also ends the chat tab's socket: no more news."""
+    monkeypatch.setattr(chatroom, "LIVE_PING_SECONDS", 0.2)  # wakes often, as news would
+    chat.at(STARTS)
+    participant, _ = werkzeug_servers
+    token = chat.auth.client.get_cookie("stillroom", domain="127.0.0.1").value
+    socket = simple_websocket.Client.connect(
+        f"ws://{participant}/en/chat/{chat.id}/live",
+        headers={"Cookie": f"stillroom={token}", "Origin": f"http://{participant}"},
+    )
+    try:
+        assert chat.say("therapist", "first").status_code == 200
+        notes = [socket.receive(timeout=2) for _ in range(5)]
+        assert "news" in notes, notes  # it works while the session stands
+        assert chat.auth.post(ending, page="/account").status_code == 302
+        assert rows(settings, "SELECT count(*) FROM sessions") == [(0,)]
+        chat.say("therapist", "second")  # after a deletion there is no chat left to write to
+        with pytest.raises(simple_websocket.ConnectionClosed):
+            for _ in range(10):  # a ping already on its way may still come, then it closes
+                assert socket.receive(timeout=2) == "ping"
+    finally:
+        socket.sock.close()
 
 
 def test_a_websocket_opened_by_another_site_is_refused(chat, werkzeug_servers):

@@ -298,12 +298,18 @@ def refuse_unusable_socket() -> None:
         abort(403)
 
 
-def live(ws: Any, appointment: ChatAppointment) -> None:
-    """Tell the browser "news" each time the pair's chat changes, until it goes away."""
+def live(ws: Any, appointment: ChatAppointment, logged_in: Callable[[], bool]) -> None:
+    """Tell the browser "news" each time the pair's chat changes, until it goes away.
+
+    The socket closes, saying nothing more, once its session has ended (a logout in
+    another tab, a timeout, a deletion): ``logged_in`` is asked before each note.
+    """
     key = pair_key(appointment)
     seen = HUB.version(key)
     while True:
         current = HUB.wait(key, seen, LIVE_PING_SECONDS)
+        if not logged_in():
+            return
         ws.send("news" if current != seen else "ping")
         seen = current
 
@@ -321,11 +327,13 @@ def add_chat_routes(
     own: Callable[[str], ChatAppointment],
     side: Callable[[], Side],
     login_required: Callable[[Any], Any],
+    logged_in: Callable[[], bool],
 ) -> None:
     """Register the routes both apps' chats share: the two frames, the history, the socket.
 
     :param own: returns the logged-in user's appointment of that id, or answers 404.
     :param side: returns the logged-in user as a side of the chat.
+    :param logged_in: tells whether the session of a socket's request still stands.
     """
 
     @login_required
@@ -355,7 +363,7 @@ def add_chat_routes(
             return
         appointment = own(appointment_id)
         close_db()  # the socket lives for the whole chat; its connection goes back now
-        live(ws, appointment)
+        live(ws, appointment, logged_in)
 
     def check_live_socket() -> None:
         """Refuse a WebSocket this server cannot upgrade, or one opened from another site."""

@@ -20,7 +20,7 @@ from werkzeug.wrappers import Response
 
 from stillroom.crypto.kdf import KeyDeriver
 from stillroom.crypto.keys import UnwrapError, unwrap_key, wrap_key
-from stillroom.webapp.db import get_db
+from stillroom.webapp.db import close_db, get_db
 from stillroom.webapp.instance import with_reserve
 from stillroom.webapp.security import (
     FormTokenError,
@@ -36,6 +36,7 @@ from stillroom.webapp.sessions import (
     end_session,
     end_sessions_of,
     load_session,
+    session_is_live,
     start_session,
 )
 from stillroom.webapp.settings import LANGUAGES, Settings
@@ -204,6 +205,20 @@ class Gate:
             return view(*args, **kwargs)
 
         return wrapped  # type: ignore[return-value]
+
+    def session_still_live(self) -> bool:
+        """Return whether this request's session has not ended since the request began.
+
+        For a request that outlives its start (the chat's socket): it reads with a pooled
+        connection and gives it back at once.
+        """
+        session = current_session()
+        try:
+            return session is not None and session_is_live(
+                db(), self.table, session.token_hash, now()
+            )
+        finally:
+            close_db()
 
     def log_in(self, owner_id: str, secret_key: bytes, target: str) -> Response:
         """Replace this browser's session with a new one and send it to ``target``."""

@@ -109,6 +109,19 @@ def load_session(
     return Session(hashed, owner_id, secret_key)
 
 
+def session_is_live(db: Database, table: SessionTable, hashed: bytes, now: int) -> bool:
+    """Return whether a session loaded earlier still stands; read only, deadlines unmoved.
+
+    A logout elsewhere, a timeout or a deletion since then makes it ``False``.
+    """
+    row = db.execute(
+        f"SELECT 1 FROM {table.name} WHERE token_hash = ?"  # noqa: S608 - names are constants
+        " AND idle_expires_at > ? AND absolute_expires_at > ?",
+        [hashed, now, now],
+    ).fetchone()
+    return row is not None
+
+
 def _move_idle_deadline(db: Database, table: SessionTable, hashed: bytes, deadline: int) -> None:
     with transaction(db):
         db.execute(

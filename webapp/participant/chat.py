@@ -19,7 +19,7 @@ from stillroom.webapp.chat import (
 from stillroom.webapp.gate import current_session, db, settings
 from stillroom.webapp.i18n import current_language
 from stillroom.webapp.instance import with_reserve
-from stillroom.webapp.participant.blueprint import bp, login_required
+from stillroom.webapp.participant.blueprint import bp, gate, login_required
 from stillroom.webapp.times import format_when
 
 
@@ -92,4 +92,4 @@ def delete_chat(appointment_id: str) -> Any:
     return redirect(url_for("participant.account", done="chat-deleted"))
 
 
-chatroom.add_chat_routes(bp, own, side, login_required)
+chatroom.add_chat_routes(bp, own, side, login_required, gate.session_still_live)

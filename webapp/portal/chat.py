@@ -18,7 +18,7 @@ from stillroom.webapp.chat import (
 )
 from stillroom.webapp.gate import current_session, db, now, settings
 from stillroom.webapp.i18n import current_language
-from stillroom.webapp.portal.blueprint import bp, current_therapist, login_required
+from stillroom.webapp.portal.blueprint import bp, current_therapist, gate, login_required
 from stillroom.webapp.portal.pages import notice
 from stillroom.webapp.times import format_when
 
@@ -109,4 +109,4 @@ def close(appointment_id: str) -> Response:
     return redirect(url_for("portal.chat", appointment_id=appointment_id))
 
 
-chatroom.add_chat_routes(bp, own, side, login_required)
+chatroom.add_chat_routes(bp, own, side, login_required, gate.session_still_live)
