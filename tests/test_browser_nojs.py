@@ -568,6 +568,18 @@ def open_chat_on_both_sides(
     return therapist_tab, participant_tab
 
 
+def in_view(browser: Marionette, element: WebElement) -> bool:
+    """Return whether ``element`` is wholly visible in its frame, without scrolling."""
+    return bool(
+        browser.execute_script(
+            "const r = arguments[0].getBoundingClientRect();"
+            " return r.top >= 0 && r.left >= 0"
+            " && r.bottom <= window.innerHeight && r.right <= window.innerWidth;",
+            script_args=(element,),
+        )
+    )
+
+
 def therapist_writes(browser: Marionette, live_server: LiveServer, text: str) -> float:
     """In the therapist's tab, open today's chat and send ``text``; return when it was sent."""
     visit(browser, f"{live_server.portal_url}/en/")
@@ -578,6 +590,9 @@ def therapist_writes(browser: Marionette, live_server: LiveServer, text: str) ->
     sent = time.monotonic()
     press(browser, browser.find_element(By.CSS_SELECTOR, "form button"))
     assert "Sent." in str(browser.find_element(By.TAG_NAME, "body").text)
+    # The confirmation must not push the box or the button out of the small frame.
+    for part in ("#text", "form button", "[role=status]"):
+        assert in_view(browser, browser.find_element(By.CSS_SELECTOR, part)), part
     browser.switch_to_frame()
     return sent
 
@@ -593,6 +608,9 @@ def test_chat_without_javascript(firefox: Marionette, live_server: LiveServer) -
     # The one script of the service (the live chat) is on this page; here it does not run.
     [script] = firefox.find_elements(By.TAG_NAME, "script")
     assert "/script/live." in str(script.get_attribute("src"))
+
+    # Even in this small window (600 px high) the messages and the whole compose frame fit.
+    assert in_view(firefox, firefox.find_element(By.CSS_SELECTOR, "iframe.compose"))
 
     # A draft in the compose frame, not sent.
     firefox.switch_to_frame(firefox.find_element(By.CSS_SELECTOR, "iframe.compose"))
