@@ -237,9 +237,12 @@ def _minute() -> str:
 
 
 def read_uploads(data_dir: Path) -> str:
-    """Return the upload count and the last upload's minute, as :class:`UploadLog` wrote."""
+    """Return the upload count, since when it counts and the last upload's minute."""
     path = data_dir / STATUS_FILE
     if not path.exists():
         return "none yet since serve last connected to tor"
-    count, since, last = path.read_text(encoding="ascii").splitlines()
+    try:
+        count, since, last = path.read_text(encoding="ascii").splitlines()
+    except ValueError:  # written by an older version of serve, still running
+        return "unknown until serve is restarted"
     return f"{count} to directory servers since serve connected to tor at {since} (last {last})"

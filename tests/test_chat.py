@@ -453,60 +453,79 @@ def test_the_websocket_brings_news_at_once(chat, werkzeug_servers):
         socket.close()
 
 
-@pytest.mark.parametrize("ending", ["/logout", "/account/delete"])
+def refused_status(url: str, headers: dict[str, str]) -> int | None:
+    """Try to open a WebSocket; return the status that refused the handshake (None: opened)."""
+    status = None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)  # the client drops a refused socket
+        try:
+            simple_websocket.Client.connect(url, headers=headers).sock.close()
+        except simple_websocket.ConnectionError as refused:
+            status = refused.status_code
+        gc.collect()
+    return status
+
+
+def end_session(chat, settings, ending: str) -> str:
+    """End the participant's or the therapist's session one way; return its side's table."""
+    if ending == "timeout":
+        chat.clock.now = STARTS + settings.idle_timeout_minutes * 60 + 1
+        return "sessions"
+    if ending == "therapist logout":
+        chat.therapist.logout()
+        return "therapist_sessions"
+    assert chat.auth.post(ending, page="/account").status_code == 302
+    return "sessions"
+
+
+@pytest.mark.parametrize("ending", ["/logout", "/account/delete", "timeout", "therapist logout"])
 def test_a_websocket_closes_once_its_session_has_ended(
     chat, werkzeug_servers, settings, monkeypatch, ending
 ):
-    """Ending a session in another tab also ends the chat tab's socket: no more news."""
+    """Ending a session elsewhere also ends the chat tab's socket, with the code that stops
+    the script from trying again; a new try is refused before any socket opens."""
     monkeypatch.setattr(chatroom, "LIVE_PING_SECONDS", 0.2)  # wakes often, as news would
     chat.at(STARTS)
-    participant, _ = werkzeug_servers
-    token = chat.auth.client.get_cookie("stillroom", domain="127.0.0.1").value
-    socket = simple_websocket.Client.connect(
-        f"ws://{participant}/en/chat/{chat.id}/live",
-        headers={"Cookie": f"stillroom={token}", "Origin": f"http://{participant}"},
+    participant, portal = werkzeug_servers
+    host, client, cookie = (
+        (portal, chat.therapist.client, "stillroom_portal")
+        if ending.startswith("therapist")
+        else (participant, chat.auth.client, "stillroom")
     )
+    token = client.get_cookie(cookie, domain="127.0.0.1").value
+    headers = {"Cookie": f"{cookie}={token}", "Origin": f"http://{host}"}
+    url = f"ws://{host}/en/chat/{chat.id}/live"
+    socket = simple_websocket.Client.connect(url, headers=headers)
     try:
-        assert chat.say("therapist", "first").status_code == 200
+        assert socket.receive(timeout=2) == "ping"  # the socket waits on the notice board
+        assert chat.say("participant" if host == portal else "therapist", "x").status_code == 200
         notes = [socket.receive(timeout=2) for _ in range(5)]
         assert "news" in notes, notes  # it works while the session stands
-        assert chat.auth.post(ending, page="/account").status_code == 302
-        assert rows(settings, "SELECT count(*) FROM sessions") == [(0,)]
-        chat.say("therapist", "second")  # after a deletion there is no chat left to write to
+        table = end_session(chat, settings, ending)
+        if ending != "timeout":
+            assert rows(settings, f"SELECT count(*) FROM {table}") == [(0,)]
         with pytest.raises(simple_websocket.ConnectionClosed):
             for _ in range(10):  # a ping already on its way may still come, then it closes
                 assert socket.receive(timeout=2) == "ping"
+        assert socket.close_reason == chatroom.SESSION_ENDED
     finally:
         socket.sock.close()
+    assert refused_status(url, headers) == 403
 
 
 def test_a_websocket_opened_by_another_site_is_refused(chat, werkzeug_servers):
     chat.at(STARTS)
     participant, _ = werkzeug_servers
     token = chat.auth.client.get_cookie("stillroom", domain="127.0.0.1").value
-    status = None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ResourceWarning)  # the client drops a refused socket
-        try:
-            simple_websocket.Client.connect(
-                f"ws://{participant}/en/chat/{chat.id}/live",
-                headers={"Cookie": f"stillroom={token}", "Origin": "http://evil.example"},
-            )
-        except simple_websocket.ConnectionError as refused:
-            status = refused.status_code
-        gc.collect()
-    assert status == 403
+    headers = {"Cookie": f"stillroom={token}", "Origin": "http://evil.example"}
+    assert refused_status(f"ws://{participant}/en/chat/{chat.id}/live", headers) == 403
 
 
-def test_a_websocket_without_a_session_is_closed_at_once(chat, werkzeug_servers):
+def test_a_websocket_without_a_session_is_refused(chat, werkzeug_servers):
     chat.at(STARTS)
     participant, _ = werkzeug_servers
-    socket = simple_websocket.Client.connect(
-        f"ws://{participant}/en/chat/{chat.id}/live", headers={"Origin": f"http://{participant}"}
-    )
-    with pytest.raises(simple_websocket.ConnectionClosed):
-        socket.receive(timeout=2)  # the server closed it: nobody is logged in
-    socket.sock.close()
+    url, headers = f"ws://{participant}/en/chat/{chat.id}/live", {"Origin": f"http://{participant}"}
+    assert refused_status(url, headers) == 403  # no socket opens, so the script gives up
 
 
 def test_the_operator_can_undo_a_block(chat, settings):

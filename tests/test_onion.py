@@ -573,3 +573,15 @@ def test_a_relative_data_directory_works(tmp_path, offline):
     assert "tor bootstrap 0%" in result.stdout, result.stderr
     assert "did not finish bootstrapping" in result.stderr
     assert (tmp_path / "instance" / "tor").is_dir()
+
+
+def test_onion_status_reads_the_upload_count_and_since_when(tmp_path):
+    status = tmp_path / service.STATUS_FILE
+    assert service.read_uploads(tmp_path) == "none yet since serve last connected to tor"
+    status.write_text("3\n2026-11-28 22:40 UTC\n2026-11-28 22:45 UTC\n")
+    assert service.read_uploads(tmp_path) == (
+        "3 to directory servers since serve connected to tor at 2026-11-28 22:40 UTC"
+        " (last 2026-11-28 22:45 UTC)"
+    )
+    status.write_text("3 2026-11-28 22:45 UTC\n")  # as an older serve, still running, wrote it
+    assert service.read_uploads(tmp_path) == "unknown until serve is restarted"

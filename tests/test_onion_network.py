@@ -289,7 +289,7 @@ def test_serve_starts_its_tor_again_when_it_dies(tor_network, join_config, tmp_p
         status, _, body = tor_network.fetch(f"http://{address}/en/")
         assert status == 200 and b"Stillroom" in body
         reachable = time.monotonic() - started
-        status_output = onion_status(tmp_path / "data")  # reads the new tor, counts anew
+        status_output = onion_status(tmp_path / "data")  # from the new tor and its new log
         assert f"address: {address}" in status_output and "bootstrap: 100%" in status_output
         assert re.search(UPLOADS, status_output), status_output
     finally:

@@ -63,6 +63,8 @@ sock = Sock()
 
 #: Seconds between the socket's keep-alive notes; a closed socket is noticed then.
 LIVE_PING_SECONDS = 20
+#: The socket's close code once its session has ended: the script then stops trying.
+SESSION_ENDED = 4001
 #: Environ keys of the servers that can hand a socket over for a WebSocket.
 _SOCKET_KEYS = ("werkzeug.socket", "gunicorn.socket", "eventlet.input", "wsgi.websocket")
 
@@ -302,13 +304,15 @@ def live(ws: Any, appointment: ChatAppointment, logged_in: Callable[[], bool]) -
     """Tell the browser "news" each time the pair's chat changes, until it goes away.
 
     The socket closes, saying nothing more, once its session has ended (a logout in
-    another tab, a timeout, a deletion): ``logged_in`` is asked before each note.
+    another tab, a timeout, a deletion): ``logged_in`` is asked before each note, so
+    at the latest after ``LIVE_PING_SECONDS``.
     """
     key = pair_key(appointment)
     seen = HUB.version(key)
     while True:
         current = HUB.wait(key, seen, LIVE_PING_SECONDS)
         if not logged_in():
+            ws.close(reason=SESSION_ENDED)
             return
         ws.send("news" if current != seen else "ping")
         seen = current
@@ -359,16 +363,19 @@ def add_chat_routes(
 
     def chat_live(ws: Any, appointment_id: str) -> None:
         """The live chat's WebSocket: "news" whenever the chat changes."""
-        if current_session() is None:
-            return
-        appointment = own(appointment_id)
+        appointment = own(appointment_id)  # check_live_socket has refused anyone logged out
         close_db()  # the socket lives for the whole chat; its connection goes back now
         live(ws, appointment, logged_in)
 
     def check_live_socket() -> None:
-        """Refuse a WebSocket this server cannot upgrade, or one opened from another site."""
+        """Refuse a socket this server cannot upgrade, from another site, or without login.
+
+        Refused before the handshake, so the script sees a failed try and gives up.
+        """
         if request.endpoint == f"{bp.name}.chat_live":
             refuse_unusable_socket()
+            if current_session() is None:
+                abort(403)
 
     bp.add_url_rule("/chat/<appointment_id>/feed", view_func=chat_feed)
     bp.add_url_rule(

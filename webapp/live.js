@@ -14,7 +14,8 @@
     socket.onmessage = function (event) {
       if (event.data === "news") { feed.contentWindow.location.reload(); }
     };
-    socket.onclose = function () {
+    socket.onclose = function (event) {
+      if (event.code === 4001) { return; } // the session has ended: nothing more to hear
       tries += 1;
       if (tries < 5) { setTimeout(connect, 2000 * tries); }
     };
