@@ -646,6 +646,23 @@ def test_chat_without_javascript(firefox: Marionette, live_server: LiveServer) -
     shot(firefox, "portal-chat")
     firefox.close()
     firefox.switch_to_window(participant_tab)
+
+    # Sending too fast: the calm refusal stands beside the button, the text stays in the box.
+    firefox.switch_to_frame(firefox.find_element(By.CSS_SELECTOR, "iframe.compose"))
+    for attempt in range(12):  # the limit is 10 messages in 10 s
+        firefox.find_element(By.ID, "text").send_keys(f"quick {attempt}")
+        press(firefox, firefox.find_element(By.CSS_SELECTOR, "form button"))
+        if firefox.find_elements(By.CSS_SELECTOR, "[role=alert]"):
+            break
+    firefox.switch_to_frame()
+    shot(firefox, "participant-chat-too-fast")
+    firefox.switch_to_frame(firefox.find_element(By.CSS_SELECTOR, "iframe.compose"))
+    alert = firefox.find_element(By.CSS_SELECTOR, "[role=alert]")
+    assert "very quickly" in str(alert.text)
+    assert firefox.find_element(By.ID, "text").get_property("value") == f"quick {attempt}"
+    for part in ("#text", "form button", "[role=alert]"):
+        assert in_view(firefox, firefox.find_element(By.CSS_SELECTOR, part)), part
+    firefox.switch_to_frame()
     later = relay.responses_to("/feed")[3:]
     assert any(item.status == 200 for item in later), "new messages come as a new page"
     relay.close()
