@@ -466,7 +466,7 @@ def refused_status(url: str, headers: dict[str, str]) -> int | None:
     return status
 
 
-def end_session(chat, settings, ending: str) -> str:
+def end_one_way(chat, settings, ending: str) -> str:
     """End the participant's or the therapist's session one way; return its side's table."""
     if ending == "timeout":
         chat.clock.now = STARTS + settings.idle_timeout_minutes * 60 + 1
@@ -501,7 +501,7 @@ def test_a_websocket_closes_once_its_session_has_ended(
         assert chat.say("participant" if host == portal else "therapist", "x").status_code == 200
         notes = [socket.receive(timeout=2) for _ in range(5)]
         assert "news" in notes, notes  # it works while the session stands
-        table = end_session(chat, settings, ending)
+        table = end_one_way(chat, settings, ending)
         if ending != "timeout":
             assert rows(settings, f"SELECT count(*) FROM {table}") == [(0,)]
         with pytest.raises(simple_websocket.ConnectionClosed):
