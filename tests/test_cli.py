@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import os
 import re
+import socket
 import subprocess
 import sys
 import urllib.error
@@ -82,6 +83,25 @@ def test_serve_runs_the_portal_on_its_own_loopback_port(live_server):
     port = int(live_server.portal_url.rsplit(":", 1)[1])
     assert listening_addresses(port) == {"0100007F"}
     assert f"Therapist portal: {live_server.portal_url}/" in live_server.output()
+
+
+def test_no_answer_tells_the_hosts_clock(live_server):
+    """No ``Date`` header: its skew, read over many answers, could single out the host."""
+    answers = []
+    for url in (f"{live_server.url}/en/", f"{live_server.portal_url}/en/login"):
+        with urllib.request.urlopen(url, timeout=5) as response:
+            answers.append(response.headers)
+    with pytest.raises(urllib.error.HTTPError) as missing:
+        urllib.request.urlopen(f"{live_server.url}/en/nothing-here", timeout=5)
+    answers.append(missing.value.headers)
+    missing.value.close()
+    port = int(live_server.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+        raw.sendall(b"NOT HTTP\r\n\r\n")  # refused by the server itself, not the app
+        head = raw.recv(4096).decode("latin-1")
+    assert head.startswith("HTTP/1.1 400")
+    assert [headers["Date"] for headers in answers] == [None, None, None]
+    assert "date:" not in head.lower()
 
 
 @pytest.mark.parametrize(

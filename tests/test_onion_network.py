@@ -155,7 +155,9 @@ def test_serve_launches_tor_and_publishes_the_app(tor_network, join_config, tmp_
         to_descriptor = time.monotonic() - started
         status, headers, body = tor_network.fetch(f"http://{address}/en/")
         assert status == 200 and b"Stillroom" in body
-        assert "Server" not in headers
+        # Names come lower-case; no server name and no clock of the host's (its skew).
+        assert "content-security-policy" in headers
+        assert "server" not in headers and "date" not in headers
         _, token = add_therapist_by_cli(tmp_path / "data", "Anna")  # a link that really works
         for portal_page in ("/en/availability", f"/en/enrol/{token}", "/en/password"):
             status, _, _ = tor_network.fetch(f"http://{address}{portal_page}")

@@ -44,11 +44,12 @@ IDLE_SECONDS = 120
 
 
 class QuietHandler(WSGIHandler):  # type: ignore[misc]
-    """gevent's request handler, minus everything that could identify a client.
+    """gevent's request handler, minus everything that could identify a client or the host.
 
     No access log (the server gets ``log=None``); a server-side error is logged by
     its type alone, never with the request's environment (which holds the user agent);
-    a connection that stays silent is dropped after :data:`IDLE_SECONDS`.
+    a connection that stays silent is dropped after :data:`IDLE_SECONDS`; no answer
+    carries the host's clock.
     """
 
     def read_requestline(self) -> str:
@@ -71,6 +72,16 @@ class QuietHandler(WSGIHandler):  # type: ignore[misc]
             return None
         finally:
             timeout.cancel()
+
+    def finalize_headers(self) -> None:
+        """Finish the headers without ``Date``: the server's clock stays its own.
+
+        A clock's skew, read from many timestamps, can tell one machine from another
+        and so point at the host of an onion service; Tor Browser needs no ``Date``.
+        gevent adds one only when the application gave none, so say one was given.
+        """
+        self.provided_date = "withheld"
+        super().finalize_headers()
 
     def handle_error(self, t: type[BaseException], v: BaseException, tb: object) -> None:
         """Log an unexpected server error by its type only, and answer 500."""
