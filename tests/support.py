@@ -329,12 +329,19 @@ class RecordingRelay:
     """A TCP relay on 127.0.0.1 that records every HTTP response it passes on.
 
     It sits between a browser and a real server, so a test can see what crossed the
-    wire (status codes and exact sizes) without the server logging anything.
+    wire (status codes and exact sizes) without the server logging anything. After a
+    ``101`` it passes the WebSocket's frames on unread. With ``refuse_websockets`` it
+    drops every connection that asks for a WebSocket, as a proxy without them would,
+    and lists the request lines it dropped in :attr:`refused`.
     """
 
-    def __init__(self, upstream_port: int) -> None:
+    def __init__(self, upstream_port: int, refuse_websockets: bool = False) -> None:
         self.upstream_port = upstream_port
+        self.refuse_websockets = refuse_websockets
         self.exchanges: list[Exchange] = []
+        self.refused: list[str] = []
+        #: WebSockets that were opened (``101``) and have since closed.
+        self.sockets_closed = 0
         self._lock = threading.Lock()
         self._server = socket.socket()
         self._server.bind(("127.0.0.1", 0))
@@ -374,7 +381,13 @@ class RecordingRelay:
                         chunk += more
                         buffer += more
                     buffer = buffer[body_length:]
-                    requests.append(head.split(b"\r\n", 1)[0].decode("latin-1"))
+                    line = head.split(b"\r\n", 1)[0].decode("latin-1")
+                    if self.refuse_websockets and b"upgrade: websocket" in head.lower():
+                        with self._lock:
+                            self.refused.append(line)
+                        source.close()  # and the server's side below: the socket fails
+                        return
+                    requests.append(line)
                 target.sendall(chunk)
         except OSError:
             pass
@@ -387,9 +400,12 @@ class RecordingRelay:
     ) -> None:
         buffer = b""
         answered = 0
+        upgraded = False
         try:
             while chunk := source.recv(65536):
                 target.sendall(chunk)
+                if upgraded:
+                    continue  # WebSocket frames, not HTTP
                 buffer += chunk
                 while b"\r\n\r\n" in buffer:
                     head, rest = buffer.split(b"\r\n\r\n", 1)
@@ -405,9 +421,15 @@ class RecordingRelay:
                             Exchange(request, status, len(head) + 4 + body_length)
                         )
                     buffer = rest[body_length:]
+                    if status == 101:
+                        upgraded = True
+                        break
         except OSError:
             pass
         finally:
+            if upgraded:
+                with self._lock:
+                    self.sockets_closed += 1
             with contextlib.suppress(OSError):
                 target.close()
                 source.close()

@@ -708,3 +708,46 @@ def test_chat_with_javascript_arrives_through_the_websocket(
     after, _ = feed_loaded_at(browser)
     assert after - before < (interval - 2) * 1000, "the feed reloaded before its refresh was due"
     assert arrived - sent < 3
+
+
+def test_chat_with_javascript_carries_on_when_the_socket_fails(
+    firefox_with_javascript: Marionette, live_server: LiveServer
+) -> None:
+    """Where no WebSocket gets through (a proxy without them), the feed reloads by itself."""
+    browser = firefox_with_javascript
+    relay = RecordingRelay(int(live_server.url.rsplit(":", 1)[1]), refuse_websockets=True)
+    therapist_tab, participant_tab = open_chat_on_both_sides(
+        browser, live_server, f"http://127.0.0.1:{relay.port}/en"
+    )
+    wait(browser, lambda _: relay.refused)  # the script tried its socket, and it failed
+    browser.switch_to_window(therapist_tab)
+    therapist_writes(browser, live_server, "Arrived by the frame's own reload.")
+    browser.switch_to_window(participant_tab)
+    wait(browser, lambda b: "Arrived by the frame's own reload." in frame_text(b, "feed"))
+    assert [item.status for item in relay.responses_to("/feed")][-1] == 200
+    assert relay.sockets_closed == 0 and not relay.responses_to("/live HTTP")
+    relay.close()
+
+
+def test_live_script_stops_once_the_session_has_ended(
+    firefox_with_javascript: Marionette, live_server: LiveServer
+) -> None:
+    """A logout in another tab closes the chat's socket, and the script does not knock again.
+
+    Without the close code that says so, the script would retry every few seconds and
+    be refused each time.
+    """
+    browser = firefox_with_javascript
+    relay = RecordingRelay(int(live_server.url.rsplit(":", 1)[1]))
+    base = f"http://127.0.0.1:{relay.port}/en"
+    therapist_tab, _ = open_chat_on_both_sides(browser, live_server, base)
+    wait(browser, lambda _: [item.status for item in relay.responses_to("/live HTTP")] == [101])
+    browser.switch_to_window(browser.open(type="tab", focus=True)["handle"])
+    visit(browser, f"{base}/account")
+    log_out(browser)
+    browser.switch_to_window(therapist_tab)
+    therapist_writes(browser, live_server, "This wakes the participant's socket.")
+    wait(browser, lambda _: relay.sockets_closed == 1)
+    time.sleep(5)  # the script's first retry would come after 2 s
+    assert [item.status for item in relay.responses_to("/live HTTP")] == [101]
+    relay.close()
