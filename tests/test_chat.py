@@ -114,10 +114,13 @@ def test_messages_are_plain_text(chat):
     chat.at(STARTS)
     chat.say("therapist", '<b>bold</b> <a href="http://x.example">link</a> javascript:alert(1)')
     chat.say("participant", "\u202eevil\u202c text\x07 with a bell\x1b[31m and e\u0301")
+    # An isolate closed early, then an override: it would reverse the message's time.
+    chat.say("participant", "\u2069\u2067\u202e\u05e9\u05dc\u05d5\u05dd\u200f!")
     page = chat.feed("participant").get_data(as_text=True)
     assert "<b>" not in page and "<a href" not in page
     assert "&lt;b&gt;bold&lt;/b&gt;" in page
-    assert "<bdi>\u202eevil\u202c text with a bell[31m and \u00e9</bdi>" in page
+    assert "<bdi>evil text with a bell[31m and \u00e9</bdi>" in page
+    assert "<bdi>\u05e9\u05dc\u05d5\u05dd\u200f!</bdi>" in page  # Hebrew and its mark stay
 
 
 @pytest.mark.parametrize(
@@ -129,6 +132,13 @@ def test_empty_and_overlong_messages_are_refused_and_kept(chat, text, says):
     assert response.status_code == 400 and says in response.get_data(as_text=True)
     if text.strip():
         assert text in response.get_data(as_text=True)  # shown again, never lost
+
+
+def test_the_longest_message_fits_in_a_request_in_any_script(chat):
+    """2,000 characters of Chinese are 18,000 bytes form-encoded: sent, not a bare 413."""
+    chat.at(STARTS)
+    assert chat.say("participant", "\u4f60" * 2000).status_code == 200
+    assert "\u4f60" * 20 in chat.feed("therapist").get_data(as_text=True)
 
 
 def test_a_session_may_send_ten_messages_in_ten_seconds(chat, clock):

@@ -225,6 +225,7 @@ def test_large_bodies_get_the_apps_translated_413(live_server):
         ("STILLROOM_ARGON2_CONCURRENCY", "0"),
         ("STILLROOM_IDLE_TIMEOUT_MINUTES", "-5"),
         ("STILLROOM_PARTICIPANT_PORT", "70000"),
+        ("STILLROOM_MAX_REQUEST_KIB", "16"),  # the longest Chinese message would not fit
     ],
 )
 def test_impossible_settings_are_refused_by_name(variable, value):

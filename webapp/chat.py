@@ -41,6 +41,11 @@ EXTENSION_MINUTES = 15
 MAX_EXTENSION_MINUTES = 120
 #: Characters kept besides printable text: line breaks and tabs.
 _KEPT_CONTROLS = {"\n", "\t"}
+#: Bidi embeddings, overrides and isolates (U+202A-202E, U+2066-2069) have a scope, and an
+#: unmatched one can reach past the message's own isolation into the rest of its line (its
+#: time). Right-to-left text needs none of them; the marks without scope (U+200E, U+200F,
+#: U+061C) stay.
+_SCOPED_BIDI = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
 
 class ChatError(Exception):
@@ -213,8 +218,8 @@ def conversation_key(db: Database, conversation_id: str, role: str, secret_key: 
 def clean_text(raw: str) -> str:
     """Return a message as it is stored: NFC, plain lines, no control characters.
 
-    Right-to-left text stays; the page isolates each message so that direction
-    marks cannot spill over into the rest of the page.
+    Right-to-left text stays, and the page isolates each message; direction controls
+    with a scope go, so that nothing in a message can turn the text around it.
 
     :raises MessageInputError: when nothing is left, or it is longer than allowed.
     """
@@ -229,8 +234,8 @@ def clean_text(raw: str) -> str:
 
 
 def _dropped(char: str) -> bool:
-    """Control characters and lone surrogates go; format characters (joiners, marks) stay."""
-    return unicodedata.category(char) in ("Cc", "Cs")
+    """Control characters, lone surrogates and scoped bidi controls go; joiners and marks stay."""
+    return char in _SCOPED_BIDI or unicodedata.category(char) in ("Cc", "Cs")
 
 
 def expiry_day(appointment: ChatAppointment, retention_days: int) -> str:

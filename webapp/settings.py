@@ -69,7 +69,11 @@ class Settings:
     argon2_wait_seconds: float = _setting(
         2.0, "Seconds a login waits for a free argon2 slot before the 'busy' page."
     )
-    max_request_kib: int = _setting(16, "Largest request body accepted, in KiB.")
+    max_request_kib: int = _setting(
+        32,
+        "Largest request body accepted, in KiB; at least 20, so that the longest message"
+        " fits in any script.",
+    )
     booking_weeks_ahead: int = _setting(4, "How many weeks ahead participants see free slots.")
     booking_cutoff_hours: int = _setting(
         24, "Participants can move or cancel an appointment until this many hours before it."
@@ -171,7 +175,8 @@ class Settings:
         bounds = {
             "idle_timeout_minutes": (1, 24 * 60),
             "absolute_timeout_hours": (1, 7 * 24),
-            "max_request_kib": (1, 256),
+            # 2,000 characters of a CJK script are 18,000 bytes once form-encoded.
+            "max_request_kib": (20, 256),
             "argon2_memory_kib": (8, 4 * 1024 * 1024),
             "argon2_time_cost": (1, 100),
             "argon2_parallelism": (1, 64),
