@@ -21,7 +21,7 @@ from werkzeug.serving import make_server
 from stillroom.crypto.box import MessageUnavailableError, open_message
 from stillroom.webapp import chatroom
 from stillroom.webapp.booking import book
-from stillroom.webapp.chat import RateLimiter
+from stillroom.webapp.chat import EXTENSION_MINUTES, MAX_EXTENSION_MINUTES, RateLimiter
 from stillroom.webapp.instance import subkey
 from stillroom.webapp.retention import purge
 from stillroom.webapp.security import LIVE_CONTENT_SECURITY_POLICY, SECURITY_HEADERS
@@ -29,7 +29,7 @@ from stillroom.webapp.settings import Settings, SettingsError
 from stillroom.webapp.store import connect
 from stillroom.webapp.therapists import reset_therapist
 
-from support import ENDS, SLOT, STARTS, AuthActions, rows
+from support import ENDS, SLOT, STARTS, AuthActions, form_fields, rows
 
 
 def test_both_sides_write_and_read_while_the_window_is_open(chat):
@@ -359,9 +359,47 @@ def test_delete_when_the_chat_ends_even_with_a_next_appointment(chat, settings, 
 
 def test_a_chat_cannot_be_closed_before_it_opens(chat):
     chat.at(STARTS - 60 * 60)
-    chat.therapist.post(f"/en/chat/{chat.id}/close", page=f"/en/chat/{chat.id}")
+    refused = chat.therapist.post(f"/en/chat/{chat.id}/close", page=f"/en/chat/{chat.id}")
+    page = chat.therapist.client.get(refused.headers["Location"]).get_data(as_text=True)
+    assert "has not opened yet, so it was not closed" in page
     chat.at(STARTS)
     assert chat.say("participant", "hello").status_code == 200
+
+
+def test_frames_opened_before_the_chat_work_once_it_opens(chat):
+    """Nothing reloads the compose frame or the therapist's page: both must be ready early."""
+    chat.at(STARTS - 30 * 60)
+    early = chat.auth.client.get(f"/en/chat/{chat.id}/compose").get_data(as_text=True)
+    assert "The chat opens at 16:50." in early and '<textarea id="text"' in early
+    portal = chat.therapist.client.get(f"/en/chat/{chat.id}").get_data(as_text=True)
+    assert "Extend by 15 minutes" in portal and "Close the chat now" in portal
+    chat.clock.now = STARTS - 5 * 60  # the chat has opened; the frame was not reloaded
+    sent = chat.auth.client.post(
+        f"/en/chat/{chat.id}/compose", data={**form_fields(early), "text": "I am here."}
+    )
+    assert sent.status_code == 200 and "Sent." in sent.get_data(as_text=True)
+    closed = chat.therapist.client.post(
+        f"/en/chat/{chat.id}/close", data=form_fields(portal), follow_redirects=True
+    )
+    assert "The chat is closed." in closed.get_data(as_text=True)
+    assert chat.say("participant", "after closing").status_code == 409
+
+
+def test_an_extension_beyond_the_limit_says_so(chat):
+    chat.at(ENDS - 60)
+    for _ in range(MAX_EXTENSION_MINUTES // EXTENSION_MINUTES):
+        extended = chat.therapist.post(f"/en/chat/{chat.id}/extend", page=f"/en/chat/{chat.id}")
+        assert extended.headers["Location"].endswith("done=extended")
+    page = chat.therapist.client.get(f"/en/chat/{chat.id}").get_data(as_text=True)
+    assert "Extend by" not in page and "Close the chat now" in page
+    again = chat.therapist.client.post(
+        f"/en/chat/{chat.id}/extend", data=form_fields(page), follow_redirects=True
+    )
+    assert "cannot be extended any further" in again.get_data(as_text=True)
+    chat.at(ENDS + MAX_EXTENSION_MINUTES * 60 - 60)
+    assert chat.say("participant", "the last minute").status_code == 200
+    chat.at(ENDS + MAX_EXTENSION_MINUTES * 60)
+    assert chat.say("participant", "one minute later").status_code == 409
 
 
 @pytest.mark.parametrize(

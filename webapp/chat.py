@@ -96,6 +96,10 @@ class ChatAppointment:
         """When writing stops, extensions included."""
         return self.ends_at + self.extra_minutes * 60
 
+    def is_over(self, now: int) -> bool:
+        """Whether nobody can write any more: closed, cancelled, or past its end."""
+        return self.closed or self.cancelled or now >= self.closes_at()
+
     def is_open(self, now: int, opens_minutes_before: int) -> bool:
         """Whether both sides can write now."""
         return (

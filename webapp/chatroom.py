@@ -216,13 +216,17 @@ def compose(appointment: ChatAppointment, side: Side) -> Any:
         if error is None:
             text, sent = "", True
     status = {None: 200, SLOW_DOWN: 429, CLOSED: 409, NOT_SAVED: 503}.get(error, 400)
-    writable = appointment.is_open(now(), settings().chat_opens_minutes_before)
+    moment = now()
+    over = appointment.is_over(moment)
     return render_template(
         "chat/compose.html",
         text=text,
         sent=sent,
         error=error,
-        writable=writable,
+        # Nothing reloads this frame: a chat that opens later must find the form here.
+        writable=not over,
+        opens_later=not over
+        and not appointment.is_open(moment, settings().chat_opens_minutes_before),
         status=window_text(appointment, side.zone),
         max_chars=MAX_MESSAGE_CHARS,
     ), status

@@ -11,6 +11,7 @@ from stillroom.webapp import chatroom
 from stillroom.webapp.booking import NotFoundError, block_participant
 from stillroom.webapp.chat import (
     EXTENSION_MINUTES,
+    MAX_EXTENSION_MINUTES,
     ChatAppointment,
     appointment_for,
     close_chat,
@@ -56,9 +57,8 @@ def pseudonym_of(appointment: ChatAppointment) -> str:
 @bp.get("/chat/<appointment_id>")
 @login_required
 def chat(appointment_id: str) -> str:
-    """The chat page, with extending and closing."""
+    """The chat page, with extending and closing (shown before it opens too: nothing reloads it)."""
     appointment = own(appointment_id)
-    writable = appointment.is_open(now(), settings().chat_opens_minutes_before)
     return render_template(
         "portal/chat.html",
         appointment=appointment,
@@ -70,7 +70,8 @@ def chat(appointment_id: str) -> str:
         compose_url=url_for("portal.chat_compose", appointment_id=appointment_id),
         history_url=url_for("portal.chat_history", appointment_id=appointment_id),
         **chatroom.page_context(appointment, "portal"),
-        writable=writable,
+        over=appointment.is_over(now()),
+        can_extend=appointment.extra_minutes + EXTENSION_MINUTES <= MAX_EXTENSION_MINUTES,
         extension=EXTENSION_MINUTES,
         notice=notice(),
     )
@@ -79,11 +80,12 @@ def chat(appointment_id: str) -> str:
 @bp.post("/chat/<appointment_id>/extend")
 @login_required
 def extend(appointment_id: str) -> Response:
-    """Keep the chat open another 15 minutes (only while it is open)."""
+    """Keep the chat open another 15 minutes, up to the limit, until it is over."""
     appointment = own(appointment_id)
-    if appointment.is_open(now(), settings().chat_opens_minutes_before):
-        extend_chat(db(), appointment, now())
-    return redirect(url_for("portal.chat", appointment_id=appointment_id))
+    if appointment.is_over(now()):
+        return redirect(url_for("portal.chat", appointment_id=appointment_id))
+    done = "extended" if extend_chat(db(), appointment, now()) else "not-extended"
+    return redirect(url_for("portal.chat", appointment_id=appointment_id, done=done))
 
 
 @bp.route("/chat/<appointment_id>/block", methods=["GET", "POST"])
@@ -102,11 +104,14 @@ def block(appointment_id: str) -> Any:
 @bp.post("/chat/<appointment_id>/close")
 @login_required
 def close(appointment_id: str) -> Response:
-    """End the chat now (only while it is open); both sides can still read it."""
+    """End the chat now; both sides can still read it. One that has not opened stays."""
     appointment = own(appointment_id)
-    if appointment.is_open(now(), settings().chat_opens_minutes_before):
-        close_chat(db(), appointment)
-    return redirect(url_for("portal.chat", appointment_id=appointment_id))
+    if appointment.is_over(now()):
+        return redirect(url_for("portal.chat", appointment_id=appointment_id))
+    if not appointment.is_open(now(), settings().chat_opens_minutes_before):
+        return redirect(url_for("portal.chat", appointment_id=appointment_id, done="not-open"))
+    close_chat(db(), appointment)
+    return redirect(url_for("portal.chat", appointment_id=appointment_id, done="closed"))
 
 
 chatroom.add_chat_routes(bp, own, side, login_required, gate.session_still_live)

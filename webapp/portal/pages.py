@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import render_template, request
 from flask_babel import lazy_gettext as _l
 
+from stillroom.webapp.chat import EXTENSION_MINUTES, MAX_EXTENSION_MINUTES
 from stillroom.webapp.gate import settings
 from stillroom.webapp.inventory import INVENTORY, retention_values
 from stillroom.webapp.portal.blueprint import bp
@@ -22,6 +23,19 @@ NOTICES = {
     "slot-deleted": _l("The time has been withdrawn."),
     "cancelled": _l("The appointment is cancelled. The participant sees your note on their page."),
     "blocked": _l("This participant can no longer book any time."),
+    "extended": _l(
+        "The chat now stays open %(minutes)s minutes longer.", minutes=EXTENSION_MINUTES
+    ),
+    "not-extended": _l(
+        "The chat cannot be extended any further: it ends at most %(minutes)s minutes after"
+        " the booked time.",
+        minutes=MAX_EXTENSION_MINUTES,
+    ),
+    "closed": _l("The chat is closed. You can both still read it until it is deleted."),
+    "not-open": _l(
+        "The chat has not opened yet, so it was not closed. To call the appointment off,"
+        " cancel it on the list of appointments."
+    ),
 }
 
 
