@@ -385,6 +385,22 @@ def test_frames_opened_before_the_chat_work_once_it_opens(chat):
     assert chat.say("participant", "after closing").status_code == 409
 
 
+def test_the_portal_keeps_extended_and_earlier_chats_within_reach(chat):
+    """An extended chat stays among today's; an earlier one is listed while it is kept."""
+    chat_link, cancel_link = f'href="/en/chat/{chat.id}"', f"/en/appointments/{chat.id}/cancel"
+    chat.at(ENDS - 60)
+    chat.therapist.post(f"/en/chat/{chat.id}/extend", page=f"/en/chat/{chat.id}")
+    chat.at(ENDS + 5 * 60)  # past the booked end, inside the extension
+    today, *_ = chat.therapist.client.get("/en/").get_data(as_text=True).split("<h2>")
+    assert chat_link in today and cancel_link not in today
+    chat.at(ENDS + 3 * 24 * 3600)
+    home = chat.therapist.client.get("/en/").get_data(as_text=True)
+    earlier = home.split("<h2>Earlier chats</h2>")[1]
+    assert chat_link in earlier and "Read the chat" in earlier and cancel_link not in home
+    chat.at(ENDS + (chat.settings.message_retention_days + 1) * 24 * 3600)
+    assert chat_link not in chat.therapist.client.get("/en/").get_data(as_text=True)
+
+
 def test_an_extension_beyond_the_limit_says_so(chat):
     chat.at(ENDS - 60)
     for _ in range(MAX_EXTENSION_MINUTES // EXTENSION_MINUTES):

@@ -466,12 +466,12 @@ def get_participant_appointment(
     return _appointment(row)
 
 
-def therapist_appointments(db: Database, therapist_id: str, now: int) -> list[Appointment]:
-    """Return the therapist's appointments that have not ended, cancelled ones included."""
+def therapist_appointments(db: Database, therapist_id: str, since: int) -> list[Appointment]:
+    """Return the therapist's appointments that end after ``since``, cancelled ones included."""
     rows = db.execute(
         _APPOINTMENT_QUERY + " WHERE appointments.therapist_id = ? AND appointments.ends_at > ?"
         " ORDER BY appointments.starts_at",
-        [therapist_id, now],
+        [therapist_id, since],
     ).fetchall()
     return [_appointment(row) for row in rows]
 

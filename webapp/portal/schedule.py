@@ -15,6 +15,7 @@ from stillroom.webapp.booking import (
     MAX_NOTE_CHARS,
     MAX_WEEKS,
     MIN_DURATION_MINUTES,
+    Appointment,
     NotFoundError,
     OverlapError,
     SlotBookedError,
@@ -26,7 +27,7 @@ from stillroom.webapp.booking import (
     therapist_appointments,
     therapist_slots,
 )
-from stillroom.webapp.gate import db, now
+from stillroom.webapp.gate import db, now, settings
 from stillroom.webapp.i18n import current_language
 from stillroom.webapp.portal.blueprint import bp, current_therapist, login_required
 from stillroom.webapp.portal.pages import notice
@@ -69,19 +70,25 @@ def when(therapist: Therapist, starts_at: int, ends_at: int) -> str:
 @bp.get("/")
 @login_required
 def home() -> str:
-    """Today's chats first, then later appointments, with the participants' pseudonyms."""
+    """Today's chats (ended ones too), later appointments, and earlier chats still kept."""
     therapist = current_therapist()
-    today = local(now(), therapist.time_zone).date()
-    listed = [
-        (item, when(therapist, item.starts_at, item.ends_at))
-        for item in therapist_appointments(db(), therapist.id, now())
-    ]
-    is_today = [local(item.starts_at, therapist.time_zone).date() == today for item, _ in listed]
+    moment = now()
+    today = local(moment, therapist.time_zone).date()
+    kept_since = moment - settings().message_retention_days * 24 * 3600
+    days: dict[str, list[tuple[Appointment, str]]] = {"earlier": [], "today": [], "later": []}
+    for item in therapist_appointments(db(), therapist.id, kept_since):
+        day = local(item.starts_at, therapist.time_zone).date()
+        if day < today and item.cancelled:
+            continue  # nothing was said, nothing to read
+        key = "earlier" if day < today else "today" if day == today else "later"
+        days[key].append((item, when(therapist, item.starts_at, item.ends_at)))
     return render_template(
         "portal/home.html",
         therapist=therapist,
-        today=[pair for pair, flag in zip(listed, is_today, strict=True) if flag],
-        later=[pair for pair, flag in zip(listed, is_today, strict=True) if not flag],
+        today=days["today"],
+        later=days["later"],
+        earlier=days["earlier"][::-1],  # the most recent first
+        now=moment,
         notice=notice(),
     )
 
