@@ -115,11 +115,13 @@ def firefox() -> Iterator[Marionette]:
         yield browser
 
 
-def wait(browser: Marionette, condition: Callable[[Marionette], object]) -> object:
+def wait(
+    browser: Marionette, condition: Callable[[Marionette], object], seconds: float = WAIT_SECONDS
+) -> object:
     """Wait (bounded) until ``condition`` is truthy, ignoring a page that is being replaced."""
     return Wait(
         browser,
-        timeout=WAIT_SECONDS,
+        timeout=seconds,
         interval=0.1,
         ignored_exceptions=(NoSuchElementException, StaleElementException),
     ).until(condition)
@@ -534,19 +536,21 @@ def frame_text(browser: Marionette, frame_class: str) -> str:
 
 
 def open_chat_on_both_sides(
-    browser: Marionette, live_server: LiveServer, base: str
+    browser: Marionette, live_server: LiveServer, base: str, minutes_ahead: int = 70
 ) -> tuple[str, str]:
-    """Enrol a therapist with a time open for chat now; a new participant books it.
+    """Enrol a therapist with a time ``minutes_ahead``; a new participant books it.
 
+    By default the time is just over an hour ahead (the earliest participants can book);
+    the live server opens chats two hours before they start, so this one is open now.
     The participant's pages are loaded from ``base`` (the live server, or a relay in
     front of it). Ends on the participant's chat page; returns the handles of the
     therapist's tab and the participant's tab.
     """
     name = f"Chatter{time.monotonic_ns() % 100000}"
     enrol_therapist(browser, live_server, name)
-    # A time just over an hour ahead (the earliest participants can book); the live server
-    # opens chats two hours before they start, so this one is open now.
-    soon = datetime.datetime.now(ZoneInfo("Europe/Berlin")) + datetime.timedelta(minutes=70)
+    soon = datetime.datetime.now(ZoneInfo("Europe/Berlin")) + datetime.timedelta(
+        minutes=minutes_ahead
+    )
     soon = soon.replace(minute=soon.minute - soon.minute % 5)
     visit(browser, f"{live_server.portal_url}/en/availability")
     set_date_and_time(browser, soon.date(), soon.strftime("%H:%M"))
@@ -564,7 +568,8 @@ def open_chat_on_both_sides(
     choose_time_of(browser, name)
     browser.find_element(By.PARTIAL_LINK_TEXT, "Open the chat").click()
     wait(browser, page_ready)
-    assert "The chat is open" in frame_text(browser, "feed")
+    opens_now = minutes_ahead < 120
+    assert ("The chat is open" in frame_text(browser, "feed")) == opens_now
     return therapist_tab, participant_tab
 
 
@@ -597,6 +602,32 @@ def therapist_writes(browser: Marionette, live_server: LiveServer, text: str) ->
         assert in_view(browser, browser.find_element(By.CSS_SELECTOR, part)), part
     browser.switch_to_frame()
     return sent
+
+
+def test_a_chat_opened_early_is_ready_to_write(
+    firefox: Marionette, live_server: LiveServer
+) -> None:
+    """Nothing reloads the compose frame: before the chat opens it already holds the form.
+
+    A message sent too early is refused beside the button, its text kept, all in view.
+    """
+    start_clean(firefox, live_server)
+    open_chat_on_both_sides(firefox, live_server, f"{live_server.url}/en", minutes_ahead=180)
+    assert "The chat opens at" in frame_text(firefox, "feed")
+    firefox.switch_to_frame(firefox.find_element(By.CSS_SELECTOR, "iframe.compose"))
+    notice = firefox.find_element(By.CSS_SELECTOR, ".send .notice")
+    assert "The chat opens at" in str(notice.text)
+    for part in ("#text", "form button", ".send .notice"):
+        assert in_view(firefox, firefox.find_element(By.CSS_SELECTOR, part)), part
+    firefox.find_element(By.ID, "text").send_keys("Written while waiting.")
+    press(firefox, firefox.find_element(By.CSS_SELECTOR, "form button"))
+    refusal = firefox.find_element(By.CSS_SELECTOR, "[role=alert]")
+    assert "not open now" in str(refusal.text) and "The chat opens at" in str(refusal.text)
+    assert firefox.find_element(By.ID, "text").get_property("value") == "Written while waiting."
+    for part in ("#text", "form button", "[role=alert]"):
+        assert in_view(firefox, firefox.find_element(By.CSS_SELECTOR, part)), part
+    shot(firefox, "participant-chat-too-early")
+    firefox.switch_to_frame()
 
 
 def test_chat_without_javascript(firefox: Marionette, live_server: LiveServer) -> None:
@@ -632,7 +663,7 @@ def test_chat_without_javascript(firefox: Marionette, live_server: LiveServer) -
     therapist_writes(firefox, live_server, "Hello, thank you for coming.")
 
     firefox.switch_to_window(participant_tab)
-    wait(firefox, lambda b: "Hello, thank you for coming." in frame_text(b, "feed"))
+    wait(firefox, lambda b: "Hello, thank you for coming." in frame_text(b, "feed"), 25)
     firefox.switch_to_frame(firefox.find_element(By.CSS_SELECTOR, "iframe.compose"))
     draft = firefox.find_element(By.ID, "text")
     assert draft.get_property("value") == "a draft that must survive"
@@ -721,10 +752,12 @@ def test_chat_with_javascript_carries_on_when_the_socket_fails(
     )
     wait(browser, lambda _: relay.refused)  # the script tried its socket, and it failed
     browser.switch_to_window(therapist_tab)
+    before = len(relay.responses_to("/feed"))
     therapist_writes(browser, live_server, "Arrived by the frame's own reload.")
     browser.switch_to_window(participant_tab)
-    wait(browser, lambda b: "Arrived by the frame's own reload." in frame_text(b, "feed"))
-    assert [item.status for item in relay.responses_to("/feed")][-1] == 200
+    # The frame reloads every 10 s while the therapist is quiet: allow two rounds.
+    wait(browser, lambda b: "Arrived by the frame's own reload." in frame_text(b, "feed"), 25)
+    wait(browser, lambda _: 200 in [x.status for x in relay.responses_to("/feed")[before:]])
     assert relay.sockets_closed == 0 and not relay.responses_to("/live HTTP")
     relay.close()
 

@@ -357,11 +357,16 @@ def test_delete_when_the_chat_ends_even_with_a_next_appointment(chat, settings, 
         db.close()
 
 
-def test_a_chat_cannot_be_closed_before_it_opens(chat):
+def test_a_chat_cannot_be_closed_or_extended_before_it_opens(chat):
     chat.at(STARTS - 60 * 60)
     refused = chat.therapist.post(f"/en/chat/{chat.id}/close", page=f"/en/chat/{chat.id}")
     page = chat.therapist.client.get(refused.headers["Location"]).get_data(as_text=True)
-    assert "has not opened yet, so it was not closed" in page
+    assert "has not opened yet, so nothing was changed" in page
+    early = chat.therapist.post(f"/en/chat/{chat.id}/extend", page=f"/en/chat/{chat.id}")
+    assert early.headers["Location"].endswith("done=not-open")
+    assert rows(chat.settings, "SELECT chat_extra_minutes, chat_closed FROM appointments") == [
+        (0, 0)
+    ]
     chat.at(STARTS)
     assert chat.say("participant", "hello").status_code == 200
 

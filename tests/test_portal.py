@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+from datetime import datetime
+from zoneinfo import ZoneInfo
 
 import pyotp
 import pytest
 
 from stillroom.webapp.app import create_portal_app
+from stillroom.webapp.booking import Appointment
+from stillroom.webapp.portal.schedule import home_section
 from stillroom.webapp.security import SECURITY_HEADERS
 from stillroom.webapp.store import connect
 
@@ -384,3 +388,33 @@ def test_no_portal_input_produces_a_500(therapist, value):
     login = therapist.client.get("/en/login").get_data(as_text=True)
     data = {**form_fields(login), "name": value, "password": value, "code": value}
     assert therapist.client.post("/en/login", data=data).status_code < 500
+
+
+def at_berlin(day: int, clock: str) -> int:
+    """Return a moment of January 2027 in Berlin (UTC+1) as a timestamp."""
+    hours, minutes = map(int, clock.split(":"))
+    return int(datetime(2027, 1, day, hours, minutes, tzinfo=ZoneInfo("Europe/Berlin")).timestamp())
+
+
+def appointment(starts: int, minutes: int = 50, extra: int = 0, cancelled: bool = False):
+    return Appointment("a", "T", starts, starts + minutes * 60, "en", cancelled, None, "P", extra)
+
+
+@pytest.mark.parametrize(
+    ("item", "moment", "section"),
+    [
+        # A chat that runs past midnight stays among today's while it lasts, extended too.
+        (appointment(at_berlin(18, "23:30")), at_berlin(19, "00:05"), "today"),
+        (appointment(at_berlin(18, "23:00"), extra=30), at_berlin(19, "00:05"), "today"),
+        (appointment(at_berlin(18, "23:30")), at_berlin(19, "00:30"), "earlier"),
+        # Earlier in the day, ended: still today's.
+        (appointment(at_berlin(19, "09:00")), at_berlin(19, "18:00"), "today"),
+        (appointment(at_berlin(20, "09:00")), at_berlin(19, "18:00"), "later"),
+        (appointment(at_berlin(5, "09:00"), cancelled=True), at_berlin(19, "18:00"), None),
+        # Messages of a chat that closed on 5 January at 08:50 UTC go on 19 January (UTC).
+        (appointment(at_berlin(5, "09:00")), at_berlin(19, "00:59"), "earlier"),  # 23:59 UTC
+        (appointment(at_berlin(5, "09:00")), at_berlin(19, "01:00"), None),  # 00:00 UTC
+    ],
+)
+def test_the_home_page_lists_each_appointment_where_a_therapist_looks(item, moment, section):
+    assert home_section(item, moment, "Europe/Berlin", 14) == section

@@ -105,6 +105,11 @@ class Appointment:
     cancelled: bool
     cancel_note: bytes | None
     pseudonym: str
+    chat_extra_minutes: int
+
+    def closes_at(self) -> int:
+        """When its chat stops taking messages, the therapist's extensions included."""
+        return self.ends_at + self.chat_extra_minutes * 60
 
 
 def new_id() -> str:
@@ -407,7 +412,7 @@ def participant_public_key(db: Database, therapist_id: str, appointment_id: str)
 _APPOINTMENT_QUERY = """
     SELECT appointments.id, therapists.name, appointments.starts_at, appointments.ends_at,
            appointments.language, appointments.cancelled, appointments.cancel_note,
-           pairs.pseudonym
+           pairs.pseudonym, appointments.chat_extra_minutes
     FROM appointments
     JOIN therapists ON therapists.id = appointments.therapist_id
     JOIN pairs ON pairs.participant_id = appointments.participant_id
@@ -416,7 +421,7 @@ _APPOINTMENT_QUERY = """
 
 
 def _appointment(row: Any) -> Appointment:
-    appointment_id, name, starts_at, ends_at, language, cancelled, note, pseudonym = row
+    appointment_id, name, starts_at, ends_at, language, cancelled, note, pseudonym, extra = row
     return Appointment(
         id=str(appointment_id),
         therapist_name=str(name),
@@ -426,6 +431,7 @@ def _appointment(row: Any) -> Appointment:
         cancelled=bool(cancelled),
         cancel_note=None if note is None else bytes(note),
         pseudonym=str(pseudonym),
+        chat_extra_minutes=int(extra),
     )
 
 

@@ -80,10 +80,12 @@ def chat(appointment_id: str) -> str:
 @bp.post("/chat/<appointment_id>/extend")
 @login_required
 def extend(appointment_id: str) -> Response:
-    """Keep the chat open another 15 minutes, up to the limit, until it is over."""
+    """Keep the open chat open another 15 minutes, up to the limit."""
     appointment = own(appointment_id)
     if appointment.is_over(now()):
         return redirect(url_for("portal.chat", appointment_id=appointment_id))
+    if not appointment.is_open(now(), settings().chat_opens_minutes_before):
+        return redirect(url_for("portal.chat", appointment_id=appointment_id, done="not-open"))
     done = "extended" if extend_chat(db(), appointment, now()) else "not-extended"
     return redirect(url_for("portal.chat", appointment_id=appointment_id, done=done))
 

@@ -33,8 +33,9 @@ NOTICES = {
     ),
     "closed": _l("The chat is closed. You can both still read it until it is deleted."),
     "not-open": _l(
-        "The chat has not opened yet, so it was not closed. To call the appointment off,"
-        " cancel it on the list of appointments."
+        "The chat has not opened yet, so nothing was changed. Once it is open, you can"
+        " extend it or close it; to call the appointment off, cancel it on the list of"
+        " appointments."
     ),
 }
 

@@ -27,6 +27,7 @@ from stillroom.webapp.booking import (
     therapist_appointments,
     therapist_slots,
 )
+from stillroom.webapp.chat import expiry_day_after
 from stillroom.webapp.gate import db, now, settings
 from stillroom.webapp.i18n import current_language
 from stillroom.webapp.portal.blueprint import bp, current_therapist, login_required
@@ -67,21 +68,36 @@ def when(therapist: Therapist, starts_at: int, ends_at: int) -> str:
     return format_when(starts_at, ends_at, therapist.time_zone, current_language())
 
 
+def home_section(item: Appointment, moment: int, zone: str, retention_days: int) -> str | None:
+    """Return where the home page lists an appointment: today, later or earlier, or nowhere.
+
+    Today holds every chat of the day, ended ones too, and one still running past
+    midnight. Earlier chats stay listed while their messages are kept, by the rule
+    the purge follows; a cancelled one had no chat, so it is not listed.
+    """
+    day, today = local(item.starts_at, zone).date(), local(moment, zone).date()
+    if day == today or (day < today and moment < item.closes_at()):
+        return "today"
+    if day > today:
+        return "later"
+    utc_today = datetime.datetime.fromtimestamp(moment, datetime.UTC).date().isoformat()
+    if item.cancelled or expiry_day_after(item.closes_at(), retention_days) <= utc_today:
+        return None
+    return "earlier"
+
+
 @bp.get("/")
 @login_required
 def home() -> str:
     """Today's chats (ended ones too), later appointments, and earlier chats still kept."""
     therapist = current_therapist()
     moment = now()
-    today = local(moment, therapist.time_zone).date()
-    kept_since = moment - settings().message_retention_days * 24 * 3600
+    retention = settings().message_retention_days
     days: dict[str, list[tuple[Appointment, str]]] = {"earlier": [], "today": [], "later": []}
-    for item in therapist_appointments(db(), therapist.id, kept_since):
-        day = local(item.starts_at, therapist.time_zone).date()
-        if day < today and item.cancelled:
-            continue  # nothing was said, nothing to read
-        key = "earlier" if day < today else "today" if day == today else "later"
-        days[key].append((item, when(therapist, item.starts_at, item.ends_at)))
+    for item in therapist_appointments(db(), therapist.id, moment - (retention + 1) * 24 * 3600):
+        section = home_section(item, moment, therapist.time_zone, retention)
+        if section is not None:
+            days[section].append((item, when(therapist, item.starts_at, item.ends_at)))
     return render_template(
         "portal/home.html",
         therapist=therapist,
