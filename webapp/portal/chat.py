@@ -82,12 +82,16 @@ def chat(appointment_id: str) -> str:
 def extend(appointment_id: str) -> Response:
     """Keep the open chat open another 15 minutes, up to the limit."""
     appointment = own(appointment_id)
-    if appointment.is_over(now()):
-        return redirect(url_for("portal.chat", appointment_id=appointment_id))
     if not appointment.is_open(now(), settings().chat_opens_minutes_before):
-        return redirect(url_for("portal.chat", appointment_id=appointment_id, done="not-open"))
+        return back_unchanged(appointment)
     done = "extended" if extend_chat(db(), appointment, now()) else "not-extended"
     return redirect(url_for("portal.chat", appointment_id=appointment_id, done=done))
+
+
+def back_unchanged(appointment: ChatAppointment) -> Response:
+    """Return to a chat that is not open, saying so if it has yet to open."""
+    done = None if appointment.is_over(now()) else "not-open"
+    return redirect(url_for("portal.chat", appointment_id=appointment.id, done=done))
 
 
 @bp.route("/chat/<appointment_id>/block", methods=["GET", "POST"])
@@ -108,10 +112,8 @@ def block(appointment_id: str) -> Any:
 def close(appointment_id: str) -> Response:
     """End the chat now; both sides can still read it. One that has not opened stays."""
     appointment = own(appointment_id)
-    if appointment.is_over(now()):
-        return redirect(url_for("portal.chat", appointment_id=appointment_id))
     if not appointment.is_open(now(), settings().chat_opens_minutes_before):
-        return redirect(url_for("portal.chat", appointment_id=appointment_id, done="not-open"))
+        return back_unchanged(appointment)
     close_chat(db(), appointment)
     return redirect(url_for("portal.chat", appointment_id=appointment_id, done="closed"))
 
