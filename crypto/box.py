@@ -15,6 +15,8 @@ import nacl.public
 import nacl.secret
 import nacl.utils
 
+from stillroom.crypto.keys import keyed_hash
+
 
 class UnsealError(Exception):
     """The box was not sealed to this key, or it was altered."""
@@ -39,14 +41,20 @@ def open_sealed(sealed: bytes, secret_key: bytes) -> bytes:
 # --- Conversations -----------------------------------------------------------------
 #
 # Each participant-therapist pair has a conversation key, sealed to both public keys.
-# A message is AEAD-encrypted (XChaCha20-Poly1305) under it. The associated data binds
-# the ciphertext to its conversation and sequence number, so a stored message that is
-# moved to another place fails to open instead of showing there. The plaintext carries
-# the sender and the send minute and is padded to a fixed bucket, so the row shows
-# neither the time nor (beyond its bucket) the length.
+# A message is AEAD-encrypted (XChaCha20-Poly1305) under a message key made from it and
+# the key of the day the message expires (:func:`message_key`): the conversation key
+# says who may read, the day key until when, and destroying the day key makes every
+# stale copy of that day's messages unreadable, though the conversation goes on. The
+# associated data binds the ciphertext to its conversation and sequence number, so a
+# stored message that is moved to another place fails to open instead of showing
+# there. The plaintext carries the sender and the send minute and is padded to a fixed
+# bucket, so the row shows neither the time nor (beyond its bucket) the length.
 
 #: The envelope format, stored as the first byte of every message row.
-ENVELOPE_VERSION = 1
+ENVELOPE_VERSION = 2
+#: Messages stored before day keys, encrypted under the conversation key itself; they
+#: still open until they expire.
+LEGACY_ENVELOPE_VERSION = 1
 #: Plaintext sizes a message is padded to (bytes, with its 5-byte header).
 BUCKETS = (256, 1024, 4096, 8192)
 SENDERS = ("participant", "therapist")
@@ -70,8 +78,24 @@ def new_conversation_key() -> bytes:
     return nacl.utils.random(nacl.secret.Aead.KEY_SIZE)
 
 
-def _associated(conversation_id: str, seq: int) -> bytes:
-    return bytes([ENVELOPE_VERSION]) + conversation_id.encode() + seq.to_bytes(8, "big")
+def message_key(conversation_key: bytes, day_key: bytes) -> bytes:
+    """Return the key of a conversation's messages that expire on one day.
+
+    A keyed BLAKE2b of the conversation key under the day's key: either key alone
+    gives nothing, so a day's messages die with its key or with their conversation's.
+    """
+    return keyed_hash(conversation_key, day_key, b"message-key")
+
+
+def _associated(version: int, conversation_id: str, seq: int) -> bytes:
+    return bytes([version]) + conversation_id.encode() + seq.to_bytes(8, "big")
+
+
+def envelope_version(envelope: bytes) -> int | None:
+    """Return the format of a stored message, to pick its key (``None`` if unknown)."""
+    if envelope and envelope[0] in (ENVELOPE_VERSION, LEGACY_ENVELOPE_VERSION):
+        return envelope[0]
+    return None
 
 
 def seal_message(
@@ -79,6 +103,7 @@ def seal_message(
 ) -> bytes:
     """Encrypt one message for storage as ``version byte || nonce || ciphertext``.
 
+    :param key: the message key (:func:`message_key`).
     :param minute: the send time in whole minutes since the epoch (kept inside).
     :raises ValueError: for an unknown sender or a text too long for the largest bucket.
     """
@@ -87,20 +112,25 @@ def seal_message(
     if bucket is None:
         raise ValueError("message too long for the largest bucket")
     padded = nacl.bindings.sodium_pad(body, bucket)
-    sealed = nacl.secret.Aead(key).encrypt(padded, _associated(conversation_id, seq))
+    associated = _associated(ENVELOPE_VERSION, conversation_id, seq)
+    sealed = nacl.secret.Aead(key).encrypt(padded, associated)
     return bytes([ENVELOPE_VERSION]) + bytes(sealed)
 
 
 def open_message(key: bytes, conversation_id: str, seq: int, envelope: bytes) -> OpenedMessage:
     """Open a message sealed by :func:`seal_message` at this conversation and place.
 
-    :raises MessageUnavailableError: for another envelope version, a wrong key, an
+    :param key: the message key for the current version, the conversation key itself for
+        the legacy one (:func:`envelope_version` tells which).
+    :raises MessageUnavailableError: for an unknown envelope version, a wrong key, an
         altered ciphertext, or one that was moved to another conversation or place.
     """
-    if not envelope or envelope[0] != ENVELOPE_VERSION:
+    version = envelope_version(envelope)
+    if version is None:
         raise MessageUnavailableError("unknown envelope")
     try:
-        padded = nacl.secret.Aead(key).decrypt(envelope[1:], _associated(conversation_id, seq))
+        associated = _associated(version, conversation_id, seq)
+        padded = nacl.secret.Aead(key).decrypt(envelope[1:], associated)
         body = nacl.bindings.sodium_unpad(padded, len(padded))
         sender = SENDERS[body[4]]
         return OpenedMessage(sender, int.from_bytes(body[:4], "big"), body[5:].decode())

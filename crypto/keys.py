@@ -70,6 +70,26 @@ def unwrap_key(wrapped: bytes, wrapping_key: bytes) -> bytes:
         raise UnwrapError("wrapped key cannot be opened") from error
 
 
+def seal_value(value: bytes, key: bytes, associated: bytes) -> bytes:
+    """Encrypt a small ``value`` (AEAD, XChaCha20-Poly1305) bound to ``associated`` data.
+
+    For what the server hands out and takes back, such as the minute inside a form
+    token: the holder learns nothing of the value and cannot move it elsewhere.
+    """
+    return bytes(nacl.secret.Aead(key).encrypt(value, associated))
+
+
+def open_value(sealed: bytes, key: bytes, associated: bytes) -> bytes:
+    """Open what :func:`seal_value` made with the same ``associated`` data.
+
+    :raises UnwrapError: for a wrong key, other associated data, or altered bytes.
+    """
+    try:
+        return bytes(nacl.secret.Aead(key).decrypt(sealed, associated))
+    except (nacl.exceptions.CryptoError, ValueError, TypeError) as error:
+        raise UnwrapError("sealed value cannot be opened") from error
+
+
 def keyed_hash(data: bytes, key: bytes, purpose: bytes) -> bytes:
     """Return a 32-byte keyed BLAKE2b of ``data``, separated by ``purpose``.
 

@@ -59,6 +59,18 @@ def generate_passphrase(language: str) -> str:
     return " ".join(secrets.choice(words) for _ in range(WORD_COUNT))
 
 
+def is_generated(passphrase: str, language: str) -> bool:
+    """Return whether a normalised ``passphrase`` has the shape of one made for ``language``.
+
+    :data:`WORD_COUNT` or more words, every one from the list: so its strength is at
+    least :func:`entropy_bits`, whoever typed it. Where only generated secrets may
+    guard keys (a therapist's), this refuses anything a person made up.
+    """
+    words = passphrase.split(" ")
+    listed = set(wordlist(language))
+    return len(words) >= WORD_COUNT and all(word in listed for word in words)
+
+
 def normalise_passphrase(text: str) -> str:
     """Return the canonical form of a typed passphrase.
 

@@ -35,20 +35,55 @@ def new_recipient_keypair() -> tuple[bytes, bytes]:
     return bytes(secret.public_key), bytes(secret)
 
 
+class SealingWriter:
+    """A file to write into whose bytes reach ``destination`` only encrypted.
+
+    Everything written is sealed chunk by chunk as it comes, so no plaintext copy
+    exists anywhere but in memory, one chunk at a time. :meth:`close` writes the final
+    chunk; a writer that is never closed leaves a stream that does not open (cut off).
+
+    :param destination: where the sealed stream goes.
+    :param public_key: the recipient's X25519 public key.
+    """
+
+    def __init__(self, destination: BinaryIO, public_key: bytes) -> None:
+        self._destination = destination
+        key = sodium.crypto_secretstream_xchacha20poly1305_keygen()
+        self._state = sodium.crypto_secretstream_xchacha20poly1305_state()
+        header = sodium.crypto_secretstream_xchacha20poly1305_init_push(self._state, key)
+        destination.write(MAGIC + SealedBox(PublicKey(public_key)).encrypt(key) + header)
+        self._pending = bytearray()
+        self._closed = False
+
+    def write(self, data: bytes) -> int:
+        """Take ``data``; every full chunk is sealed and written at once."""
+        if self._closed:
+            raise ValueError("write to a closed sealing writer")
+        self._pending += data
+        while len(self._pending) > CHUNK_BYTES:  # more follows: not the final chunk
+            self._push(bytes(self._pending[:CHUNK_BYTES]), _MESSAGE)
+            del self._pending[:CHUNK_BYTES]
+        return len(data)
+
+    def close(self) -> None:
+        """Seal what is left as the final chunk (once)."""
+        if not self._closed:
+            self._push(bytes(self._pending), _FINAL)
+            self._pending.clear()
+            self._closed = True
+
+    def _push(self, chunk: bytes, tag: int) -> None:
+        self._destination.write(
+            sodium.crypto_secretstream_xchacha20poly1305_push(self._state, chunk, tag=tag)
+        )
+
+
 def seal_stream(source: BinaryIO, destination: BinaryIO, public_key: bytes) -> None:
     """Encrypt everything ``source`` holds to ``public_key`` and write it to ``destination``."""
-    key = sodium.crypto_secretstream_xchacha20poly1305_keygen()
-    state = sodium.crypto_secretstream_xchacha20poly1305_state()
-    header = sodium.crypto_secretstream_xchacha20poly1305_init_push(state, key)
-    destination.write(MAGIC + SealedBox(PublicKey(public_key)).encrypt(key) + header)
-    chunk = source.read(CHUNK_BYTES)
-    while True:
-        following = source.read(CHUNK_BYTES)
-        tag = _MESSAGE if following else _FINAL
-        destination.write(sodium.crypto_secretstream_xchacha20poly1305_push(state, chunk, tag=tag))
-        if not following:
-            return
-        chunk = following
+    writer = SealingWriter(destination, public_key)
+    while chunk := source.read(CHUNK_BYTES):
+        writer.write(chunk)
+    writer.close()
 
 
 def open_stream(source: BinaryIO, destination: BinaryIO, secret_key: bytes) -> None:
