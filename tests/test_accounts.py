@@ -6,6 +6,7 @@ import re
 import sqlite3
 import time
 
+from stillroom.crypto.slots import SlotFile
 from stillroom.webapp.retention import start_periodic_purge
 from stillroom.webapp.settings import Settings
 
@@ -13,8 +14,21 @@ from support import PASSPHRASE, AuthActions, form_fields
 
 
 def rows(settings: Settings, table: str) -> list[tuple[object, ...]]:
+    return selected(settings, "SELECT *", table)
+
+
+def selected(settings: Settings, columns: str, table: str = "participants") -> list[tuple]:
     with sqlite3.connect(settings.database_path) as conn:
-        return conn.execute(f"SELECT * FROM {table}").fetchall()
+        return conn.execute(f"{columns} FROM {table}").fetchall()
+
+
+def in_use(settings: Settings) -> set[int]:
+    """Return the numbers of the key slots that still hold a key."""
+    slots = SlotFile(settings.data_dir / "keys.slots", writable=False)
+    try:
+        return slots.in_use()
+    finally:
+        slots.close()
 
 
 def test_create_shows_passphrase_once_and_needs_it_typed_back(client, settings):
@@ -117,14 +131,16 @@ def test_replace_passphrase(client, auth: AuthActions, settings, app):
         data={**form_fields(page), "current": "nope nope", "confirm": new},
     )
     assert wrong_current.status_code == 400
-    key_before = rows(settings, "participants")[0][4]
+    [(slot_before, key_before)] = selected(settings, "SELECT slot, wrapped_secret_key")
     done = client.post(
         "/en/account/passphrase", data={**form_fields(page), "current": old, "confirm": new}
     )
     assert done.status_code == 302
     assert client.get("/en/account").status_code == 200, "this browser stays logged in"
     assert other.get("/en/account").status_code == 302, "every other session ended"
-    assert rows(settings, "participants")[0][4] != key_before, "key re-wrapped"
+    [(slot_after, key_after)] = selected(settings, "SELECT slot, wrapped_secret_key")
+    assert key_after != key_before and slot_after != slot_before, "re-wrapped in a new slot"
+    assert slot_before not in in_use(settings), "the old slot is destroyed"
     auth.logout()
     assert auth.login(old).status_code == 401
     assert auth.login(new).status_code == 302
@@ -135,7 +151,7 @@ def test_delete_account_removes_every_row(client, auth: AuthActions, settings, a
     keep.create()
     [kept] = rows(settings, "participants")
     passphrase = auth.create()
-    [(participant_id, _, _, public_key, wrapped, *_)] = [
+    [(participant_id, slot, public_key, wrapped, *_)] = [
         row for row in rows(settings, "participants") if row != kept
     ]
     response = auth.post("/account/delete")
@@ -150,6 +166,7 @@ def test_delete_account_removes_every_row(client, auth: AuthActions, settings, a
     raw = b"".join(path.read_bytes() for path in settings.data_dir.iterdir())
     for trace in (participant_id.encode(), public_key, wrapped):
         assert trace not in raw, "secure_delete and the checkpoint leave no bytes behind"
+    assert slot not in in_use(settings), "its key slot is overwritten"
 
 
 def test_logout_needs_post_and_token(client, auth: AuthActions):
@@ -207,3 +224,11 @@ def test_the_periodic_purge_removes_expired_sessions(app, auth: AuthActions, clo
     finally:
         stop.set()
     assert rows(settings, "sessions") == []
+
+
+def test_the_time_zone_band_is_sealed_to_the_participant(client, auth: AuthActions, settings):
+    auth.create()
+    page = client.get("/en/book").get_data(as_text=True)
+    assert "Europe" in page or "UTC" in page  # the participant sees their band
+    [(stored,)] = selected(settings, "SELECT time_zone")
+    assert isinstance(stored, bytes) and b"Europe" not in stored and b"UTC" not in stored

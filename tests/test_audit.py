@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from stillroom.crypto.slots import SlotFile
 from stillroom.webapp import audit, server
 from stillroom.webapp.store import connect
 
@@ -55,6 +56,8 @@ def test_a_healthy_instance_passes_every_check(live):
         "schema",
         "retention",
         "envelopes",
+        "key-slots",
+        "passphrases",
         "pragmas",
         "permissions",
         "onion",
@@ -109,6 +112,36 @@ def test_a_breach_in_the_database_fails_the_audit_for_its_reason(live, broken, s
     assert words in detail
 
 
+def test_a_key_that_outlives_its_row_fails_the_audit(live):
+    """A deleted conversation whose slot was never overwritten: a disk copy would open it."""
+    change(live, "DELETE FROM messages", "DELETE FROM conversations")
+    status, found = report(live)
+    assert status == 1 and failing(found) == ["key-slots"]
+    [detail] = [check["detail"] for check in found["checks"] if check["name"] == "key-slots"]
+    assert "1 keys outlive what they locked" in detail
+
+
+def test_a_therapist_with_a_chosen_password_fails_the_audit(live):
+    change(live, "UPDATE therapists SET renew_passphrase = 1")
+    status, found = report(live)
+    assert status == 1 and failing(found) == ["passphrases"]
+
+
+def test_a_row_whose_key_is_gone_fails_the_audit(live):
+    db = connect(live / "stillroom.db")
+    slots = SlotFile(live / "keys.slots")
+    try:
+        [(slot,)] = db.execute("SELECT slot FROM conversations").fetchall()
+        slots.destroy([slot])
+    finally:
+        slots.close()
+        db.close()
+    status, found = report(live)
+    assert status == 1 and failing(found) == ["key-slots"]
+    [detail] = [check["detail"] for check in found["checks"] if check["name"] == "key-slots"]
+    assert "1 rows name a slot without a key" in detail
+
+
 def test_a_database_out_of_wal_mode_fails_the_audit(live, chat):
     for client in (chat.auth.client, chat.therapist.client):  # WAL mode needs them gone
         pool = client.application.extensions["stillroom_db_pool"]
@@ -123,7 +156,8 @@ def test_a_file_others_can_read_fails_the_audit(live):
     (live / "stillroom.db").chmod(0o644)
     status, found = report(live)
     assert status == 1 and failing(found) == ["permissions"]
-    assert "stillroom.db" in found["checks"][4]["detail"]
+    [detail] = [check["detail"] for check in found["checks"] if check["name"] == "permissions"]
+    assert "stillroom.db" in detail
 
 
 def test_extra_torrc_lines_that_weaken_the_service_fail_the_audit(live, tmp_path):

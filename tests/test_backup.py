@@ -16,9 +16,11 @@ from stillroom.crypto.stream import (
     open_stream,
     seal_stream,
 )
+from stillroom.webapp.app import create_participant_app
+from stillroom.webapp.settings import Settings
 from stillroom.webapp.store import connect
 
-from support import STARTS, Chat, rows, stillroom_env
+from support import FAST_ARGON2, STARTS, AuthActions, Chat, LoopbackClient, stillroom_env
 
 STILLROOM = str(Path(sys.executable).with_name("stillroom"))
 CANARY = "canary-backup-91b4 what I said"
@@ -76,12 +78,13 @@ def test_a_backup_restores_into_a_working_instance(chat: Chat, settings, tmp_pat
         db.close()
     # The copy is whole: its audit holds, and the participant's passphrase opens it.
     assert stillroom("audit", env=env).returncode == 0
-    assert rows(settings, "SELECT lookup_hash FROM participants") == [
-        tuple(row)
-        for row in connect(restored / "stillroom.db").execute(
-            "SELECT lookup_hash FROM participants"
-        )
-    ]
+    assert (restored / "keys.slots").read_bytes() == (settings.data_dir / "keys.slots").read_bytes()
+    copy = Settings.load({}, data_dir=restored, disk_reserve_mib=1, **FAST_ARGON2)
+    participant = AuthActions(create_participant_app(copy, clock=chat.clock).test_client())
+    participant.client.__class__ = LoopbackClient
+    assert participant.login(chat.passphrase).status_code == 302
+    feed = participant.client.get(f"/en/chat/{chat.id}/feed").get_data(as_text=True)
+    assert CANARY in feed, "the restored conversation opens"
 
 
 def test_a_restore_purges_what_expired_since_the_backup(chat, settings, tmp_path, operator_key):

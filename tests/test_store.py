@@ -45,9 +45,26 @@ def test_secret_columns_are_declared_encrypted():
         for column in table.columns
         if column.encrypted
     }
-    assert ("participants", "wrapped_secret_key") in encrypted
-    assert ("sessions", "wrapped_secret_key") in encrypted
-    assert ("participants", "lookup_hash") in encrypted
+    for secret in (
+        ("participants", "wrapped_secret_key"),
+        ("sessions", "wrapped_secret_key"),
+        ("therapists", "wrapped_secret_key"),
+        ("therapists", "totp_secret"),
+        ("therapist_sessions", "wrapped_secret_key"),
+        ("conversations", "key_for_participant"),
+        ("conversations", "key_for_therapist"),
+        ("messages", "envelope"),
+        ("appointments", "cancel_note"),
+    ):
+        assert secret in encrypted, secret
+
+
+def test_no_lookup_hash_or_chosen_password_is_stored(app, settings):
+    """A participant is found through the tag of a key slot, which deletion overwrites."""
+    columns = declared_columns()
+    assert "lookup_hash" not in columns["participants"]
+    assert "password_hash" not in columns["therapists"]
+    assert not any("salt" in column for table in columns.values() for column in table)
 
 
 def test_data_directory_is_private(app, settings):

@@ -18,11 +18,13 @@ from pathlib import Path
 
 from sqlite_utils import Database
 
-from stillroom.crypto.box import BUCKETS, ENVELOPE_VERSION
+from stillroom.crypto.box import BUCKETS, ENVELOPE_VERSION, LEGACY_ENVELOPE_VERSION
+from stillroom.crypto.slots import SLOT_BYTES
 from stillroom.onion import tor
 from stillroom.onion.errors import TorConfigError
 from stillroom.webapp import server, store
 from stillroom.webapp.inventory import declared_columns
+from stillroom.webapp.keyslots import SLOT_FILE
 from stillroom.webapp.settings import Settings
 
 #: The purge runs every minute; a row may outlive its deadline by that much and a margin.
@@ -98,9 +100,11 @@ def _overdue(settings: Settings, now: int) -> Iterator[tuple[str, str, list[obje
     )
     yield (
         "conversations with a shredded key",
-        "conversations WHERE key_for_participant IS NULL OR key_for_therapist IS NULL",
+        "conversations WHERE slot IS NULL OR key_for_participant IS NULL"
+        " OR key_for_therapist IS NULL",
         [],
     )
+    yield "message keys past their day", "day_keys WHERE expires_day <= ?", [day.isoformat()]
 
 
 def check_retention(db: Database, settings: Settings, now: int) -> Check:
@@ -116,16 +120,83 @@ def check_retention(db: Database, settings: Settings, now: int) -> Check:
 
 
 def check_envelopes(db: Database, settings: Settings, now: int) -> Check:
-    """Every stored message is ciphertext in the current envelope format and sizes."""
+    """Every stored message is ciphertext in a known envelope format and one of its sizes.
+
+    Version 2 is encrypted under its conversation's and its day's keys; version 1 (from
+    before day keys) under its conversation's alone, and it is gone within the retention.
+    """
     sizes = {bucket + ENVELOPE_OVERHEAD for bucket in BUCKETS}
-    total = bad = 0
+    versions = {ENVELOPE_VERSION: 0, LEGACY_ENVELOPE_VERSION: 0}
+    bad = 0
     for (envelope,) in db.execute("SELECT envelope FROM messages"):
-        total += 1
-        if not envelope or envelope[0] != ENVELOPE_VERSION or len(envelope) not in sizes:
+        if not envelope or envelope[0] not in versions or len(envelope) not in sizes:
             bad += 1
+        else:
+            versions[envelope[0]] += 1
+    total = bad + sum(versions.values())
     if bad:
-        return Check("envelopes", False, f"{bad} of {total} messages are not in envelope v1")
-    return Check("envelopes", True, f"{total} messages, all envelope v{ENVELOPE_VERSION}")
+        return Check("envelopes", False, f"{bad} of {total} messages are not in an envelope")
+    legacy = versions[LEGACY_ENVELOPE_VERSION]
+    older = (
+        f" ({legacy} of them v{LEGACY_ENVELOPE_VERSION}, from before day keys)" if legacy else ""
+    )
+    return Check("envelopes", True, f"{total} messages, all padded envelopes{older}")
+
+
+def check_key_slots(db: Database, settings: Settings, now: int) -> Check:
+    """Every key slot that holds a key belongs to a row, and every row's slot holds its key.
+
+    A key that outlives its row would keep a deleted account, conversation or day
+    readable from a copy of the disk; a row whose slot is empty has lost its key.
+    """
+    path = settings.data_dir / SLOT_FILE
+    if not path.exists():
+        return Check("key-slots", False, f"{SLOT_FILE} is missing")
+    content = path.read_bytes()
+    if len(content) % SLOT_BYTES:
+        return Check("key-slots", False, f"{SLOT_FILE} is not made of {SLOT_BYTES}-byte slots")
+    holding = {
+        number
+        for number in range(len(content) // SLOT_BYTES)
+        if content[number * SLOT_BYTES : (number + 1) * SLOT_BYTES].strip(b"\0")
+    }
+    named = {
+        row[0]
+        for row in db.execute(
+            "SELECT slot FROM participants UNION SELECT slot FROM therapists"
+            " UNION SELECT slot FROM conversations UNION SELECT slot FROM day_keys"
+        )
+        if row[0] is not None
+    }
+    problems = []
+    if holding - named:
+        problems.append(f"{len(holding - named)} keys outlive what they locked")
+    if named - holding:
+        problems.append(f"{len(named - holding)} rows name a slot without a key")
+    if problems:
+        return Check("key-slots", False, "; ".join(problems))
+    return Check(
+        "key-slots", True, f"{len(holding)} keys, each locking a live row; no other key is kept"
+    )
+
+
+def check_passphrases(db: Database, settings: Settings, now: int) -> Check:
+    """No therapist's key is still guarded by a password they chose (DESIGN §9).
+
+    Therapists enrolled before generated passphrases take one at their next login;
+    until then their key, and every conversation it opens, is as weak as their password.
+    """
+    (chosen,) = db.execute(
+        "SELECT count(*) FROM therapists WHERE renew_passphrase = 1 AND slot IS NOT NULL"
+    ).fetchone()
+    if chosen:
+        return Check(
+            "passphrases",
+            False,
+            f"{chosen} therapists' keys are still guarded by a chosen password: they take a"
+            " generated passphrase at their next login ('stillroom therapist reset' otherwise)",
+        )
+    return Check("passphrases", True, "every therapist's key is guarded by a generated passphrase")
 
 
 def check_pragmas(db: Database, settings: Settings, now: int) -> Check:
@@ -193,6 +264,8 @@ CHECKS: tuple[Callable[[Database, Settings, int], Check], ...] = (
     check_schema,
     check_retention,
     check_envelopes,
+    check_key_slots,
+    check_passphrases,
     check_pragmas,
     check_permissions,
     check_onion,

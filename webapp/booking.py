@@ -15,7 +15,16 @@ from typing import Any
 
 from sqlite_utils import Database
 
-from stillroom.crypto.keys import readable_code
+from stillroom.crypto.box import UnsealError, open_sealed, seal
+from stillroom.crypto.keys import UnwrapError, readable_code
+from stillroom.webapp.keyslots import (
+    SlotGoneError,
+    day_key_slot,
+    day_slot,
+    deletion_day,
+    lock,
+    unlock,
+)
 from stillroom.webapp.store import checkpoint, transaction
 
 MIN_DURATION_MINUTES = 15
@@ -189,7 +198,7 @@ def delete_free_slot(db: Database, therapist_id: str, slot_id: str) -> None:
 
 
 #: Whose times participants may book: enrolled therapists the operator has not disabled.
-_BOOKABLE = "therapists.disabled = 0 AND therapists.password_hash IS NOT NULL"
+_BOOKABLE = "therapists.disabled = 0 AND therapists.slot IS NOT NULL"
 
 _SLOT_QUERY = """
     SELECT slots.id, slots.therapist_id, therapists.name, slots.starts_at, slots.ends_at,
@@ -370,43 +379,62 @@ def dismiss_cancelled(db: Database, participant_id: str, appointment_id: str) ->
 
 
 def cancel_by_therapist(
-    db: Database, therapist_id: str, appointment_id: str, sealed_note: bytes | None, now: int
+    db: Database,
+    therapist_id: str,
+    appointment_id: str,
+    note: str,
+    now: int,
+    retention_days: int,
 ) -> None:
     """Cancel an upcoming appointment with a note for the participant; the slot goes.
 
-    :param sealed_note: the note, already sealed to the participant's public key.
+    The note is sealed to the participant's public key, so only they can read it, and
+    locked under the key of the day the appointment is deleted, so that no copy of it
+    outlives that day.
+
+    :param note: the note, or ``""`` for none.
+    :param retention_days: how long appointments are kept after they end.
     :raises NotFoundError: when it is not theirs, over, or cancelled already.
     """
     with transaction(db):
         row = db.execute(
-            "SELECT slot_id FROM appointments WHERE id = ? AND therapist_id = ?"
-            " AND cancelled = 0 AND ends_at > ?",
+            "SELECT appointments.slot_id, appointments.ends_at, participants.public_key"
+            " FROM appointments JOIN participants ON participants.id = participant_id"
+            " WHERE appointments.id = ? AND therapist_id = ? AND cancelled = 0 AND ends_at > ?",
             [appointment_id, therapist_id, now],
         ).fetchone()
         if row is None:
             raise NotFoundError
+        slot_id, ends_at, public_key = row
+        locked = None
+        if note:
+            day = day_slot(db, deletion_day(ends_at, retention_days))
+            locked = lock(db, day, seal(note.encode(), public_key))
         db.execute(
             "UPDATE appointments SET cancelled = 1, cancel_note = ? WHERE id = ?",
-            [sealed_note, appointment_id],
+            [locked, appointment_id],
         )
-        if row[0] is not None:
-            db.execute("DELETE FROM slots WHERE id = ?", [row[0]])
+        if slot_id is not None:
+            db.execute("DELETE FROM slots WHERE id = ?", [slot_id])
 
 
-def participant_public_key(db: Database, therapist_id: str, appointment_id: str) -> bytes:
-    """Return the public key of the participant of the therapist's appointment.
+def open_cancel_note(
+    db: Database, appointment: Appointment, secret_key: bytes, retention_days: int
+) -> str | None:
+    """Return the therapist's note on a cancelled appointment, for its participant.
 
-    :raises NotFoundError: when the appointment is not the therapist's.
+    ``None`` when there is none, or it can no longer be opened (its day has come).
     """
-    row = db.execute(
-        "SELECT participants.public_key FROM appointments"
-        " JOIN participants ON participants.id = appointments.participant_id"
-        " WHERE appointments.id = ? AND appointments.therapist_id = ?",
-        [appointment_id, therapist_id],
-    ).fetchone()
-    if row is None:
-        raise NotFoundError
-    return bytes(row[0])
+    if appointment.cancel_note is None:
+        return None
+    slot = day_key_slot(db, deletion_day(appointment.ends_at, retention_days))
+    try:
+        sealed = (
+            appointment.cancel_note if slot is None else unlock(db, slot, appointment.cancel_note)
+        )
+        return open_sealed(sealed, secret_key).decode()
+    except (SlotGoneError, UnwrapError, UnsealError, UnicodeDecodeError):
+        return None
 
 
 _APPOINTMENT_QUERY = """
@@ -517,18 +545,35 @@ def unblock_participant(db: Database, therapist_id: str, pseudonym: str) -> bool
     return changed.rowcount == 1
 
 
+def seal_time_zone(zone_name: str, public_key: bytes) -> bytes:
+    """Seal a participant's time zone band to their own key: a copy of the disk does not
+    tell which part of Europe they chose."""
+    return seal(zone_name.encode(), public_key)
+
+
 def set_time_zone(db: Database, participant_id: str, zone_name: str) -> None:
-    """Keep the participant's chosen time zone band with the account."""
+    """Keep the participant's chosen time zone band with the account, sealed to them."""
     with transaction(db):
         db.execute(
-            "UPDATE participants SET time_zone = ? WHERE id = ?", [zone_name, participant_id]
+            "UPDATE participants SET time_zone = ? WHERE id = ?",
+            [seal_time_zone(zone_name, _public_key(db, participant_id)), participant_id],
         )
 
 
-def time_zone_of(db: Database, participant_id: str) -> str:
-    """Return the participant's time zone band."""
+def _public_key(db: Database, participant_id: str) -> bytes:
+    (public_key,) = db.execute(
+        "SELECT public_key FROM participants WHERE id = ?", [participant_id]
+    ).fetchone()
+    return bytes(public_key)
+
+
+def time_zone_of(db: Database, participant_id: str, secret_key: bytes) -> str:
+    """Return the participant's time zone band (only their own secret key opens it)."""
     row = db.execute("SELECT time_zone FROM participants WHERE id = ?", [participant_id]).fetchone()
-    return str(row[0]) if row else "UTC"
+    try:
+        return open_sealed(row[0], secret_key).decode() if row else "UTC"
+    except (UnsealError, UnicodeDecodeError):
+        return "UTC"
 
 
 def purge_bookings(db: Database, now: int, retention_seconds: int) -> int:

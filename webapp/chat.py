@@ -1,11 +1,15 @@
 """The appointment chat: windows, conversations, messages, limits and deletion.
 
 A conversation belongs to one participant-therapist pair and has its own key,
-sealed to both public keys (DESIGN §4). The server opens it only with the secret
-key of a logged-in side, so a copy of the database reads nothing. Deleting a
-conversation destroys its sealed keys with its messages, in one transaction that
-nulls the keys first (crypto-shredding): a ciphertext that survives somewhere in
-the live files has no key beside it any more. A backup taken before holds both.
+sealed to both public keys (DESIGN §4) and locked under the conversation's key slot.
+The server opens it only with the secret key of a logged-in side, so a copy of the
+data directory reads nothing. Messages are encrypted under a key made from it and
+the key of the day they expire (:func:`stillroom.crypto.box.message_key`).
+
+Deleting a conversation deletes its rows and then destroys its slot; the purge
+destroys each day's message key on that day. A stale copy of a ciphertext, wherever
+the disk kept it, then has no key anywhere (crypto-shredding). A backup taken before
+holds both.
 """
 
 from __future__ import annotations
@@ -23,16 +27,30 @@ from typing import Any
 from sqlite_utils import Database
 
 from stillroom.crypto.box import (
+    LEGACY_ENVELOPE_VERSION,
     MessageUnavailableError,
     OpenedMessage,
     UnsealError,
+    envelope_version,
+    message_key,
     new_conversation_key,
     open_message,
     open_sealed,
     seal,
     seal_message,
 )
+from stillroom.crypto.keys import UnwrapError
 from stillroom.webapp.booking import NotFoundError
+from stillroom.webapp.keyslots import (
+    SlotGoneError,
+    day_slot,
+    deletion_day,
+    destroy_slots,
+    lock,
+    new_slot,
+    slot_key,
+    unlock,
+)
 from stillroom.webapp.store import checkpoint, transaction
 
 MAX_MESSAGE_CHARS = 2000
@@ -46,6 +64,29 @@ _KEPT_CONTROLS = {"\n", "\t"}
 #: time). Right-to-left text needs none of them; the marks without scope (U+200E, U+200F,
 #: U+061C) stay.
 _SCOPED_BIDI = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+#: Characters that show nothing: Unicode's default-ignorable code points (zero-width
+#: spaces and joiners, fillers, variation selectors, tags) and the blank braille
+#: pattern. A message made of these and white space alone is refused as empty.
+_INVISIBLE_RANGES = (
+    (0x00AD, 0x00AD),
+    (0x034F, 0x034F),
+    (0x061C, 0x061C),
+    (0x115F, 0x1160),
+    (0x17B4, 0x17B5),
+    (0x180B, 0x180F),
+    (0x200B, 0x200F),
+    (0x202A, 0x202E),
+    (0x2060, 0x206F),
+    (0x2800, 0x2800),
+    (0x3164, 0x3164),
+    (0xFE00, 0xFE0F),
+    (0xFEFF, 0xFEFF),
+    (0xFFA0, 0xFFA0),
+    (0xFFF0, 0xFFF8),
+    (0x1BCA0, 0x1BCA3),
+    (0x1D173, 0x1D17A),
+    (0xE0000, 0xE0FFF),
+)
 
 
 class ChatError(Exception):
@@ -189,33 +230,35 @@ def start_conversation(db: Database, participant_id: str, therapist_id: str) -> 
     conversation_id = secrets.token_hex(16)
     with transaction(db):
         if conversation_id_of(db, participant_id, therapist_id) is None:
+            slot = new_slot(db)
             db.table("conversations").insert(
                 {
                     "id": conversation_id,
                     "participant_id": participant_id,
                     "therapist_id": therapist_id,
-                    "key_for_participant": seal(key, participant_key),
-                    "key_for_therapist": seal(key, therapist_key),
+                    "slot": slot,
+                    "key_for_participant": lock(db, slot, seal(key, participant_key)),
+                    "key_for_therapist": lock(db, slot, seal(key, therapist_key)),
                 }
             )
     return conversation_id_of(db, participant_id, therapist_id) or conversation_id
 
 
 def conversation_key(db: Database, conversation_id: str, role: str, secret_key: bytes) -> bytes:
-    """Open this side's sealed copy of the conversation key.
+    """Open this side's copy of the conversation key: the slot's lock, then the seal.
 
     :raises ConversationLockedError: when it is gone or sealed to another key.
     """
     column = {"participant": "key_for_participant", "therapist": "key_for_therapist"}[role]
     row = db.execute(
-        f"SELECT {column} FROM conversations WHERE id = ?",  # noqa: S608 - constants only
+        f"SELECT slot, {column} FROM conversations WHERE id = ?",  # noqa: S608 - constants only
         [conversation_id],
     ).fetchone()
-    if row is None or row[0] is None:
+    if row is None or row[0] is None or row[1] is None:
         raise ConversationLockedError
     try:
-        return open_sealed(row[0], secret_key)
-    except UnsealError:
+        return open_sealed(unlock(db, row[0], row[1]), secret_key)
+    except (SlotGoneError, UnwrapError, UnsealError):
         raise ConversationLockedError from None
 
 
@@ -225,16 +268,23 @@ def clean_text(raw: str) -> str:
     Right-to-left text stays, and the page isolates each message; direction controls
     with a scope go, so that nothing in a message can turn the text around it.
 
-    :raises MessageInputError: when nothing is left, or it is longer than allowed.
+    :raises MessageInputError: when nothing visible is left (only white space and
+        zero-width or other invisible characters), or it is longer than allowed.
     """
     text = unicodedata.normalize("NFC", raw.replace("\r\n", "\n").replace("\r", "\n"))
     text = "".join(char for char in text if char in _KEPT_CONTROLS or not _dropped(char))
     text = "\n".join(line.rstrip() for line in text.strip().split("\n"))
-    if not text:
+    if all(_invisible(char) for char in text):
         raise MessageInputError("empty")
     if len(text) > MAX_MESSAGE_CHARS:
         raise MessageInputError("long")
     return text
+
+
+def _invisible(char: str) -> bool:
+    """Whether a character shows nothing on its own (white space included)."""
+    point = ord(char)
+    return char.isspace() or any(low <= point <= high for low, high in _INVISIBLE_RANGES)
 
 
 def _dropped(char: str) -> bool:
@@ -252,8 +302,7 @@ def expiry_day_after(closes_at: int, retention_days: int) -> str:
 
     Rounded down to the day: a message may go up to a day early, never late.
     """
-    moment = closes_at + retention_days * 24 * 3600
-    return datetime.datetime.fromtimestamp(moment, datetime.UTC).date().isoformat()
+    return deletion_day(closes_at, retention_days)
 
 
 def send_message(
@@ -283,12 +332,14 @@ def send_message(
             [conversation_id],
         ).fetchone()
         seq = int(last) + 1
+        day = expiry_day(appointment, retention_days)
+        sealing_key = message_key(key, slot_key(db, day_slot(db, day)))
         db.table("messages").insert(
             {
                 "conversation_id": conversation_id,
                 "seq": seq,
-                "envelope": seal_message(key, conversation_id, seq, role, now // 60, text),
-                "expires_day": expiry_day(appointment, retention_days),
+                "envelope": seal_message(sealing_key, conversation_id, seq, role, now // 60, text),
+                "expires_day": day,
             }
         )
     return seq
@@ -303,40 +354,69 @@ def read_messages(
     :param newest: only the last ``newest`` of them.
     """
     rows = db.execute(
-        "SELECT seq, envelope FROM messages WHERE conversation_id = ? AND seq > ?"
-        " ORDER BY seq DESC LIMIT ?",
+        "SELECT seq, envelope, day_keys.slot FROM messages"
+        " LEFT JOIN day_keys USING (expires_day)"
+        " WHERE conversation_id = ? AND seq > ? ORDER BY seq DESC LIMIT ?",
         [conversation_id, after, -1 if newest is None else newest],
     ).fetchall()
+    opened_days: dict[int, bytes | None] = {}
     shown = []
-    for seq, envelope in reversed(rows):
+    for seq, envelope, slot in reversed(rows):
         try:
-            opened: OpenedMessage | None = open_message(key, conversation_id, seq, envelope)
+            opening_key = _opening_key(db, key, envelope, slot, opened_days)
+            opened: OpenedMessage | None = open_message(opening_key, conversation_id, seq, envelope)
         except MessageUnavailableError:
             opened = None
         shown.append(ShownMessage(seq, opened))
     return shown
 
 
-def shred_keys(db: Database, column: str, value: str) -> None:
-    """Inside a write transaction: destroy both sealed copies of conversation keys.
+def _opening_key(
+    db: Database,
+    conversation_key: bytes,
+    envelope: bytes,
+    slot: int | None,
+    opened_days: dict[int, bytes | None],
+) -> bytes:
+    """Return the key that opens ``envelope``, remembering day keys for the next message.
 
-    Crypto-shredding: once they are gone, no copy of the messages anywhere opens.
-
-    :param column: ``"id"`` for one conversation, ``"participant_id"`` for all of one
-        participant's.
+    :raises MessageUnavailableError: when the day's key is gone.
     """
-    if column not in ("id", "participant_id"):
+    if envelope_version(envelope) == LEGACY_ENVELOPE_VERSION:
+        return conversation_key
+    if slot is not None and slot not in opened_days:
+        try:
+            opened_days[slot] = slot_key(db, slot)
+        except SlotGoneError:
+            opened_days[slot] = None
+    day_key = None if slot is None else opened_days[slot]
+    if day_key is None:
+        raise MessageUnavailableError("the day's key is gone")
+    return message_key(conversation_key, day_key)
+
+
+def conversation_slots(db: Database, column: str, value: str) -> list[int]:
+    """Return the slots of the conversations to delete with their rows.
+
+    :param column: ``"id"`` for one conversation, ``"participant_id"`` or
+        ``"therapist_id"`` for all of one side's.
+    """
+    if column not in ("id", "participant_id", "therapist_id"):
         raise ValueError(column)
-    shred = "UPDATE conversations SET key_for_participant = NULL, key_for_therapist = NULL"
-    db.execute(f"{shred} WHERE {column} = ?", [value])  # column: one of the two above
+    rows = db.execute(
+        f"SELECT slot FROM conversations WHERE {column} = ? AND slot IS NOT NULL",  # noqa: S608
+        [value],
+    )
+    return [int(row[0]) for row in rows]
 
 
 def delete_conversation(db: Database, conversation_id: str) -> None:
-    """Destroy the conversation's keys, then its messages, then the conversation."""
+    """Delete the conversation and its messages, then destroy its slot, then flush the log."""
     with transaction(db):
-        shred_keys(db, "id", conversation_id)
+        slots = conversation_slots(db, "id", conversation_id)
         db.execute("DELETE FROM messages WHERE conversation_id = ?", [conversation_id])
         db.execute("DELETE FROM conversations WHERE id = ?", [conversation_id])
+    destroy_slots(db, slots)
     checkpoint(db)
 
 
@@ -399,16 +479,20 @@ PURGE_BATCH = 5000
 
 
 def purge_chats(db: Database, now: int, opens_minutes_before: int) -> int:
-    """Delete expired messages and the conversations nobody needs any more.
+    """Destroy the keys of expired days, then delete their messages and unneeded conversations.
 
-    A conversation goes, keys first, when its participant asked for deletion at the
+    A conversation goes, when its participant asked for deletion at the
     end of the chat and a chat of the pair has ended with none open now; or when it
     has no messages left and no chat of the pair is open or to come.
 
     :returns: how many messages and conversations went.
     """
     today = datetime.datetime.fromtimestamp(now, datetime.UTC).date().isoformat()
-    removed = 0
+    with transaction(db):  # the day keys first: what is past its day opens no more
+        expired = db.execute("SELECT slot FROM day_keys WHERE expires_day <= ?", [today]).fetchall()
+        db.execute("DELETE FROM day_keys WHERE expires_day <= ?", [today])
+    destroy_slots(db, [row[0] for row in expired])
+    removed = len(expired)
     while True:  # in batches, so that the server answers in between (one event loop)
         with transaction(db):
             batch = db.execute(

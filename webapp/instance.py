@@ -1,4 +1,4 @@
-"""The data directory: database and server secret, private to the service's user."""
+"""The data directory: database, key slots and server secret, private to the service's user."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from stillroom.crypto.keys import keyed_hash, random_bytes
+from stillroom.webapp.keyslots import SLOT_FILE
 from stillroom.webapp.settings import Settings, SettingsError
 from stillroom.webapp.store import StoreUnwritableError, migrate, unwritable_path
 
@@ -34,6 +35,13 @@ def prepare_instance(settings: Settings) -> bytes:
         data_dir.chmod(0o700)
         secret = _read_or_create_secret(data_dir / SECRET_FILE)
         with_reserve(settings, lambda: migrate(settings.database_path))
+        slots = data_dir / SLOT_FILE
+        if not slots.exists():  # the database's first migration made it
+            raise SettingsError(
+                f"{slots} is missing: restore it from your encrypted backup (stillroom"
+                " restore); without it no account, therapist or conversation opens"
+            )
+        slots.chmod(0o600)
     except OSError as error:
         problem = unwritable_path(error, data_dir)
         if problem is None:

@@ -54,16 +54,21 @@ INVENTORY: tuple[Table, ...] = (
         columns=(
             Column("id", _l("A random number that links your data together.")),
             Column(
-                "lookup_hash",
-                _l("A keyed hash of your passphrase, to find your account when you log in."),
-                encrypted=_l("keyed hash; the passphrase itself is never stored"),
+                "slot",
+                _l(
+                    "The number of your account's place in the key file. That place holds a"
+                    " random key and a keyed hash of your passphrase (to find your account"
+                    " when you log in); deleting your account overwrites it."
+                ),
             ),
-            Column("kdf_salt", _l("Random bytes used when deriving your key.")),
             Column("public_key", _l("Your public key, so messages can be encrypted to you.")),
             Column(
                 "wrapped_secret_key",
                 _l("Your secret key, locked with your passphrase."),
-                encrypted=_l("encrypted under a key only your passphrase gives"),
+                encrypted=_l(
+                    "encrypted under a key only your passphrase gives, and under your"
+                    " account's key in the key file"
+                ),
             ),
             Column(
                 "last_login_day",
@@ -72,6 +77,7 @@ INVENTORY: tuple[Table, ...] = (
             Column(
                 "time_zone",
                 _l("The broad time zone you chose for showing times (for example Central Europe)."),
+                encrypted=_l("encrypted to your key; only you can read it"),
             ),
             Column("blocked", _l("Whether a therapist has stopped this account from booking.")),
         ),
@@ -128,7 +134,10 @@ INVENTORY: tuple[Table, ...] = (
             Column(
                 "cancel_note",
                 _l("The therapist's note when they cancel."),
-                encrypted=_l("encrypted to your key; only you can read it"),
+                encrypted=_l(
+                    "encrypted to your key (only you can read it), and under the key of the"
+                    " day the appointment is deleted"
+                ),
             ),
             Column("chat_extra_minutes", _l("How long the therapist extended the chat.")),
             Column("chat_closed", _l("Whether the therapist closed the chat early.")),
@@ -147,14 +156,26 @@ INVENTORY: tuple[Table, ...] = (
             Column("participant_id", _l("Your account.")),
             Column("therapist_id", _l("The therapist.")),
             Column(
+                "slot",
+                _l(
+                    "The number of the conversation's place in the key file, which holds a"
+                    " random key; deleting the conversation overwrites it."
+                ),
+            ),
+            Column(
                 "key_for_participant",
                 _l("The conversation's key, for you."),
-                encrypted=_l("encrypted to your key; only you can read it"),
+                encrypted=_l(
+                    "encrypted to your key, and under the conversation's key in the key file"
+                ),
             ),
             Column(
                 "key_for_therapist",
                 _l("The conversation's key, for the therapist."),
-                encrypted=_l("encrypted to the therapist's key"),
+                encrypted=_l(
+                    "encrypted to the therapist's key, and under the conversation's key in"
+                    " the key file"
+                ),
             ),
             Column(
                 "delete_when_chat_ends",
@@ -175,9 +196,28 @@ INVENTORY: tuple[Table, ...] = (
             Column(
                 "envelope",
                 _l("The message, padded to a fixed size and encrypted."),
-                encrypted=_l("encrypted under the conversation's key"),
+                encrypted=_l(
+                    "encrypted under a key made of the conversation's key and the key of the"
+                    " day it is deleted"
+                ),
             ),
             Column("expires_day", _l("The day the message is deleted.")),
+        ),
+    ),
+    Table(
+        name="day_keys",
+        purpose=_l(
+            "One key for each day on which messages and cancellation notes are deleted,"
+            " kept in the key file. On that day the key is overwritten first, so copies"
+            " that the disk may still hold can never be read again."
+        ),
+        readers=_l(
+            "The server, to encrypt and show messages and notes to the people they are for."
+        ),
+        retention=_l("Deleted on its day, before that day's messages."),
+        columns=(
+            Column("expires_day", _l("The day.")),
+            Column("slot", _l("The number of the day's place in the key file.")),
         ),
     ),
     Table(
@@ -211,21 +251,36 @@ INVENTORY: tuple[Table, ...] = (
             Column("languages", _l("The languages the therapist works in.")),
             Column("time_zone", _l("The therapist's time zone.")),
             Column(
-                "password_hash",
-                _l("A hash of the therapist's password."),
-                encrypted=_l("argon2id hash; the password itself is never stored"),
+                "slot",
+                _l(
+                    "The number of the therapist's place in the key file, which holds a"
+                    " random key; a new passphrase or a reset overwrites it."
+                ),
             ),
-            Column("kdf_salt", _l("Random bytes used when deriving the therapist's key.")),
             Column("public_key", _l("The therapist's public key.")),
             Column(
                 "wrapped_secret_key",
-                _l("The therapist's secret key, locked with their password."),
-                encrypted=_l("encrypted under a key only the password gives"),
+                _l(
+                    "The therapist's secret key and the secret of their authenticator app,"
+                    " locked with their passphrase."
+                ),
+                encrypted=_l(
+                    "encrypted under a key only the generated passphrase gives, and under"
+                    " the therapist's key in the key file"
+                ),
             ),
             Column(
                 "totp_secret",
-                _l("The secret of the therapist's authenticator app."),
+                _l(
+                    "Only for a therapist who chose a password before passphrases were"
+                    " generated: the secret of their authenticator app, until their first"
+                    " login gives them a passphrase."
+                ),
                 encrypted=_l("encrypted under a server key"),
+            ),
+            Column(
+                "renew_passphrase",
+                _l("Whether the therapist must replace a chosen password at the next login."),
             ),
             Column("totp_last_step", _l("The last code used, so that no code works twice.")),
             Column("failed_logins", _l("Failed logins in a row, to pause guessing.")),

@@ -1,9 +1,11 @@
 """Retention: remove what has outlived its purpose, at startup and every minute.
 
-Accounts unused for ``ACCOUNT_RETENTION_DAYS`` (keys first), expired sessions of both
-apps, enrolment links that were never used, failed-login counts that have run out,
-chat messages past their day and conversations nobody needs (keys first), slots that
-have ended and appointments past their retention. Each run ends with a
+Key slots that no row names any more (a crash between a deletion and its slot's
+destruction leaves one), accounts unused for ``ACCOUNT_RETENTION_DAYS``, expired
+sessions of both apps, enrolment links that were never used, failed-login counts that
+have run out, the keys of message days that have come and those days' messages,
+conversations nobody needs, slots that have ended and appointments past their
+retention. Every deleted key slot is overwritten in place; each run ends with a
 write-ahead-log checkpoint so deleted rows leave the ``-wal`` file too.
 """
 
@@ -21,6 +23,7 @@ from stillroom.webapp.accounts import purge_unused_accounts
 from stillroom.webapp.booking import purge_bookings
 from stillroom.webapp.chat import purge_chats
 from stillroom.webapp.instance import with_reserve
+from stillroom.webapp.keyslots import destroy_orphans
 from stillroom.webapp.sessions import end_expired_sessions
 from stillroom.webapp.settings import Settings
 from stillroom.webapp.store import StoreUnwritableError, checkpoint, connect, transaction
@@ -42,7 +45,9 @@ def purge(db: Database, now: int, settings: Settings) -> int:
 def _delete_expired(db: Database, now: int, settings: Settings) -> int:
     """The purge's deletions, then the checkpoint that clears them from the log."""
     today = datetime.datetime.fromtimestamp(now, datetime.UTC).date().isoformat()
-    removed = purge_unused_accounts(db, today, settings.account_retention_days)
+    with transaction(db):
+        removed = destroy_orphans(db)
+    removed += purge_unused_accounts(db, today, settings.account_retention_days)
     removed += end_expired_sessions(db, now)
     with transaction(db):
         removed += db.execute("DELETE FROM enrolments WHERE expires_at <= ?", [now]).rowcount

@@ -19,6 +19,11 @@ from pathlib import Path
 from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
 
+from stillroom.crypto.box import seal
+from stillroom.crypto.kdf import legacy_wrapped
+from stillroom.crypto.slots import create_slot_file
+from stillroom.webapp.keyslots import lock, new_slot, slot_path
+
 #: Per-connection pragmas (DESIGN §4). ``secure_delete`` overwrites deleted content;
 #: ``trusted_schema=OFF`` refuses functions smuggled into the schema.
 PRAGMAS = (
@@ -281,6 +286,113 @@ def create_chat(db: Database) -> None:
 def add_failure_expiry(db: Database) -> None:
     """A therapist's count of failed logins is forgotten a while after the last one."""
     db.execute("ALTER TABLE therapists ADD COLUMN failures_expire_at INTEGER NOT NULL DEFAULT 0")
+
+
+@migrations(transactional=False)
+def lock_keys_in_slots(db: Database) -> None:
+    """Every deletable key is locked under a slot key too, and lookup hashes leave the database.
+
+    Participants' lookup hashes become the tags of their slots, and their time zone bands
+    are sealed to their own keys; wrapped secret keys keep
+    their salt and are marked as made with today's argon2 costs (they were: before this,
+    other costs locked people out); therapists who chose their password must take a
+    generated passphrase at their next login. The participants table is rebuilt without
+    its lookup hash, so foreign keys are off for the change (and checked before it ends).
+    """
+    if "slot" in db.table("participants").columns_dict:
+        return  # applied before, and the record of it was lost
+    path = slot_path(db)
+    if not path.exists():
+        create_slot_file(path)
+    db.execute("PRAGMA foreign_keys=OFF")
+    try:
+        with transaction(db):
+            _lock_participants(db)
+            _lock_therapists(db)
+            _lock_conversations(db)
+            db.execute(
+                "CREATE TABLE day_keys ("
+                " expires_day TEXT PRIMARY KEY, slot INTEGER NOT NULL UNIQUE) STRICT"
+            )
+            if db.execute("PRAGMA foreign_key_check").fetchall():
+                raise sqlite3.IntegrityError("the key migration broke a reference")
+    finally:
+        db.execute("PRAGMA foreign_keys=ON")
+
+
+def _lock_participants(db: Database) -> None:
+    db.execute(
+        """
+        CREATE TABLE participants_new (
+            id TEXT PRIMARY KEY,
+            slot INTEGER NOT NULL UNIQUE,
+            public_key BLOB NOT NULL,
+            wrapped_secret_key BLOB NOT NULL,
+            last_login_day TEXT NOT NULL,
+            time_zone BLOB NOT NULL,
+            blocked INTEGER NOT NULL DEFAULT 0
+        ) STRICT
+        """
+    )
+    old = db.execute(
+        "SELECT id, lookup_hash, kdf_salt, public_key, wrapped_secret_key, last_login_day,"
+        " time_zone, blocked FROM participants"
+    ).fetchall()
+    for participant_id, lookup, salt, public_key, wrapped, day, zone, blocked in old:
+        slot = new_slot(db, lookup)
+        db.execute(
+            "INSERT INTO participants_new VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [
+                participant_id,
+                slot,
+                public_key,
+                lock(db, slot, legacy_wrapped(salt, wrapped)),
+                day,
+                seal(zone.encode(), public_key),  # a band of Europe is the participant's to know
+                blocked,
+            ],
+        )
+    db.execute("DROP TABLE participants")
+    db.execute("ALTER TABLE participants_new RENAME TO participants")
+
+
+def _lock_therapists(db: Database) -> None:
+    db.execute("ALTER TABLE therapists ADD COLUMN slot INTEGER")
+    db.execute("ALTER TABLE therapists ADD COLUMN renew_passphrase INTEGER NOT NULL DEFAULT 0")
+    enrolled = db.execute(
+        "SELECT id, kdf_salt, wrapped_secret_key FROM therapists"
+        " WHERE password_hash IS NOT NULL AND wrapped_secret_key IS NOT NULL"
+    ).fetchall()
+    for therapist_id, salt, wrapped in enrolled:
+        slot = new_slot(db)
+        db.execute(
+            "UPDATE therapists SET slot = ?, wrapped_secret_key = ?, renew_passphrase = 1"
+            " WHERE id = ?",
+            [slot, lock(db, slot, legacy_wrapped(salt, wrapped)), therapist_id],
+        )
+    db.execute("ALTER TABLE therapists DROP COLUMN password_hash")
+    db.execute("ALTER TABLE therapists DROP COLUMN kdf_salt")
+    db.execute("CREATE UNIQUE INDEX therapists_slot ON therapists(slot)")
+
+
+def _lock_conversations(db: Database) -> None:
+    db.execute("ALTER TABLE conversations ADD COLUMN slot INTEGER")
+    rows = db.execute(
+        "SELECT id, key_for_participant, key_for_therapist FROM conversations"
+    ).fetchall()
+    for conversation_id, for_participant, for_therapist in rows:
+        slot = new_slot(db)
+        db.execute(
+            "UPDATE conversations SET slot = ?, key_for_participant = ?, key_for_therapist = ?"
+            " WHERE id = ?",
+            [
+                slot,
+                None if for_participant is None else lock(db, slot, for_participant),
+                None if for_therapist is None else lock(db, slot, for_therapist),
+                conversation_id,
+            ],
+        )
+    db.execute("CREATE UNIQUE INDEX conversations_slot ON conversations(slot)")
 
 
 def connect(path: Path) -> Database:

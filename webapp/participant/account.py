@@ -22,7 +22,7 @@ from stillroom.webapp.accounts import (
     unlock_account,
 )
 from stillroom.webapp.booking import upcoming_appointments
-from stillroom.webapp.gate import current_session, db, deriver, now, settings
+from stillroom.webapp.gate import current_session, db, deriver, now, read_passphrase, settings
 from stillroom.webapp.i18n import current_language
 from stillroom.webapp.instance import with_reserve
 from stillroom.webapp.participant.blueprint import (
@@ -30,7 +30,6 @@ from stillroom.webapp.participant.blueprint import (
     gate,
     login_required,
     open_pending,
-    read_passphrase,
     seal_pending,
 )
 from stillroom.webapp.participant.booking import my_appointments

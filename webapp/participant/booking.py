@@ -10,7 +10,6 @@ from flask import abort, redirect, render_template, request, url_for
 from flask_babel import lazy_gettext as _l
 from werkzeug.wrappers import Response
 
-from stillroom.crypto.box import UnsealError, open_sealed
 from stillroom.webapp.booking import (
     MIN_NOTICE_SECONDS,
     Appointment,
@@ -26,6 +25,7 @@ from stillroom.webapp.booking import (
     free_slots,
     get_participant_appointment,
     is_blocked,
+    open_cancel_note,
     participant_appointments,
     set_time_zone,
     time_zone_of,
@@ -67,19 +67,18 @@ def participant_id() -> str:
 
 def zone() -> str:
     """Return the participant's time zone band."""
-    return time_zone_of(db(), participant_id())
+    session = current_session()
+    assert session is not None
+    return time_zone_of(db(), session.owner_id, session.secret_key)
 
 
 def describe(appointment: Appointment) -> dict[str, Any]:
     """Return what the account page shows of an appointment, in the reader's zone."""
-    note = None
-    if appointment.cancel_note is not None:
-        session = current_session()
-        assert session is not None
-        try:
-            note = open_sealed(appointment.cancel_note, session.secret_key).decode()
-        except (UnsealError, UnicodeDecodeError):
-            note = None
+    session = current_session()
+    assert session is not None
+    note = open_cancel_note(
+        db(), appointment, session.secret_key, settings().appointment_retention_days
+    )
     return {
         "item": appointment,
         "when": format_when(appointment.starts_at, appointment.ends_at, zone(), current_language()),

@@ -27,7 +27,8 @@ def side() -> chatroom.Side:
     """Return the logged-in participant as a side of the chat."""
     session = current_session()
     assert session is not None
-    return chatroom.Side("participant", session.secret_key, time_zone_of(db(), session.owner_id))
+    zone = time_zone_of(db(), session.owner_id, session.secret_key)
+    return chatroom.Side("participant", session.secret_key, zone)
 
 
 def own(appointment_id: str) -> ChatAppointment:

@@ -1,0 +1,160 @@
+"""The data directory's key slots: where every deletable key lives, and how it dies.
+
+Each participant, therapist, conversation and message day has a slot in the file
+``keys.slots`` beside the database (:mod:`stillroom.crypto.slots`). What the database
+stores for them (a wrapped secret key, sealed conversation keys, messages) is locked
+under the slot's key as well, so deleting the row and then destroying the slot leaves
+nothing on the disk that opens: not the row's stale copies in the write-ahead log,
+not freed pages, not freed blocks of the filesystem. Every deletion (the purge, a
+participant's own, a therapist reset, a restore's purge) ends in :func:`destroy_slots`.
+
+Slots are created and destroyed only inside a write transaction, whose lock every
+process shares; the purge destroys slots that no row names (left by a crash between a
+commit and the destruction that follows it, or by a rolled-back creation).
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from sqlite_utils import Database
+
+from stillroom.crypto.keys import unwrap_key, wrap_key
+from stillroom.crypto.slots import NO_TAG, SlotFile, SlotGoneError
+
+#: The slot file's name in the data directory.
+SLOT_FILE = "keys.slots"
+
+#: Every column that names a slot; a slot that none of them names is destroyed.
+SLOT_COLUMNS = (
+    ("participants", "slot"),
+    ("therapists", "slot"),
+    ("conversations", "slot"),
+    ("day_keys", "slot"),
+)
+
+__all__ = ["SLOT_FILE", "SlotGoneError", "destroy_slots", "lock", "new_slot", "unlock"]
+
+
+def slot_path(db: Database) -> Path:
+    """Return the slot file that belongs to this database (in the same directory)."""
+    database = db.execute("PRAGMA database_list").fetchone()[2]
+    return Path(database).with_name(SLOT_FILE)
+
+
+@contextmanager
+def opened(db: Database) -> Iterator[SlotFile]:
+    """Open the slot file for one operation (a few microseconds; nothing stays open)."""
+    slots = SlotFile(slot_path(db))
+    try:
+        yield slots
+    finally:
+        slots.close()
+
+
+def _require_write_lock(db: Database) -> None:
+    if not db.conn.in_transaction:
+        raise RuntimeError("slots are created and destroyed inside a write transaction")
+
+
+def new_slot(db: Database, tag: bytes = NO_TAG) -> int:
+    """Inside a write transaction: take a free slot with a fresh key; return its number."""
+    _require_write_lock(db)
+    with opened(db) as slots:
+        return slots.create(tag)
+
+
+def slot_key(db: Database, slot: int) -> bytes:
+    """Return the key of ``slot``.
+
+    :raises SlotGoneError: when it was destroyed.
+    """
+    with opened(db) as slots:
+        return slots.key(slot)
+
+
+def find_slots(db: Database, tag: bytes) -> list[int]:
+    """Return the slots tagged ``tag`` (a participant's lookup hash): normally one or none."""
+    with opened(db) as slots:
+        return slots.find(tag)
+
+
+def lock(db: Database, slot: int, data: bytes) -> bytes:
+    """Encrypt ``data`` under the key of ``slot`` (SecretBox), for storing in the database."""
+    return wrap_key(data, slot_key(db, slot))
+
+
+def unlock(db: Database, slot: int, locked: bytes) -> bytes:
+    """Open what :func:`lock` made.
+
+    :raises SlotGoneError: when the slot was destroyed.
+    :raises stillroom.crypto.keys.UnwrapError: when ``locked`` belongs to another slot
+        or was altered.
+    """
+    return unwrap_key(locked, slot_key(db, slot))
+
+
+def deletion_day(ends_at: int, retention_days: int) -> str:
+    """Return the UTC day on which what ends at ``ends_at`` is deleted, ``retention_days`` on.
+
+    Rounded down to the day: it may go up to a day early, never late.
+    """
+    moment = ends_at + retention_days * 24 * 3600
+    return datetime.datetime.fromtimestamp(moment, datetime.UTC).date().isoformat()
+
+
+def day_slot(db: Database, day: str) -> int:
+    """Inside a write transaction: return the slot of the key of what is deleted on ``day``.
+
+    Messages and cancellation notes are locked under their day's key; the purge destroys
+    it on that day, so every stale copy of them dies with it.
+    """
+    row = db.execute("SELECT slot FROM day_keys WHERE expires_day = ?", [day]).fetchone()
+    if row is not None:
+        return int(row[0])
+    slot = new_slot(db)
+    db.table("day_keys").insert({"expires_day": day, "slot": slot})
+    return slot
+
+
+def day_key_slot(db: Database, day: str) -> int | None:
+    """Return the slot of ``day``'s key, or ``None`` when the day has come (or never had one)."""
+    row = db.execute("SELECT slot FROM day_keys WHERE expires_day = ?", [day]).fetchone()
+    return None if row is None else int(row[0])
+
+
+def destroy_slots(db: Database, slots: Iterable[int | None]) -> int:
+    """Overwrite these slots in place: whatever they locked can never be opened again.
+
+    Called right after the transaction that deleted their rows has committed (should
+    the process die in between, the next purge destroys them: no row names them).
+
+    :returns: how many slots held a key until now.
+    """
+    numbers = [slot for slot in slots if slot is not None]
+    if not numbers:
+        return 0
+    with opened(db) as file:
+        return file.destroy(numbers)
+
+
+def referenced_slots(db: Database) -> set[int]:
+    """Return every slot that a row names."""
+    union = " UNION ".join(
+        f"SELECT {column} FROM {table} WHERE {column} IS NOT NULL"  # noqa: S608 - constants
+        for table, column in SLOT_COLUMNS
+    )
+    return {int(row[0]) for row in db.execute(union)}
+
+
+def destroy_orphans(db: Database) -> int:
+    """Inside a write transaction: destroy every slot that holds a key but no row names.
+
+    :returns: how many went.
+    """
+    _require_write_lock(db)
+    with opened(db) as slots:
+        return slots.destroy(slots.in_use() - referenced_slots(db))
