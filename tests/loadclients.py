@@ -24,7 +24,7 @@ from stillroom.webapp.app import create_participant_app
 from stillroom.webapp.settings import Settings
 from stillroom.webapp.store import connect
 
-from support import FORM_TOKEN, GOOD_PASSWORD
+from support import FORM_TOKEN
 
 #: A request unanswered for this long fails the run (a full server must not hang it).
 REQUEST_TIMEOUT = 30
@@ -37,6 +37,7 @@ class Chat:
     appointment: str
     passphrase: str
     login_name: str
+    therapist_passphrase: str
     totp_secret: str
     enrolled_at: int
     participant_cookie: str = ""
@@ -49,7 +50,6 @@ def create_chats(count: int, settings: Settings) -> list[Chat]:
     """Make ``count`` therapists and participants and book each pair a time open now."""
     app = create_participant_app(settings)  # prepares the instance; lends its keys
     deriver, lookup_key = app.config["KEY_DERIVER"], app.config["LOOKUP_KEY"]
-    totp_key = app.config["TOTP_KEY"]
     db = connect(settings.database_path)
     now = int(time.time())
     start = (now // 60 + 70) * 60  # bookable (an hour ahead); its chat opens 120 min before
@@ -59,12 +59,12 @@ def create_chats(count: int, settings: Settings) -> list[Chat]:
             db, f"Therapist {number}", ("en",), "Europe/Berlin", now
         )
         secret = pyotp.random_base32()
+        therapist_passphrase = generate_passphrase("en")
         therapist_id, _ = therapists.enrol(
             db,
             deriver,
-            totp_key,
             enrolment.token,
-            GOOD_PASSWORD,
+            therapist_passphrase,
             secret,
             pyotp.TOTP(secret).at(now),
             now,
@@ -74,7 +74,9 @@ def create_chats(count: int, settings: Settings) -> list[Chat]:
         today = datetime.datetime.fromtimestamp(now, datetime.UTC).date().isoformat()
         account = accounts.create_account(db, deriver, lookup_key, passphrase, today)
         appointment = booking.book(db, account.participant_id, slot, "en", now, 1, 0)
-        chats.append(Chat(appointment, passphrase, enrolment.login_name, secret, now))
+        chats.append(
+            Chat(appointment, passphrase, enrolment.login_name, therapist_passphrase, secret, now)
+        )
     db.close()
     return chats
 
@@ -180,7 +182,7 @@ async def log_in(chat: Chat, participant_port: int, portal_port: int) -> None:
         form={
             "form_token": form_token(page),
             "name": chat.login_name,
-            "password": GOOD_PASSWORD,
+            "passphrase": chat.therapist_passphrase,
             "code": code,
         },
     )

@@ -89,7 +89,7 @@ class AuthActions:
 
     def create(self) -> str:
         html = self.client.get(f"/{self.lang}/create").get_data(as_text=True)
-        passphrase = PASSPHRASE.search(html).group(1)  # type: ignore[union-attr]
+        passphrase = shown_passphrase(html)
         response = self.client.post(
             f"/{self.lang}/create", data={**form_fields(html), "confirm": passphrase}
         )
@@ -121,8 +121,11 @@ def every_rule_url(app) -> list[str]:
 
 
 TOTP_SECRET = re.compile(r'id="totp-secret">([^<]+)<')
-#: A password that passes the policy (long, unrelated words).
-GOOD_PASSWORD = "lantern orbit velvet cactus drizzle"
+
+
+def shown_passphrase(html: str) -> str:
+    """Return the passphrase a page shows once (to a new participant or therapist)."""
+    return PASSPHRASE.search(html).group(1)  # type: ignore[union-attr]
 
 
 class TherapistActions:
@@ -134,6 +137,9 @@ class TherapistActions:
         self.database = database
         self.secret = ""
         self.login_names: dict[str, str] = {}
+        #: The passphrase each therapist was given, by name.
+        self.passphrases: dict[str, str] = {}
+        self._names: dict[str, str] = {}
 
     def add(
         self,
@@ -148,6 +154,7 @@ class TherapistActions:
         finally:
             db.close()
         self.login_names[name] = enrolment.login_name
+        self._names[enrolment.token] = name
         return enrolment.token
 
     def code(self) -> str:
@@ -155,18 +162,22 @@ class TherapistActions:
         self.clock.advance(30)
         return pyotp.TOTP(self.secret).at(self.clock())
 
-    def enrol(self, token: str, password: str = GOOD_PASSWORD, lang: str = "en"):
+    def enrol(self, token: str, confirm: str | None = None, lang: str = "en"):
+        """Take the passphrase the page shows (type back ``confirm`` instead, if given)."""
         html = self.client.get(f"/{lang}/enrol/{token}").get_data(as_text=True)
         self.secret = TOTP_SECRET.search(html).group(1).replace(" ", "")  # type: ignore[union-attr]
-        return self.client.post(
+        passphrase = shown_passphrase(html)
+        response = self.client.post(
             f"/{lang}/enrol/{token}",
             data={
                 **form_fields(html),
-                "password": password,
-                "again": password,
+                "confirm": passphrase if confirm is None else confirm,
                 "code": pyotp.TOTP(self.secret).at(self.clock()),
             },
         )
+        if response.status_code == 302:
+            self.passphrases[self._names.get(token, "Anna")] = passphrase
+        return response
 
     def create(
         self,
@@ -178,17 +189,33 @@ class TherapistActions:
         response = self.enrol(self.add(name, languages, time_zone))
         assert response.status_code == 302, response.get_data(as_text=True)
 
-    def login(self, name: str = "Anna", password: str = GOOD_PASSWORD, code: str | None = None):
+    def login(self, name: str = "Anna", passphrase: str | None = None, code: str | None = None):
         html = self.client.get("/en/login").get_data(as_text=True)
         return self.client.post(
             "/en/login",
             data={
                 **form_fields(html),
                 "name": self.login_names.get(name, name),
-                "password": password,
+                "passphrase": self.passphrases.get(name, "") if passphrase is None else passphrase,
                 "code": self.code() if code is None else code,
             },
         )
+
+    def change_passphrase(self, current: str | None = None, name: str = "Anna"):
+        """Take a new passphrase on the portal's page; return the response and the new one."""
+        html = self.client.get("/en/passphrase").get_data(as_text=True)
+        new = shown_passphrase(html)
+        response = self.client.post(
+            "/en/passphrase",
+            data={
+                **form_fields(html),
+                "current": self.passphrases[name] if current is None else current,
+                "confirm": new,
+            },
+        )
+        if response.status_code == 302:
+            self.passphrases[name] = new
+        return response, new
 
     def post(self, path: str, data: dict[str, str] | None = None, page: str | None = None):
         html = self.client.get(page or path).get_data(as_text=True)

@@ -106,6 +106,7 @@ def test_logging_out_anywhere_ends_every_session_of_the_account(chat: Chat, app,
         portal_app.test_client(), chat.clock, chat.settings.database_path
     )
     other_desk.secret, other_desk.login_names = chat.therapist.secret, chat.therapist.login_names
+    other_desk.passphrases = chat.therapist.passphrases
     assert other_desk.login().status_code == 302
     chat.therapist.logout()
     assert other_desk.client.get("/en/").status_code == 302

@@ -402,20 +402,25 @@ def shot(browser: Marionette, name: str) -> None:
     (SCREENSHOTS / f"{name}.png").write_bytes(browser.screenshot(format="binary", full=True))
 
 
-THERAPIST_PASSWORD = "lantern orbit velvet cactus drizzle"
+#: The passphrase each therapist enrolled here was given, by login name.
+THERAPIST_PASSPHRASES: dict[str, str] = {}
 
 
 def enrol_therapist(browser: Marionette, live_server: LiveServer, name: str) -> tuple[str, str]:
-    """Add a therapist with the CLI and enrol through the portal; return login name, secret."""
+    """Add a therapist with the CLI and enrol through the portal; return login name, secret.
+
+    The therapist reads the passphrase the page made and types it back, as a person would.
+    """
     login_name, token = add_therapist_by_cli(live_server.data_dir, name)
     visit(browser, f"{live_server.portal_url}/en/enrol/{token}")
     shot(browser, "portal-enrol")
     secret = str(browser.find_element(By.ID, "totp-secret").text).replace(" ", "")
-    type_into(browser, "password", THERAPIST_PASSWORD)
-    type_into(browser, "again", THERAPIST_PASSWORD)
+    passphrase = str(browser.find_element(By.ID, "passphrase").text)
+    type_into(browser, "confirm", passphrase)
     type_into(browser, "code", pyotp.TOTP(secret).now())
     press(browser, main_button(browser))
     assert path_of(browser) == "/en/" and query_of(browser) == "done=enrolled"
+    THERAPIST_PASSPHRASES[login_name] = passphrase
     return login_name, secret
 
 
@@ -433,7 +438,7 @@ def test_therapist_publishes_and_participant_books_without_javascript(
     log_out(firefox)
     visit(firefox, f"{portal}/login")
     type_into(firefox, "name", login_name)
-    type_into(firefox, "password", THERAPIST_PASSWORD)
+    type_into(firefox, "passphrase", THERAPIST_PASSPHRASES[login_name])
     # The enrolment used the current 30-second step; the next one is accepted already.
     type_into(firefox, "code", pyotp.TOTP(secret).at(time.time() + 30))
     press(firefox, main_button(firefox))

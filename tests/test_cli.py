@@ -102,7 +102,7 @@ def test_no_answer_tells_the_hosts_clock(live_server):
     [
         ("url", "/en/availability"),  # the portal's pages are not on the onion's port
         ("url", "/en/enrol/{token}"),
-        ("url", "/en/password"),
+        ("url", "/en/passphrase"),
         ("portal_url", "/en/create"),  # and the participant's are not on the portal's
         ("portal_url", "/en/account"),
         ("portal_url", "/en/help"),
@@ -148,6 +148,37 @@ def test_therapist_add_prints_a_one_time_enrolment_link(tmp_path):
     ]
     again = run("therapist", "add", "--name", "anna", "--languages", "en", env=env)
     assert again.returncode == 1 and "taken" in again.stderr
+
+
+@pytest.mark.parametrize(
+    ("look_alike", "why"),
+    [
+        ("\u0410nna", "a Cyrillic A"),
+        ("\uff21\uff4e\uff4e\uff41", "fullwidth letters"),
+        ("\u0391nna", "a Greek Alpha"),
+        ("Anna\u200b", "a zero-width space (not plain text)"),
+        ("An\u0578a", "an Armenian vo for the n"),
+        ("Ann\u0251", "a Latin alpha"),
+    ],
+)
+def test_a_name_that_looks_like_a_taken_one_is_refused(tmp_path, look_alike, why):
+    env = therapist_env(tmp_path)
+    assert run("therapist", "add", "--name", "Anna", "--languages", "en", env=env).returncode == 0
+    refused = run("therapist", "add", "--name", look_alike, "--languages", "en", env=env)
+    assert refused.returncode == 1, why
+    assert refused.stderr.startswith("Error: the name ") and "Traceback" not in refused.stderr
+    assert run("therapist", "list", env=env).stdout.count("\n") == 1, why
+
+
+def test_names_are_stored_nfkc_normalised(tmp_path):
+    env = therapist_env(tmp_path)
+    added = run(
+        "therapist", "add", "--name", "Dr\uff0e Jana \ufb01sher", "--languages", "cs", env=env
+    )
+    assert added.returncode == 0, added.stderr
+    assert run("therapist", "list", env=env).stdout.startswith("Dr. Jana fisher\t")
+    different = run("therapist", "add", "--name", "Bruno", "--languages", "de", env=env)
+    assert different.returncode == 0, "a name that only looks different is welcome"
 
 
 @pytest.mark.parametrize(

@@ -159,7 +159,7 @@ def test_serve_launches_tor_and_publishes_the_app(tor_network, join_config, tmp_
         assert "content-security-policy" in headers
         assert "server" not in headers and "date" not in headers
         _, token = add_therapist_by_cli(tmp_path / "data", "Anna")  # a link that really works
-        for portal_page in ("/en/availability", f"/en/enrol/{token}", "/en/password"):
+        for portal_page in ("/en/availability", f"/en/enrol/{token}", "/en/passphrase"):
             status, _, _ = tor_network.fetch(f"http://{address}{portal_page}")
             assert status == 404, (
                 f"the portal must not be reachable through the onion: {portal_page}"

@@ -1,4 +1,4 @@
-"""The therapist portal: enrolment, password and TOTP, throttling, separation from the onion."""
+"""The therapist portal: enrolment, passphrase and TOTP, throttling, separation from the onion."""
 
 from __future__ import annotations
 
@@ -10,23 +10,25 @@ from zoneinfo import ZoneInfo
 import pyotp
 import pytest
 
+from stillroom.crypto import kdf, passphrase
 from stillroom.webapp.app import create_portal_app
 from stillroom.webapp.booking import Appointment
 from stillroom.webapp.portal.schedule import home_section
 from stillroom.webapp.security import SECURITY_HEADERS
 from stillroom.webapp.store import connect
+from stillroom.webapp.therapists import PassphraseNotGeneratedError, enrol
 
 from support import (
-    GOOD_PASSWORD,
     NASTY,
     TOTP_SECRET,
     TherapistActions,
     every_rule_url,
     form_fields,
+    shown_passphrase,
 )
 
 
-def test_enrolment_sets_password_totp_and_a_wrapped_key_pair(therapist, settings):
+def test_enrolment_gives_a_passphrase_sets_totp_and_wraps_a_key_pair(therapist, settings):
     token = therapist.add("Anna")
     response = therapist.enrol(token)
     assert response.status_code == 302
@@ -34,15 +36,26 @@ def test_enrolment_sets_password_totp_and_a_wrapped_key_pair(therapist, settings
     db = connect(settings.database_path)
     try:
         row = db.execute(
-            "SELECT password_hash, public_key, wrapped_secret_key, totp_secret FROM therapists"
+            "SELECT slot, public_key, wrapped_secret_key, totp_secret FROM therapists"
         ).fetchone()
     finally:
         db.close()
-    password_hash, public_key, wrapped, totp_secret = row
-    assert password_hash.startswith("$argon2id$")
+    slot, public_key, wrapped, totp_secret = row
+    assert slot is not None and totp_secret is None  # the TOTP secret is inside the wrap
     assert len(public_key) == 32 and len(wrapped) > 32
-    assert therapist.secret.encode() not in totp_secret  # encrypted at rest
-    assert GOOD_PASSWORD.encode() not in settings.database_path.read_bytes()
+    passphrase = therapist.passphrases["Anna"]
+    assert len(passphrase.split()) >= 7
+    everything = b"".join(path.read_bytes() for path in settings.data_dir.iterdir())
+    for secret in (passphrase.encode(), therapist.secret.encode()):
+        assert secret not in everything  # neither the passphrase nor the TOTP secret in clear
+
+
+@pytest.mark.parametrize("languages", [("de", "en"), ("cs",), ("pt", "es"), ("es",)])
+def test_the_passphrase_comes_from_the_list_of_the_therapists_first_language(therapist, languages):
+    html = therapist.client.get(f"/en/enrol/{therapist.add(languages=languages)}")
+    words = shown_passphrase(html.get_data(as_text=True)).split(" ")
+    assert len(words) >= passphrase.WORD_COUNT
+    assert set(words) <= set(passphrase.wordlist(languages[0]))
 
 
 def test_enrolment_page_shows_the_uri_as_text_and_as_a_qr_code(therapist):
@@ -64,18 +77,46 @@ def test_an_enrolment_link_expires_after_24_hours(therapist, clock):
 
 
 @pytest.mark.parametrize(
-    ("password", "says"),
-    [
-        ("short pass", "at least 15 characters"),
-        ("passwordpassword", "too common or too easy to guess"),
-        ("123456789012345678", "too common or too easy to guess"),
-        ("x" * 129, "at most 128 characters"),
-    ],
+    "chosen",
+    ["Passwort1234567!", "Summer2024Summer", "Praxis-Anna-2024", "lantern orbit velvet cactus"],
 )
-def test_weak_passwords_are_refused_at_enrolment(therapist, password, says):
-    response = therapist.enrol(therapist.add(), password=password)
+def test_a_therapist_cannot_choose_the_passphrase(therapist, settings, chosen):
+    token = therapist.add()
+    response = therapist.enrol(token, confirm=chosen)
     assert response.status_code == 400
-    assert says in response.get_data(as_text=True)
+    page = response.get_data(as_text=True)
+    assert "not the passphrase shown above" in page or "could not be read" in page
+    assert therapist.client.get(f"/en/enrol/{token}").status_code == 200  # still usable
+    db = connect(settings.database_path)
+    try:
+        assert db.execute("SELECT slot FROM therapists").fetchone() == (None,)
+    finally:
+        db.close()
+
+
+def test_a_passphrase_the_server_did_not_make_opens_no_account(therapist, settings, clock):
+    """The pending field is sealed by the server; even its key could not smuggle one in."""
+    token = therapist.add()
+    with pytest.raises(PassphraseNotGeneratedError):
+        enrol_directly(settings, token, "Praxis-Anna-2024", clock)
+    with pytest.raises(PassphraseNotGeneratedError):  # real words, too few of them
+        enrol_directly(settings, token, "apple banana cherry", clock)
+
+
+def enrol_directly(settings, token: str, passphrase_text: str, clock) -> None:
+    deriver = kdf.KeyDeriver(kdf.FAST_FOR_TESTS, 1, 1)
+    secret = pyotp.random_base32(32)
+    db = connect(settings.database_path)
+    try:
+        enrol(db, deriver, token, passphrase_text, secret, pyotp.TOTP(secret).at(clock()), 0)
+    finally:
+        db.close()
+
+
+def test_the_page_of_a_new_passphrase_welcomes_a_password_manager(therapist):
+    html = therapist.client.get(f"/en/enrol/{therapist.add()}").get_data(as_text=True)
+    assert "password manager" in html
+    assert 'autocomplete="new-password"' in html and 'autocomplete="username"' in html
 
 
 def test_a_wrong_code_at_enrolment_is_explained_and_nothing_is_set(therapist, settings):
@@ -83,22 +124,19 @@ def test_a_wrong_code_at_enrolment_is_explained_and_nothing_is_set(therapist, se
     html = therapist.client.get(f"/en/enrol/{token}").get_data(as_text=True)
     response = therapist.client.post(
         f"/en/enrol/{token}",
-        data={
-            **form_fields(html),
-            "password": GOOD_PASSWORD,
-            "again": GOOD_PASSWORD,
-            "code": "000000",
-        },
+        data={**form_fields(html), "confirm": shown_passphrase(html), "code": "000000"},
     )
     assert response.status_code == 400
-    assert "That code did not fit" in response.get_data(as_text=True)
+    page = response.get_data(as_text=True)
+    assert "That code did not fit" in page
+    assert shown_passphrase(page) == shown_passphrase(html), "the same passphrase, still"
     assert therapist.client.get(f"/en/enrol/{token}").status_code == 200  # still usable
 
 
-def test_login_needs_name_password_and_a_fresh_code(therapist):
+def test_login_needs_name_passphrase_and_a_fresh_code(therapist):
     therapist.create()
     therapist.logout()
-    assert therapist.login(password="wrong password for sure").status_code == 401
+    assert therapist.login(passphrase="wrong passphrase for sure").status_code == 401
     response = therapist.login()
     assert response.status_code == 302
     assert therapist.client.get("/en/").status_code == 200
@@ -116,7 +154,7 @@ def test_each_code_works_only_once(therapist, portal_app):
         data={
             **form_fields(html),
             "name": therapist.login_names["Anna"],
-            "password": GOOD_PASSWORD,
+            "passphrase": therapist.passphrases["Anna"],
             "code": code,
         },
     )
@@ -132,7 +170,7 @@ def test_the_public_name_does_not_log_in(therapist):
         data={
             **form_fields(html),
             "name": "Anna",
-            "password": GOOD_PASSWORD,
+            "passphrase": therapist.passphrases["Anna"],
             "code": therapist.code(),
         },
     )
@@ -162,7 +200,7 @@ def test_parallel_guesses_cannot_pass_the_limit(therapist, portal_app):
             data={
                 **form,
                 "name": therapist.login_names["Anna"],
-                "password": "a wrong guess here",
+                "passphrase": "a wrong guess here",
                 "code": "123456",
             },
         )
@@ -203,38 +241,45 @@ def test_a_therapist_disabled_meanwhile_loses_the_session(therapist, settings):
     assert response.status_code == 302 and "session-ended" in response.location
 
 
-def test_wrong_current_passwords_count_towards_the_pause(therapist):
+def test_wrong_current_passphrases_count_towards_the_pause(therapist):
     therapist.create()
-    new = "quartz meadow lantern fiddle harbor"
     for _ in range(5):
-        wrong = therapist.post(
-            "/en/password", {"current": "not my password at all", "password": new, "again": new}
-        )
-        assert wrong.status_code == 400 and "current password was not right" in wrong.get_data(
-            as_text=True
-        )
-    paused = therapist.post(
-        "/en/password", {"current": GOOD_PASSWORD, "password": new, "again": new}
-    )
+        wrong, _new = therapist.change_passphrase(current="not my passphrase at all")
+        assert wrong.status_code == 400
+        assert "current passphrase was not right" in wrong.get_data(as_text=True)
+    paused, _new = therapist.change_passphrase()
     assert "paused for 15 minutes" in paused.get_data(as_text=True)
 
 
-def test_an_overlong_password_is_a_calm_failure(therapist):
+def test_an_overlong_passphrase_is_a_calm_failure(therapist):
     therapist.create()
     therapist.logout()
-    assert therapist.login(password=GOOD_PASSWORD + "x" * 200).status_code == 401
+    assert therapist.login(passphrase=therapist.passphrases["Anna"] + " x" * 200).status_code == 401
 
 
 def test_five_failures_pause_the_account_for_15_minutes(therapist, clock):
     therapist.create()
     therapist.logout()
     for _ in range(5):
-        assert therapist.login(password="not the right password").status_code == 401
-    paused = therapist.login()  # even the right password waits now
+        assert therapist.login(passphrase="not the right passphrase").status_code == 401
+    paused = therapist.login()  # even the right passphrase waits now
     assert paused.status_code == 429
     assert "paused for 15 minutes" in paused.get_data(as_text=True)
     clock.advance(15 * 60)
     assert therapist.login().status_code == 302
+
+
+def test_a_login_name_that_exists_nowhere_reaches_the_same_pause(therapist, clock):
+    therapist.create()
+    therapist.logout()
+    answers = [
+        therapist.login(name="zzzz-zzzz", passphrase="a guess").status_code for _ in range(6)
+    ]
+    assert answers == [401] * 5 + [429]
+    assert "paused for 15 minutes" in therapist.login(name="zzzz-zzzz").get_data(as_text=True)
+    clock.advance(15 * 60)
+    assert therapist.login(name="zzzz-zzzz").status_code == 401  # the pause is over
+    assert therapist.login().status_code == 302, "a name that exists was never paused by it"
 
 
 def test_portal_sessions_idle_out_after_30_minutes(therapist, clock):
@@ -250,28 +295,28 @@ def test_portal_sessions_idle_out_after_30_minutes(therapist, clock):
     assert "session-ended" in response.location
 
 
-def test_changing_the_password_rewraps_the_key_and_ends_other_sessions(
+def test_a_new_passphrase_rewraps_the_key_in_a_new_slot_and_ends_other_sessions(
     therapist, portal_app, settings
 ):
     therapist.create()
+    old = therapist.passphrases["Anna"]
     other = type(therapist)(portal_app.test_client(), therapist.clock, settings.database_path)
     other.secret, other.login_names = therapist.secret, therapist.login_names
+    other.passphrases = therapist.passphrases
     assert other.login().status_code == 302
     db = connect(settings.database_path)
-    before = db.execute("SELECT wrapped_secret_key, kdf_salt FROM therapists").fetchone()
-    new = "quartz meadow lantern fiddle harbor"
-    response = therapist.post(
-        "/en/password", {"current": GOOD_PASSWORD, "password": new, "again": new}
-    )
-    assert response.status_code == 302
-    after = db.execute("SELECT wrapped_secret_key, kdf_salt FROM therapists").fetchone()
+    before = db.execute("SELECT slot, wrapped_secret_key, public_key FROM therapists").fetchone()
+    response, new = therapist.change_passphrase()
+    assert response.status_code == 302 and "passphrase-changed" in response.location
+    after = db.execute("SELECT slot, wrapped_secret_key, public_key FROM therapists").fetchone()
     db.close()
-    assert after != before
+    assert after[0] != before[0] and after[1] != before[1]
+    assert after[2] == before[2], "the key pair is rewrapped, never replaced"
     assert other.client.get("/en/").status_code == 302  # logged out
     assert therapist.client.get("/en/").status_code == 200  # this browser stays in
     therapist.logout()
-    assert therapist.login(password=GOOD_PASSWORD).status_code == 401
-    assert therapist.login(password=new).status_code == 302
+    assert therapist.login(passphrase=old).status_code == 401
+    assert therapist.login(passphrase=new).status_code == 302
 
 
 def test_portal_forms_need_a_token(therapist):
@@ -289,7 +334,7 @@ def test_a_participant_form_token_does_not_pass_the_portal(client, therapist):
         data={
             **form_fields(html),
             "name": therapist.login_names["Anna"],
-            "password": GOOD_PASSWORD,
+            "passphrase": therapist.passphrases["Anna"],
             "code": therapist.code(),
         },
     )
@@ -304,7 +349,7 @@ def test_the_portal_serves_none_of_the_participant_pages(portal):
 def test_the_participant_app_serves_none_of_the_portal_pages(client, therapist):
     token = therapist.add()
     assert therapist.client.get(f"/en/enrol/{token}").status_code == 200  # a real link
-    for path in ("/en/availability", f"/en/enrol/{token}", "/en/password", "/en/slots/x/delete"):
+    for path in ("/en/availability", f"/en/enrol/{token}", "/en/passphrase", "/en/slots/x/delete"):
         assert client.get(path).status_code == 404, path
     assert client.get("/en/login").get_data(as_text=True).count('name="code"') == 0
 
@@ -330,8 +375,7 @@ def test_the_portal_answers_for_its_public_name(settings, clock):
         base_url="https://portal.example.org",
         data={
             **form_fields(html.get_data(as_text=True)),
-            "password": GOOD_PASSWORD,
-            "again": GOOD_PASSWORD,
+            "confirm": shown_passphrase(html.get_data(as_text=True)),
             "code": pyotp.TOTP(actions.secret).at(clock()),
         },
     )
@@ -366,7 +410,7 @@ def test_no_portal_input_produces_a_500(therapist, value):
     """Every portal form, with a valid token so that the views really run."""
     token = therapist.add("Zoe")
     html = therapist.client.get(f"/en/enrol/{token}").get_data(as_text=True)
-    bad = {"password": value, "again": value, "code": value, "pending": value}
+    bad = {"confirm": value, "code": value, "pending": value}
     response = therapist.client.post(f"/en/enrol/{token}", data={**form_fields(html), **bad})
     assert response.status_code < 500
     therapist.create()
@@ -378,7 +422,7 @@ def test_no_portal_input_produces_a_500(therapist, value):
             "weeks": value,
             "languages": value,
         },
-        "/en/password": {"current": value, "password": value, "again": value},
+        "/en/passphrase": {"current": value, "confirm": value, "pending": value},
     }
     for path, fields in forms.items():
         assert therapist.post(path, fields).status_code < 500, path
@@ -386,7 +430,7 @@ def test_no_portal_input_produces_a_500(therapist, value):
         assert therapist.post(path, {"note": value}, page="/en/availability").status_code < 500
     therapist.logout()
     login = therapist.client.get("/en/login").get_data(as_text=True)
-    data = {**form_fields(login), "name": value, "password": value, "code": value}
+    data = {**form_fields(login), "name": value, "passphrase": value, "code": value}
     assert therapist.client.post("/en/login", data=data).status_code < 500
 
 

@@ -24,6 +24,7 @@ from stillroom.webapp.chat import RateLimiter
 from stillroom.webapp.instance import prepare_instance, subkey
 from stillroom.webapp.retention import purge
 from stillroom.webapp.settings import Settings
+from stillroom.webapp.therapists import LoginThrottle
 
 log = logging.getLogger(__name__)
 
@@ -54,10 +55,18 @@ def argon2_runner() -> Runner | None:
 
     def at_low_priority(function: Callable[..., Any], args: tuple[Any, ...]) -> Any:
         os.setpriority(os.PRIO_PROCESS, native_id(), ARGON2_NICE)
-        return function(*args)
+        # Caught here, in the pool's thread: one that left it would be printed by gevent,
+        # traceback and timestamp, and a failed login would be a line in the journal.
+        try:
+            return True, function(*args)
+        except Exception as error:
+            return False, error
 
     def in_thread_pool(function: Callable[..., Any], *args: Any) -> Any:
-        return gevent.get_hub().threadpool.apply(at_low_priority, (function, args))
+        done, result = gevent.get_hub().threadpool.apply(at_low_priority, (function, args))
+        if not done:
+            raise result
+        return result
 
     return in_thread_pool
 
@@ -133,6 +142,7 @@ def create_portal_app(
     :param clock: the time source, replaceable so that tests can move time.
     """
     app = _create_app(settings, clock, "portal")
+    app.config["LOGIN_THROTTLE"] = LoginThrottle(app.config["SETTINGS"].login_pause_minutes * 60)
     public = urlsplit(app.config["SETTINGS"].portal_base_url)
     app.config["PUBLIC_HOST"] = public.hostname
     app.config["SECURE_COOKIES"] = public.scheme == "https"

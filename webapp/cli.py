@@ -501,9 +501,22 @@ def therapist_add(name: str, languages: str, time_zone: str) -> None:
                 int(time.time()),
                 settings.enrolment_link_hours * 3600,
             )
-        except therapists.TherapistNameError:
-            fail(RuntimeError(f"the name {name!r} is taken, empty, too long or not plain text"))
+        except therapists.TherapistNameError as problem:
+            fail(RuntimeError(name_problem(name, problem)))
     say_enrolment(settings, codes[0], enrolment)
+
+
+def name_problem(name: str, problem: therapists.TherapistNameError) -> str:
+    """Say what is wrong with a therapist's name, for the operator."""
+    if problem.reason == "taken":
+        return f"the name {name!r} is taken (by {problem.existing!r}); choose another"
+    if problem.reason == "look-alike":
+        return (
+            f"the name {name!r} looks the same as {problem.existing!r} to participants;"
+            " choose one that looks different"
+        )
+    longest = therapists.MAX_NAME_CHARS
+    return f"the name {name!r} is empty, longer than {longest} characters or not plain text"
 
 
 def say_enrolment(settings: Settings, language: str, enrolment: therapists.Enrolment) -> None:
@@ -548,7 +561,7 @@ def therapist_disable(name: str) -> None:
 @therapist.command(name="reset")
 @click.argument("name")
 def therapist_reset(name: str) -> None:
-    """Clear a therapist's password and TOTP and print a new enrolment link."""
+    """Clear a therapist's passphrase and TOTP and print a new enrolment link."""
     settings = load_settings()
     with open_database(settings) as database:
         try:
@@ -559,8 +572,8 @@ def therapist_reset(name: str) -> None:
         except therapists.UnknownTherapistError:
             fail(RuntimeError(f"no therapist named {name!r}"))
     click.echo(
-        "Password and authenticator cleared, sessions ended, conversations deleted"
-        " (they were sealed to the old key), account enabled."
+        "Passphrase and authenticator cleared, sessions ended, conversations deleted and"
+        " their keys destroyed (they were sealed to the old key), account enabled."
     )
     say_enrolment(settings, found.languages[0], enrolment)
 

@@ -20,6 +20,7 @@ from werkzeug.wrappers import Response
 
 from stillroom.crypto.kdf import KeyDeriver
 from stillroom.crypto.keys import UnwrapError, unwrap_key, wrap_key
+from stillroom.crypto.passphrase import MAX_INPUT_CHARS, PassphraseInputError, normalise_passphrase
 from stillroom.webapp.db import close_db, get_db
 from stillroom.webapp.instance import with_reserve
 from stillroom.webapp.security import (
@@ -80,6 +81,22 @@ def current_session() -> Session | None:
     """Return the live session of this request, if any."""
     session: Session | None = g.get("session")
     return session
+
+
+def read_passphrase(field: str) -> str:
+    """Return the normalised passphrase typed into the form field ``field``.
+
+    :raises PassphraseInputError: when it is empty, too long, or holds anything but
+        words (control characters, digits, or undecodable bytes, which arrive as
+        U+FFFD or as undecoded ``%XX``).
+    """
+    raw = request.form.get(field, "")
+    if len(raw) > MAX_INPUT_CHARS or "\ufffd" in raw:
+        raise PassphraseInputError("unreadable passphrase")
+    passphrase = normalise_passphrase(raw)
+    if not passphrase or not all(char.isalpha() or char in " -" for char in passphrase):
+        raise PassphraseInputError("not a passphrase of words")
+    return passphrase
 
 
 def seal_form_value(value: str) -> str:

@@ -1,48 +1,67 @@
-"""Therapist accounts: added by the operator, enrolled by the therapist, password + TOTP.
+"""Therapist accounts: added by the operator, enrolled by the therapist, passphrase + TOTP.
 
 The operator adds a therapist and hands over a one-time enrolment link and a
 random login name. The login name is not the public name that participants see
 next to each free time, so nobody who merely uses the service can pause a
-therapist's account by failing to log in as them. The therapist sets a password
-and a TOTP app at the link; the password's argon2id hash lets
-them in, and a key derived from it wraps their X25519 secret key (DESIGN §4).
-The TOTP secret is stored encrypted under a server key, and each code works once.
+therapist's account by failing to log in as them.
+
+At the link, the therapist gets a passphrase that the server generates (seven or
+more diceware words, at least 90 bits, as participants get) and sets up a TOTP app.
+Nobody's chosen password guards a key to messages (DESIGN §9): the therapist's
+X25519 secret key and TOTP secret are wrapped together under an argon2id key of the
+passphrase, and locked under the therapist's key slot as well, which a new
+passphrase or a reset destroys. Therapists enrolled before this chose a password;
+it works once more, for the page that gives them a passphrase (``renew_passphrase``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import secrets
+import threading
 import unicodedata
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import confusables
 import pyotp
 from sqlite_utils import Database
-from zxcvbn import zxcvbn
 
-from stillroom.crypto.kdf import SALT_BYTES, KdfBusyError, KeyDeriver
+from stillroom.crypto.kdf import (
+    SALT_BYTES,
+    KdfBusyError,
+    KeyDeriver,
+    unwrap_with_passphrase,
+    wrap_with_passphrase,
+)
 from stillroom.crypto.keys import (
+    KEY_BYTES,
     UnwrapError,
+    keyed_hash,
     new_keypair,
     new_token,
     random_bytes,
     readable_code,
     token_hash,
     unwrap_key,
-    wrap_key,
 )
-from stillroom.webapp.chat import delete_conversation
+from stillroom.crypto.passphrase import (
+    MAX_INPUT_CHARS,
+    PassphraseInputError,
+    is_generated,
+    normalise_passphrase,
+)
+from stillroom.webapp.chat import conversation_slots
+from stillroom.webapp.keyslots import SlotGoneError, destroy_slots, lock, new_slot, unlock
 from stillroom.webapp.sessions import THERAPIST_SESSIONS, end_sessions_of
 from stillroom.webapp.settings import LANGUAGES
 from stillroom.webapp.store import checkpoint, transaction
 
 #: How long an enrolment link works, in seconds.
 ENROLMENT_SECONDS = 24 * 3600
-MIN_PASSWORD_CHARS = 15
-MAX_PASSWORD_CHARS = 128
 MAX_NAME_CHARS = 40
 #: Failed logins in a row before the account pauses, and for how long (seconds).
 MAX_FAILURES = 5
@@ -55,7 +74,17 @@ class TherapistError(Exception):
 
 
 class TherapistNameError(TherapistError):
-    """The name is empty, too long, holds control characters, or is taken."""
+    """The name cannot be used.
+
+    :param reason: ``"invalid"`` (empty, too long, not plain text), ``"taken"``, or
+        ``"look-alike"`` (it looks the same as ``existing``: other letters that are
+        drawn alike, fullwidth forms, accents).
+    """
+
+    def __init__(self, reason: str, existing: str = "") -> None:
+        super().__init__(reason, existing)
+        self.reason = reason
+        self.existing = existing
 
 
 class UnknownTherapistError(TherapistError):
@@ -74,23 +103,16 @@ class EnrolmentError(TherapistError):
     """The enrolment link is unknown, used already or expired."""
 
 
-class PasswordPolicyError(TherapistError):
-    """The new password is too short, too long or too easy to guess.
-
-    :param reason: ``"short"``, ``"long"`` or ``"guessable"``.
-    """
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
+class PassphraseNotGeneratedError(TherapistError):
+    """A new passphrase was not one the server generated: only those guard keys."""
 
 
 class LoginError(TherapistError):
-    """The name, password or code was wrong (the message never says which)."""
+    """The name, passphrase or code was wrong (the message never says which)."""
 
 
 class LoginPausedError(TherapistError):
-    """Too many failed logins: this account waits until ``until`` (a UTC timestamp)."""
+    """Too many failed logins: this login name waits until ``until`` (a UTC timestamp)."""
 
     def __init__(self, until: int) -> None:
         super().__init__(until)
@@ -108,17 +130,41 @@ class Therapist:
     time_zone: str
     enrolled: bool
     disabled: bool
+    #: Enrolled with a chosen password: must take a generated passphrase now.
+    renew: bool = False
+
+
+@dataclass(frozen=True)
+class LoggedIn:
+    """A therapist whose secret key is open for this request."""
+
+    therapist_id: str
+    secret_key: bytes
+    #: Logged in with a chosen password that must now give way to a passphrase.
+    renew: bool
 
 
 def clean_name(name: str) -> str:
-    """Return the therapist's display name, normalised.
+    """Return the therapist's display name, NFKC-normalised with single spaces.
+
+    NFKC folds fullwidth letters, ligatures and other compatibility forms into
+    ordinary ones, so a name cannot pass for another by its code points alone.
 
     :raises TherapistNameError: when it is empty, too long or not plain printable text.
     """
-    name = " ".join(unicodedata.normalize("NFC", name).split())
+    name = " ".join(unicodedata.normalize("NFKC", name).split())
     if not name or len(name) > MAX_NAME_CHARS or not name.isprintable():
-        raise TherapistNameError(name)
+        raise TherapistNameError("invalid")
     return name
+
+
+def _refuse_taken(db: Database, name: str) -> None:
+    """Refuse a name that is taken, or that looks the same as one that is (homoglyphs)."""
+    for (existing,) in db.execute("SELECT name FROM therapists").fetchall():
+        if existing.casefold() == name.casefold():
+            raise TherapistNameError("taken", existing)
+        if confusables.is_confusable(existing.casefold(), name.casefold()):
+            raise TherapistNameError("look-alike", existing)
 
 
 def add_therapist(
@@ -131,7 +177,7 @@ def add_therapist(
 ) -> Enrolment:
     """Create a therapist who still has to enrol; return their login name and link token.
 
-    :raises TherapistNameError: for a bad or taken name.
+    :raises TherapistNameError: for a bad or taken name, or one that looks like another.
     """
     name = clean_name(name)
     if not languages or any(code not in LANGUAGES for code in languages):
@@ -139,9 +185,7 @@ def add_therapist(
     therapist_id = secrets.token_hex(16)
     login_name = readable_code().lower()
     with transaction(db):
-        taken = db.execute("SELECT name FROM therapists").fetchall()
-        if any(row[0].casefold() == name.casefold() for row in taken):
-            raise TherapistNameError(name)
+        _refuse_taken(db, name)
         db.table("therapists").insert(
             {
                 "id": therapist_id,
@@ -168,19 +212,20 @@ def _issue_enrolment(db: Database, therapist_id: str, now: int, link_seconds: in
 
 
 def _therapist(row: Any) -> Therapist:
-    therapist_id, name, login_name, languages, time_zone, password_hash, disabled = row
+    therapist_id, name, login_name, languages, time_zone, slot, disabled, renew = row
     return Therapist(
         id=str(therapist_id),
         name=str(name),
         login_name=str(login_name),
         languages=tuple(str(languages).split(",")),
         time_zone=str(time_zone),
-        enrolled=password_hash is not None,
+        enrolled=slot is not None,
         disabled=bool(disabled),
+        renew=bool(renew),
     )
 
 
-_COLUMNS = "id, name, login_name, languages, time_zone, password_hash, disabled"
+_COLUMNS = "id, name, login_name, languages, time_zone, slot, disabled, renew_passphrase"
 
 
 def list_therapists(db: Database) -> list[Therapist]:
@@ -232,20 +277,14 @@ def find_enrolment(db: Database, token: str, now: int) -> Therapist:
     return get_therapist(db, row[0])
 
 
-def check_password_policy(password: str) -> None:
-    """Refuse passwords that are short, overlong, common or otherwise easy to guess.
+def passphrase_language(therapist: Therapist) -> str:
+    """Return the language whose word list makes this therapist's passphrases: their first."""
+    return therapist.languages[0]
 
-    zxcvbn checks against its lists of common passwords, words and names and
-    estimates how many guesses the password would take.
 
-    :raises PasswordPolicyError: naming the reason.
-    """
-    if len(password) < MIN_PASSWORD_CHARS:
-        raise PasswordPolicyError("short")
-    if len(password) > MAX_PASSWORD_CHARS:
-        raise PasswordPolicyError("long")
-    if zxcvbn(password, max_length=MAX_PASSWORD_CHARS)["score"] < 3:
-        raise PasswordPolicyError("guessable")
+def _require_generated(passphrase: str, therapist: Therapist) -> None:
+    if not is_generated(passphrase, passphrase_language(therapist)):
+        raise PassphraseNotGeneratedError
 
 
 def new_totp_secret() -> str:
@@ -275,34 +314,37 @@ def totp_step(secret: str, code: str, now: int, after: int = 0) -> int | None:
     return None
 
 
+def _payload(secret_key: bytes, totp_secret: str) -> bytes:
+    """What a therapist's passphrase wraps: the secret key and the TOTP secret together."""
+    return secret_key + totp_secret.encode()
+
+
 def enrol(
     db: Database,
     deriver: KeyDeriver,
-    totp_key: bytes,
     token: str,
-    password: str,
+    passphrase: str,
     totp_secret: str,
     code: str,
     now: int,
 ) -> tuple[str, bytes]:
-    """Finish enrolment: set the password and TOTP, and make the therapist's key pair.
+    """Finish enrolment: set the passphrase and TOTP, and make the therapist's key pair.
 
     The link works once; a second submission fails with :class:`EnrolmentError`.
 
+    :param passphrase: the generated passphrase, normalised, as the therapist typed it back.
     :returns: the therapist's id and open secret key.
     :raises EnrolmentError: when the link is unknown, used or expired.
-    :raises PasswordPolicyError: for a weak password.
+    :raises PassphraseNotGeneratedError: for a passphrase the server did not make.
     :raises LoginError: when the TOTP code does not fit the new secret.
     """
     therapist = find_enrolment(db, token, now)
-    check_password_policy(password)
+    _require_generated(passphrase, therapist)
     step = totp_step(totp_secret, code, now)
     if step is None:
         raise LoginError
     public_key, secret_key = new_keypair()
-    salt = random_bytes(SALT_BYTES)
-    wrapped = wrap_key(secret_key, deriver.derive(password.encode(), salt))
-    password_hash = deriver.hash_password(password)
+    wrapped = wrap_with_passphrase(deriver, _payload(secret_key, totp_secret), passphrase)
     with transaction(db):
         used = db.execute(
             "DELETE FROM enrolments WHERE token_hash = ? AND expires_at > ?",
@@ -310,22 +352,101 @@ def enrol(
         )
         if used.rowcount != 1:
             raise EnrolmentError
+        (old,) = db.execute("SELECT slot FROM therapists WHERE id = ?", [therapist.id]).fetchone()
+        slot = new_slot(db)
         db.execute(
-            "UPDATE therapists SET password_hash = ?, kdf_salt = ?, public_key = ?,"
-            " wrapped_secret_key = ?, totp_secret = ?, totp_last_step = ?,"
+            "UPDATE therapists SET slot = ?, public_key = ?, wrapped_secret_key = ?,"
+            " totp_secret = NULL, totp_last_step = ?, renew_passphrase = 0,"
             " failed_logins = 0, locked_until = 0, disabled = 0 WHERE id = ?",
-            [
-                password_hash,
-                salt,
-                public_key,
-                wrapped,
-                wrap_key(totp_secret.encode(), totp_key),
-                step,
-                therapist.id,
-            ],
+            [slot, public_key, lock(db, slot, wrapped), step, therapist.id],
         )
         end_sessions_of(db, THERAPIST_SESSIONS, therapist.id)
+    destroy_slots(db, [old])
     return therapist.id, secret_key
+
+
+class LoginThrottle:
+    """How failed logins pause a login name: five tries, then a pause.
+
+    Names that exist are counted in the database (``failed_logins``); names that exist
+    nowhere are counted here, in memory only, under a keyed hash, so that they reach
+    the same "paused" answer after as many tries, and nobody learns from the answer,
+    or from its timing, whether a login name exists.
+
+    :param pause_seconds: how long a pause lasts, and how long a count is kept.
+    """
+
+    #: Unknown names remembered at most; the quietest go first beyond it.
+    MAX_NAMES = 10_000
+
+    def __init__(self, pause_seconds: int = PAUSE_SECONDS) -> None:
+        self.pause_seconds = pause_seconds
+        self._key = random_bytes(KEY_BYTES)
+        self._decoy_salt = random_bytes(SALT_BYTES)
+        #: keyed hash of a name -> (failures, count forgotten at, paused until)
+        self._unknown: dict[bytes, tuple[int, int, int]] = {}
+        self._lock = threading.Lock()
+
+    def claim_unknown(self, login_name: str, now: int) -> None:
+        """Count one try at a name that does not exist, as a real account would.
+
+        :raises LoginPausedError: while paused, or when this try starts the pause.
+        """
+        name = keyed_hash(login_name.encode(), self._key, b"unknown-login")
+        with self._lock:
+            failures, forget_at, paused_until = self._unknown.pop(name, (0, 0, 0))
+            if forget_at <= now and paused_until <= now:
+                failures, paused_until = 0, 0
+            if paused_until > now:
+                self._unknown[name] = (failures, forget_at, paused_until)
+                raise LoginPausedError(paused_until)
+            if failures >= MAX_FAILURES:
+                self._unknown[name] = (0, forget_at, now + self.pause_seconds)
+                raise LoginPausedError(now + self.pause_seconds)
+            self._unknown[name] = (failures + 1, now + self.pause_seconds, 0)
+            while len(self._unknown) > self.MAX_NAMES:
+                del self._unknown[next(iter(self._unknown))]
+
+    def decoy(self, deriver: KeyDeriver, passphrase: str) -> None:
+        """Do the argon2 work of a real try, for a name that has no key to try."""
+        deriver.derive(passphrase.encode(), self._decoy_salt)
+
+
+@dataclass(frozen=True)
+class _Opened:
+    """A therapist's key and TOTP secret, open, and the secret (normalised) that opened them."""
+
+    secret_key: bytes
+    totp_secret: str
+    outdated: bool
+    secret: str
+
+
+def _open(db: Database, deriver: KeyDeriver, totp_key: bytes, row: Any, typed: str) -> _Opened:
+    """Open a therapist's key with what they typed (a passphrase, or a password to renew).
+
+    :param row: ``slot, wrapped_secret_key, totp_secret, renew_passphrase``.
+    :raises LoginError: when it does not open.
+    """
+    slot, locked, legacy_totp, renew = row
+    try:
+        secret = typed if renew else normalise_passphrase(typed)
+        if len(secret) > MAX_INPUT_CHARS:
+            raise LoginError
+        opened = unwrap_with_passphrase(deriver, unlock(db, slot, locked), secret)
+        if renew:  # a chosen password wrapped the key alone; TOTP was under a server key
+            totp_secret = unwrap_key(legacy_totp, totp_key).decode()
+            return _Opened(opened.payload, totp_secret, opened.outdated, secret)
+    except (PassphraseInputError, SlotGoneError, UnwrapError):
+        raise LoginError from None
+    payload = opened.payload
+    return _Opened(payload[:KEY_BYTES], payload[KEY_BYTES:].decode(), opened.outdated, secret)
+
+
+_LOGIN_ROW = (
+    "SELECT id, slot, wrapped_secret_key, totp_secret, renew_passphrase, totp_last_step"
+    " FROM therapists"
+)
 
 
 def log_in(
@@ -333,61 +454,58 @@ def log_in(
     deriver: KeyDeriver,
     totp_key: bytes,
     login_name: str,
-    password: str,
+    passphrase: str,
     code: str,
     now: int,
-    pause_seconds: int = PAUSE_SECONDS,
-) -> tuple[str, bytes]:
-    """Check login name, password and a fresh TOTP code; return the id and open secret key.
+    throttle: LoginThrottle,
+) -> LoggedIn:
+    """Check login name, passphrase and a fresh TOTP code; return the open secret key.
 
-    The attempt is claimed before any password is checked (see :func:`_claim_attempt`),
-    so neither parallel guesses nor a saturated server can get around the limit.
+    The attempt is claimed before anything is checked (see :func:`_attempt`), so
+    neither parallel guesses nor a saturated server can get around the limit. A name
+    that does not exist costs the same argon2 work and reaches the same pause.
 
     :raises LoginError: for any wrong part, a disabled or unenrolled account.
-    :raises LoginPausedError: while the account is paused.
+    :raises LoginPausedError: while the login name is paused.
     :raises stillroom.crypto.kdf.KdfBusyError: when argon2 is saturated (not counted).
     """
     wanted = " ".join(login_name.split()).lower()
     row = db.execute(
-        "SELECT id, password_hash, kdf_salt, wrapped_secret_key, totp_secret, totp_last_step"
-        " FROM therapists WHERE login_name = ? AND disabled = 0 AND password_hash IS NOT NULL"
-        " AND totp_secret IS NOT NULL",
-        [wanted],
+        f"{_LOGIN_ROW} WHERE login_name = ? AND disabled = 0 AND slot IS NOT NULL", [wanted]
     ).fetchone()
     if row is None:
+        throttle.claim_unknown(wanted, now)
+        throttle.decoy(deriver, passphrase[:MAX_INPUT_CHARS])
         raise LoginError
-    therapist_id, password_hash, salt, wrapped, sealed_totp, last_step = row
-    with _attempt(db, therapist_id, now, pause_seconds):
-        if len(password) > MAX_PASSWORD_CHARS:
-            raise LoginError
-        if not deriver.verify_password(password_hash, password):
-            raise LoginError
-        step = totp_step(unwrap_key(sealed_totp, totp_key).decode(), code, now, after=last_step)
+    therapist_id, slot, _locked, _totp, renew, last_step = row
+    with _attempt(db, therapist_id, now, throttle.pause_seconds):
+        opened = _open(db, deriver, totp_key, row[1:5], passphrase)
+        step = totp_step(opened.totp_secret, code, now, after=last_step)
         if step is None:
             raise LoginError
-        secret_key = _open_secret_key(deriver, wrapped, password, salt)
         with transaction(db):
             # Single use even when two logins race; and still the account it was a moment ago.
             used = db.execute(
                 "UPDATE therapists SET totp_last_step = ?, failed_logins = 0"
-                " WHERE id = ? AND totp_last_step < ? AND password_hash = ? AND disabled = 0",
-                [step, therapist_id, step, password_hash],
+                " WHERE id = ? AND totp_last_step < ? AND slot = ? AND disabled = 0",
+                [step, therapist_id, step, slot],
             )
         if used.rowcount != 1:
             raise LoginError
-    _rehash_if_needed(db, deriver, therapist_id, password_hash, password)
-    return therapist_id, secret_key
+    if opened.outdated and not renew:  # raised argon2 costs: wrap again with today's
+        with contextlib.suppress(KdfBusyError):  # busy: the next login tries again
+            _rewrap(db, deriver, therapist_id, slot, opened, opened.secret, end_sessions=False)
+    return LoggedIn(therapist_id, opened.secret_key, bool(renew))
 
 
 @contextmanager
 def _attempt(db: Database, therapist_id: str, now: int, pause_seconds: int) -> Iterator[None]:
     """Claim one login attempt for the block; a busy server gives the claim back.
 
-    Claiming happens in one write transaction before any password is checked: the
-    first :data:`MAX_FAILURES` claims since the last success go ahead, the next one
-    pauses the account for ``pause_seconds``. A block that ends in
-    :class:`KdfBusyError` tried nothing, so its claim is returned; a successful
-    login resets the count itself.
+    Claiming happens in one write transaction before anything is checked: the first
+    :data:`MAX_FAILURES` claims since the last success go ahead, the next one pauses
+    the account for ``pause_seconds``. A block that ends in :class:`KdfBusyError`
+    tried nothing, so its claim is returned; a successful login resets the count itself.
 
     :raises LoginPausedError: while paused, or when this claim starts the pause.
     """
@@ -421,72 +539,73 @@ def _attempt(db: Database, therapist_id: str, now: int, pause_seconds: int) -> I
         raise
 
 
-def _open_secret_key(deriver: KeyDeriver, wrapped: bytes, password: str, salt: bytes) -> bytes:
-    try:
-        return unwrap_key(wrapped, deriver.derive(password.encode(), salt))
-    except UnwrapError:  # the hash and the wrapped key disagree: never expected
-        raise LoginError from None
-
-
-def _rehash_if_needed(
-    db: Database, deriver: KeyDeriver, therapist_id: str, password_hash: str, password: str
-) -> None:
-    """Re-hash a password made with older costs; best effort, a busy server skips it."""
-    if not deriver.needs_rehash(password_hash):
-        return
-    try:
-        new_hash = deriver.hash_password(password)
-    except KdfBusyError:
-        return  # the next login tries again
-    with transaction(db):
-        db.execute(
-            "UPDATE therapists SET password_hash = ? WHERE id = ? AND password_hash = ?",
-            [new_hash, therapist_id, password_hash],
-        )
-
-
-def change_password(
+def _rewrap(
     db: Database,
     deriver: KeyDeriver,
     therapist_id: str,
-    secret_key: bytes,
+    old_slot: int,
+    opened: _Opened,
+    passphrase: str,
+    end_sessions: bool,
+) -> bool:
+    """Wrap the key pair and TOTP secret under ``passphrase`` (today's costs), in a new slot.
+
+    The old slot is destroyed once this is saved: stale copies of the old wrapping
+    (the chosen password's too) then open nothing, whoever knows the old secret.
+
+    :param end_sessions: end every session (a new passphrase).
+    :returns: whether the account was still as it was (not reset or changed meanwhile).
+    :raises stillroom.crypto.kdf.KdfBusyError: when argon2 is saturated.
+    """
+    wrapped = wrap_with_passphrase(
+        deriver, _payload(opened.secret_key, opened.totp_secret), passphrase
+    )
+    with transaction(db):
+        slot = new_slot(db)
+        changed = db.execute(
+            "UPDATE therapists SET slot = ?, wrapped_secret_key = ?, totp_secret = NULL,"
+            " renew_passphrase = 0 WHERE id = ? AND slot = ? AND disabled = 0",
+            [slot, lock(db, slot, wrapped), therapist_id, old_slot],
+        ).rowcount
+        if changed and end_sessions:
+            end_sessions_of(db, THERAPIST_SESSIONS, therapist_id)
+    destroy_slots(db, [old_slot] if changed else [slot])
+    checkpoint(db)  # the old wrapping must not linger in the write-ahead log
+    return bool(changed)
+
+
+def change_passphrase(
+    db: Database,
+    deriver: KeyDeriver,
+    totp_key: bytes,
+    therapist_id: str,
     current: str,
     new: str,
     now: int,
-    pause_seconds: int = PAUSE_SECONDS,
+    throttle: LoginThrottle,
 ) -> None:
-    """Replace the password and re-wrap the secret key; every session ends.
+    """Replace the passphrase (or a chosen password) with a new generated one.
 
-    A wrong current password counts against the same limit as a failed login.
+    The key pair stays (every conversation stays readable); it is wrapped again, in a
+    new slot, and the old slot is destroyed. Every session ends. A wrong current
+    passphrase counts against the same limit as a failed login.
 
+    :param new: the generated passphrase, normalised, as the therapist typed it back.
     :raises LoginError: when ``current`` is wrong, or the account changed meanwhile.
     :raises LoginPausedError: while the account is paused.
-    :raises PasswordPolicyError: for a weak new password.
+    :raises PassphraseNotGeneratedError: for a new passphrase the server did not make.
     """
-    (password_hash,) = db.execute(
-        "SELECT password_hash FROM therapists WHERE id = ?", [therapist_id]
-    ).fetchone()
-    with _attempt(db, therapist_id, now, pause_seconds):
-        if len(current) > MAX_PASSWORD_CHARS or password_hash is None:
-            raise LoginError
-        if not deriver.verify_password(password_hash, current):
-            raise LoginError
+    therapist = get_therapist(db, therapist_id)
+    _require_generated(new, therapist)
+    row = db.execute(f"{_LOGIN_ROW} WHERE id = ?", [therapist_id]).fetchone()
+    if row is None or row[1] is None:
+        raise LoginError
+    with _attempt(db, therapist_id, now, throttle.pause_seconds):
+        opened = _open(db, deriver, totp_key, row[1:5], current)
         with transaction(db):
             db.execute("UPDATE therapists SET failed_logins = 0 WHERE id = ?", [therapist_id])
-    check_password_policy(new)
-    salt = random_bytes(SALT_BYTES)
-    wrapped = wrap_key(secret_key, deriver.derive(new.encode(), salt))
-    new_hash = deriver.hash_password(new)
-    with transaction(db):
-        changed = db.execute(
-            "UPDATE therapists SET password_hash = ?, kdf_salt = ?, wrapped_secret_key = ?"
-            " WHERE id = ? AND password_hash = ? AND disabled = 0",
-            [new_hash, salt, wrapped, therapist_id, password_hash],
-        )
-        if changed.rowcount != 1:  # disabled or reset by the operator meanwhile
-            raise LoginError
-        end_sessions_of(db, THERAPIST_SESSIONS, therapist_id)
-    checkpoint(db)  # the old wrapping must not linger in the write-ahead log
+    if not _rewrap(db, deriver, therapist_id, row[1], opened, new, end_sessions=True):
+        raise LoginError  # disabled or reset by the operator meanwhile
 
 
 def _withdraw_free_slots(db: Database, therapist_id: str, now: int) -> None:
@@ -541,35 +660,38 @@ def forget_old_failures(db: Database, now: int) -> int:
 def reset_therapist(
     db: Database, name: str, now: int, link_seconds: int = ENROLMENT_SECONDS
 ) -> Enrolment:
-    """Clear password and TOTP and issue a new enrolment link (which also re-enables).
+    """Clear passphrase and TOTP and issue a new enrolment link (which also re-enables).
 
-    The old key pair cannot be opened without the old password, so enrolment makes
+    The old key pair cannot be opened without the old passphrase, so enrolment makes
     a new one. The login name stays. Free times are withdrawn: nobody should book a
-    therapist who cannot log in yet. The therapist's conversations are deleted, their
-    keys first: they were sealed to the old key pair, so the therapist could never read
-    them again, and nothing should reopen them for whoever enrols next. A pair that
-    meets again starts a new conversation under both current keys.
+    therapist who cannot log in yet. The therapist's conversations are deleted: they
+    were sealed to the old key pair, so the therapist could never read them again. Then
+    the slots of the old key pair and of those conversations are destroyed, so nothing
+    reopens them for whoever enrols next, or from a copy of the disk. A pair that meets
+    again starts a new conversation under both current keys.
 
     :returns: the login name and the new enrolment token.
     :raises UnknownTherapistError: when no therapist has this name.
     """
     therapist = find_by_name(db, name)
     with transaction(db):
+        (old,) = db.execute("SELECT slot FROM therapists WHERE id = ?", [therapist.id]).fetchone()
         db.execute(
-            "UPDATE therapists SET password_hash = NULL, kdf_salt = NULL, public_key = NULL,"
-            " wrapped_secret_key = NULL, totp_secret = NULL, totp_last_step = 0,"
+            "UPDATE therapists SET slot = NULL, public_key = NULL, wrapped_secret_key = NULL,"
+            " totp_secret = NULL, totp_last_step = 0, renew_passphrase = 0,"
             " failed_logins = 0, locked_until = 0, disabled = 0 WHERE id = ?",
             [therapist.id],
         )
         end_sessions_of(db, THERAPIST_SESSIONS, therapist.id)
         _withdraw_free_slots(db, therapist.id, now)
+        slots = [old, *conversation_slots(db, "therapist_id", therapist.id)]
         db.execute(
-            "UPDATE conversations SET key_for_therapist = NULL WHERE therapist_id = ?",
+            "DELETE FROM messages WHERE conversation_id IN"
+            " (SELECT id FROM conversations WHERE therapist_id = ?)",
             [therapist.id],
         )
+        db.execute("DELETE FROM conversations WHERE therapist_id = ?", [therapist.id])
         token = _issue_enrolment(db, therapist.id, now, link_seconds)
-    ended = db.execute("SELECT id FROM conversations WHERE therapist_id = ?", [therapist.id])
-    for (conversation_id,) in ended.fetchall():
-        delete_conversation(db, conversation_id)
+    destroy_slots(db, slots)
     checkpoint(db)
     return Enrolment(therapist.login_name, token)

@@ -33,7 +33,6 @@ import pyotp
 
 from support import (
     FORM_TOKEN,
-    GOOD_PASSWORD,
     PASSPHRASE,
     PENDING,
     TOTP_SECRET,
@@ -132,8 +131,7 @@ def set_up(participant_url: str, portal_url: str, data_dir: Path) -> tuple[Brows
         {
             "form_token": form_token(page),
             "pending": PENDING.search(page).group(1),  # type: ignore[union-attr]
-            "password": GOOD_PASSWORD,
-            "again": GOOD_PASSWORD,
+            "confirm": PASSPHRASE.search(page).group(1),  # type: ignore[union-attr]
             "code": pyotp.TOTP(secret).now(),
         },
     )

@@ -3,8 +3,8 @@
 Starts ``stillroom serve --no-tor`` with the production argon2id costs (64 MiB,
 t=3, p=4), creates an account through the real form, then logs in ``--rounds``
 times and prints each time and ``login_seconds_median=S``. Then a therapist
-enrols on the portal and logs in ``--portal-rounds`` times (password check and
-key unwrapping: two argon2id runs); each login needs a fresh 30-second TOTP step,
+enrols on the portal and logs in ``--portal-rounds`` times (the passphrase unwraps
+the key and the TOTP secret: one argon2id run); each login needs a fresh 30-second TOTP step,
 so the script waits for one. Last line: ``portal_login_seconds_median=S``.
 
     PYTHONSAFEPATH=1 .venv/bin/python tests/bench/login_time.py [--rounds 9] [--portal-rounds 3]
@@ -29,7 +29,6 @@ from stillroom.crypto.kdf import PRODUCTION
 
 from support import (
     FORM_TOKEN,
-    GOOD_PASSWORD,
     PASSPHRASE,
     PENDING,
     TOTP_SECRET,
@@ -55,11 +54,11 @@ def time_portal_logins(server: LiveServer, rounds: int) -> list[float]:
     enrol_url = f"{server.portal_url}/en/enrol/{token}"
     page = opener.open(enrol_url, timeout=30).read().decode()
     totp = pyotp.TOTP(TOTP_SECRET.search(page).group(1).replace(" ", ""))  # type: ignore[union-attr]
+    passphrase = PASSPHRASE.search(page).group(1)  # type: ignore[union-attr]
     form = {
         "form_token": FORM_TOKEN.search(page).group(1),  # type: ignore[union-attr]
         "pending": PENDING.search(page).group(1),  # type: ignore[union-attr]
-        "password": GOOD_PASSWORD,
-        "again": GOOD_PASSWORD,
+        "confirm": passphrase,
         "code": totp.now(),
     }
     step = int(time.time()) // 30
@@ -76,7 +75,7 @@ def time_portal_logins(server: LiveServer, rounds: int) -> list[float]:
         fields = {
             "form_token": FORM_TOKEN.search(login).group(1),  # type: ignore[union-attr]
             "name": login_name,
-            "password": GOOD_PASSWORD,
+            "passphrase": passphrase,
             "code": totp.now(),
         }
         started = time.perf_counter()

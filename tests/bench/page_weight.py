@@ -30,8 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/, for s
 import pyotp
 
 from stillroom.crypto.kdf import KeyDeriver
+from stillroom.crypto.passphrase import generate_passphrase
 from stillroom.webapp.booking import publish_slots
-from stillroom.webapp.instance import prepare_instance, subkey
+from stillroom.webapp.instance import prepare_instance
 from stillroom.webapp.settings import LANGUAGES, Settings
 from stillroom.webapp.store import connect
 from stillroom.webapp.therapists import add_therapist, enrol, find_by_name, new_totp_secret
@@ -39,7 +40,6 @@ from stillroom.webapp.therapists import add_therapist, enrol, find_by_name, new_
 from support import (
     FAST_ARGON2,
     FORM_TOKEN,
-    GOOD_PASSWORD,
     PASSPHRASE,
     PENDING,
     start_server,
@@ -105,7 +105,7 @@ def weigh(base: str) -> dict[str, int]:
 def publish_busy_schedule(data_dir: Path) -> int:
     """Have three enrolled therapists offer twenty times each over four weeks; return the count."""
     settings = Settings.load({}, data_dir=data_dir, **FAST_ARGON2)
-    totp_key = subkey(prepare_instance(settings), b"totp-key")
+    prepare_instance(settings)
     deriver = KeyDeriver(settings.argon2, 1, 5)
     db = connect(settings.database_path)
     try:
@@ -116,7 +116,8 @@ def publish_busy_schedule(data_dir: Path) -> int:
             enrolment = add_therapist(db, name, LANGUAGES, "Europe/Berlin", now)
             secret = new_totp_secret()
             code = pyotp.TOTP(secret).now()
-            enrol(db, deriver, totp_key, enrolment.token, GOOD_PASSWORD, secret, code, now)
+            passphrase = generate_passphrase(LANGUAGES[0])
+            enrol(db, deriver, enrolment.token, passphrase, secret, code, now)
             therapist = find_by_name(db, name)
             starts = [first + number * 3600 + slot * 26 * 3600 for slot in range(SLOTS_EACH)]
             for start in starts:

@@ -41,7 +41,7 @@ TEXT = "A message of ordinary length, the kind that is written many times in a c
 
 def fill(settings: Settings, pairs: int, messages: int) -> None:
     """Give each pair a conversation and spread ``messages`` expired envelopes over them."""
-    chats = create_chats(pairs, settings.data_dir)
+    chats = create_chats(pairs, settings)
     db = connect(settings.database_path)
     now = int(time.time())
     try:

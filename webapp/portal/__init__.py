@@ -1,4 +1,4 @@
-"""The therapist portal: enrolment, login with password and TOTP, availability, appointments.
+"""The therapist portal: enrolment, login with passphrase and TOTP, availability, appointments.
 
 Served on its own port for a TLS reverse proxy; the onion service never reaches it.
 Every URL starts with the language (``/de/…``); ``/`` leads to the English login.

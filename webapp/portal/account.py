@@ -1,21 +1,28 @@
-"""Therapist accounts in the portal: enrol, log in, log out, change the password."""
+"""Therapist accounts in the portal: enrol, log in, log out, take a new passphrase.
+
+Therapists never choose the secret that guards their key: the server generates a
+passphrase (as participants get) at enrolment and at every change, shows it once,
+and asks for it back (DESIGN §9).
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 import segno
-from flask import abort, redirect, render_template, request, url_for
+from flask import abort, current_app, redirect, render_template, request, url_for
 from flask_babel import gettext as _
 from flask_babel import lazy_gettext as _l
 from werkzeug.wrappers import Response
 
+from stillroom.crypto.passphrase import PassphraseInputError, generate_passphrase
 from stillroom.webapp.gate import (
     current_session,
     db,
     deriver,
     now,
     open_form_value,
+    read_passphrase,
     seal_form_value,
     settings,
 )
@@ -29,25 +36,34 @@ from stillroom.webapp.portal.blueprint import (
 )
 from stillroom.webapp.portal.pages import notice
 from stillroom.webapp.therapists import (
-    MAX_PASSWORD_CHARS,
-    MIN_PASSWORD_CHARS,
     EnrolmentError,
     LoginError,
     LoginPausedError,
-    PasswordPolicyError,
-    change_password,
+    LoginThrottle,
+    PassphraseNotGeneratedError,
+    Therapist,
+    change_passphrase,
     enrol,
     find_enrolment,
     log_in,
     new_totp_secret,
+    passphrase_language,
     totp_uri,
 )
 
-WRONG_LOGIN = _l("The login name, password or code was not right. Please try again.")
+WRONG_LOGIN = _l("The login name, passphrase or code was not right. Please try again.")
+BAD_CODE = _l(
+    "That code did not fit. Check that your authenticator app's clock is right,"
+    " then type the code it shows now."
+)
+MISMATCH = _l("That is not the passphrase shown above. Please compare it word by word.")
+UNREADABLE = _l("This passphrase could not be read. Type only the words, separated by spaces.")
+EXPIRED = _l("This page was open too long. Here is a new passphrase; nothing has been changed.")
+WRONG_CURRENT = _l("Your current passphrase was not right. Nothing has been changed.")
 
 
 def paused() -> str:
-    """Say that the account is paused, and for how long (``LOGIN_PAUSE_MINUTES``)."""
+    """Say that logging in is paused, and for how long (``LOGIN_PAUSE_MINUTES``)."""
     text: str = _(
         "There were too many attempts in a row, so logging in to this account is paused"
         " for %(minutes)s minutes. Please try again later.",
@@ -56,53 +72,44 @@ def paused() -> str:
     return text
 
 
-def pause_seconds() -> int:
-    """Return how long failed logins pause an account, from the settings."""
-    return settings().login_pause_minutes * 60
-
-
-BAD_CODE = _l(
-    "That code did not fit. Check that your authenticator app's clock is right,"
-    " then type the code it shows now."
-)
-MISMATCH = _l("The two new passwords are not the same.")
-WRONG_CURRENT = _l("Your current password was not right. Nothing has been changed.")
-POLICY = {
-    "short": _l("The password must have at least %(count)s characters.", count=MIN_PASSWORD_CHARS),
-    "long": _l("The password may have at most %(count)s characters.", count=MAX_PASSWORD_CHARS),
-    "guessable": _l(
-        "This password is too common or too easy to guess. Several unrelated words make a"
-        " strong one."
-    ),
-}
+def throttle() -> LoginThrottle:
+    """Return the portal's limit on failed logins (names that exist nowhere included)."""
+    value: LoginThrottle = current_app.config["LOGIN_THROTTLE"]
+    return value
 
 
 @bp.route("/login", methods=["GET", "POST"])
 def login() -> Any:
-    """Log in with name, password and the current TOTP code."""
+    """Log in with login name, passphrase and the current TOTP code."""
     if current_session() is not None:
         return redirect(url_for("portal.home"))
     error = None
     status = 200
     if request.method == "POST":
         try:
-            therapist_id, secret_key = log_in(
+            done = log_in(
                 db(),
                 deriver(),
                 totp_key(),
                 request.form.get("name", "")[:200],
-                request.form.get("password", ""),
+                request.form.get("passphrase", ""),
                 request.form.get("code", "")[:20],
                 now(),
-                pause_seconds(),
+                throttle(),
             )
         except LoginPausedError:
             error, status = paused(), 429
         except LoginError:
             error, status = WRONG_LOGIN, 401
         else:
-            return gate.log_in(therapist_id, secret_key, url_for("portal.home"))
-    return render_template("portal/login.html", error=error, notice=notice()), status
+            target = url_for("portal.passphrase", done="renew") if done.renew else None
+            return gate.log_in(done.therapist_id, done.secret_key, target or url_for("portal.home"))
+    return render_template(
+        "portal/login.html",
+        error=error,
+        notice=notice(),
+        pause_minutes=settings().login_pause_minutes,
+    ), status
 
 
 @bp.post("/logout")
@@ -111,46 +118,61 @@ def logout() -> Response:
     return gate.log_out(url_for("portal.login", done="logged-out"))
 
 
+def seal_pending(*values: str) -> str:
+    """Carry what a page showed (a passphrase, a TOTP secret) to its form, never stored."""
+    return seal_form_value("\n".join(values))
+
+
+def open_pending() -> list[str] | None:
+    """Return what :func:`seal_pending` carried, or ``None`` when the page was open too long."""
+    value = open_form_value(request.form.get("pending", ""), ENROL_FORM_MINUTES)
+    return None if value is None else value.split("\n")
+
+
+def typed_back(passphrase: str) -> Any:
+    """Return ``None`` when the passphrase was typed back right, else what to say."""
+    try:
+        return None if read_passphrase("confirm") == passphrase else MISMATCH
+    except PassphraseInputError:
+        return UNREADABLE
+
+
 @bp.route("/enrol/<token>", methods=["GET", "POST"])
 def enrolment(token: str) -> Any:
-    """Set a password and a TOTP app, once, through the operator's link."""
+    """Take the generated passphrase and set up a TOTP app, once, through the operator's link."""
     try:
         therapist = find_enrolment(db(), token, now())
     except EnrolmentError:
         abort(404)
     error = None
-    secret = None
-    if request.method == "POST":
-        secret = open_form_value(request.form.get("pending", ""), ENROL_FORM_MINUTES)
-        password = request.form.get("password", "")
-        if secret is None:
-            error = BAD_CODE  # the page was open too long: a new secret follows
-        elif password != request.form.get("again", ""):
-            error = MISMATCH
-        else:
+    pending = open_pending() if request.method == "POST" else None
+    if request.method == "POST" and pending is None:
+        error = BAD_CODE  # the page was open too long: a new secret and passphrase follow
+    elif pending is not None:
+        secret, passphrase = pending
+        error = typed_back(passphrase)
+        if error is None:
             try:
                 therapist_id, secret_key = enrol(
                     db(),
                     deriver(),
-                    totp_key(),
                     token,
-                    password,
+                    passphrase,
                     secret,
                     request.form.get("code", "")[:20],
                     now(),
                 )
-            except EnrolmentError:
+            except (EnrolmentError, PassphraseNotGeneratedError):
                 abort(404)
-            except PasswordPolicyError as policy:
-                error = POLICY[policy.reason]
             except LoginError:
                 error = BAD_CODE
             else:
                 return gate.log_in(
                     therapist_id, secret_key, url_for("portal.home", done="enrolled")
                 )
-    if secret is None:
-        secret = new_totp_secret()
+    if pending is None:
+        pending = [new_totp_secret(), new_passphrase(therapist)]
+    secret, passphrase = pending
     uri = totp_uri(secret, therapist.name, "Stillroom")
     return render_template(
         "portal/enrol.html",
@@ -158,46 +180,61 @@ def enrolment(token: str) -> Any:
         secret=" ".join(secret[i : i + 4] for i in range(0, len(secret), 4)),
         uri=uri,
         qr_svg=segno.make(uri, error="m").svg_inline(scale=4, dark="#000", light="#fff"),
-        pending=seal_form_value(secret),
-        min_chars=MIN_PASSWORD_CHARS,
+        passphrase=passphrase,
+        pending=seal_pending(secret, passphrase),
         error=error,
     ), (400 if error else 200)
 
 
-@bp.route("/password", methods=["GET", "POST"])
+def new_passphrase(therapist: Therapist) -> str:
+    """Generate a passphrase from the word list of the therapist's first language."""
+    return generate_passphrase(passphrase_language(therapist))
+
+
+@bp.route("/passphrase", methods=["GET", "POST"])
 @login_required
-def password() -> Any:
-    """Change the password; the secret key is re-wrapped and other sessions end."""
+def passphrase() -> Any:
+    """Take a new generated passphrase; the key is wrapped again and other sessions end.
+
+    A therapist who still has a chosen password lands here after logging in with it,
+    and can do nothing else until the passphrase replaces it.
+    """
     session = current_session()
     assert session is not None
+    therapist = current_therapist()
     error = None
-    if request.method == "POST":
-        new = request.form.get("password", "")
-        if new != request.form.get("again", ""):
-            error = MISMATCH
-        else:
+    pending = open_pending() if request.method == "POST" else None
+    if request.method == "POST" and pending is None:
+        error = EXPIRED
+    elif pending is not None:
+        (new,) = pending
+        error = typed_back(new)
+        if error is None:
             try:
-                change_password(
+                change_passphrase(
                     db(),
                     deriver(),
+                    totp_key(),
                     session.owner_id,
-                    session.secret_key,
                     request.form.get("current", ""),
                     new,
                     now(),
-                    pause_seconds(),
+                    throttle(),
                 )
             except LoginPausedError:
                 error = paused()
             except LoginError:
                 error = WRONG_CURRENT
-            except PasswordPolicyError as policy:
-                error = POLICY[policy.reason]
+            except PassphraseNotGeneratedError:
+                abort(400)
             else:
-                return gate.renew("portal.home", done="password-changed")
+                return gate.renew("portal.home", done="passphrase-changed")
+    new = pending[0] if pending else new_passphrase(therapist)
     return render_template(
-        "portal/password.html",
-        therapist=current_therapist(),
-        min_chars=MIN_PASSWORD_CHARS,
+        "portal/passphrase.html",
+        therapist=therapist,
+        passphrase=new,
+        pending=seal_pending(new),
         error=error,
+        notice=notice(),
     ), (400 if error else 200)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, current_app, g
+from flask import Blueprint, current_app, g, redirect, request, url_for
+from werkzeug.wrappers import Response
 
 from stillroom.webapp.gate import LANGUAGE_PREFIX, Gate, current_session, db
 from stillroom.webapp.sessions import THERAPIST_SESSIONS, end_session
@@ -22,17 +23,28 @@ login_required = gate.login_required
 ENROL_FORM_MINUTES = 60
 
 
+#: What a therapist who must replace a chosen password may open meanwhile.
+RENEWAL_ENDPOINTS = ("portal.passphrase", "portal.logout", "portal.privacy")
+
+
 @bp.before_request
-def refuse_locked_out_therapists() -> None:
-    """End the session of a therapist whom the operator disabled or reset meanwhile."""
+def refuse_locked_out_therapists() -> Response | None:
+    """End the session of a therapist whom the operator disabled or reset meanwhile.
+
+    A therapist who logged in with a chosen password goes straight to the page that
+    gives them a passphrase, and nowhere else, until they have taken it.
+    """
     session = current_session()
     if session is None:
-        return
+        return None
     therapist = get_therapist(db(), session.owner_id)
     if therapist.disabled or not therapist.enrolled:
         end_session(db(), THERAPIST_SESSIONS, session.token_hash)
         g.session = None
         g.stale_cookie = True
+    elif therapist.renew and request.endpoint not in RENEWAL_ENDPOINTS:
+        return redirect(url_for("portal.passphrase", done="renew"))
+    return None
 
 
 def current_therapist() -> Therapist:

@@ -13,11 +13,18 @@ from stillroom.webapp.portal.blueprint import bp
 #: Short confirmations shown after an action; the URL carries only the key.
 NOTICES = {
     "enrolled": _l(
-        "Your account is ready. From now on, log in with your name, your password and"
-        " a code from your app."
+        "Your account is ready. From now on, log in with your login name, your passphrase"
+        " and a code from your app."
     ),
     "logged-out": _l("You are logged out."),
-    "password-changed": _l("Your password has been changed. Other sessions have been logged out."),
+    "passphrase-changed": _l(
+        "Your passphrase has been changed. Other sessions have been logged out."
+    ),
+    "renew": _l(
+        "Stillroom now makes every therapist's passphrase, so that no chosen password"
+        " guards the keys to your conversations. Your old password has brought you here"
+        " once more: take the new passphrase below, and log in with it from now on."
+    ),
     "session-ended": _l("Your session has ended. Please log in again."),
     "published": _l("Your new times are published."),
     "slot-deleted": _l("The time has been withdrawn."),

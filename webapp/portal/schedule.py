@@ -9,7 +9,6 @@ from typing import Any
 from flask import abort, redirect, render_template, request, url_for
 from flask_babel import lazy_gettext as _l
 
-from stillroom.crypto.box import seal
 from stillroom.webapp.booking import (
     MAX_DURATION_MINUTES,
     MAX_NOTE_CHARS,
@@ -22,7 +21,6 @@ from stillroom.webapp.booking import (
     SlotInputError,
     cancel_by_therapist,
     delete_free_slot,
-    participant_public_key,
     publish_slots,
     therapist_appointments,
     therapist_slots,
@@ -213,9 +211,14 @@ def cancel(appointment_id: str) -> Any:
             error = NOTE_TOO_LONG
         else:
             try:
-                public_key = participant_public_key(db(), therapist.id, appointment_id)
-                sealed = seal(note.encode(), public_key) if note else None
-                cancel_by_therapist(db(), therapist.id, appointment_id, sealed, now())
+                cancel_by_therapist(
+                    db(),
+                    therapist.id,
+                    appointment_id,
+                    note,
+                    now(),
+                    settings().appointment_retention_days,
+                )
             except NotFoundError:
                 abort(404)
             return redirect(url_for("portal.home", done="cancelled"))
