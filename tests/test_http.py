@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import re
 
 import pytest
@@ -145,6 +146,28 @@ def test_form_token_from_before_login_does_not_work_after_it(client, auth):
     auth.login(passphrase)
     response = client.post("/en/logout", data=form_fields(old_page))
     assert response.status_code == 400
+
+
+def test_a_form_token_tells_nothing_about_the_servers_clock(client, clock):
+    """Tokens polled across a minute's turn once placed the server's clock to a few ms."""
+    clock.now = 1_800_000_000 - 0.5  # half a second before a minute turns
+    before = [form_fields(client.get("/en/login").get_data(as_text=True))["form_token"]]
+    clock.advance(1)
+    after = [form_fields(client.get("/en/login").get_data(as_text=True))["form_token"]]
+    raw = [base64.urlsafe_b64decode(token) for token in before + after]
+    assert len({len(token) for token in raw}) == 1
+    minutes = [int(clock() // 60) - 1, int(clock() // 60)]
+    for token in raw:
+        for minute in minutes:
+            assert minute.to_bytes(4, "big") not in token, "the minute is not in clear"
+    # Nothing in common but chance: no byte of the token stays put from one to the next.
+    same = [a == b for a, b in zip(raw[0], raw[1], strict=True)]
+    assert sum(same) < 8, same
+    page = client.get("/en/login").get_data(as_text=True)
+    fields = {**form_fields(page), "passphrase": "no such words here at all"}
+    assert client.post("/en/login", data=fields).status_code == 401, "and it still works"
+    clock.advance(9 * 3600)
+    assert client.post("/en/login", data=fields).status_code == 400, "and still expires"
 
 
 def test_tampered_pending_passphrase_is_refused_calmly(client, settings):

@@ -152,7 +152,7 @@ def feed(appointment: ChatAppointment, side: Side) -> Response:
     digest = hashlib.blake2b(state.encode(), digest_size=8).digest()
     etag = base64.urlsafe_b64encode(digest).decode().rstrip("=")  # 11 characters, not 16 in hex
     if etag in request.if_none_match:
-        return not_modified(etag)
+        return not_modified(etag, side)
     response = make_response(
         render_template(
             "chat/feed.html",
@@ -164,8 +164,19 @@ def feed(appointment: ChatAppointment, side: Side) -> Response:
         )
     )
     response.set_etag(etag)
-    response.headers["Cache-Control"] = "private, no-cache"
+    response.headers["Cache-Control"] = feed_cache_control(side)
     return gzip_if_accepted(response)
+
+
+def feed_cache_control(side: Side) -> str:
+    """Return how browsers may keep a feed: participants' in memory, therapists' not at all.
+
+    Tor Browser keeps its cache in memory only, so a participant's feed may be kept
+    (``private, no-cache``) and its idle reload answered with a bare 304. An ordinary
+    browser writes such pages to disk, so the portal's feed, with its message text
+    and pseudonyms, is ``no-store`` like every other page.
+    """
+    return "private, no-cache" if side.role == "participant" else "no-store"
 
 
 def other_label(side: Side) -> Any:
@@ -185,11 +196,11 @@ def history(appointment: ChatAppointment, side: Side) -> list[dict[str, Any]] | 
     return [describe(message, side) for message in read_messages(db(), conversation_id, key)]
 
 
-def not_modified(etag: str) -> Response:
+def not_modified(etag: str, side: Side) -> Response:
     """Return a bare 304: the browser keeps the headers of the copy it has."""
     response = Response(status=304)
     response.set_etag(etag)
-    response.headers["Cache-Control"] = "private, no-cache"
+    response.headers["Cache-Control"] = feed_cache_control(side)
     response.headers.pop("Content-Type", None)
     return response
 
@@ -300,8 +311,36 @@ def refuse_unusable_socket() -> None:
     ):
         abort(400)
     origin = request.headers.get("Origin")
-    if origin is None or urlsplit(origin).hostname != request.host.rsplit(":", 1)[0]:
+    if origin is None or _origin_of(origin) != own_origin():
         abort(403)
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _origin_of(url: str) -> tuple[str, str, int] | None:
+    """Return an address's scheme, host and port (the default port when it names none)."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port or _DEFAULT_PORTS.get(parts.scheme)
+    except ValueError:
+        return None
+    if not parts.hostname or port is None:
+        return None
+    return parts.scheme, parts.hostname, port
+
+
+def own_origin() -> tuple[str, str, int] | None:
+    """Return the origin a page of this app has, as the browser sees it.
+
+    Behind the portal's TLS proxy the request arrives over plain HTTP, so for the
+    portal's public host the scheme and port come from ``PORTAL_URL``.
+    """
+    public_host = current_app.config["PUBLIC_HOST"]
+    host = request.host.lower().rsplit(":", 1)[0]
+    if public_host not in (None, "127.0.0.1") and host == public_host:
+        return _origin_of(current_app.config["SETTINGS"].portal_base_url)
+    return _origin_of(f"{request.scheme}://{request.host}")
 
 
 def live(ws: Any, appointment: ChatAppointment, logged_in: Callable[[], bool]) -> None:
@@ -372,14 +411,17 @@ def add_chat_routes(
         live(ws, appointment, logged_in)
 
     def check_live_socket() -> None:
-        """Refuse a socket this server cannot upgrade, from another site, or without login.
+        """Refuse a socket this server cannot upgrade, from another site, without login,
+        or for an appointment that is not this user's.
 
-        Refused before the handshake, so the script sees a failed try and gives up.
+        Refused before the handshake (no ``101``), so the script sees a failed try and
+        gives up.
         """
         if request.endpoint == f"{bp.name}.chat_live":
             refuse_unusable_socket()
             if current_session() is None:
                 abort(403)
+            own((request.view_args or {}).get("appointment_id", ""))  # 404 if not theirs
 
     bp.add_url_rule("/chat/<appointment_id>/feed", view_func=chat_feed)
     bp.add_url_rule(

@@ -20,7 +20,10 @@ def get_db() -> Database:
     """Return this request's connection, borrowing it on first use."""
     if "db" not in g:
         idle: list[Database] = current_app.extensions["stillroom_db_pool"]
-        g.db = idle.pop() if idle else connect(current_app.config["SETTINGS"].database_path)
+        try:  # one step: a thread between a check and a pop could find the list emptied
+            g.db = idle.pop()
+        except IndexError:
+            g.db = connect(current_app.config["SETTINGS"].database_path)
     db: Database = g.db
     return db
 

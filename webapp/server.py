@@ -88,6 +88,32 @@ class QuietHandler(WSGIHandler):  # type: ignore[misc]
         log.error("request failed inside the server: %s", t.__name__)
         self._send_error_response_if_possible(500)
 
+    def _handle_client_error(self, ex: BaseException) -> tuple[str, bytes]:
+        """Answer a request that cannot be parsed with a bare 400, and print nothing.
+
+        gevent prints a traceback for some of them (more than 100 headers, say), which
+        anyone could use to fill the journal, and logs others with the client's address.
+        """
+        self.close_connection = True
+        return ("400", BAD_REQUEST)
+
+
+#: gevent's own answer to a request it cannot parse.
+BAD_REQUEST = b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-length: 0\r\n\r\n"
+
+
+def quiet_hub() -> None:
+    """Make gevent report a failure inside a connection or a thread by its type alone.
+
+    Left to itself, gevent prints the traceback, a timestamp and the objects involved;
+    a flood of failing requests would then fill the journal with the times they came.
+    """
+
+    def report(_context: object, kind: type[BaseException], *_details: object) -> None:
+        log.error("a task failed inside the server: %s", kind.__name__)
+
+    gevent.get_hub().print_exception = report
+
 
 def create_server(app: Flask, port: int, settings: Settings) -> WSGIServer:
     """Bind one app's port on 127.0.0.1 now (before Tor starts); serve it later.
@@ -130,6 +156,7 @@ def create_servers(
     """Bind both apps' ports: the participant app first, then the portal."""
     if not monkey.is_module_patched("socket"):
         raise RuntimeError("serve through the stillroom command, which prepares gevent")
+    quiet_hub()
     raise_file_limit(settings)
     participant = create_server(participant_app, settings.participant_port, settings)
     try:
