@@ -62,9 +62,10 @@ def generate_passphrase(language: str) -> str:
 def is_generated(passphrase: str, language: str) -> bool:
     """Return whether a normalised ``passphrase`` has the shape of one made for ``language``.
 
-    :data:`WORD_COUNT` or more words, every one from the list: so its strength is at
-    least :func:`entropy_bits`, whoever typed it. Where only generated secrets may
-    guard keys (a therapist's), this refuses anything a person made up.
+    :data:`WORD_COUNT` or more words, every one from the list. A second line of defence
+    where only generated secrets may guard keys (a therapist's): it refuses passwords and
+    made-up phrases, but words chosen from the list by a person pass. The strength comes
+    from :func:`generate_passphrase`, whose result the server carries to the form sealed.
     """
     words = passphrase.split(" ")
     listed = set(wordlist(language))

@@ -20,8 +20,10 @@ have a zero tag. A slot of 64 zero bytes is free.
 
 from __future__ import annotations
 
+import fcntl
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import nacl.utils
@@ -45,9 +47,10 @@ class SlotGoneError(Exception):
 class SlotFile:
     """The file of key slots, opened once for reading and overwriting in place.
 
-    Callers that create or destroy slots must hold the database's write lock (a
-    ``BEGIN IMMEDIATE`` transaction): it is the one lock every process shares, so two
-    processes never take the same free slot.
+    Callers that create slots must hold the database's write lock (a ``BEGIN IMMEDIATE``
+    transaction): it is the one lock every process shares, so two processes never take
+    the same free slot. Every write also holds an exclusive lock on the file itself, so
+    that :meth:`destroy_unchanged` compares and overwrites in one step.
 
     :param path: the slot file; it must exist (:func:`create_slot_file`).
     :param writable: ``False`` to only read it (an audit).
@@ -61,6 +64,15 @@ class SlotFile:
         """Close the file."""
         os.close(self._fd)
 
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """Hold the file's exclusive lock: no other process writes a slot meanwhile."""
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+
     def _read_all(self) -> bytes:
         size = os.fstat(self._fd).st_size
         return os.pread(self._fd, size, 0)
@@ -72,15 +84,29 @@ class SlotFile:
         """
         if len(tag) != TAG_BYTES:
             raise ValueError("a tag has 32 bytes")
-        content = self._read_all()
-        number = _first_free(content)
-        if number is None:
-            number = len(content) // SLOT_BYTES
-            self._grow(number + GROW_SLOTS)
-        key = nacl.utils.random(KEY_BYTES)
-        os.pwrite(self._fd, tag + key, number * SLOT_BYTES)
-        os.fsync(self._fd)
+        with self._writing():
+            content = self._read_all()
+            number = _first_free(content)
+            if number is None:
+                number = len(content) // SLOT_BYTES
+                self._grow(number + GROW_SLOTS)
+            os.pwrite(self._fd, tag + nacl.utils.random(KEY_BYTES), number * SLOT_BYTES)
+            os.fsync(self._fd)
         return number
+
+    def append(self, tags: list[bytes]) -> list[int]:
+        """Put fresh keys for ``tags`` in new slots at the end, with one ``fsync``.
+
+        For filling a new slot file at once (moving an older data directory over),
+        where one :meth:`create` each would scan the file and sync once per slot.
+        """
+        with self._writing():
+            first = os.fstat(self._fd).st_size // SLOT_BYTES
+            records = b"".join(tag + nacl.utils.random(KEY_BYTES) for tag in tags)
+            pad = bytes(-(first + len(tags)) % GROW_SLOTS * SLOT_BYTES)
+            os.pwrite(self._fd, records + pad, first * SLOT_BYTES)
+            os.fsync(self._fd)
+        return list(range(first, first + len(tags)))
 
     def _grow(self, slots: int) -> None:
         """Extend the file to ``slots`` slots, written out as zeros."""
@@ -127,23 +153,59 @@ class SlotFile:
             start = content.find(tag, start + 1)
         return found
 
+    def read(self, number: int) -> bytes:
+        """Return slot ``number`` as it is (tag and key), to destroy it later if unchanged."""
+        return os.pread(self._fd, SLOT_BYTES, number * SLOT_BYTES)
+
     def destroy(self, numbers: Iterable[int]) -> int:
         """Overwrite the slots ``numbers`` with zeros in place, then ``fsync``.
 
         :returns: how many slots held a key until now.
         """
+        with self._writing():
+            return self._overwrite(
+                number for number in numbers if number >= 0 and self.read(number) not in (FREE, b"")
+            )
+
+    def destroy_unchanged(self, seen: Iterable[tuple[int, bytes]]) -> int:
+        """Overwrite each slot that still holds what was ``seen`` in it, then ``fsync``.
+
+        A slot freed by another process meanwhile, and perhaps taken again for something
+        new, holds something else: it is left alone.
+
+        :param seen: ``(number, contents)`` pairs read with :meth:`read`.
+        :returns: how many slots were overwritten.
+        """
+        with self._writing():
+            return self._overwrite(
+                number for number, before in seen if before != FREE and self.read(number) == before
+            )
+
+    def _overwrite(self, numbers: Iterable[int]) -> int:
+        """Zero these slots (the caller holds the file's lock); ``fsync`` once."""
         destroyed = 0
         for number in sorted(set(numbers)):
-            if number < 0:
-                continue
-            offset = number * SLOT_BYTES
-            if os.pread(self._fd, SLOT_BYTES, offset) in (FREE, b""):
-                continue
-            os.pwrite(self._fd, FREE, offset)
-            destroyed += 1
+            if number >= 0:
+                os.pwrite(self._fd, FREE, number * SLOT_BYTES)
+                destroyed += 1
         if destroyed:
             os.fsync(self._fd)
         return destroyed
+
+    def stamp(self) -> tuple[int, int, int]:
+        """Return the file's identity, size and time of change, to notice writes by others."""
+        status = os.fstat(self._fd)
+        return status.st_ino, status.st_size, status.st_mtime_ns
+
+    def tagged(self) -> dict[bytes, set[int]]:
+        """Return where every tag is (for an index of them, built once)."""
+        content = self._read_all()
+        where: dict[bytes, set[int]] = {}
+        for offset in range(0, len(content) - SLOT_BYTES + 1, SLOT_BYTES):
+            tag = content[offset : offset + TAG_BYTES]
+            if tag != NO_TAG:
+                where.setdefault(tag, set()).add(offset // SLOT_BYTES)
+        return where
 
     def in_use(self) -> set[int]:
         """Return the numbers of every slot that holds a key."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import sqlite3
 import struct
+import subprocess
+import sys
 
 import nacl.bindings
 import nacl.secret
@@ -21,11 +23,12 @@ from stillroom.crypto.box import (
     seal,
 )
 from stillroom.crypto.slots import SLOT_BYTES, SlotFile, SlotGoneError, create_slot_file
+from stillroom.webapp import keyslots
 from stillroom.webapp.app import create_participant_app, create_portal_app
 from stillroom.webapp.instance import subkey
 from stillroom.webapp.retention import purge
 from stillroom.webapp.settings import Settings, SettingsError
-from stillroom.webapp.store import connect, migrations
+from stillroom.webapp.store import connect, migrations, transaction
 
 from support import (
     ENDS,
@@ -66,6 +69,70 @@ def test_a_destroyed_slot_is_overwritten_where_it_lies(slot_file):
     assert slot_file.find(b"t" * 32) == [second]
     assert slot_file.destroy([first]) == 0, "destroying twice is harmless"
     assert slot_file.create() == first, "a destroyed slot is the next one taken"
+
+
+def test_a_slot_taken_again_meanwhile_is_not_destroyed_by_an_older_deletion(slot_file):
+    """A deletion saved, then another process's purge frees the slot and a new account takes
+    it, then the first deletion overwrites what it doomed: the new key must survive."""
+    number = slot_file.create()
+    seen = slot_file.read(number)
+    assert slot_file.destroy([number]) == 1  # another process's purge, meanwhile
+    assert slot_file.create(b"n" * 32) == number  # and someone new in the same place
+    new_key = slot_file.key(number)
+    assert slot_file.destroy_unchanged([(number, seen)]) == 0
+    assert slot_file.key(number) == new_key
+    assert slot_file.destroy_unchanged([(number, slot_file.read(number))]) == 1
+
+
+def test_a_rolled_back_write_leaves_no_key_behind(app, settings):
+    db = connect(settings.database_path)
+    try:
+        with pytest.raises(RuntimeError), transaction(db):
+            slot = keyslots.new_slot(db, b"t" * 32)
+            db.table("day_keys").insert({"expires_day": "2031-01-01", "slot": slot})
+            raise RuntimeError("the write fails after the slot was taken")
+    finally:
+        db.close()
+    slots = SlotFile(settings.data_dir / "keys.slots")
+    try:
+        assert slot not in slots.in_use()
+    finally:
+        slots.close()
+
+
+def test_the_tag_index_notices_what_another_process_wrote(app, auth, settings):
+    """Logins find accounts through an index in memory; a write to the file from outside
+    (a purge run from the shell, say) is noticed, and a stale entry finds nothing."""
+    passphrase = auth.create()
+    auth.logout()
+    assert auth.login(passphrase).status_code == 302
+    auth.logout()
+    [(slot,)] = rows(settings, "SELECT slot FROM participants")
+    db = connect(settings.database_path)  # another process deletes the account ...
+    try:
+        db.execute("DELETE FROM participants")
+    finally:
+        db.close()
+    with (settings.data_dir / "keys.slots").open("r+b") as outside:  # ... and its slot
+        outside.seek(slot * SLOT_BYTES)
+        outside.write(bytes(SLOT_BYTES))
+    assert auth.login(passphrase).status_code == 401
+    made_elsewhere = "acorn bishop candle dove ember fjord glade"
+    script = (
+        "import sys; from stillroom.webapp.accounts import create_account;"
+        " from stillroom.webapp.store import connect; from stillroom.webapp.instance import subkey;"
+        " from stillroom.crypto.kdf import KeyDeriver, FAST_FOR_TESTS; from pathlib import Path;"
+        " d = Path(sys.argv[1]); db = connect(d / 'stillroom.db');"
+        " key = subkey((d / 'server.key').read_bytes(), b'lookup-key');"
+        " create_account(db, KeyDeriver(FAST_FOR_TESTS, 1, 5), key, sys.argv[2], '2027-01-15')"
+    )
+    subprocess.run(
+        [sys.executable, "-c", script, str(settings.data_dir), made_elsewhere],
+        check=True,
+        timeout=60,
+        env={**os.environ, "PYTHONSAFEPATH": "1"},
+    )
+    assert AuthActions(app.test_client()).login(made_elsewhere).status_code == 302
 
 
 def test_the_slot_file_grows_in_zeroed_steps_and_finds_tags(slot_file):

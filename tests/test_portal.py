@@ -230,6 +230,43 @@ def test_a_busy_server_does_not_count_against_the_therapist(therapist, portal_ap
     assert therapist.login().status_code == 302
 
 
+@pytest.mark.parametrize("name", ["Anna", "zzzz-nobody"])
+def test_a_name_that_exists_and_one_that_does_not_answer_alike(therapist, portal_app, clock, name):
+    """The same answers in the same order: failures, a pause, its end to the second, a
+    busy server; so the answers cannot tell which login names exist."""
+    therapist.create()
+    therapist.logout()
+
+    def answers(count: int) -> list[int]:
+        return [
+            therapist.login(name=name, passphrase="a wrong one").status_code for _ in range(count)
+        ]
+
+    assert answers(6) == [401] * 5 + [429]
+    clock.advance(15 * 60 + 1)  # no purge has run: the pause and the count have run out
+    assert answers(1) == [401]
+    deriver = portal_app.config["KEY_DERIVER"]
+    deriver.wait_seconds = 0.05
+    deriver._slots.acquire()  # a flood holds the portal's argon2 slot
+    try:
+        assert answers(7) == [503] * 7, "a try that tried nothing counts for nobody"
+    finally:
+        deriver._slots.release()
+    assert answers(5) == [401] * 4 + [429]
+
+
+def test_a_hidden_value_from_the_other_passphrase_form_is_a_calm_refusal(therapist):
+    """Enrolment and the passphrase page seal their hidden values with one key."""
+    enrol_page = therapist.client.get(f"/en/enrol/{therapist.add('Bruno')}").get_data(as_text=True)
+    therapist.create()
+    page = therapist.client.get("/en/passphrase").get_data(as_text=True)
+    fields = {**form_fields(page), "pending": form_fields(enrol_page)["pending"]}
+    answer = therapist.client.post(
+        "/en/passphrase", data={**fields, "current": therapist.passphrases["Anna"], "confirm": "x"}
+    )
+    assert answer.status_code == 400 and "open too long" in answer.get_data(as_text=True)
+
+
 def test_a_therapist_disabled_meanwhile_loses_the_session(therapist, settings):
     therapist.create()
     db = connect(settings.database_path)

@@ -29,6 +29,7 @@ from stillroom.webapp.chat import conversation_slots
 from stillroom.webapp.keyslots import (
     SlotGoneError,
     destroy_slots,
+    doomed,
     find_slots,
     lock,
     new_slot,
@@ -175,7 +176,8 @@ def _rewrap(
         )
         if end_sessions:
             db.execute("DELETE FROM sessions WHERE participant_id = ?", [account.participant_id])
-    destroy_slots(db, [old])
+        gone = doomed(db, [old])
+    destroy_slots(db, gone)
     checkpoint(db)  # the old wrapping must not linger in the write-ahead log
 
 
@@ -195,8 +197,8 @@ def replace_passphrase(
 def delete_account(db: Database, participant_id: str) -> None:
     """Delete the account and everything that hangs off it, destroy its slots, flush the WAL."""
     with transaction(db):
-        slots = _delete_accounts(db, [participant_id])
-    destroy_slots(db, slots)
+        gone = doomed(db, _delete_accounts(db, [participant_id]))
+    destroy_slots(db, gone)
     checkpoint(db)
 
 
@@ -214,8 +216,8 @@ def purge_unused_accounts(db: Database, today: str, retention_days: int) -> int:
                 "SELECT id FROM participants WHERE last_login_day <= ?", [cutoff.isoformat()]
             )
         ]
-        slots = _delete_accounts(db, unused)
-    destroy_slots(db, slots)
+        gone = doomed(db, _delete_accounts(db, unused))
+    destroy_slots(db, gone)
     return len(unused)
 
 

@@ -91,8 +91,9 @@ def _write_sealed(settings: Settings, fd: int, public_key: bytes) -> None:
 def _snapshot(settings: Settings) -> tuple[bytes, bytes]:
     """Return the database and the slot file as they are at one moment, in memory.
 
-    Slots change only under the database's write lock, so holding it for the copy
-    (a few milliseconds per megabyte) makes the two agree.
+    Slots are taken only under the database's write lock, so holding it for the copy
+    (a few milliseconds per megabyte) makes the two agree; a slot whose rows were deleted
+    a moment before may still be in the copy, and the purge after a restore destroys it.
     """
     db = connect(settings.database_path)
     try:

@@ -427,13 +427,15 @@ def open_cancel_note(
     """
     if appointment.cancel_note is None:
         return None
+    note = appointment.cancel_note
     slot = day_key_slot(db, deletion_day(appointment.ends_at, retention_days))
     try:
-        sealed = (
-            appointment.cancel_note if slot is None else unlock(db, slot, appointment.cancel_note)
-        )
+        sealed = unlock(db, slot, note) if slot is not None else note
+    except (SlotGoneError, UnwrapError):
+        sealed = note  # a note from before day keys was only sealed
+    try:
         return open_sealed(sealed, secret_key).decode()
-    except (SlotGoneError, UnwrapError, UnsealError, UnicodeDecodeError):
+    except (UnsealError, UnicodeDecodeError):
         return None
 
 

@@ -46,6 +46,7 @@ from stillroom.webapp.keyslots import (
     day_slot,
     deletion_day,
     destroy_slots,
+    doomed,
     lock,
     new_slot,
     slot_key,
@@ -413,10 +414,10 @@ def conversation_slots(db: Database, column: str, value: str) -> list[int]:
 def delete_conversation(db: Database, conversation_id: str) -> None:
     """Delete the conversation and its messages, then destroy its slot, then flush the log."""
     with transaction(db):
-        slots = conversation_slots(db, "id", conversation_id)
+        gone = doomed(db, conversation_slots(db, "id", conversation_id))
         db.execute("DELETE FROM messages WHERE conversation_id = ?", [conversation_id])
         db.execute("DELETE FROM conversations WHERE id = ?", [conversation_id])
-    destroy_slots(db, slots)
+    destroy_slots(db, gone)
     checkpoint(db)
 
 
@@ -491,7 +492,8 @@ def purge_chats(db: Database, now: int, opens_minutes_before: int) -> int:
     with transaction(db):  # the day keys first: what is past its day opens no more
         expired = db.execute("SELECT slot FROM day_keys WHERE expires_day <= ?", [today]).fetchall()
         db.execute("DELETE FROM day_keys WHERE expires_day <= ?", [today])
-    destroy_slots(db, [row[0] for row in expired])
+        gone = doomed(db, [row[0] for row in expired])
+    destroy_slots(db, gone)
     removed = len(expired)
     while True:  # in batches, so that the server answers in between (one event loop)
         with transaction(db):

@@ -16,6 +16,7 @@ commit and the destruction that follows it, or by a rolled-back creation).
 from __future__ import annotations
 
 import datetime
+import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -60,11 +61,85 @@ def _require_write_lock(db: Database) -> None:
         raise RuntimeError("slots are created and destroyed inside a write transaction")
 
 
+class _TagIndex:
+    """Where each account's tag is, kept in memory so that a login reads one slot, not all.
+
+    Built from the file at the first lookup, and again whenever the file was written
+    by anyone but this process (its identity, size or time of change moved). This
+    process's own writes keep it current. Every hit is checked against the file, so an
+    entry left by a deletion elsewhere finds nothing. Accounts are created only by the
+    serving process, so what another process writes is deletions.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.stamp: tuple[int, int, int] | None = None
+        self.slots: dict[bytes, set[int]] = {}
+
+
+_INDEXES: dict[Path, _TagIndex] = {}
+_INDEXES_LOCK = threading.Lock()
+
+
+def _index(path: Path) -> _TagIndex:
+    with _INDEXES_LOCK:
+        return _INDEXES.setdefault(path, _TagIndex())
+
+
+def _wrote(
+    file: SlotFile, before: tuple[int, int, int], added: tuple[bytes, int] | None = None
+) -> None:
+    """Keep the tag index current after this process wrote the file (if it was current)."""
+    index = _index(file.path)
+    with index.lock:
+        if index.stamp == before:
+            if added is not None and added[0] != NO_TAG:
+                index.slots.setdefault(added[0], set()).add(added[1])
+            index.stamp = file.stamp()
+
+
 def new_slot(db: Database, tag: bytes = NO_TAG) -> int:
     """Inside a write transaction: take a free slot with a fresh key; return its number."""
     _require_write_lock(db)
     with opened(db) as slots:
-        return slots.create(tag)
+        before = slots.stamp()
+        number = slots.create(tag)
+        _wrote(slots, before, (tag, number))
+    created: list[Doomed] = db.__dict__.setdefault("created_slots", [])
+    created.append((number, _read(db, number)))
+    return number
+
+
+def _read(db: Database, number: int) -> bytes:
+    with opened(db) as slots:
+        return slots.read(number)
+
+
+def discard_created(db: Database) -> int:
+    """After a rolled-back transaction: destroy the slots it created (no row names them).
+
+    Called by :func:`stillroom.webapp.store.transaction`, so that a write that failed
+    leaves no key behind for the bytes it may have put in the write-ahead log.
+    """
+    created: list[Doomed] = db.__dict__.pop("created_slots", [])
+    return destroy_slots(db, created)
+
+
+def forget_created(db: Database) -> None:
+    """After a committed transaction: its new slots are named by rows now."""
+    db.__dict__.pop("created_slots", None)
+
+
+def new_slots(db: Database, tags: list[bytes]) -> list[int]:
+    """Inside a write transaction: fresh keys in new slots at the file's end, one per tag.
+
+    For moving many objects into slots at once (one write and one ``fsync`` in all).
+    """
+    _require_write_lock(db)
+    if not tags:
+        return []
+    with opened(db) as slots:
+        return slots.append(tags)
 
 
 def slot_key(db: Database, slot: int) -> bytes:
@@ -77,9 +152,19 @@ def slot_key(db: Database, slot: int) -> bytes:
 
 
 def find_slots(db: Database, tag: bytes) -> list[int]:
-    """Return the slots tagged ``tag`` (a participant's lookup hash): normally one or none."""
+    """Return the slots tagged ``tag`` (a participant's lookup hash): normally one or none.
+
+    A lookup reads only the slots its index names (a wrong passphrase, none), so a
+    flood of failed logins costs no scan of the file, however many accounts there are.
+    """
     with opened(db) as slots:
-        return slots.find(tag)
+        index = _index(slots.path)
+        with index.lock:
+            if index.stamp != slots.stamp():
+                index.stamp = slots.stamp()
+                index.slots = slots.tagged()
+            candidates = sorted(index.slots.get(tag, ()))
+        return [number for number in candidates if slots.read(number)[: len(tag)] == tag]
 
 
 def lock(db: Database, slot: int, data: bytes) -> bytes:
@@ -126,19 +211,35 @@ def day_key_slot(db: Database, day: str) -> int | None:
     return None if row is None else int(row[0])
 
 
-def destroy_slots(db: Database, slots: Iterable[int | None]) -> int:
+#: A slot to destroy once the deletion is saved, with what it held when it was chosen.
+Doomed = tuple[int, bytes]
+
+
+def doomed(db: Database, slots: Iterable[int | None]) -> list[Doomed]:
+    """Inside the write transaction that deletes their rows: mark these slots for
+    :func:`destroy_slots`, with what each holds now."""
+    _require_write_lock(db)
+    with opened(db) as file:
+        return [(slot, file.read(slot)) for slot in slots if slot is not None]
+
+
+def destroy_slots(db: Database, slots: list[Doomed]) -> int:
     """Overwrite these slots in place: whatever they locked can never be opened again.
 
     Called right after the transaction that deleted their rows has committed (should
-    the process die in between, the next purge destroys them: no row names them).
+    the process die in between, the next purge destroys them: no row names them). A
+    slot that no longer holds what :func:`doomed` saw (another process's purge freed
+    it meanwhile, and something new took it) is left alone.
 
-    :returns: how many slots held a key until now.
+    :returns: how many slots were overwritten.
     """
-    numbers = [slot for slot in slots if slot is not None]
-    if not numbers:
+    if not slots:
         return 0
     with opened(db) as file:
-        return file.destroy(numbers)
+        before = file.stamp()
+        destroyed = file.destroy_unchanged(slots)
+        _wrote(file, before)
+        return destroyed
 
 
 def referenced_slots(db: Database) -> set[int]:
@@ -157,4 +258,7 @@ def destroy_orphans(db: Database) -> int:
     """
     _require_write_lock(db)
     with opened(db) as slots:
-        return slots.destroy(slots.in_use() - referenced_slots(db))
+        before = slots.stamp()
+        destroyed = slots.destroy(slots.in_use() - referenced_slots(db))
+        _wrote(slots, before)
+        return destroyed

@@ -1,7 +1,7 @@
 """Retention: remove what has outlived its purpose, at startup and every minute.
 
 Key slots that no row names any more (a crash between a deletion and its slot's
-destruction leaves one), accounts unused for ``ACCOUNT_RETENTION_DAYS``, expired
+destruction leaves one: looked for at start-up and by ``stillroom purge``), accounts unused for ``ACCOUNT_RETENTION_DAYS``, expired
 sessions of both apps, enrolment links that were never used, failed-login counts that
 have run out, the keys of message days that have come and those days' messages,
 conversations nobody needs, slots that have ended and appointments past their
@@ -32,21 +32,27 @@ from stillroom.webapp.therapists import forget_old_failures
 log = logging.getLogger(__name__)
 
 
-def purge(db: Database, now: int, settings: Settings) -> int:
+def purge(db: Database, now: int, settings: Settings, orphans: bool = True) -> int:
     """Delete everything past its retention; return how many rows went.
 
     On a full disk it runs on the data directory's reserve (:func:`with_reserve`).
 
+    :param orphans: also destroy key slots that no row names (left only by a process that
+        died between a deletion and its slots' destruction: the purge at start-up, or
+        ``stillroom purge``, finds them; the one every minute need not read every slot).
+
     :raises StoreUnwritableError: when the database cannot be written even so.
     """
-    return with_reserve(settings, lambda: _delete_expired(db, now, settings))
+    return with_reserve(settings, lambda: _delete_expired(db, now, settings, orphans))
 
 
-def _delete_expired(db: Database, now: int, settings: Settings) -> int:
+def _delete_expired(db: Database, now: int, settings: Settings, orphans: bool) -> int:
     """The purge's deletions, then the checkpoint that clears them from the log."""
     today = datetime.datetime.fromtimestamp(now, datetime.UTC).date().isoformat()
-    with transaction(db):
-        removed = destroy_orphans(db)
+    removed = 0
+    if orphans:
+        with transaction(db):
+            removed = destroy_orphans(db)
     removed += purge_unused_accounts(db, today, settings.account_retention_days)
     removed += end_expired_sessions(db, now)
     with transaction(db):
@@ -75,7 +81,7 @@ def start_periodic_purge(
                 log.error("purge could not open the database: %s", type(error).__name__)
                 continue
             try:
-                purge(db, int(clock()), settings)
+                purge(db, int(clock()), settings, orphans=False)
             except StoreUnwritableError as problem:
                 problem.report()
             except Exception as error:  # keep purging; report without any data

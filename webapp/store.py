@@ -21,8 +21,14 @@ from sqlite_utils.migrations import Migrations
 
 from stillroom.crypto.box import seal
 from stillroom.crypto.kdf import legacy_wrapped
-from stillroom.crypto.slots import create_slot_file
-from stillroom.webapp.keyslots import lock, new_slot, slot_path
+from stillroom.crypto.slots import NO_TAG, create_slot_file
+from stillroom.webapp.keyslots import (
+    discard_created,
+    forget_created,
+    lock,
+    new_slots,
+    slot_path,
+)
 
 #: Per-connection pragmas (DESIGN §4). ``secure_delete`` overwrites deleted content;
 #: ``trusted_schema=OFF`` refuses functions smuggled into the schema.
@@ -338,8 +344,10 @@ def _lock_participants(db: Database) -> None:
         "SELECT id, lookup_hash, kdf_salt, public_key, wrapped_secret_key, last_login_day,"
         " time_zone, blocked FROM participants"
     ).fetchall()
-    for participant_id, lookup, salt, public_key, wrapped, day, zone, blocked in old:
-        slot = new_slot(db, lookup)
+    slots = new_slots(db, [row[1] for row in old])
+    for slot, (participant_id, _lookup, salt, public_key, wrapped, day, zone, blocked) in zip(
+        slots, old, strict=True
+    ):
         db.execute(
             "INSERT INTO participants_new VALUES (?, ?, ?, ?, ?, ?, ?)",
             [
@@ -363,8 +371,8 @@ def _lock_therapists(db: Database) -> None:
         "SELECT id, kdf_salt, wrapped_secret_key FROM therapists"
         " WHERE password_hash IS NOT NULL AND wrapped_secret_key IS NOT NULL"
     ).fetchall()
-    for therapist_id, salt, wrapped in enrolled:
-        slot = new_slot(db)
+    slots = new_slots(db, [NO_TAG] * len(enrolled))
+    for slot, (therapist_id, salt, wrapped) in zip(slots, enrolled, strict=True):
         db.execute(
             "UPDATE therapists SET slot = ?, wrapped_secret_key = ?, renew_passphrase = 1"
             " WHERE id = ?",
@@ -380,8 +388,8 @@ def _lock_conversations(db: Database) -> None:
     rows = db.execute(
         "SELECT id, key_for_participant, key_for_therapist FROM conversations"
     ).fetchall()
-    for conversation_id, for_participant, for_therapist in rows:
-        slot = new_slot(db)
+    slots = new_slots(db, [NO_TAG] * len(rows))
+    for slot, (conversation_id, for_participant, for_therapist) in zip(slots, rows, strict=True):
         db.execute(
             "UPDATE conversations SET slot = ?, key_for_participant = ?, key_for_therapist = ?"
             " WHERE id = ?",
@@ -410,6 +418,8 @@ def connect(path: Path) -> Database:
 def transaction(db: Database) -> Iterator[Database]:
     """Run a block as one write transaction that holds the write lock from the start.
 
+    Key slots it created are destroyed again if it is rolled back.
+
     :raises StoreUnwritableError: when the disk is full or the database read-only; the
         transaction is rolled back and nothing of it was written.
     """
@@ -420,9 +430,11 @@ def transaction(db: Database) -> Iterator[Database]:
     except BaseException as error:
         if db.conn.in_transaction:  # SQLite has rolled back by itself after some errors
             db.conn.execute("ROLLBACK")
+        discard_created(db)  # key slots the rolled-back rows would have named
         if isinstance(error, sqlite3.OperationalError):
             raise_if_unwritable(error, database_path(db))
         raise
+    forget_created(db)
 
 
 def migrate(path: Path) -> None:
@@ -476,5 +488,6 @@ def checkpoint(db: Database, attempts: int = 3, strict: bool = False) -> bool:
         raise
     finally:
         db.execute(f"PRAGMA busy_timeout={dict(PRAGMAS)['busy_timeout']}")
-    log.warning("write-ahead log busy; the next purge truncates it")
+    if strict:  # said by the purge only: after a participant's deletion it would date it
+        log.warning("write-ahead log busy; the next purge truncates it")
     return False

@@ -55,7 +55,14 @@ from stillroom.crypto.passphrase import (
     normalise_passphrase,
 )
 from stillroom.webapp.chat import conversation_slots
-from stillroom.webapp.keyslots import SlotGoneError, destroy_slots, lock, new_slot, unlock
+from stillroom.webapp.keyslots import (
+    SlotGoneError,
+    destroy_slots,
+    doomed,
+    lock,
+    new_slot,
+    unlock,
+)
 from stillroom.webapp.sessions import THERAPIST_SESSIONS, end_sessions_of
 from stillroom.webapp.settings import LANGUAGES
 from stillroom.webapp.store import checkpoint, transaction
@@ -361,7 +368,8 @@ def enrol(
             [slot, public_key, lock(db, slot, wrapped), step, therapist.id],
         )
         end_sessions_of(db, THERAPIST_SESSIONS, therapist.id)
-    destroy_slots(db, [old])
+        gone = doomed(db, [old])
+    destroy_slots(db, gone)
     return therapist.id, secret_key
 
 
@@ -376,8 +384,10 @@ class LoginThrottle:
     :param pause_seconds: how long a pause lasts, and how long a count is kept.
     """
 
-    #: Unknown names remembered at most; the quietest go first beyond it.
-    MAX_NAMES = 10_000
+    #: Unknown names remembered at most. Each needs an argon2 run of the portal's one
+    #: slot to enter and is forgotten a pause's length later, so some 6,000 can be held at
+    #: once (0.15 s each, 15 minutes); beyond this, counts that have run out go first.
+    MAX_NAMES = 100_000
 
     def __init__(self, pause_seconds: int = PAUSE_SECONDS) -> None:
         self.pause_seconds = pause_seconds
@@ -404,8 +414,21 @@ class LoginThrottle:
                 self._unknown[name] = (0, forget_at, now + self.pause_seconds)
                 raise LoginPausedError(now + self.pause_seconds)
             self._unknown[name] = (failures + 1, now + self.pause_seconds, 0)
+            if len(self._unknown) > self.MAX_NAMES:
+                for quiet in [
+                    k for k, (_f, at, until) in self._unknown.items() if max(at, until) <= now
+                ]:
+                    del self._unknown[quiet]
             while len(self._unknown) > self.MAX_NAMES:
                 del self._unknown[next(iter(self._unknown))]
+
+    def give_back(self, login_name: str) -> None:
+        """Undo the count of a try that tried nothing (argon2 was busy)."""
+        name = keyed_hash(login_name.encode(), self._key, b"unknown-login")
+        with self._lock:
+            failures, forget_at, paused_until = self._unknown.get(name, (0, 0, 0))
+            if failures > 0:
+                self._unknown[name] = (failures - 1, forget_at, paused_until)
 
     def decoy(self, deriver: KeyDeriver, passphrase: str) -> None:
         """Do the argon2 work of a real try, for a name that has no key to try."""
@@ -475,7 +498,11 @@ def log_in(
     ).fetchone()
     if row is None:
         throttle.claim_unknown(wanted, now)
-        throttle.decoy(deriver, passphrase[:MAX_INPUT_CHARS])
+        try:
+            throttle.decoy(deriver, passphrase[:MAX_INPUT_CHARS])
+        except KdfBusyError:  # tried nothing: the claim goes back, as for a real name
+            throttle.give_back(wanted)
+            raise
         raise LoginError
     therapist_id, slot, _locked, _totp, renew, last_step = row
     with _attempt(db, therapist_id, now, throttle.pause_seconds):
@@ -510,9 +537,12 @@ def _attempt(db: Database, therapist_id: str, now: int, pause_seconds: int) -> I
     :raises LoginPausedError: while paused, or when this claim starts the pause.
     """
     with transaction(db):
-        locked, failures = db.execute(
-            "SELECT locked_until, failed_logins FROM therapists WHERE id = ?", [therapist_id]
+        locked, failures, forget_at = db.execute(
+            "SELECT locked_until, failed_logins, failures_expire_at FROM therapists WHERE id = ?",
+            [therapist_id],
         ).fetchone()
+        if forget_at <= now and locked <= now:
+            failures = 0  # run out, to the second (the purge clears it within a minute)
         if locked > now:
             raise LoginPausedError(locked)
         if failures >= MAX_FAILURES:
@@ -522,9 +552,9 @@ def _attempt(db: Database, therapist_id: str, now: int, pause_seconds: int) -> I
             )
         else:
             db.execute(
-                "UPDATE therapists SET failed_logins = failed_logins + 1,"
+                "UPDATE therapists SET failed_logins = ?, locked_until = 0,"
                 " failures_expire_at = ? WHERE id = ?",
-                [now + pause_seconds, therapist_id],
+                [failures + 1, now + pause_seconds, therapist_id],
             )
     if failures >= MAX_FAILURES:
         raise LoginPausedError(now + pause_seconds)
@@ -569,7 +599,8 @@ def _rewrap(
         ).rowcount
         if changed and end_sessions:
             end_sessions_of(db, THERAPIST_SESSIONS, therapist_id)
-    destroy_slots(db, [old_slot] if changed else [slot])
+        gone = doomed(db, [old_slot] if changed else [slot])
+    destroy_slots(db, gone)
     checkpoint(db)  # the old wrapping must not linger in the write-ahead log
     return bool(changed)
 
@@ -692,6 +723,7 @@ def reset_therapist(
         )
         db.execute("DELETE FROM conversations WHERE therapist_id = ?", [therapist.id])
         token = _issue_enrolment(db, therapist.id, now, link_seconds)
-    destroy_slots(db, slots)
+        gone = doomed(db, slots)
+    destroy_slots(db, gone)
     checkpoint(db)
     return Enrolment(therapist.login_name, token)

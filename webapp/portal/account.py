@@ -123,10 +123,12 @@ def seal_pending(*values: str) -> str:
     return seal_form_value("\n".join(values))
 
 
-def open_pending() -> list[str] | None:
-    """Return what :func:`seal_pending` carried, or ``None`` when the page was open too long."""
+def open_pending(count: int) -> list[str] | None:
+    """Return the ``count`` values :func:`seal_pending` carried, or ``None`` when the page was
+    open too long (or the value came from another page's form)."""
     value = open_form_value(request.form.get("pending", ""), ENROL_FORM_MINUTES)
-    return None if value is None else value.split("\n")
+    values = None if value is None else value.split("\n")
+    return values if values is not None and len(values) == count else None
 
 
 def typed_back(passphrase: str) -> Any:
@@ -145,7 +147,7 @@ def enrolment(token: str) -> Any:
     except EnrolmentError:
         abort(404)
     error = None
-    pending = open_pending() if request.method == "POST" else None
+    pending = open_pending(2) if request.method == "POST" else None
     if request.method == "POST" and pending is None:
         error = BAD_CODE  # the page was open too long: a new secret and passphrase follow
     elif pending is not None:
@@ -203,7 +205,7 @@ def passphrase() -> Any:
     assert session is not None
     therapist = current_therapist()
     error = None
-    pending = open_pending() if request.method == "POST" else None
+    pending = open_pending(1) if request.method == "POST" else None
     if request.method == "POST" and pending is None:
         error = EXPIRED
     elif pending is not None:
