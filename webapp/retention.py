@@ -1,12 +1,13 @@
 """Retention: remove what has outlived its purpose, at startup and every minute.
 
 Key slots that no row names any more (a crash between a deletion and its slot's
-destruction leaves one: looked for at start-up and by ``stillroom purge``), accounts unused for ``ACCOUNT_RETENTION_DAYS``, expired
-sessions of both apps, enrolment links that were never used, failed-login counts that
-have run out, the keys of message days that have come and those days' messages,
-conversations nobody needs, slots that have ended and appointments past their
-retention. Every deleted key slot is overwritten in place; each run ends with a
-write-ahead-log checkpoint so deleted rows leave the ``-wal`` file too.
+destruction leaves one: looked for at start-up and by ``stillroom purge``), accounts
+unused for ``ACCOUNT_RETENTION_DAYS``, expired sessions of both apps, enrolment links
+that were never used, failed-login counts that have run out, the keys of message days
+that have come and those days' messages, conversations nobody needs, slots that have
+ended and appointments past their retention. Every deleted key slot is overwritten in
+place; each run ends with a write-ahead-log checkpoint so deleted rows leave the
+``-wal`` file too.
 """
 
 from __future__ import annotations
