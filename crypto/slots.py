@@ -139,19 +139,13 @@ class SlotFile:
     def find(self, tag: bytes) -> list[int]:
         """Return the slots whose tag is ``tag`` (one, or two for a moment while it moves).
 
-        It reads the whole file (64 bytes per account, conversation and day): a few
-        milliseconds for a hundred thousand slots, and no index to keep anywhere.
+        It reads the whole file (64 bytes per account, conversation and day), a few
+        milliseconds for a hundred thousand slots: logins look through an index in memory
+        instead (:func:`stillroom.webapp.keyslots.find_slots`).
         """
         if tag == NO_TAG:
             return []
-        content = self._read_all()
-        found = []
-        start = content.find(tag)
-        while start >= 0:
-            if start % SLOT_BYTES == 0:
-                found.append(start // SLOT_BYTES)
-            start = content.find(tag, start + 1)
-        return found
+        return list(_aligned(self._read_all(), tag))
 
     def read(self, number: int) -> bytes:
         """Return slot ``number`` as it is (tag and key), to destroy it later if unchanged."""
@@ -217,13 +211,17 @@ class SlotFile:
         }
 
 
-def _first_free(content: bytes) -> int | None:
-    start = content.find(FREE)
+def _aligned(content: bytes, needle: bytes) -> Iterator[int]:
+    """Yield the number of every slot that starts with ``needle``."""
+    start = content.find(needle)
     while start >= 0:
         if start % SLOT_BYTES == 0:
-            return start // SLOT_BYTES
-        start = content.find(FREE, start + 1)
-    return None
+            yield start // SLOT_BYTES
+        start = content.find(needle, start + 1)
+
+
+def _first_free(content: bytes) -> int | None:
+    return next(_aligned(content, FREE), None)
 
 
 def create_slot_file(path: Path) -> None:

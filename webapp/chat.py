@@ -295,15 +295,7 @@ def _dropped(char: str) -> bool:
 
 def expiry_day(appointment: ChatAppointment, retention_days: int) -> str:
     """Return the UTC day on which messages of this appointment are deleted."""
-    return expiry_day_after(appointment.closes_at(), retention_days)
-
-
-def expiry_day_after(closes_at: int, retention_days: int) -> str:
-    """Return the UTC day on which messages of a chat that closes at ``closes_at`` go.
-
-    Rounded down to the day: a message may go up to a day early, never late.
-    """
-    return deletion_day(closes_at, retention_days)
+    return deletion_day(appointment.closes_at(), retention_days)
 
 
 def send_message(

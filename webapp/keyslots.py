@@ -105,14 +105,9 @@ def new_slot(db: Database, tag: bytes = NO_TAG) -> int:
         before = slots.stamp()
         number = slots.create(tag)
         _wrote(slots, before, (tag, number))
-    created: list[Doomed] = db.__dict__.setdefault("created_slots", [])
-    created.append((number, _read(db, number)))
+        created: list[Doomed] = db.__dict__.setdefault("created_slots", [])
+        created.append((number, slots.read(number)))
     return number
-
-
-def _read(db: Database, number: int) -> bytes:
-    with opened(db) as slots:
-        return slots.read(number)
 
 
 def discard_created(db: Database) -> int:

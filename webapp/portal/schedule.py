@@ -25,9 +25,9 @@ from stillroom.webapp.booking import (
     therapist_appointments,
     therapist_slots,
 )
-from stillroom.webapp.chat import expiry_day_after
 from stillroom.webapp.gate import db, now, settings
 from stillroom.webapp.i18n import current_language
+from stillroom.webapp.keyslots import deletion_day
 from stillroom.webapp.portal.blueprint import bp, current_therapist, login_required
 from stillroom.webapp.portal.pages import notice
 from stillroom.webapp.therapists import Therapist
@@ -79,7 +79,7 @@ def home_section(item: Appointment, moment: int, zone: str, retention_days: int)
     if day > today:
         return "later"
     utc_today = datetime.datetime.fromtimestamp(moment, datetime.UTC).date().isoformat()
-    if item.cancelled or expiry_day_after(item.closes_at(), retention_days) <= utc_today:
+    if item.cancelled or deletion_day(item.closes_at(), retention_days) <= utc_today:
         return None
     return "earlier"
 
