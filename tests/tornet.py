@@ -719,7 +719,11 @@ class TorNetwork:
         """Send SIGNAL NEWNYM to the client: new circuits, onion service state forgotten."""
         if self.client is None:
             raise TorNetworkError("the client tor is not running")
-        self.client.connect(time.monotonic() + 10).signal(stem.Signal.NEWNYM)
+        controller = self.client.connect(time.monotonic() + 10)
+        # Tor takes one NEWNYM per 10 s and delays the next one; a retry sent before it
+        # applies would meet the same "no more HSDir to query" cache, so wait for it here.
+        time.sleep(min(10.0, controller.get_newnym_wait()))
+        controller.signal(stem.Signal.NEWNYM)
 
     @staticmethod
     def _new_credentials() -> tuple[str, str]:
