@@ -11,7 +11,7 @@ export PYTHONSAFEPATH := 1
 SERVE_DEBS := python3-venv tor
 TEST_DEBS := $(SERVE_DEBS) firefox-esr e2fsprogs mount
 
-.PHONY: serve test install install-test debs debs-test catalogs lint
+.PHONY: serve test install install-test debs debs-test catalogs lint FORCE
 
 serve: install
 	$(BIN)/stillroom serve
@@ -24,21 +24,47 @@ test: install-test
 
 # Debian packages, installed only when one is missing.
 debs:
-	dpkg -s $(SERVE_DEBS) >/dev/null 2>&1 || { $(APT_GET) update -qq && $(APT_GET) install -y -qq $(SERVE_DEBS); }
+	@dpkg -s $(SERVE_DEBS) >/dev/null 2>&1 || { $(APT_GET) update -qq && $(APT_GET) install -y -qq $(SERVE_DEBS); }
 
 debs-test:
-	dpkg -s $(TEST_DEBS) >/dev/null 2>&1 || { $(APT_GET) update -qq && $(APT_GET) install -y -qq $(TEST_DEBS); }
+	@dpkg -s $(TEST_DEBS) >/dev/null 2>&1 || { $(APT_GET) update -qq && $(APT_GET) install -y -qq $(TEST_DEBS); }
 
 $(BIN)/python:
 	python3 -m venv $(VENV)
 
-# The catalogs are compiled before the install so the strict editable install links them.
-catalogs: $(BIN)/python
+# Stamp files in the virtual environment make a repeat run install nothing when nothing changed.
+BABEL_STAMP := $(VENV)/.babel-installed
+SERVE_STAMP := $(VENV)/.serve-installed
+TEST_STAMP := $(VENV)/.test-installed
+CATALOGS := $(patsubst %.po,%.mo,$(wildcard locale/*/LC_MESSAGES/messages.po))
+# The strict editable install links every file of the package, so it is redone when the set
+# of files changes (a new module, template or catalog), not when a file's contents change.
+PACKAGE_FILES := $(VENV)/.package-files
+
+$(BABEL_STAMP): | $(BIN)/python
 	$(BIN)/python -m pip install -q --upgrade pip "babel~=2.17"
-	$(BIN)/pybabel compile -d locale --statistics
+	touch $@
 
-install: debs catalogs
+locale/%/LC_MESSAGES/messages.mo: locale/%/LC_MESSAGES/messages.po $(BABEL_STAMP)
+	$(BIN)/pybabel compile -i $< -o $@ --statistics
+
+# The catalogs are compiled before the install so the strict editable install links them.
+catalogs: $(CATALOGS)
+
+$(PACKAGE_FILES): FORCE | $(BIN)/python $(CATALOGS)
+	@find crypto onion webapp static_nojs locale -type f -not -path '*/__pycache__/*' | sort > $@.new
+	@if cmp -s $@.new $@; then rm $@.new; else mv $@.new $@; fi
+
+$(SERVE_STAMP): pyproject.toml $(PACKAGE_FILES)
 	$(BIN)/python -m pip install -q --config-settings editable_mode=strict -e .
+	touch $@
 
-install-test: debs-test catalogs
+$(TEST_STAMP): pyproject.toml $(PACKAGE_FILES)
 	$(BIN)/python -m pip install -q --config-settings editable_mode=strict -e ".[test]"
+	touch $@ $(SERVE_STAMP)
+
+install: debs $(SERVE_STAMP)
+
+install-test: debs-test $(TEST_STAMP)
+
+FORCE:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import tomllib
 from pathlib import Path
 
@@ -71,3 +72,16 @@ def test_only_the_allowed_top_level_entries_exist():
     ).stdout.split()
     top = {path.split("/", 1)[0] for path in tracked}
     assert top <= allowed, top - allowed
+
+
+def test_a_repeat_install_does_nothing():
+    """`make test` has just installed everything: running its install again must be silent."""
+    result = subprocess.run(
+        ["make", "--no-print-directory", "install-test"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "" and result.stderr == "", result.stdout + result.stderr
