@@ -3,6 +3,11 @@
 A participant never chooses a secret. The server draws words from a maintained
 diceware list with the operating system's CSPRNG, so the strength of every
 account is known in advance and no passphrase can be reused from elsewhere.
+
+Participants write their passphrase on paper and read it back. For this audience a
+word about sex, children, violence, crime or faith (in any of the five languages)
+would be hurtful or dangerous to be found with, so every list is filtered through
+the reviewed blocklists in ``blocklists/`` before a word is drawn.
 """
 
 from __future__ import annotations
@@ -11,11 +16,18 @@ import math
 import secrets
 import unicodedata
 from functools import cache
+from pathlib import Path
 
 from diceware.wordlist import WordList, get_wordlist_path
 
-#: Words in every passphrase. Seven words from a 7,776-word list give about 90 bits.
+#: Fewest words in a generated passphrase; more where a filtered list is too short.
 WORD_COUNT = 7
+
+#: Strength every generated passphrase has at least, in bits.
+MIN_BITS = 90
+
+#: Reviewed data files of words no passphrase may hold (see ``sexual.txt`` for the format).
+BLOCKLIST_DIR = Path(__file__).with_name("blocklists")
 
 #: The diceware list used for each interface language. Czech has no maintained list
 #: in the package, so Czech participants get the English EFF list (plain ASCII words).
@@ -35,9 +47,45 @@ class PassphraseInputError(ValueError):
     """The submitted passphrase is too long or contains control characters."""
 
 
+def fold(word: str) -> str:
+    """Return ``word`` without case or accents, the form blocklists compare.
+
+    "niño" and "nino" read the same to a participant, so a blocked word is blocked
+    with or without its accents, in whichever list it appears.
+    """
+    decomposed = unicodedata.normalize("NFD", word.casefold())
+    return "".join(char for char in decomposed if not unicodedata.combining(char))
+
+
 @cache
-def wordlist(language: str) -> tuple[str, ...]:
-    """Return the distinct words of the diceware list used for ``language``.
+def blocklist() -> tuple[frozenset[str], tuple[str, ...]]:
+    """Return the blocked words and the blocked stems of every blocklist file, folded.
+
+    One word per line, ``#`` starts a comment, and a line ending in ``*`` is a stem
+    that blocks every word starting with it. Every file applies to every language.
+    """
+    words: set[str] = set()
+    stems: set[str] = set()
+    for path in sorted(BLOCKLIST_DIR.glob("*.txt")):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            entry = fold(line.split("#", 1)[0].strip())
+            if entry.endswith("*"):
+                stems.add(entry.removesuffix("*"))
+            elif entry:
+                words.add(entry)
+    return frozenset(words), tuple(sorted(stems))
+
+
+def is_blocked(word: str) -> bool:
+    """Return whether ``word`` is in a blocklist or starts with a blocked stem."""
+    words, stems = blocklist()
+    folded = fold(word)
+    return folded in words or folded.startswith(stems)
+
+
+@cache
+def source_wordlist(language: str) -> tuple[str, ...]:
+    """Return the distinct words of the diceware list for ``language``, unfiltered.
 
     :raises KeyError: for a language without a list.
     """
@@ -48,28 +96,48 @@ def wordlist(language: str) -> tuple[str, ...]:
     return tuple(sorted(words))
 
 
+@cache
+def wordlist(language: str) -> tuple[str, ...]:
+    """Return the words new passphrases for ``language`` are drawn from: no blocked one.
+
+    :raises KeyError: for a language without a list.
+    """
+    return tuple(word for word in source_wordlist(language) if not is_blocked(word))
+
+
+def word_count(language: str) -> int:
+    """Return how many words a passphrase for ``language`` needs for :data:`MIN_BITS`.
+
+    Filtering shortens a list, so a language whose list falls too short gets a word more.
+    """
+    needed = math.ceil(MIN_BITS / math.log2(len(wordlist(language))))
+    return max(WORD_COUNT, needed)
+
+
 def entropy_bits(language: str) -> float:
     """Return the entropy of a generated passphrase for ``language`` in bits."""
-    return WORD_COUNT * math.log2(len(wordlist(language)))
+    return word_count(language) * math.log2(len(wordlist(language)))
 
 
 def generate_passphrase(language: str) -> str:
-    """Draw a new passphrase of :data:`WORD_COUNT` words for ``language``."""
+    """Draw a new passphrase of :func:`word_count` words for ``language``."""
     words = wordlist(language)
-    return " ".join(secrets.choice(words) for _ in range(WORD_COUNT))
+    return " ".join(secrets.choice(words) for _ in range(word_count(language)))
 
 
 def is_generated(passphrase: str, language: str) -> bool:
-    """Return whether a normalised ``passphrase`` has the shape of one made for ``language``.
+    """Return whether a normalised ``passphrase`` has the shape of a new one for ``language``.
 
-    :data:`WORD_COUNT` or more words, every one from the list. A second line of defence
-    where only generated secrets may guard keys (a therapist's): it refuses passwords and
-    made-up phrases, but words chosen from the list by a person pass. The strength comes
-    from :func:`generate_passphrase`, whose result the server carries to the form sealed.
+    :func:`word_count` or more words, every one from today's filtered list. A second line
+    of defence where only generated secrets may guard keys (a therapist's): it refuses
+    passwords and made-up phrases, but words chosen from the list by a person pass. The
+    strength comes from :func:`generate_passphrase`, whose result the server carries to
+    the form sealed. Only new passphrases are checked: logins never consult the lists,
+    so a passphrase made before a word was blocked keeps working.
     """
     words = passphrase.split(" ")
     listed = set(wordlist(language))
-    return len(words) >= WORD_COUNT and all(word in listed for word in words)
+    return len(words) >= word_count(language) and all(word in listed for word in words)
 
 
 def normalise_passphrase(text: str) -> str:

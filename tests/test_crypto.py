@@ -19,14 +19,11 @@ from stillroom.webapp.settings import LANGUAGES, Settings
 
 
 @pytest.mark.parametrize("language", LANGUAGES)
-def test_passphrases_have_at_least_89_bits(language):
+def test_passphrases_have_at_least_90_bits(language):
     words = passphrase.wordlist(language)
-    bits = passphrase.WORD_COUNT * math.log2(len(set(words)))
-    assert passphrase.WORD_COUNT >= 7
-    assert len(words) >= 7776
-    assert bits >= 89
     generated = passphrase.generate_passphrase(language).split(" ")
-    assert len(generated) == passphrase.WORD_COUNT
+    assert len(generated) >= 7
+    assert len(generated) * math.log2(len(set(words))) >= 90
     assert set(generated) <= set(words)
 
 
