@@ -66,7 +66,7 @@ def test_a_participant_books_a_published_time_and_sees_it(published, auth, clien
     assert response.status_code == 302 and "done=booked" in response.location
     account = client.get(response.location).get_data(as_text=True)
     assert "Your appointment is booked" in account
-    assert "With Anna, in English." in account
+    assert "Chat with Anna, in English." in account
     assert free_slot_ids(client) == [slots[1]]
 
 
