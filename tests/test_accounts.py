@@ -111,6 +111,20 @@ def test_idle_timeout_ends_session(client, auth: AuthActions, clock, settings):
     assert rows(settings, "sessions") == []
 
 
+def test_a_wrong_passphrase_after_the_session_ended_shows_only_the_error(
+    client, auth: AuthActions, clock, settings
+):
+    auth.create()
+    clock.advance(settings.idle_timeout_minutes * 60 + 1)
+    login = client.get("/en/account").headers["Location"]
+    html = client.get(login).get_data(as_text=True)
+    assert "Your session has ended." in html
+    failed = client.post(login, data={**form_fields(html), "passphrase": "no such words here"})
+    page = failed.get_data(as_text=True)
+    assert failed.status_code == 401 and "No account has this passphrase." in page
+    assert "Your session has ended." not in page
+
+
 def test_absolute_timeout_ends_an_active_session(client, auth: AuthActions, clock, settings):
     auth.create()
     for _ in range(settings.absolute_timeout_hours * 60 // 20):
