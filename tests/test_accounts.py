@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import sqlite3
 import time
 
 from stillroom.crypto.slots import SlotFile
+from stillroom.webapp.app import create_participant_app
 from stillroom.webapp.retention import start_periodic_purge
 from stillroom.webapp.settings import Settings
 
-from support import PASSPHRASE, AuthActions, form_fields
+from support import PASSPHRASE, AuthActions, LoopbackClient, form_fields
 
 
 def rows(settings: Settings, table: str) -> list[tuple[object, ...]]:
@@ -109,6 +111,20 @@ def test_idle_timeout_ends_session(client, auth: AuthActions, clock, settings):
     assert response.status_code == 302
     assert "session-ended" in response.headers["Location"]
     assert rows(settings, "sessions") == []
+
+
+def test_a_wrong_passphrase_after_the_session_ended_shows_only_the_error(
+    client, auth: AuthActions, clock, settings
+):
+    auth.create()
+    clock.advance(settings.idle_timeout_minutes * 60 + 1)
+    login = client.get("/en/account").headers["Location"]
+    html = client.get(login).get_data(as_text=True)
+    assert "Your session has ended." in html
+    failed = client.post(login, data={**form_fields(html), "passphrase": "no such words here"})
+    page = failed.get_data(as_text=True)
+    assert failed.status_code == 401 and "No account has this passphrase." in page
+    assert "Your session has ended." not in page
 
 
 def test_absolute_timeout_ends_an_active_session(client, auth: AuthActions, clock, settings):
@@ -232,3 +248,23 @@ def test_the_time_zone_band_is_sealed_to_the_participant(client, auth: AuthActio
     assert "Europe" in page or "UTC" in page  # the participant sees their band
     [(stored,)] = selected(settings, "SELECT time_zone")
     assert isinstance(stored, bytes) and b"Europe" not in stored and b"UTC" not in stored
+
+
+def test_the_login_field_shows_the_words_but_keeps_no_history(client):
+    page = client.get("/en/login").get_data(as_text=True)
+    field = re.search(r"<input id=\"passphrase\"[^>]*>", page)
+    assert field is not None
+    assert 'type="password"' not in field.group(0)  # words copied from paper can be checked
+    assert 'autocomplete="off"' in field.group(0) and 'spellcheck="false"' in field.group(0)
+
+
+def test_the_help_page_offers_lines_only_when_there_are_some(client, settings, clock):
+    page = client.get("/en/help").get_data(as_text=True)
+    assert "112" in page and "one of these lines" not in page
+    with_lines = create_participant_app(
+        dataclasses.replace(settings, crisis_lines_en="Line A 0800 111; Line B 0800 222"),
+        clock=clock,
+    )
+    with_lines.test_client_class = LoopbackClient
+    listed = with_lines.test_client().get("/en/help").get_data(as_text=True)
+    assert listed.index("Then call one of these lines:") < listed.index("Line A 0800 111")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import re
 import threading
@@ -10,12 +11,13 @@ from datetime import UTC, datetime
 import pytest
 from flask_babel import force_locale, gettext
 
+from stillroom.webapp.app import create_participant_app
 from stillroom.webapp.booking import SlotTakenError, book
 from stillroom.webapp.retention import purge
 from stillroom.webapp.store import connect
 from stillroom.webapp.times import format_when
 
-from support import NASTY, AuthActions, form_fields
+from support import NASTY, AuthActions, LoopbackClient, form_fields
 
 SLOT = re.compile(r"name=slot value=([0-9a-f]+)")
 #: 2027-01-15 08:00 UTC, the tests' clock.
@@ -54,6 +56,58 @@ def published(therapist):
     return therapist
 
 
+@pytest.fixture
+def today_and_monday(therapist):
+    """Anna offers today 11:00 in Berlin (two hours ahead) and Monday 18:00."""
+    therapist.create()
+    assert therapist.publish("2027-01-15", "11:00").status_code == 302
+    assert therapist.publish(MONDAY, "18:00").status_code == 302
+    return therapist
+
+
+def test_the_earliest_bookable_time_is_a_setting(today_and_monday, auth, client, settings, clock):
+    strict_app = create_participant_app(
+        dataclasses.replace(settings, booking_notice_minutes=180), clock=clock
+    )
+    strict_app.test_client_class = LoopbackClient
+    strict = AuthActions(strict_app.test_client())
+    strict.create()
+    auth.create()
+    today_slot, monday_slot = free_slot_ids(client)  # two hours ahead is enough by default
+    assert free_slot_ids(strict.client) == [monday_slot]  # three hours are asked for here
+    refused = book_slot(strict, today_slot)
+    assert refused.status_code == 409
+    assert "no longer available" in refused.get_data(as_text=True)
+    assert book_slot(auth, today_slot).status_code == 302
+
+
+def test_times_within_the_cutoff_say_they_cannot_be_changed(
+    today_and_monday, auth, client, settings
+):
+    auth.create()
+    note = "less than 24 hours ahead: once booked, it cannot be moved or cancelled"
+    today_slot, monday_slot = free_slot_ids(client)
+    page = client.get("/en/book").get_data(as_text=True)
+    assert page.count(note) == 1
+    assert page.index(today_slot) < page.index(note) < page.index(monday_slot)
+    book_slot(auth, monday_slot)
+    [[appointment_id]] = rows(settings, "SELECT id FROM appointments")
+    moving = client.get(f"/en/book?move={appointment_id}").get_data(as_text=True)
+    assert moving.count(note) == 1 and today_slot in moving  # as a move target too
+
+
+def test_the_move_page_names_the_appointment_being_moved(published, auth, client, settings):
+    auth.create()
+    first, _ = free_slot_ids(client)
+    book_slot(auth, first)
+    [[appointment_id]] = rows(settings, "SELECT id FROM appointments")
+    page = client.get(f"/en/book?move={appointment_id}").get_data(as_text=True)
+    booked = format_when(utc("2027-01-18T17:00"), utc("2027-01-18T17:50"), "Europe/Lisbon", "en")
+    heading = page.index("Move your appointment")
+    assert heading < page.index(booked) < page.index("Chat with Anna, in English.")
+    assert booked not in client.get("/en/book").get_data(as_text=True)
+
+
 def test_a_participant_books_a_published_time_and_sees_it(published, auth, client):
     auth.create()
     slots = free_slot_ids(client)
@@ -66,7 +120,7 @@ def test_a_participant_books_a_published_time_and_sees_it(published, auth, clien
     assert response.status_code == 302 and "done=booked" in response.location
     account = client.get(response.location).get_data(as_text=True)
     assert "Your appointment is booked" in account
-    assert "With Anna, in English." in account
+    assert "Chat with Anna, in English." in account
     assert free_slot_ids(client) == [slots[1]]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,8 @@ import pytest
 from babel.messages.pofile import read_po
 
 from stillroom.webapp.settings import LANGUAGES
+
+from support import AuthActions
 
 ROOT = Path(__file__).resolve().parent.parent
 TRANSLATED = [lang for lang in LANGUAGES if lang != "en"]
@@ -74,3 +77,20 @@ def test_pages_are_served_translated(client, lang):
     cat = catalog(ROOT / "locale" / lang / "LC_MESSAGES" / "messages.po")
     assert cat["Help now"].string in page
     assert "How it works" in english and "How it works" not in page
+
+
+def test_language_names_inside_sentences_are_in_the_pages_language(therapist, app):
+    therapist.create()  # Anna offers German and English
+    assert therapist.publish("2027-01-18", "18:00").status_code == 302
+    german = AuthActions(app.test_client(), lang="de")
+    german.create()
+    booking = german.client.get("/de/book").get_data(as_text=True)
+    [slot] = re.findall(r"name=slot value=([0-9a-f]+)", booking)
+    assert german.post("/book", {"slot": slot}).status_code == 302
+    english = german.client.get("/en/account").get_data(as_text=True)
+    assert "Chat with Anna, in German." in english
+    # "Deutsch" stays only where German is offered in itself: the language links.
+    assert english.count("Deutsch") == 1 and 'lang="de" hreflang="de">Deutsch<' in english
+    assert "němčina" in german.client.get("/cs/account").get_data(as_text=True)
+    portal_home = therapist.client.get("/en/").get_data(as_text=True)
+    assert "· German" in portal_home and portal_home.count("Deutsch") == 1

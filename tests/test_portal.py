@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import threading
 from datetime import datetime
 from zoneinfo import ZoneInfo
@@ -140,6 +141,56 @@ def test_login_needs_name_passphrase_and_a_fresh_code(therapist):
     response = therapist.login()
     assert response.status_code == 302
     assert therapist.client.get("/en/").status_code == 200
+
+
+def test_a_failed_login_keeps_the_login_name_and_nothing_else(therapist):
+    therapist.create()
+    therapist.logout()
+    failed = therapist.login(passphrase="wrong passphrase for sure").get_data(as_text=True)
+    login_name = therapist.login_names["Anna"]
+    assert f'id="name" name="name" value="{login_name}"' in failed
+    assert "wrong passphrase for sure" not in failed
+
+
+def test_a_failed_login_after_logging_out_shows_only_the_error(therapist):
+    therapist.create()
+    logged_out = therapist.logout().location
+    assert "You are logged out." in therapist.client.get(logged_out).get_data(as_text=True)
+    html = therapist.client.get(logged_out).get_data(as_text=True)
+    failed = therapist.client.post(
+        logged_out,
+        data={**form_fields(html), "name": therapist.login_names["Anna"], "code": "000000"},
+    )
+    page = failed.get_data(as_text=True)
+    assert failed.status_code == 401 and "was not right" in page
+    assert "You are logged out." not in page
+
+
+def test_an_overlapping_time_after_publishing_shows_only_the_error(therapist):
+    therapist.create()
+    published = therapist.publish("2027-01-18", "18:00")
+    assert "done=published" in published.location
+    assert "are published" in therapist.client.get(published.location).get_data(as_text=True)
+    clash = therapist.post(
+        published.location,
+        {"date": "2027-01-18", "time": "18:30", "duration": "50", "languages": "en"},
+    )
+    page = clash.get_data(as_text=True)
+    assert clash.status_code == 400 and "Nothing was published." in page
+    assert "are published" not in page
+
+
+def test_the_home_page_does_not_say_nothing_is_booked_beside_a_chat_today(therapist, auth, client):
+    therapist.create()
+    assert therapist.publish("2027-01-15", "11:00").status_code == 302  # today, in Berlin
+    auth.create()
+    booking = client.get("/en/book").get_data(as_text=True)
+    [slot] = re.findall(r"name=slot value=([0-9a-f]+)", booking)
+    assert auth.post("/book", {"slot": slot}).status_code == 302
+    home = therapist.client.get("/en/").get_data(as_text=True)
+    assert home.count('class="pseudonym"') == 1 and "No chats today" not in home
+    assert "No appointments are booked yet" not in home
+    assert "Nothing is booked after today yet." in home
 
 
 def test_each_code_works_only_once(therapist, portal_app):

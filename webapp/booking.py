@@ -30,8 +30,6 @@ from stillroom.webapp.store import checkpoint, transaction
 MIN_DURATION_MINUTES = 15
 MAX_DURATION_MINUTES = 180
 MAX_WEEKS = 12
-#: A slot is offered to participants only if it starts at least this long from now.
-MIN_NOTICE_SECONDS = 3600
 MAX_NOTE_CHARS = 500
 #: Therapists publish at most this far ahead (seconds).
 MAX_AHEAD_SECONDS = 366 * 24 * 3600
@@ -237,7 +235,7 @@ def therapist_slots(db: Database, therapist_id: str, now: int) -> list[Slot]:
 def free_slots(db: Database, language: str, earliest: int, until: int) -> list[Slot]:
     """Return the free slots offered in ``language`` starting from ``earliest`` to ``until``.
 
-    Callers keep ``earliest`` at least :data:`MIN_NOTICE_SECONDS` from now.
+    Callers keep ``earliest`` at least the booking notice (a setting) from now.
     """
     rows = db.execute(
         _SLOT_QUERY + f" WHERE appointments.id IS NULL AND {_BOOKABLE}"
@@ -258,8 +256,12 @@ def book(
     max_upcoming: int,
     cutoff_seconds: int,
     replacing: str | None = None,
+    notice_seconds: int = 0,
 ) -> str:
     """Book a free slot for a participant, or move ``replacing`` onto it; return its id.
+
+    A slot must start at least ``notice_seconds`` after ``now`` (the views pass the
+    deployment's ``booking_notice_minutes``); one that has started is never booked.
 
     :raises NotFoundError: for a ``replacing`` that is not theirs.
     :raises SlotTakenError: when another participant holds the slot.
@@ -288,7 +290,7 @@ def book(
                 raise SlotTakenError
             if (
                 unbookable
-                or starts_at < now + MIN_NOTICE_SECONDS
+                or starts_at < now + notice_seconds
                 or language not in languages.split(",")
             ):
                 raise SlotUnavailableError

@@ -6,13 +6,15 @@ about the participant and is never read.
 
 from __future__ import annotations
 
+from babel import Locale
 from flask import Flask, current_app, g, request, url_for
 from flask_babel import Babel
 
 from stillroom.webapp.paths import package_dir
 from stillroom.webapp.settings import LANGUAGES
 
-#: Each language named in itself, for the language links.
+#: Each language named in itself, for the language links (and only there: inside a
+#: sentence a language takes the page language's name, see :func:`language_name`).
 LANGUAGE_NAMES = {
     "en": "English",
     "de": "Deutsch",
@@ -31,6 +33,15 @@ def current_language() -> str:
     return language
 
 
+def language_name(code: str) -> str:
+    """Return the name of the language ``code`` in the language of this page.
+
+    An English page says "with Anna, in German", never "in Deutsch".
+    """
+    name: str = Locale.parse(current_language()).languages[code]
+    return name
+
+
 def language_url(code: str) -> str:
     """Return this page in the language ``code``, or that language's home page."""
     area = current_app.jinja_env.globals["area"]
@@ -46,6 +57,9 @@ def init_app(app: Flask) -> None:
     app.config["BABEL_DEFAULT_LOCALE"] = "en"
     Babel(app, locale_selector=current_language)
     app.jinja_env.globals.update(
-        languages=LANGUAGES, language_names=LANGUAGE_NAMES, language_url=language_url
+        languages=LANGUAGES,
+        language_names=LANGUAGE_NAMES,
+        language_name=language_name,
+        language_url=language_url,
     )
     app.context_processor(lambda: {"lang": current_language()})

@@ -75,6 +75,9 @@ class Settings:
         " fits in any script.",
     )
     booking_weeks_ahead: int = _setting(4, "How many weeks ahead participants see free slots.")
+    booking_notice_minutes: int = _setting(
+        60, "Participants can book a free time only if it starts at least this many minutes ahead."
+    )
     booking_cutoff_hours: int = _setting(
         24, "Participants can move or cancel an appointment until this many hours before it."
     )
@@ -184,6 +187,7 @@ class Settings:
             "server_connections": (10, 100_000),
             "disk_reserve_mib": (0, 4096),
             "booking_weeks_ahead": (1, 26),
+            "booking_notice_minutes": (0, 7 * 24 * 60),
             "booking_cutoff_hours": (0, 14 * 24),
             "max_upcoming_bookings": (1, 10),
             "appointment_retention_days": (0, 365),

@@ -11,7 +11,6 @@ from flask_babel import lazy_gettext as _l
 from werkzeug.wrappers import Response
 
 from stillroom.webapp.booking import (
-    MIN_NOTICE_SECONDS,
     Appointment,
     BookingBlockedError,
     BookingLimitError,
@@ -111,7 +110,7 @@ class Week:
     """Seven days of free times, grouped by day, and whether later times exist."""
 
     number: int
-    days: list[tuple[str, list[dict[str, str]]]]
+    days: list[tuple[str, list[dict[str, Any]]]]
     later: bool
 
 
@@ -119,15 +118,16 @@ def free_week(number: int) -> Week:
     """Return week ``number`` (0 = from today) of free times in this language and zone.
 
     One week per page keeps the page small on a slow Tor circuit however busy the
-    schedule is.
+    schedule is. A time within the cutoff is marked: once booked, it can be neither
+    moved nor cancelled, and the participant should know that before choosing it.
     """
-    language, band = current_language(), zone()
+    language, band, s = current_language(), zone(), settings()
     today = local(now(), band).date()
     week_start = to_utc(today + datetime.timedelta(weeks=number), datetime.time(0), band)
     week_end = to_utc(today + datetime.timedelta(weeks=number + 1), datetime.time(0), band)
-    horizon = now() + settings().booking_weeks_ahead * 7 * 24 * 3600
-    earliest = max(week_start, now() + MIN_NOTICE_SECONDS)
-    days: dict[str, list[dict[str, str]]] = {}
+    horizon = now() + s.booking_weeks_ahead * 7 * 24 * 3600
+    earliest = max(week_start, now() + s.booking_notice_minutes * 60)
+    days: dict[str, list[dict[str, Any]]] = {}
     for slot in free_slots(db(), language, earliest, min(week_end, horizon)):
         day = format_day(slot.starts_at, band, language)
         days.setdefault(day, []).append(
@@ -136,6 +136,7 @@ def free_week(number: int) -> Week:
                 "start": format_clock(slot.starts_at, band, language),
                 "end": format_clock(slot.ends_at, band, language),
                 "therapist": slot.therapist_name,
+                "final": slot.starts_at - now() < s.booking_cutoff_hours * 3600,
             }
         )
     later = bool(free_slots(db(), language, max(week_end, earliest), horizon))
@@ -156,7 +157,8 @@ def week_asked() -> int:
 def booking() -> Any:
     """Free times in the participant's language and zone; book one, or move onto it."""
     moving = request.values.get("move") or None
-    if moving is not None and own_appointment(moving).cancelled:
+    moved = None if moving is None else own_appointment(moving)
+    if moved is not None and moved.cancelled:
         abort(404)
     error = None
     status = 200
@@ -176,6 +178,7 @@ def booking() -> Any:
                     s.max_upcoming_bookings,
                     s.booking_cutoff_hours * 3600,
                     replacing=moving,
+                    notice_seconds=s.booking_notice_minutes * 60,
                 )
             except NotFoundError:
                 abort(404)
@@ -205,7 +208,10 @@ def booking() -> Any:
         zones=PARTICIPANT_ZONES,
         zone=zone(),
         moving=moving,
+        # Said on the page, so that nobody moves an appointment without seeing which one.
+        moved=None if moved is None else describe(moved),
         weeks=settings().booking_weeks_ahead,
+        cutoff_hours=settings().booking_cutoff_hours,
         error=error,
     ), status
 

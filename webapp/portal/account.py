@@ -34,7 +34,7 @@ from stillroom.webapp.portal.blueprint import (
     login_required,
     totp_key,
 )
-from stillroom.webapp.portal.pages import notice
+from stillroom.webapp.portal.pages import NOTICES, notice
 from stillroom.webapp.therapists import (
     EnrolmentError,
     LoginError,
@@ -106,6 +106,8 @@ def login() -> Any:
             return gate.log_in(done.therapist_id, done.secret_key, target or url_for("portal.home"))
     return render_template(
         "portal/login.html",
+        # A failed try keeps the login name (never the passphrase or the code).
+        name=request.form.get("name", "")[:40],
         error=error,
         notice=notice(),
         pause_minutes=settings().login_pause_minutes,
@@ -238,5 +240,6 @@ def passphrase() -> Any:
         passphrase=new,
         pending=seal_pending(new),
         error=error,
-        notice=notice(),
+        # Why they are here stays said while the old password is still in use.
+        notice=NOTICES["renew"] if therapist.renew else notice(),
     ), (400 if error else 200)

@@ -48,7 +48,13 @@ NOTICES = {
 
 
 def notice() -> object | None:
-    """Return the confirmation named in ``?done=``, if it is one we know."""
+    """Return the confirmation named in ``?done=``, if it is one we know.
+
+    Only the page a redirect leads to shows it: a form sent from that page keeps
+    the address, and its answer must not confirm what came before beside its error.
+    """
+    if request.method != "GET":
+        return None
     return NOTICES.get(request.args.get("done", ""))
 
 
