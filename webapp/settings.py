@@ -162,6 +162,12 @@ class Settings:
         for name in ("participant_port", "portal_port"):
             if getattr(self, name) > 65535:
                 raise SettingsError(f"{env_var(name)} must be a port number (0-65535)")
+        if self.participant_port == self.portal_port != 0:  # 0: each gets a free port
+            raise SettingsError(
+                f"STILLROOM_PARTICIPANT_PORT and STILLROOM_PORTAL_PORT are both"
+                f" {self.portal_port}: give each app a port of its own (the onion service"
+                " must never lead to the portal)"
+            )
         for name in (
             "server_connections",
             "argon2_concurrency",
