@@ -32,7 +32,9 @@ class Settings:
     """Everything an operator can configure, with the defaults a deployment starts from."""
 
     data_dir: Path = _setting(
-        Path("instance"), "Directory for the database and secrets (created 0700)."
+        Path("instance"),
+        "Directory for the database and secrets (created 0700 by serve; the other"
+        " commands refuse a missing one).",
     )
     participant_port: int = _setting(
         8080, "Port of the participant app, always on 127.0.0.1 (the onion service's target)."
