@@ -76,12 +76,12 @@ class PublishTimeoutError(TorError):
 
 
 class PortInUseError(TorError):
-    """The participant app's port on 127.0.0.1 is taken by another program."""
+    """One of the apps' ports on 127.0.0.1 is taken by another program."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, setting: str) -> None:
         super().__init__(
             f"port {port} on 127.0.0.1 is already in use: stop the program that holds it "
-            "(see 'ss -ltnp'), or set STILLROOM_PARTICIPANT_PORT to a free port."
+            f"(see 'ss -ltnp'), or set {setting} to a free port."
         )
 
 

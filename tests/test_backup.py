@@ -149,6 +149,7 @@ def test_restore_refuses_the_wrong_key_a_changed_backup_and_a_full_data_dir(
 
 
 def test_backup_needs_the_operators_public_key(settings, tmp_path):
+    settings.data_dir.mkdir()  # a data directory in use, as serve leaves it
     result = stillroom(
         "backup", str(tmp_path / "b.sealed"), env=stillroom_env(settings.data_dir, 0)
     )

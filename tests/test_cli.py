@@ -6,8 +6,10 @@ import contextlib
 import dataclasses
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -121,6 +123,8 @@ def test_each_port_serves_only_its_own_app(live_server, base, path):
 
 
 def therapist_env(tmp_path: Path) -> dict[str, str]:
+    """An existing, empty data directory, as ``serve`` or the operator's ``mkdir`` leave it."""
+    (tmp_path / "data").mkdir(exist_ok=True)
     return {
         "STILLROOM_DATA_DIR": str(tmp_path / "data"),
         "STILLROOM_PORTAL_URL": "https://portal.example.org",
@@ -137,17 +141,29 @@ def test_therapist_add_prints_a_one_time_enrolment_link(tmp_path):
         r"Login name \(not shown to participants\): ([a-z2-9]{4}-[a-z2-9]{4})\n", result.stdout
     )
     assert login, result.stdout
-    listed = run("therapist", "list", env=env)
-    assert listed.stdout.split() == [
-        "Anna",
-        login.group(1),
-        "de,en",
-        "Europe/Berlin",
-        "not",
-        "enrolled",
+    listed = run("therapist", "list", env=env).stdout.splitlines()
+    assert [line.split("\t") for line in listed] == [
+        ["name", "login name", "languages", "time zone", "state"],
+        ["Anna", login.group(1), "de,en", "Europe/Berlin", "not enrolled"],
     ]
-    again = run("therapist", "add", "--name", "anna", "--languages", "en", env=env)
-    assert again.returncode == 1 and "taken" in again.stderr
+
+
+@pytest.mark.parametrize(("again", "by"), [("Anna", ""), ("anna", " (by 'Anna')")])
+def test_a_taken_name_is_refused_as_taken(tmp_path, again, by):
+    env = therapist_env(tmp_path)
+    assert run("therapist", "add", "--name", "Anna", "--languages", "de", env=env).returncode == 0
+    refused = run("therapist", "add", "--name", again, "--languages", "en", env=env)
+    assert refused.returncode == 1
+    assert refused.stderr == f"Error: the name {again!r} is taken{by}; choose another\n"
+
+
+def test_an_unknown_language_is_named(tmp_path):
+    refused = run(
+        "therapist", "add", "--name", "Anna", "--languages", "de,xx", env=therapist_env(tmp_path)
+    )
+    assert refused.returncode == 2
+    assert "Stillroom does not speak xx:" in refused.stderr
+    assert "Traceback" not in refused.stderr
 
 
 @pytest.mark.parametrize(
@@ -167,7 +183,7 @@ def test_a_name_that_looks_like_a_taken_one_is_refused(tmp_path, look_alike, why
     refused = run("therapist", "add", "--name", look_alike, "--languages", "en", env=env)
     assert refused.returncode == 1, why
     assert refused.stderr.startswith("Error: the name ") and "Traceback" not in refused.stderr
-    assert run("therapist", "list", env=env).stdout.count("\n") == 1, why
+    assert run("therapist", "list", env=env).stdout.count("\n") == 2, why  # header, Anna
 
 
 def test_names_are_stored_nfkc_normalised(tmp_path):
@@ -176,7 +192,7 @@ def test_names_are_stored_nfkc_normalised(tmp_path):
         "therapist", "add", "--name", "Dr\uff0e Jana \ufb01sher", "--languages", "cs", env=env
     )
     assert added.returncode == 0, added.stderr
-    assert run("therapist", "list", env=env).stdout.startswith("Dr. Jana fisher\t")
+    assert run("therapist", "list", env=env).stdout.splitlines()[1].startswith("Dr. Jana fisher\t")
     different = run("therapist", "add", "--name", "Bruno", "--languages", "de", env=env)
     assert different.returncode == 0, "a name that only looks different is welcome"
 
@@ -266,3 +282,136 @@ def test_a_damaged_server_secret_stops_the_start(tmp_path):
     assert result.returncode != 0
     assert "server.key is damaged" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_the_same_port_for_both_apps_is_refused_by_name():
+    result = run(
+        "serve",
+        "--no-tor",
+        env={"STILLROOM_PARTICIPANT_PORT": "18123", "STILLROOM_PORTAL_PORT": "18123"},
+    )
+    assert result.returncode == 2
+    assert "STILLROOM_PARTICIPANT_PORT and STILLROOM_PORTAL_PORT are both 18123" in result.stderr
+
+
+@pytest.mark.parametrize("command", [["serve", "--no-tor"], ["therapist", "list"], ["purge"]])
+@pytest.mark.parametrize("where", ["a file", "below a file"])
+def test_a_data_directory_that_cannot_be_one_is_refused_in_one_line(tmp_path, command, where):
+    (tmp_path / "notes").write_text("kept as it is")
+    data = tmp_path / "notes" if where == "a file" else tmp_path / "notes" / "data"
+    result = run(*command, env={"STILLROOM_DATA_DIR": str(data)})
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert result.stderr.startswith(f"Error: the data directory {data} ")
+    assert ("is a file" if where == "a file" else f"lies below the file {tmp_path / 'notes'}") in (
+        result.stderr
+    )
+    assert (tmp_path / "notes").read_text() == "kept as it is"
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["therapist", "add", "--name", "Anna", "--languages", "de"],
+        ["therapist", "list"],
+        ["therapist", "disable", "Anna"],
+        ["therapist", "reset", "Anna"],
+        ["participant", "unblock", "Anna", "KX7M-Q2PD"],
+        ["purge"],
+        ["audit"],
+        ["backup", "somewhere.sealed"],
+        ["onion", "status"],
+        ["onion", "clients", "add", "pilot"],
+        ["onion", "clients", "list"],
+        ["onion", "clients", "remove", "pilot"],
+    ],
+)
+def test_commands_but_serve_refuse_a_missing_data_directory(tmp_path, command):
+    """Run from the wrong folder, a command must not start a new, empty instance there."""
+    missing = tmp_path / "instance"
+    result = subprocess.run(
+        [STILLROOM, *command],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONSAFEPATH": "1", "STILLROOM_DATA_DIR": "instance"},
+    )
+    assert result.returncode == 1
+    assert result.stderr == (
+        f"Error: the data directory {missing} does not exist: set STILLROOM_DATA_DIR to the"
+        " one 'stillroom serve' uses, or start 'stillroom serve' once to create it\n"
+    )
+    assert list(tmp_path.iterdir()) == [], "nothing was created"
+
+
+def test_a_second_serve_on_the_same_data_directory_names_the_first(live_server):
+    before = sorted(path.name for path in live_server.data_dir.iterdir())
+    result = run(
+        "serve",
+        "--no-tor",
+        env={
+            "STILLROOM_DATA_DIR": str(live_server.data_dir),
+            "STILLROOM_PARTICIPANT_PORT": "0",
+            "STILLROOM_PORTAL_PORT": "0",
+        },
+    )
+    assert result.returncode == 1
+    assert result.stderr == (
+        f"Error: {live_server.data_dir} is in use by another 'stillroom serve'"
+        f" (PID {live_server.process.pid}): stop it first, or give this one a data directory"
+        " of its own (STILLROOM_DATA_DIR) and other ports\n"
+    )
+    assert "Therapist portal" not in result.stdout
+    assert sorted(path.name for path in live_server.data_dir.iterdir()) == before
+    assert live_server.process.poll() is None, "the first one keeps serving"
+    with urllib.request.urlopen(f"{live_server.url}/en/", timeout=5) as page:
+        assert page.status == 200
+
+
+def test_onion_status_says_serve_runs_without_tor(live_server):
+    result = run("onion", "status", env={"STILLROOM_DATA_DIR": str(live_server.data_dir)})
+    assert result.returncode == 1
+    assert (
+        f"'stillroom serve' (PID {live_server.process.pid}) runs without tor (--no-tor)"
+        in result.stderr
+    )
+    assert "Traceback" not in result.stderr
+
+
+def test_ctrl_c_during_start_up_stops_with_one_line(tmp_path):
+    """Ctrl-C while serve is still starting (here: reading its settings file) ends calmly."""
+    config = tmp_path / "stillroom.toml"
+    os.mkfifo(config)  # serve waits on it until the test writes: a start-up that takes time
+    process = subprocess.Popen(
+        [STILLROOM, "serve", "--no-tor"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={
+            **os.environ,
+            "PYTHONSAFEPATH": "1",
+            "STILLROOM_CONFIG": str(config),
+            "STILLROOM_DATA_DIR": str(tmp_path / "data"),
+        },
+    )
+    try:
+        writer = None
+        deadline = time.monotonic() + 30
+        while writer is None:  # fails until serve has opened the file to read it
+            assert time.monotonic() < deadline and process.poll() is None
+            try:
+                writer = os.open(config, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError:
+                time.sleep(0.05)
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=30)
+        os.close(writer)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 1
+    assert err == "Stopped by Ctrl-C.\n"
+    assert out == ""
+    assert not (tmp_path / "data").exists()

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -240,16 +241,59 @@ def test_serve_exits_non_zero_with_the_fix_when_tor_cannot_bootstrap(tmp_path, o
     assert "Traceback" not in result.stderr
 
 
-def test_serve_refuses_a_port_in_use(tmp_path):
+@pytest.mark.parametrize("setting", ["STILLROOM_PARTICIPANT_PORT", "STILLROOM_PORTAL_PORT"])
+def test_serve_refuses_a_port_in_use_and_names_its_setting(tmp_path, setting):
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
+        free = {"STILLROOM_PARTICIPANT_PORT": "0", "STILLROOM_PORTAL_PORT": "0"}
         result = run_serve(
-            {"STILLROOM_DATA_DIR": str(tmp_path / "data"), "STILLROOM_PARTICIPANT_PORT": str(port)}
+            {"STILLROOM_DATA_DIR": str(tmp_path / "data"), **free, setting: str(port)}
         )
     assert result.returncode == 1
-    assert f"port {port} on 127.0.0.1 is already in use" in result.stderr
+    assert result.stderr == (
+        f"Error: port {port} on 127.0.0.1 is already in use: stop the program that holds it"
+        f" (see 'ss -ltnp'), or set {setting} to a free port.\n"
+    )
+
+
+def test_both_apps_answer_while_tor_cannot_bootstrap(tmp_path, offline):
+    """A tor without network never bootstraps: the portal and the app serve meanwhile."""
+    port = free_port()
+    process = subprocess.Popen(
+        [STILLROOM, "serve"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=stillroom_env(
+            tmp_path / "data",
+            port,
+            {"STILLROOM_TOR_EXTRA_CONFIG": str(offline), "STILLROOM_TOR_BOOTSTRAP_TIMEOUT": "60"},
+        ),
+    )
+    output = Output(process)
+    try:
+        portal = output.expect(re.compile(r"Therapist portal: (http://127\.0\.0\.1:\d+)/"), 30)
+        output.expect(re.compile(r"tor bootstrap 0%"), 30)
+        with urllib.request.urlopen(f"{portal.group(1)}/en/login", timeout=10) as page:
+            assert page.status == 200
+        assert local_status(port, "/en/") == 200
+        waiting = output.expect(re.compile(r"^Still waiting for tor to bootstrap .*"), 40)
+        assert "both apps are serving meanwhile" in waiting.group(0)
+        assert "network connection and clock" in waiting.group(0)
+        assert "STILLROOM_TOR_BOOTSTRAP_TIMEOUT (60 s)" in waiting.group(0)
+        assert "Onion service published" not in output.text()
+        assert local_status(port, "/en/") == 200, "still serving after the waiting line"
+        process.send_signal(signal.SIGINT)  # Ctrl-C while waiting is a clean stop
+        code = process.wait(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    text = output.text()
+    assert code == 0, text
+    assert "Tor stopped." in text and "Traceback" not in text, text
 
 
 def test_serve_explains_refused_control_authentication(tmp_path, password_tor: str):

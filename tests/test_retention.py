@@ -164,6 +164,7 @@ def test_a_pause_is_kept_until_it_ends(therapist, settings, clock):
 
 def test_stillroom_purge_runs_on_demand(tmp_path):
     data_dir = tmp_path / "instance"
+    data_dir.mkdir()  # only serve creates a missing one
     env = stillroom_env(data_dir, 0)
     result = subprocess.run(
         [str(Path(sys.executable).with_name("stillroom")), "purge"],

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import NoReturn
 
 import click
+import gevent
 import stem
 from flask import Flask
 from gevent.event import Event
@@ -28,15 +29,16 @@ from stillroom.webapp import booking, therapists
 from stillroom.webapp.app import create_participant_app, create_portal_app
 from stillroom.webapp.audit import run_audit
 from stillroom.webapp.backup import BackupError, decode_key, restore_backup, write_backup
-from stillroom.webapp.instance import prepare_instance
-from stillroom.webapp.retention import purge as run_purge
-from stillroom.webapp.server import (
-    StopServing,
-    close_servers,
-    create_servers,
-    run_until_stopped,
-    stop_on_sigterm,
+from stillroom.webapp.instance import (
+    DataDirError,
+    DataDirInUseError,
+    check_data_dir,
+    lock_data_dir,
+    prepare_instance,
+    running_serve,
 )
+from stillroom.webapp.retention import purge as run_purge
+from stillroom.webapp.server import create_servers, run_until_stopped
 from stillroom.webapp.settings import LANGUAGES, Settings, SettingsError, describe_settings
 from stillroom.webapp.store import StoreUnwritableError, connect, unwritable_path
 from stillroom.webapp.times import is_zone
@@ -48,12 +50,21 @@ SETTINGS_EPILOG = (
 )
 
 
-def load_settings() -> Settings:
-    """Read the settings, turning a bad value into a clear message and exit status 2."""
+def load_settings(data_dir_must_exist: bool = True) -> Settings:
+    """Read the settings, turning a bad value into a clear message and exit status 2.
+
+    :param data_dir_must_exist: refuse, with exit status 1, a data directory that does
+        not exist yet; only ``serve`` and ``restore`` make one.
+    """
     try:
-        return Settings.load()
+        settings = Settings.load()
     except SettingsError as error:
         raise click.UsageError(str(error)) from error
+    try:
+        check_data_dir(settings.data_dir, data_dir_must_exist)
+    except DataDirError as error:
+        fail(error)
+    return settings
 
 
 def fail(error: Exception) -> NoReturn:
@@ -67,11 +78,12 @@ def say(message: str) -> None:
     click.echo(message)
 
 
-def start_tor(settings: Settings, waiting: bool = True) -> tor.Tor:
+def start_tor(settings: Settings, waiting: bool = True, progress: tor.Progress = say) -> tor.Tor:
     """Launch a private tor or attach to the operator's, and wait for bootstrap.
 
     :param waiting: wait for bootstrap within its timeout; without it, tor is left to
         finish bootstrapping by itself.
+    :param progress: told each change of tor's bootstrap progress.
     """
     if settings.tor_control:
         say(f"Attaching to tor at {settings.tor_control}")
@@ -83,7 +95,7 @@ def start_tor(settings: Settings, waiting: bool = True) -> tor.Tor:
     try:
         tor.check_hardening(handle)
         if waiting and settings.tor_bootstrap_timeout:  # 0: at once (a tor kept offline)
-            tor.wait_for_bootstrap(handle.controller, settings.tor_bootstrap_timeout, say)
+            tor.wait_for_bootstrap(handle.controller, settings.tor_bootstrap_timeout, progress)
     except BaseException:
         handle.close()
         raise
@@ -119,8 +131,14 @@ def serve(no_tor: bool) -> None:
     Both listen on 127.0.0.1 only; the onion service is the participant app's only
     way in, and the portal is for a TLS reverse proxy.
     """
-    settings = load_settings()
-    stop_on_sigterm()
+    settings = load_settings(data_dir_must_exist=False)
+    try:
+        # Kept open (and so locked) until the process ends.
+        lock = lock_data_dir(settings, "no-tor" if no_tor else "tor")  # noqa: F841
+    except DataDirInUseError as error:
+        fail(error)
+    except OSError as error:
+        fail(unwritable_path(error, settings.data_dir) or error)
     try:
         app = create_participant_app(settings)
         servers = create_servers(app, create_portal_app(settings), settings)
@@ -139,28 +157,53 @@ def serve(no_tor: bool) -> None:
         say(f"Participant app ({where}): http://127.0.0.1:{settings.participant_port}/")
         run_until_stopped(servers, settings)
         return
+    say(
+        f"Participant app (the onion service's target): http://127.0.0.1:"
+        f"{settings.participant_port}/; its onion address follows once tor is ready"
+    )
     failure = serve_through_tor(app, servers, settings)
     if failure is not None:
         fail(failure)
 
 
 def serve_through_tor(app: Flask, servers: list[WSGIServer], settings: Settings) -> TorError | None:
-    """Publish the onion service and serve, bringing the service back whenever tor goes away.
+    """Serve both apps at once, publish the onion service meanwhile, and keep it up.
+
+    A tor that is slow to bootstrap keeps nobody from the portal.
 
     :returns: what stopped the first start (the operator's to fix), or ``None`` after a stop.
     """
     onion_service = OnionService(app, settings)
+    failures: list[TorError] = []
+
+    def publish_and_keep_up() -> None:
+        reporter = gevent.spawn(report_waiting, onion_service)
+        try:
+            onion_service.publish()
+        except TorError as error:
+            failures.append(error)
+            return  # ends serving: the operator has something to fix first
+        finally:
+            reporter.kill()
+        onion_service.keep_up()
+
     try:
-        onion_service.publish()
-        run_until_stopped(servers, settings, onion_service.keep_up)
-    except TorError as error:
-        return error
-    except (KeyboardInterrupt, StopServing):
-        pass
+        run_until_stopped(servers, settings, publish_and_keep_up)
     finally:
-        close_servers(servers)
         onion_service.stop()
-    return None
+    return failures[0] if failures else None
+
+
+#: How often serve says what it still waits for while tor gets ready.
+WAITING_REPORT_SECONDS = 30
+
+
+def report_waiting(onion_service: OnionService) -> None:
+    """Say every :data:`WAITING_REPORT_SECONDS` what serve waits for and what to check."""
+    started = time.monotonic()
+    while True:
+        time.sleep(WAITING_REPORT_SECONDS)  # a greenlet sleep; killed once tor is ready
+        say(onion_service.waiting_line(round(time.monotonic() - started)))
 
 
 #: Seconds before the first try to bring tor back; every try that fails doubles it.
@@ -181,6 +224,10 @@ class OnionService:
     uploads: service.UploadLog | None = None
     address: str | None = None
     lost: Event = field(default_factory=Event)
+    #: What the first start waits for: ``start``, ``bootstrap`` or ``upload``.
+    stage: str = "start"
+    #: Tor's last bootstrap progress line.
+    progress: str = ""
 
     def publish(self, waiting: bool = True) -> None:
         """Start or attach tor and publish the service with its key (the same address).
@@ -198,7 +245,9 @@ class OnionService:
             raise OnionKeyError(str(data_dir / service.KEY_FILE))
         self.lost = Event()  # a fresh one: a late call from an earlier tor must not count
         try:
-            self.handle = start_tor(self.settings, waiting)
+            self.stage = "start"
+            self.handle = start_tor(self.settings, waiting, self.note_progress)
+            self.stage = "upload"
             self.handle.watch(self.lost.set)
             self.uploads = service.UploadLog(self.handle.controller, data_dir)
             address = service.publish(
@@ -216,6 +265,37 @@ class OnionService:
         self.address = address
         self.app.config["ONION_ADDRESS"] = address
         say(f"Onion service published: http://{address}/")
+
+    def note_progress(self, line: str) -> None:
+        """Print tor's bootstrap progress and keep it for :meth:`waiting_line`."""
+        self.stage = "bootstrap"
+        self.progress = line
+        say(line)
+
+    def waiting_line(self, seconds: int) -> str:
+        """Say in one line what the first start waits for, and what the operator can check."""
+        settings = self.settings
+        where = (
+            f"that the tor at {settings.tor_control} (STILLROOM_TOR_CONTROL) is connected"
+            if settings.tor_control
+            else "this machine's network connection and clock"
+        )
+        if self.stage == "start":
+            waiting, check, limit = "tor to start", "the lines marked 'tor:' above", 0
+        elif self.stage == "bootstrap":
+            waiting = f"tor to bootstrap (last: {self.progress})"
+            check = f"{where}, and the lines marked 'tor:' above"
+            limit = settings.tor_bootstrap_timeout
+        else:
+            waiting = "tor to upload the onion service's descriptor"
+            check = f"{where}, and the lines marked 'tor:' above"
+            limit = settings.tor_publish_timeout
+        setting = "TOR_BOOTSTRAP_TIMEOUT" if self.stage == "bootstrap" else "TOR_PUBLISH_TIMEOUT"
+        gives_up = f"; serve gives up after STILLROOM_{setting} ({limit} s)" if limit else ""
+        return (
+            f"Still waiting for {waiting} after {seconds} s; both apps are serving meanwhile."
+            f" Check {check}{gives_up}."
+        )
 
     def keep_up(self) -> None:
         """Bring the service back at the same address whenever tor goes away; never returns."""
@@ -265,7 +345,7 @@ class OnionService:
                 service.unpublish(self.handle.controller, self.address)
                 say("Onion service removed.")
             self.handle.close()
-        elif self.address is None:
+        elif self.address is None and self.stage == "start":
             return  # tor never came up: nothing to report
         if not self.settings.tor_control:
             say("Tor stopped.")
@@ -286,6 +366,19 @@ def status() -> None:
     settings = load_settings()
     address = service.read_address(settings.data_dir)
     click.echo(f"address: {address or 'not published yet'}")
+    serving = running_serve(settings.data_dir)
+    if serving is not None and serving[1] == "no-tor":
+        elsewhere = (
+            f"; the tor that publishes {settings.onion_address} runs outside Stillroom"
+            if settings.onion_address
+            else ""
+        )
+        fail(
+            RuntimeError(
+                f"'stillroom serve' (PID {serving[0]}) runs without tor (--no-tor), so it"
+                f" publishes no onion service{elsewhere}"
+            )
+        )
     control = settings.tor_control or str(settings.data_dir / "tor" / "control")
     if not settings.tor_control and not Path(control).exists():
         fail(RuntimeError("no tor is running for this data directory: is 'stillroom serve' up?"))
@@ -449,7 +542,7 @@ def backup(destination: Path) -> None:
 )
 def restore(backup_file: Path, secret_file: Path) -> None:
     """Restore BACKUP_FILE into an empty data directory, then purge what has expired since."""
-    settings = load_settings()
+    settings = load_settings(data_dir_must_exist=False)
     try:
         secret = decode_key(secret_file.read_text(), str(secret_file))
         removed = restore_backup(settings, backup_file, secret)
@@ -471,8 +564,14 @@ def enrolment_url(settings: Settings, language: str, token: str) -> str:
 def read_languages(value: str) -> tuple[str, ...]:
     """Turn ``de,en`` into a tuple, refusing codes the service does not speak."""
     codes = tuple(dict.fromkeys(code.strip() for code in value.split(",") if code.strip()))
-    if not codes or any(code not in LANGUAGES for code in codes):
-        raise click.BadParameter(f"use a comma-separated list of {', '.join(LANGUAGES)}")
+    unknown = [code for code in codes if code not in LANGUAGES]
+    choices = f"use a comma-separated list of {', '.join(LANGUAGES)}"
+    if unknown:
+        raise click.BadParameter(
+            f"Stillroom does not speak {', '.join(unknown)}: {choices}", param_hint="--languages"
+        )
+    if not codes:
+        raise click.BadParameter(f"no language given: {choices}", param_hint="--languages")
     return codes
 
 
@@ -509,7 +608,8 @@ def therapist_add(name: str, languages: str, time_zone: str) -> None:
 def name_problem(name: str, problem: therapists.TherapistNameError) -> str:
     """Say what is wrong with a therapist's name, for the operator."""
     if problem.reason == "taken":
-        return f"the name {name!r} is taken (by {problem.existing!r}); choose another"
+        by = "" if problem.existing == name else f" (by {problem.existing!r})"
+        return f"the name {name!r} is taken{by}; choose another"
     if problem.reason == "look-alike":
         return (
             f"the name {name!r} looks the same as {problem.existing!r} to participants;"
@@ -533,6 +633,7 @@ def say_enrolment(settings: Settings, language: str, enrolment: therapists.Enrol
 def therapist_list() -> None:
     """List therapists: name, login name, languages, time zone and state."""
     with open_database(load_settings()) as database:
+        click.echo("name\tlogin name\tlanguages\ttime zone\tstate")
         for item in therapists.list_therapists(database):
             state = "disabled" if item.disabled else "active" if item.enrolled else "not enrolled"
             click.echo(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import logging
 import os
 from collections.abc import Callable
@@ -18,9 +20,111 @@ SECRET_FILE = "server.key"  # noqa: S105 - a file name, not a secret
 #: Space held for deletions (``DISK_RESERVE_MIB``): on a full disk SQLite cannot delete
 #: either, since a deletion is written to the write-ahead log first.
 RESERVE_FILE = "reserve"
+#: Held (flock) by the one ``stillroom serve`` of this data directory; it holds that
+#: process's PID and whether it runs tor, for the messages of the others.
+LOCK_FILE = "serve.lock"
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+
+class DataDirError(Exception):
+    """The data directory is missing, or its path can never be a directory."""
+
+
+class DataDirInUseError(Exception):
+    """Another ``stillroom serve`` holds the data directory."""
+
+    def __init__(self, data_dir: Path, holder: str) -> None:
+        super().__init__(
+            f"{data_dir} is in use by another 'stillroom serve' ({holder}): stop it first, or"
+            " give this one a data directory of its own (STILLROOM_DATA_DIR) and other ports"
+        )
+
+
+def check_data_dir(data_dir: Path, must_exist: bool) -> None:
+    """Refuse a data directory that is a file or lies below one, or is missing when it must exist.
+
+    Only ``serve`` (and ``restore``) create the directory: any other command run from the
+    wrong folder would otherwise start a new, empty instance there without a word.
+
+    :raises DataDirError: with the path and the setting to fix.
+    """
+    where = data_dir.absolute()
+    for path in (where, *where.parents):
+        if path.exists() and not path.is_dir():
+            what = "is a file" if path == where else f"lies below the file {path}"
+            raise DataDirError(
+                f"the data directory {where} {what}: set STILLROOM_DATA_DIR to a directory"
+            )
+    if must_exist and not where.exists():
+        raise DataDirError(
+            f"the data directory {where} does not exist: set STILLROOM_DATA_DIR to the one"
+            " 'stillroom serve' uses, or start 'stillroom serve' once to create it"
+        )
+
+
+def lock_data_dir(settings: Settings, mode: str) -> int:
+    """Take the data directory for this ``serve`` alone, creating it (0700) if needed.
+
+    Two servers on one data directory would run two purges and two tors with one key.
+    The lock belongs to the open file, so it goes when the process ends, however it
+    ends: a crash never leaves a stale lock behind. On a full disk the reserve makes
+    room for the lock file, as it does for opening the database.
+
+    :param mode: ``tor`` or ``no-tor``, for ``stillroom onion status`` to read.
+    :returns: the lock file's descriptor, to keep open while serving.
+    :raises DataDirInUseError: when another process holds it.
+    :raises OSError: when the directory cannot be created or written.
+    """
+    settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        return _take_lock(settings.data_dir, mode)
+    except OSError as error:
+        if error.errno not in (errno.ENOSPC, errno.EDQUOT) or not release_reserve(settings):
+            raise
+        log.warning("the disk is full: gave back the reserve to lock the data directory")
+        return _take_lock(settings.data_dir, mode)
+
+
+def _take_lock(data_dir: Path, mode: str) -> int:
+    fd = os.open(data_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = read_holder(fd)
+        os.close(fd)
+        pid = f"PID {holder[0]}" if holder else "its PID not written yet"
+        raise DataDirInUseError(data_dir.absolute(), pid) from None
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n{mode}\n".encode("ascii"), 0)
+    except OSError:
+        os.close(fd)  # and with it the lock, so that a second try can take it
+        raise
+    return fd
+
+
+def read_holder(fd: int) -> tuple[str, str] | None:
+    """Return the PID and mode a lock file holds, or ``None`` while it is being written."""
+    lines = os.pread(fd, 64, 0).decode("ascii", "replace").split()
+    return (lines[0], lines[1]) if len(lines) == 2 else None
+
+
+def running_serve(data_dir: Path) -> tuple[str, str] | None:
+    """Return the PID and mode of the ``serve`` that holds ``data_dir``, or ``None``."""
+    try:
+        fd = os.open(data_dir / LOCK_FILE, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return read_holder(fd) or ("unknown", "starting")
+    else:
+        return None  # nobody holds it; closing the file lets go at once
+    finally:
+        os.close(fd)
 
 
 def prepare_instance(settings: Settings) -> bytes:

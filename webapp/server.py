@@ -115,9 +115,10 @@ def quiet_hub() -> None:
     gevent.get_hub().print_exception = report
 
 
-def create_server(app: Flask, port: int, settings: Settings) -> WSGIServer:
+def create_server(app: Flask, port: int, settings: Settings, setting: str) -> WSGIServer:
     """Bind one app's port on 127.0.0.1 now (before Tor starts); serve it later.
 
+    :param setting: the variable that sets this port, for the message when it is taken.
     :raises PortInUseError: when another program holds the port.
     """
     server = WSGIServer(
@@ -132,7 +133,7 @@ def create_server(app: Flask, port: int, settings: Settings) -> WSGIServer:
         server.init_socket()
     except OSError as error:
         if error.errno == errno.EADDRINUSE:
-            raise PortInUseError(port) from error
+            raise PortInUseError(port, setting) from error
         raise
     return server
 
@@ -158,9 +159,11 @@ def create_servers(
         raise RuntimeError("serve through the stillroom command, which prepares gevent")
     quiet_hub()
     raise_file_limit(settings)
-    participant = create_server(participant_app, settings.participant_port, settings)
+    participant = create_server(
+        participant_app, settings.participant_port, settings, "STILLROOM_PARTICIPANT_PORT"
+    )
     try:
-        portal = create_server(portal_app, settings.portal_port, settings)
+        portal = create_server(portal_app, settings.portal_port, settings, "STILLROOM_PORTAL_PORT")
     except BaseException:
         participant.close()
         raise
@@ -173,12 +176,17 @@ def create_servers(
 
 
 class StopServing(Exception):
-    """Raised in the main greenlet by SIGTERM to unwind cleanly."""
+    """Raised in the main greenlet by SIGTERM or Ctrl-C to unwind cleanly."""
 
 
-def stop_on_sigterm() -> None:
-    """Make SIGTERM raise :class:`StopServing` wherever the main greenlet is waiting."""
-    gevent.signal_handler(signal.SIGTERM, gevent.kill, gevent.getcurrent(), StopServing)
+def stop_on_signals() -> None:
+    """Make SIGTERM and Ctrl-C raise :class:`StopServing` wherever the main greenlet waits.
+
+    Called once both apps serve: until then Ctrl-C ends the command with one line
+    (:mod:`stillroom.webapp.command`) and SIGTERM simply ends the process.
+    """
+    for number in (signal.SIGTERM, signal.SIGINT):
+        gevent.signal_handler(number, gevent.kill, gevent.getcurrent(), StopServing)
 
 
 def run_until_stopped(
@@ -193,6 +201,7 @@ def run_until_stopped(
     try:
         for server in servers:
             server.start()
+        stop_on_signals()
         (meanwhile or Event().wait)()  # until SIGTERM or Ctrl-C raises here
     except (KeyboardInterrupt, StopServing):
         pass

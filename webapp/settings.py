@@ -32,7 +32,9 @@ class Settings:
     """Everything an operator can configure, with the defaults a deployment starts from."""
 
     data_dir: Path = _setting(
-        Path("instance"), "Directory for the database and secrets (created 0700)."
+        Path("instance"),
+        "Directory for the database and secrets (created 0700 by serve; the other"
+        " commands refuse a missing one).",
     )
     participant_port: int = _setting(
         8080, "Port of the participant app, always on 127.0.0.1 (the onion service's target)."
@@ -165,6 +167,12 @@ class Settings:
         for name in ("participant_port", "portal_port"):
             if getattr(self, name) > 65535:
                 raise SettingsError(f"{env_var(name)} must be a port number (0-65535)")
+        if self.participant_port == self.portal_port != 0:  # 0: each gets a free port
+            raise SettingsError(
+                f"STILLROOM_PARTICIPANT_PORT and STILLROOM_PORTAL_PORT are both"
+                f" {self.portal_port}: give each app a port of its own (the onion service"
+                " must never lead to the portal)"
+            )
         for name in (
             "server_connections",
             "argon2_concurrency",
