@@ -53,6 +53,7 @@ def test_a_backup_restores_into_a_working_instance(chat: Chat, settings, tmp_pat
     public, secret = operator_key
     chat.at(STARTS)
     assert chat.say("participant", CANARY).status_code == 200
+    (settings.data_dir / "serve.lock").write_text("4242 tor\n")  # as a running serve holds it
     destination = tmp_path / "stillroom.sealed"
     result = back_up(settings.data_dir, destination, public)
     assert result.returncode == 0, result.stderr
@@ -69,6 +70,7 @@ def test_a_backup_restores_into_a_working_instance(chat: Chat, settings, tmp_pat
     assert result.returncode == 0, result.stderr
     assert (restored / "server.key").read_bytes() == (settings.data_dir / "server.key").read_bytes()
     assert restored.stat().st_mode & 0o777 == 0o700
+    assert not (restored / "serve.lock").exists(), "a restore never names an old serve"
     assert all(path.stat().st_mode & 0o077 == 0 for path in restored.iterdir())
     db = connect(restored / "stillroom.db")
     try:

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from stillroom.crypto.stream import SealingWriter, StreamOpenError, open_stream
-from stillroom.webapp.instance import RESERVE_FILE, prepare_instance
+from stillroom.webapp.instance import LOCK_FILE, RESERVE_FILE, prepare_instance
 from stillroom.webapp.keyslots import SLOT_FILE
 from stillroom.webapp.retention import purge
 from stillroom.webapp.settings import Settings
@@ -82,6 +82,7 @@ def _write_sealed(settings: Settings, fd: int, public_key: bytes) -> None:
                 skipped = path.name.startswith(DATABASE_MEMBER) or path.name in (
                     RESERVE_FILE,
                     SLOT_FILE,
+                    LOCK_FILE,  # names the serve that held it, which a restore never is
                 )
                 if path.is_file() and not skipped:
                     tar.add(path, arcname=path.name)
