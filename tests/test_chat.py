@@ -279,12 +279,15 @@ def test_other_peoples_chats_answer_404(chat, app):
 
 def test_the_history_page_shows_the_whole_conversation(chat):
     chat.at(STARTS)
-    for number in range(6):
-        chat.say("participant", f"note {number}")
+    count = chatroom.FEED_MESSAGES + 2
+    for number in range(count):
+        chat.clock.advance(2)  # within the limit on messages per second
+        assert chat.say("participant", f"note {number}").status_code == 200
     feed = chat.feed("participant").get_data(as_text=True)
-    assert "note 5" in feed and "note 0" not in feed  # the frame keeps to the newest
+    shown = re.findall(r"<bdi>note (\d+)</bdi>", feed)  # the frame keeps to the newest
+    assert sorted(map(int, shown)) == list(range(2, count))
     history = chat.auth.client.get(f"/en/chat/{chat.id}/history").get_data(as_text=True)
-    assert all(f"note {number}" in history for number in range(6))
+    assert all(f"<bdi>note {number}</bdi>" in history for number in range(count))
     assert 'href="/en/help"' in history and "http-equiv" not in history
 
 
@@ -686,3 +689,122 @@ def test_the_operator_can_undo_a_block(chat, settings):
     assert done.returncode == 0, done.stderr
     assert rows(settings, "SELECT blocked FROM participants") == [(0,)]
     assert chat.auth.client.get("/en/book").status_code == 200
+
+
+def test_a_phone_sized_feed_shows_many_short_messages_but_stays_light_with_long_ones(chat):
+    """More than a handful of messages fit; long ones are fewer, so a reload stays small."""
+    chat.at(STARTS)
+    for number in range(10):
+        chat.clock.advance(2)
+        chat.say("therapist" if number % 2 else "participant", f"short {number}")
+    feed = chat.feed("participant").get_data(as_text=True)
+    assert feed.count("<bdi>short") == 10
+    for number in range(10):
+        chat.clock.advance(2)
+        chat.say("participant", f"{number} " + "long words " * 180)
+    feed = chat.feed("participant", **{"Accept-Encoding": "identity"}).get_data()
+    assert len(feed) <= 8 * 1024
+    assert feed.count(b"long words") >= 180, "the newest long message is whole"
+
+
+def test_message_bubbles_start_with_their_visible_label_and_no_space(chat):
+    chat.at(STARTS)
+    chat.say("participant", "first line\nsecond line")
+    chat.say("therapist", "an answer")
+    for who, mine, theirs in (
+        ("participant", "You:", "Therapist:"),
+        ("therapist", "You:", "Participant:"),
+    ):
+        feed = chat.feed(who).get_data(as_text=True)
+        history = chat.auth.client if who == "participant" else chat.therapist.client
+        page = history.get(f"/en/chat/{chat.id}/history").get_data(as_text=True)
+        for html in (feed, page):
+            # The label is its own line; the text follows it directly, not after a space
+            # that pre-formatted text would show.
+            assert f'class="who">{mine if who == "participant" else theirs}</b><bdi>first' in html
+            assert f'class="who">{theirs if who == "participant" else mine}</b><bdi>an' in html
+
+
+def test_closing_the_chat_asks_first_and_the_participant_is_told_who_ended_it(chat):
+    chat.at(STARTS)
+    chat.say("participant", "hello")
+    page = chat.therapist.client.get(f"/en/chat/{chat.id}").get_data(as_text=True)
+    assert f'<form method="post" action="/en/chat/{chat.id}/close"' not in page
+    confirm = chat.therapist.client.get(f"/en/chat/{chat.id}/close")
+    assert confirm.status_code == 200 and "cannot be opened again" in confirm.get_data(True)
+    assert rows(chat.settings, "SELECT chat_closed FROM appointments") == [(0,)]
+    done = chat.therapist.post(f"/en/chat/{chat.id}/close")
+    assert done.status_code == 302 and "done=closed" in done.location
+    assert rows(chat.settings, "SELECT chat_closed FROM appointments") == [(1,)]
+    feed = chat.feed("participant").get_data(as_text=True)
+    assert "The therapist has ended the chat." in feed
+    compose = chat.auth.client.get(f"/en/chat/{chat.id}/compose").get_data(as_text=True)
+    assert "The therapist has ended the chat." in compose
+    assert "You have ended the chat." in chat.feed("therapist").get_data(as_text=True)
+
+
+def test_a_chat_on_another_day_says_which_day_it_opens(chat):
+    chat.at(STARTS - 2 * 24 * 3600)
+    for frame in ("feed", "compose"):
+        page = chat.auth.client.get(f"/en/chat/{chat.id}/{frame}").get_data(as_text=True)
+        assert "The chat opens at 16:50 on Monday, 18 January 2027." in page, frame
+    chat.at(STARTS - 60 * 60)  # the same day: the time says enough
+    assert "The chat opens at 16:50." in chat.feed("participant").get_data(as_text=True)
+
+
+def test_the_account_page_moves_on_once_the_therapist_closed_the_chat(chat):
+    chat.at(STARTS)
+    before = chat.auth.client.get("/en/account").get_data(as_text=True)
+    assert "Open the chat" in before and "Book a time" not in before
+    chat.therapist.post(f"/en/chat/{chat.id}/close")
+    after = chat.auth.client.get("/en/account").get_data(as_text=True)
+    assert "The therapist has ended this chat." in after and "Read the chat" in after
+    assert "Open the chat" not in after and "can no longer be moved" not in after
+    assert "Book a time" in after
+
+
+def test_deleting_when_the_chat_ends_says_so_where_the_page_lands(chat):
+    chat.at(STARTS)
+    chat.say("participant", "hello")
+    chat_page = f"/chat/{chat.id}"
+    chosen = chat.auth.post(f"{chat_page}/when-it-ends", {"wanted": "1"}, page=chat_page)
+    assert chosen.location.endswith("done=ending#ending")
+    page = chat.auth.client.get(chosen.location.split("#")[0]).get_data(as_text=True)
+    landing = page[page.index('id="ending"') :]
+    assert re.search(r'role="status">This conversation will be deleted when the chat ends', landing)
+    kept = chat.auth.post(f"{chat_page}/when-it-ends", {"wanted": "0"}, page=chat_page)
+    page = chat.auth.client.get(kept.location.split("#")[0]).get_data(as_text=True)
+    assert 'role="status">This conversation will be kept until the usual deletion' in page
+    plain = chat.auth.client.get(f"/en/chat/{chat.id}").get_data(as_text=True)
+    assert 'role="status"' not in plain
+
+
+def test_the_therapist_is_told_calmly_what_a_participant_deleted(chat):
+    chat.at(STARTS)
+    chat.say("participant", "hello")
+    chat.say("therapist", "welcome")
+    assert chat.auth.post(f"/chat/{chat.id}/delete").status_code == 302
+    feed = chat.feed("therapist").get_data(as_text=True)
+    assert "welcome" not in feed and "the participant deleted them" in feed
+    assert chat.auth.post("/account/delete", {}).status_code == 302
+    assert rows(chat.settings, "SELECT count(*) FROM appointments") == [(0,)]
+    for path in ("", "/feed", "/compose", "/history"):
+        gone = chat.therapist.client.get(f"/en/chat/{chat.id}{path}")
+        assert gone.status_code == 404, path
+        assert "The participant's account has been deleted" in gone.get_data(as_text=True)
+    stranger = chat.therapist.client.get("/en/chat/" + "0" * 32)  # said no differently
+    assert stranger.status_code == 404 and "account has been deleted" in stranger.get_data(True)
+
+
+def test_an_empty_chat_says_who_joins_when_and_that_writing_can_start(chat):
+    chat.at(STARTS - 3 * 3600)  # not open yet: who and when, but no invitation to write
+    feed = chat.feed("participant").get_data(as_text=True)
+    assert "Anna will join you here at 17:00." in feed and "write already" not in feed
+    chat.at(STARTS - 10 * 60)
+    feed = chat.feed("participant").get_data(as_text=True)
+    assert "Anna will join you here at 17:00." in feed  # in the participant's zone (UTC+0)
+    assert "You can write already" in feed
+    chat.at(STARTS + 5 * 60)
+    assert "Anna will answer you here." in chat.feed("participant").get_data(as_text=True)
+    chat.say("participant", "hello")
+    assert "Anna will" not in chat.feed("participant").get_data(as_text=True)

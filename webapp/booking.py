@@ -113,6 +113,8 @@ class Appointment:
     cancel_note: bytes | None
     pseudonym: str
     chat_extra_minutes: int
+    #: The therapist ended the chat early: the appointment is over.
+    chat_closed: bool = False
 
     def closes_at(self) -> int:
         """When its chat stops taking messages, the therapist's extensions included."""
@@ -444,7 +446,7 @@ def open_cancel_note(
 _APPOINTMENT_QUERY = """
     SELECT appointments.id, therapists.name, appointments.starts_at, appointments.ends_at,
            appointments.language, appointments.cancelled, appointments.cancel_note,
-           pairs.pseudonym, appointments.chat_extra_minutes
+           pairs.pseudonym, appointments.chat_extra_minutes, appointments.chat_closed
     FROM appointments
     JOIN therapists ON therapists.id = appointments.therapist_id
     JOIN pairs ON pairs.participant_id = appointments.participant_id
@@ -453,7 +455,18 @@ _APPOINTMENT_QUERY = """
 
 
 def _appointment(row: Any) -> Appointment:
-    appointment_id, name, starts_at, ends_at, language, cancelled, note, pseudonym, extra = row
+    (
+        appointment_id,
+        name,
+        starts_at,
+        ends_at,
+        language,
+        cancelled,
+        note,
+        pseudonym,
+        extra,
+        closed,
+    ) = row
     return Appointment(
         id=str(appointment_id),
         therapist_name=str(name),
@@ -464,14 +477,16 @@ def _appointment(row: Any) -> Appointment:
         cancel_note=None if note is None else bytes(note),
         pseudonym=str(pseudonym),
         chat_extra_minutes=int(extra),
+        chat_closed=bool(closed),
     )
 
 
 def upcoming_appointments(db: Database, participant_id: str, now: int) -> list[Appointment]:
-    """Return the participant's booked appointments that have not ended."""
+    """Return the participant's booked appointments that have not ended (or been closed)."""
     rows = db.execute(
         _APPOINTMENT_QUERY + " WHERE appointments.participant_id = ?"
-        " AND appointments.cancelled = 0 AND appointments.ends_at > ?"
+        " AND appointments.cancelled = 0 AND appointments.chat_closed = 0"
+        " AND appointments.ends_at > ?"
         " ORDER BY appointments.starts_at",
         [participant_id, now],
     ).fetchall()

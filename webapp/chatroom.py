@@ -14,6 +14,7 @@ the feed frame reloads at once.
 from __future__ import annotations
 
 import base64
+import datetime
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -47,6 +48,7 @@ from stillroom.webapp.chat import (
     clean_text,
     conversation_id_of,
     conversation_key,
+    expiry_day,
     read_messages,
     send_message,
 )
@@ -56,7 +58,7 @@ from stillroom.webapp.hub import HUB
 from stillroom.webapp.i18n import current_language
 from stillroom.webapp.paths import package_dir
 from stillroom.webapp.store import StoreUnwritableError
-from stillroom.webapp.times import format_clock
+from stillroom.webapp.times import format_clock, format_day, local
 
 #: Registers the WebSocket routes on the two blueprints.
 sock = Sock()
@@ -69,8 +71,10 @@ SESSION_ENDED = 4001
 _SOCKET_KEYS = ("werkzeug.socket", "gunicorn.socket", "eventlet.input", "wsgi.websocket")
 
 #: Messages in the feed frame (each reload with news re-sends them all); the history
-#: page shows the whole conversation.
-FEED_MESSAGES = 4
+#: page shows the whole conversation. Twenty short ones fill a phone's screen; the
+#: characters cap keeps a feed of long ones well under the 8 KB a page may weigh.
+FEED_MESSAGES = 20
+FEED_CHARACTERS = 3000
 #: Refresh intervals of the feed, in seconds.
 ACTIVE_SECONDS = 5
 IDLE_SECONDS = 10
@@ -120,16 +124,85 @@ def refresh_seconds(
     return None
 
 
-def window_text(appointment: ChatAppointment, zone: str) -> str:
+def window_text(appointment: ChatAppointment, side: Side) -> str:
     """Return one line on whether the chat is open, and until or from when."""
-    moment, language = now(), current_language()
+    moment, zone = now(), side.zone
     opens_at = appointment.opens_at(settings().chat_opens_minutes_before)
     if appointment.is_open(moment, settings().chat_opens_minutes_before):
-        until = format_clock(appointment.closes_at(), zone, language)
+        until = format_clock(appointment.closes_at(), zone, current_language())
         return str(_l("The chat is open until %(time)s.", time=until))
     if moment < opens_at and not appointment.closed and not appointment.cancelled:
-        return str(_l("The chat opens at %(time)s.", time=format_clock(opens_at, zone, language)))
+        return str(_l("The chat opens at %(time)s.", time=moment_text(opens_at, zone)))
+    if appointment.closed and side.role == "participant":
+        return str(
+            _l("The therapist has ended the chat. You can still read it until it is deleted.")
+        )
+    if appointment.closed:
+        return str(_l("You have ended the chat. You can still read it until it is deleted."))
     return str(_l("The chat has ended. You can still read it until it is deleted."))
+
+
+def moment_text(timestamp: int, zone: str) -> str:
+    """Return a time of day, with its day when that is not today in the reader's zone."""
+    language = current_language()
+    clock = format_clock(timestamp, zone, language)
+    if local(timestamp, zone).date() == local(now(), zone).date():
+        return clock
+    return str(_l("%(time)s on %(day)s", time=clock, day=format_day(timestamp, zone, language)))
+
+
+def empty_text(appointment: ChatAppointment, side: Side) -> str:
+    """Return what a chat without messages says: who joins and when, or what became of it."""
+    moment = now()
+    if side.role == "therapist":
+        opens_at = appointment.opens_at(settings().chat_opens_minutes_before)
+        if moment < opens_at or moment >= deletion_moment(appointment):
+            return str(_l("There are no messages."))
+        # Only the participant can delete a conversation before its messages expire; a
+        # missing one is all that is kept of that, so the sentence covers both cases.
+        return str(_l("There are no messages: none were written, or the participant deleted them."))
+    if appointment.is_over(moment):
+        return str(_l("There are no messages."))
+    therapist = therapist_name(appointment)
+    if moment < appointment.starts_at:
+        joins = _l(
+            "%(therapist)s will join you here at %(time)s.",
+            therapist=therapist,
+            time=moment_text(appointment.starts_at, side.zone),
+        )
+    else:
+        joins = _l("%(therapist)s will answer you here.", therapist=therapist)
+    if appointment.is_open(moment, settings().chat_opens_minutes_before):
+        return f"{joins} {_l('You can write already: they will read it when they join.')}"
+    return str(joins)
+
+
+def deletion_moment(appointment: ChatAppointment) -> int:
+    """Return when this appointment's messages are deleted at the latest (start of that day)."""
+    day = expiry_day(appointment, settings().message_retention_days)
+    return int(datetime.datetime.fromisoformat(day).replace(tzinfo=datetime.UTC).timestamp())
+
+
+def therapist_name(appointment: ChatAppointment) -> str:
+    """Return the name the participant knows their therapist by."""
+    row = (
+        db()
+        .execute("SELECT name FROM therapists WHERE id = ?", [appointment.therapist_id])
+        .fetchone()
+    )
+    return "" if row is None else str(row[0])
+
+
+def newest_that_fit(messages: list[ShownMessage]) -> list[ShownMessage]:
+    """Return the newest messages whose text fits :data:`FEED_CHARACTERS` (at least one)."""
+    kept: list[ShownMessage] = []
+    total = 0
+    for message in reversed(messages):
+        total += len(message.opened.text) if message.opened else 0
+        if kept and total > FEED_CHARACTERS:
+            break
+        kept.append(message)
+    return kept[::-1]
 
 
 def feed(appointment: ChatAppointment, side: Side) -> Response:
@@ -140,14 +213,18 @@ def feed(appointment: ChatAppointment, side: Side) -> Response:
     if conversation_id is not None:
         try:
             key = conversation_key(db(), conversation_id, side.role, side.secret_key)
-            messages = read_messages(db(), conversation_id, key, newest=FEED_MESSAGES)
+            messages = newest_that_fit(
+                read_messages(db(), conversation_id, key, newest=FEED_MESSAGES)
+            )
         except ConversationLockedError:
             locked = True
     interval = refresh_seconds(appointment, messages, side.role)
     newest = messages[-1].seq if messages else 0  # what this page shows, not a later count
+    status = window_text(appointment, side)
+    empty = "" if messages or locked else empty_text(appointment, side)
     state = (
         f"{conversation_id}:{newest}:{interval}:{locked}:"
-        f"{window_text(appointment, side.zone)}:{side.zone}:{current_language()}"
+        f"{status}:{empty}:{side.zone}:{current_language()}"
     )
     digest = hashlib.blake2b(state.encode(), digest_size=8).digest()
     etag = base64.urlsafe_b64encode(digest).decode().rstrip("=")  # 11 characters, not 16 in hex
@@ -159,7 +236,8 @@ def feed(appointment: ChatAppointment, side: Side) -> Response:
             messages=[describe(message, side) for message in reversed(messages)],
             interval=interval,
             locked=locked,
-            status=window_text(appointment, side.zone),
+            status=status,
+            empty=empty,
             other=other_label(side),
         )
     )
@@ -238,7 +316,7 @@ def compose(appointment: ChatAppointment, side: Side) -> Any:
         writable=not over,
         opens_later=not over
         and not appointment.is_open(moment, settings().chat_opens_minutes_before),
-        status=window_text(appointment, side.zone),
+        status=window_text(appointment, side),
         max_chars=MAX_MESSAGE_CHARS,
     ), status
 
@@ -400,8 +478,9 @@ def add_chat_routes(
         return render_template(
             "chat/history.html",
             messages=history(appointment, side()),
+            empty=empty_text(appointment, side()),
             other=other_label(side()),
-            back=url_for(f"{bp.name}.chat", appointment_id=appointment_id),
+            back=url_for(f"{bp.name}.chat", appointment_id=appointment_id, _anchor="chat"),
         )
 
     def chat_live(ws: Any, appointment_id: str) -> None:

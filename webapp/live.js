@@ -5,6 +5,8 @@
   "use strict";
   var page = document.querySelector("[data-live]");
   var feed = document.querySelector("iframe.feed");
+  var note = document.getElementById("script-note");
+  if (note) { note.hidden = false; } // one quiet line: the chat needs no script
   if (!page || !feed || !window.WebSocket) { return; }
   var scheme = location.protocol === "https:" ? "wss://" : "ws://";
   var tries = 0;

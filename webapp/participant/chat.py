@@ -64,6 +64,7 @@ def chat(appointment_id: str) -> str:
         **chatroom.page_context(appointment, "participant"),
         has_conversation=conversation_id is not None,
         deleting=deleting,
+        changed=request.args.get("done") == "ending",
     )
 
 
@@ -76,7 +77,10 @@ def delete_when_ends(appointment_id: str) -> Response:
     if conversation_id is None:
         abort(404)
     set_delete_when_chat_ends(db(), conversation_id, request.form.get("wanted") == "1")
-    return redirect(url_for("participant.chat", appointment_id=appointment_id))
+    # Lands beside the button, where the new state is said, not at the top of the page.
+    return redirect(
+        url_for("participant.chat", appointment_id=appointment_id, done="ending", _anchor="ending")
+    )
 
 
 @bp.route("/chat/<appointment_id>/delete", methods=["GET", "POST"])

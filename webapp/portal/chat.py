@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import abort, redirect, render_template, request, url_for
+from flask import redirect, render_template, request, url_for
 from werkzeug.wrappers import Response
 
 from stillroom.webapp import chatroom
@@ -32,13 +32,27 @@ def side() -> chatroom.Side:
 
 
 def own(appointment_id: str) -> ChatAppointment:
-    """Return one of the therapist's appointments, or answer 404."""
+    """Return one of the therapist's appointments, or answer 404 saying calmly it is gone."""
     session = current_session()
     assert session is not None
     try:
         return appointment_for(db(), "therapist", session.owner_id, appointment_id)
     except NotFoundError:
-        abort(404)
+        raise ChatGoneError from None
+
+
+class ChatGoneError(Exception):
+    """The appointment of a chat is not (or no longer) one of this therapist's."""
+
+
+@bp.errorhandler(ChatGoneError)
+def gone(error: ChatGoneError) -> tuple[str, int]:
+    """Say calmly that a chat is no longer here, in the page or inside its frame."""
+    # Appointment ids are random: an unknown one was deleted with its participant's
+    # account or by the purge. Nothing else is kept, so the page says no more than that;
+    # another therapist's appointment gets the same answer and stays hidden.
+    framed = request.endpoint in ("portal.chat_feed", "portal.chat_compose")
+    return render_template("chat/gone.html", framed=framed), 404
 
 
 def pseudonym_of(appointment: ChatAppointment) -> str:
@@ -107,13 +121,20 @@ def block(appointment_id: str) -> Any:
     return redirect(url_for("portal.chat", appointment_id=appointment_id, done="blocked"))
 
 
-@bp.post("/chat/<appointment_id>/close")
+@bp.route("/chat/<appointment_id>/close", methods=["GET", "POST"])
 @login_required
-def close(appointment_id: str) -> Response:
-    """End the chat now; both sides can still read it. One that has not opened stays."""
+def close(appointment_id: str) -> Any:
+    """End the chat now, after one confirmation; both sides can still read it.
+
+    A chat that has not opened, or is over already, stays as it is.
+    """
     appointment = own(appointment_id)
     if not appointment.is_open(now(), settings().chat_opens_minutes_before):
         return back_unchanged(appointment)
+    if request.method == "GET":
+        return render_template(
+            "chat/close.html", appointment=appointment, pseudonym=pseudonym_of(appointment)
+        )
     close_chat(db(), appointment)
     return redirect(url_for("portal.chat", appointment_id=appointment_id, done="closed"))
 
