@@ -173,7 +173,8 @@ def empty_text(appointment: ChatAppointment, side: Side) -> str:
     else:
         joins = _l("%(therapist)s will answer you here.", therapist=therapist)
     if appointment.is_open(moment, settings().chat_opens_minutes_before):
-        return f"{joins} {_l('You can write already: they will read it when they join.')}"
+        already = _l("You can write already: they will read it when they join.")
+        return f"{joins} {already}"
     return str(joins)
 
 
