@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -24,6 +27,8 @@ from stillroom.webapp.study.questionnaires import (
     score,
     seal_answers,
 )
+
+STILLROOM = str(Path(sys.executable).with_name("stillroom"))
 
 STUDY_TOML = """\
 [study]
@@ -561,6 +566,45 @@ def test_the_definition_hash_frames_names_and_contents(tmp_path):
     (tmp_path / "b").mkdir()
     (tmp_path / "b/xy").write_text("z")
     assert definition_sha256(tmp_path / "a") != definition_sha256(tmp_path / "b")
+
+
+def run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [STILLROOM, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=cwd,
+        env={**os.environ, "PYTHONSAFEPATH": "1", "STILLROOM_DATA_DIR": str(cwd / "data")},
+    )
+
+
+def test_study_check_summarises_a_sound_study(folder, tmp_path):
+    result = run("study", "check", str(folder), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 1
+    for word in ("tiny-trial", "chat", "waitlist", "en-berlin", "de-berlin", "screening"):
+        assert word in lines[0]
+    assert not (tmp_path / "data").exists()  # it needs no data directory, and makes none
+
+
+def test_study_check_lists_every_problem_and_fails(folder, tmp_path):
+    text = (folder / "study.toml").read_text()
+    text = text.replace('ratio = 1\ngets = "chat"', 'ratio = "one"\ngets = "chat"')
+    text = text.replace("session_minutes = 60\n", "")
+    (folder / "study.toml").write_text(text)
+    (folder / "information/de.toml").unlink()
+    result = run("study", "check", str(folder), cwd=tmp_path)
+    assert result.returncode == 1
+    ratio = line_of(text, 'ratio = "one"')
+    languages = line_of(text, "languages =")
+    assert result.stdout.splitlines() == [
+        f"study.toml:{languages}: study.languages: de has no information/de.toml",
+        f"study.toml:{ratio}: arms[0].ratio: must be a whole number",
+        "study.toml: course.session_minutes: missing: add it to [course]",
+    ]
+    assert not (tmp_path / "data").exists()
 
 
 def instrument_of(items: int) -> dict:
