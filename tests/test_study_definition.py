@@ -401,6 +401,18 @@ MISTAKES = {
         "\nweeks = = 4",
         [("study.toml", "weeks = = 4", "")],
     ),
+    "a link in participant text": (
+        "information/en.toml",
+        "The second paragraph.",
+        "More at https://example.org/study.",
+        [("information/en.toml", 'body = """', "body")],
+    ),
+    "HTML in an item": (
+        "instruments/wellbeing.toml",
+        'calm = "I felt calm (en)."',
+        'calm = "I felt <b>calm</b> (en)."',
+        [("instruments/wellbeing.toml", 'calm = "I felt <b>', "text.en.items.calm")],
+    ),
     "a language without its information": (
         "information/de.toml",
         None,

@@ -196,6 +196,8 @@ class Text(Node):
     pattern: str | None = None
     choices: tuple[str, ...] | None = None
     hint: str = ""
+    #: Text shown to participants: no HTML and no links (the onion app links nowhere).
+    plain: bool = False
 
     def check(self, value: Any, key: str, report: Report) -> bool:
         if not isinstance(value, str) or not value.strip():
@@ -206,6 +208,9 @@ class Text(Node):
             return False
         if self.choices is not None and value not in self.choices:
             report.at(key, f"{value!r} is not one of {', '.join(self.choices)}")
+            return False
+        if self.plain and MARKUP.search(value):
+            report.at(key, "must be plain text, with no HTML and no links")
             return False
         return True
 
@@ -338,6 +343,10 @@ class Mapping(Node):
         return sound
 
 
+#: What participant-facing text must not hold: a tag, or a web address.
+MARKUP = re.compile(r"<[A-Za-z/!]|[a-z][a-z0-9+.-]*://|\bwww\.", re.IGNORECASE)
+WORDS = Text(plain=True)
+
 STUDY_ID = Text(r"[a-z0-9-]{3,40}", hint="3 to 40 of a-z, 0-9 and '-'")
 SITE_ID = Text(r"[a-z0-9-]{2,30}", hint="2 to 30 of a-z, 0-9 and '-'")
 ARM_ID = SITE_ID
@@ -419,13 +428,13 @@ STUDY = Table(
     }
 )
 
-INFORMATION = Table({"title": Text(), "body": Text()})
+INFORMATION = Table({"title": WORDS, "body": WORDS})
 
 CONSENT = Table(
     {
-        "title": Text(),
-        "body": Text(),
-        "items": Table(dict.fromkeys(CONSENT_ITEMS, Text())),
+        "title": WORDS,
+        "body": WORDS,
+        "items": Table(dict.fromkeys(CONSENT_ITEMS, WORDS)),
     }
 )
 
@@ -448,10 +457,10 @@ INSTRUMENT = Table(
         "text": Mapping(
             Table(
                 {
-                    "title": Text(),
-                    "intro": Text(),
-                    "items": Mapping(Text()),
-                    "options": Mapping(Mapping(Text())),
+                    "title": WORDS,
+                    "intro": WORDS,
+                    "items": Mapping(WORDS),
+                    "options": Mapping(Mapping(WORDS)),
                 }
             ),
             pattern=r"[a-z]{2}",
