@@ -41,6 +41,7 @@ from stillroom.webapp.retention import purge as run_purge
 from stillroom.webapp.server import create_servers, run_until_stopped
 from stillroom.webapp.settings import LANGUAGES, Settings, SettingsError, describe_settings
 from stillroom.webapp.store import StoreUnwritableError, connect, unwritable_path
+from stillroom.webapp.study.definition import read_study
 from stillroom.webapp.times import is_zone
 
 SETTINGS_EPILOG = (
@@ -697,3 +698,26 @@ def participant_unblock(therapist_name: str, pseudonym: str) -> None:
         if not booking.unblock_participant(database, found.id, pseudonym):
             fail(RuntimeError(f"{therapist_name} knows no participant as {pseudonym!r}"))
     click.echo(f"The participant {therapist_name} knows as {pseudonym} can book again.")
+
+
+@main.group()
+def study() -> None:
+    """Define and run a study (a trial) inside Stillroom."""
+
+
+@study.command(name="check")
+@click.argument(
+    "folder", type=click.Path(exists=True, file_okay=False, path_type=Path), metavar="DIR"
+)
+def study_check(folder: Path) -> None:
+    """Check the study folder DIR: print each problem as file:line: key: message and exit 1,
+    or print a one-line summary of the study.
+
+    Needs no data directory: the study team can run it anywhere.
+    """
+    problems, found = read_study(folder)
+    if found is None:
+        for problem in problems:
+            click.echo(str(problem))
+        sys.exit(1)
+    click.echo(found.summary())
