@@ -62,6 +62,7 @@ def test_only_the_allowed_top_level_entries_exist():
         ".ci",
         "Makefile",
         "docs",
+        "examples",
         "LICENSE",
         ".gitignore",
     }
