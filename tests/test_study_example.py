@@ -1,6 +1,7 @@
 """The example study in examples/study: every language has every file and text the others have.
 
-These checks only parse TOML, so that they stand apart from the study definition's validator.
+These checks only parse TOML, so that they stand apart from the study definition's validator;
+the last one then runs that validator on the example.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from pathlib import Path
 
 import pytest
 from babel.messages.pofile import read_po
+
+from stillroom.webapp.study.definition import check_study, load_study
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "study"
@@ -176,3 +179,11 @@ def test_information_and_consent_name_the_account_page_as_the_pages_do():
     for file, language, text in participant_texts(EXAMPLE):
         if not file.startswith("instruments/"):
             assert page_words(language, "Your account") in text, file
+
+
+def test_the_example_passes_the_study_check():
+    """The shipped example is what a study team copies first: the real validator accepts it."""
+    study = load_study(EXAMPLE)
+    assert list(study.languages) == ["en", "de", "cs", "pt", "es"]
+    assert {arm.gets for arm in study.arms} == {"chat", "waitlist"}
+    assert check_study(EXAMPLE) == []
