@@ -11,6 +11,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -24,6 +25,7 @@ from stillroom.webapp.chat import RateLimiter
 from stillroom.webapp.instance import prepare_instance, subkey
 from stillroom.webapp.retention import purge
 from stillroom.webapp.settings import Settings
+from stillroom.webapp.study.definition import load_study
 from stillroom.webapp.therapists import LoginThrottle
 
 log = logging.getLogger(__name__)
@@ -96,6 +98,7 @@ def _create_app(settings: Settings | None, clock: Callable[[], float], area: str
         TOTP_KEY=subkey(secret, b"totp-key"),
         ONION_ADDRESS=None,
         PUBLIC_HOST=None,
+        STUDY=load_study(Path(settings.study)) if settings.study else None,
         SECURE_COOKIES=False,
         KEY_DERIVER=KeyDeriver(
             settings.argon2, concurrency, settings.argon2_wait_seconds, argon2_runner()

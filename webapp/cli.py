@@ -41,7 +41,7 @@ from stillroom.webapp.retention import purge as run_purge
 from stillroom.webapp.server import create_servers, run_until_stopped
 from stillroom.webapp.settings import LANGUAGES, Settings, SettingsError, describe_settings
 from stillroom.webapp.store import StoreUnwritableError, connect, unwritable_path
-from stillroom.webapp.study.definition import read_study
+from stillroom.webapp.study.definition import StudyDefinitionError, read_study
 from stillroom.webapp.times import is_zone
 
 SETTINGS_EPILOG = (
@@ -145,6 +145,8 @@ def serve(no_tor: bool) -> None:
         servers = create_servers(app, create_portal_app(settings), settings)
     except (TorError, SettingsError, StoreUnwritableError) as error:
         fail(error)
+    except StudyDefinitionError as error:
+        fail(RuntimeError(f"STILLROOM_STUDY={settings.study}: {error}"))
     say(
         f"Therapist portal: http://127.0.0.1:{settings.portal_port}/"
         f" (public address {settings.portal_base_url}/)"

@@ -36,6 +36,11 @@ class Settings:
         "Directory for the database and secrets (created 0700 by serve; the other"
         " commands refuse a missing one).",
     )
+    study: str = _setting(
+        "",
+        "The study folder (study.toml and its texts) when Stillroom runs a trial: intake,"
+        " consent, randomisation and the course follow it. Empty: the open service.",
+    )
     participant_port: int = _setting(
         8080, "Port of the participant app, always on 127.0.0.1 (the onion service's target)."
     )
