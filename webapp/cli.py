@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import base64
+import datetime
+import hashlib
 import json
 import logging
 import os
 import sys
 import time
+import tomllib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -41,6 +44,8 @@ from stillroom.webapp.retention import purge as run_purge
 from stillroom.webapp.server import create_servers, run_until_stopped
 from stillroom.webapp.settings import LANGUAGES, Settings, SettingsError, describe_settings
 from stillroom.webapp.store import StoreUnwritableError, connect, unwritable_path
+from stillroom.webapp.study import allocation
+from stillroom.webapp.study import log as study_log
 from stillroom.webapp.times import is_zone
 
 SETTINGS_EPILOG = (
@@ -697,3 +702,213 @@ def participant_unblock(therapist_name: str, pseudonym: str) -> None:
         if not booking.unblock_participant(database, found.id, pseudonym):
             fail(RuntimeError(f"{therapist_name} knows no participant as {pseudonym!r}"))
     click.echo(f"The participant {therapist_name} knows as {pseudonym} can book again.")
+
+
+@main.group()
+def study() -> None:
+    """Run a research study: start it, verify its log, reveal its allocation lists."""
+
+
+STUDY_OPTION = click.option(
+    "--study",
+    "folder",
+    envvar="STILLROOM_STUDY",
+    required=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="The study folder (default: STILLROOM_STUDY).",
+)
+
+
+@dataclass(frozen=True)
+class StudyValues:
+    """What allocation needs from a study folder's study.toml."""
+
+    id: str
+    strata: list[str]
+    arms: list[tuple[str, int]]
+    block_sizes: list[int]
+    participants_per_stratum: int
+    sha256: str
+
+
+def read_study_values(folder: Path) -> StudyValues:
+    """Read the [study], [sites], [[arms]] and [allocation] tables of ``folder``/study.toml.
+
+    A stand-in for the full definition's loader, which checks every file and key.
+    """
+    try:
+        with (folder / "study.toml").open("rb") as handle:
+            data = tomllib.load(handle)
+        sites = data["sites"]
+        values = StudyValues(
+            id=str(data["study"]["id"]),
+            strata=list(
+                dict.fromkeys(f"{lang}-{sites[lang]}" for lang in data["study"]["languages"])
+            ),
+            arms=[(str(arm["id"]), int(arm["ratio"])) for arm in data["arms"]],
+            block_sizes=[int(size) for size in data["allocation"]["block_sizes"]],
+            participants_per_stratum=int(data["allocation"]["participants_per_stratum"]),
+            sha256=folder_sha256(folder),
+        )
+    except (OSError, tomllib.TOMLDecodeError, KeyError, TypeError, ValueError) as error:
+        fail(RuntimeError(f"{folder / 'study.toml'} cannot be read: {error}"))
+    return values
+
+
+def folder_sha256(folder: Path) -> str:
+    """Return SHA-256 over every file of ``folder``: each path and content, length-framed."""
+    digest = hashlib.sha256()
+    for path in sorted(item for item in folder.rglob("*") if item.is_file()):
+        for part in (path.relative_to(folder).as_posix().encode(), path.read_bytes()):
+            digest.update(len(part).to_bytes(8, "big") + part)
+    return digest.hexdigest()
+
+
+def read_key_file(path: Path, option: str) -> bytes:
+    """Return the base64 X25519 key in the file ``path`` (as ``backup-key`` writes them)."""
+    try:
+        return decode_key(path.read_text(), f"{option} {path}")
+    except (BackupError, OSError, UnicodeDecodeError) as error:
+        fail(RuntimeError(f"{option} {path}: {error}"))
+
+
+KEY_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
+
+
+@study.command(name="start", epilog=SETTINGS_EPILOG)
+@STUDY_OPTION
+@click.option("--study-key", type=KEY_FILE, required=True, help="The study team's public key.")
+@click.option(
+    "--statistician-key", type=KEY_FILE, required=True, help="The statistician's public key."
+)
+def study_start(folder: Path, study_key: Path, statistician_key: Path) -> None:
+    """Freeze the study and make its sealed allocation lists; print their commitments.
+
+    Publish the commitments (trial registry, statistician) and note the log's head.
+    """
+    values = read_study_values(folder)
+    keys = (
+        read_key_file(study_key, "--study-key"),
+        read_key_file(statistician_key, "--statistician-key"),
+    )
+    settings = load_settings()
+    with open_database(settings) as database:
+        try:
+            commitments = allocation.start_study(
+                database,
+                settings.data_dir,
+                values.id,
+                values.sha256,
+                datetime.date.today(),
+                keys,
+                values.strata,
+                values.arms,
+                values.block_sizes,
+                values.participants_per_stratum,
+            )
+        except (allocation.AllocationError, ValueError) as error:
+            fail(error)
+        head = study_log.verify(database)
+    click.echo(f"Study {values.id} started; definition SHA-256 {values.sha256}.")
+    click.echo("Allocation list commitments, SHA-256(salt || list), to publish:")
+    for stratum, commitment in commitments.items():
+        click.echo(f"  {stratum} {commitment}")
+    click.echo(f"Study log head: {head}")
+
+
+def study_id(database: Database) -> tuple[str, bytes]:
+    """Return the started study's id and signing public key, or end: there is none."""
+    row = database.execute("SELECT id, signing_public_key FROM study").fetchone()
+    if row is None:
+        fail(RuntimeError("no study has been started here ('stillroom study start')"))
+    return str(row[0]), bytes(row[1])
+
+
+@study.command(name="verify", epilog=SETTINGS_EPILOG)
+@click.option(
+    "--head",
+    "known",
+    metavar="SEQ:HASH",
+    help="A head noted down before: the log must still pass through it.",
+)
+def study_verify(known: str | None) -> None:
+    """Recompute the study log's hash chain and print its signed head, for the sites."""
+    try:
+        noted = study_log.Head.parse(known) if known else None
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--head") from error
+    settings = load_settings()
+    with open_database(settings) as database:
+        name, public = study_id(database)
+        try:
+            head = study_log.verify(database, noted)
+        except study_log.StudyLogError as error:
+            fail(error)
+    signing = study_log.read_signing_key(settings.data_dir)
+    click.echo(f"The study log of {name} is intact.")
+    click.echo(f"Head: {head}")
+    if signing is not None:
+        signature = study_log.sign_head(name, head, signing)
+        click.echo(f"Signature: {base64.b64encode(signature).decode()}")
+        click.echo(f"Signing key: {base64.b64encode(public).decode()}")
+
+
+@study.command(name="reveal", epilog=SETTINGS_EPILOG)
+@click.option(
+    "--secret-key",
+    "secret_file",
+    type=KEY_FILE,
+    required=True,
+    help="The statistician's secret key (after data lock).",
+)
+def study_reveal(secret_file: Path) -> None:
+    """Open the allocation lists, check them and every allocation; print them as JSON.
+
+    Anyone can then recompute each commitment from the salt and the list.
+    """
+    secret = read_key_file(secret_file, "--secret-key")
+    settings = load_settings()
+    with open_database(settings) as database:
+        study_id(database)
+        try:
+            revealed = allocation.reveal(allocation.sealed_lists(database), secret)
+            checked = allocation.verify_reveal(database, revealed)
+        except (allocation.RevealError, study_log.StudyLogError) as error:
+            fail(error)
+    lists = {
+        stratum: {"salt": made.salt.hex(), "blocks": made.blocks, "commitment": made.commitment()}
+        for stratum, made in revealed.items()
+    }
+    click.echo(json.dumps({"strata": lists}))
+    click.echo(
+        f"Every list matches its commitment; {checked} allocations match their lists.", err=True
+    )
+
+
+@study.command(name="simulate")
+@STUDY_OPTION
+@click.option("--participants", type=click.IntRange(min=0), required=True)
+@click.option("--seed", type=int, required=True, help="Makes the run repeatable.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def study_simulate(folder: Path, participants: int, seed: int, as_json: bool) -> None:
+    """Allocate N simulated participants with the real code in a throwaway directory.
+
+    Prints the counts per arm in each stratum; nothing of this data directory is used.
+    """
+    values = read_study_values(folder)
+    try:
+        found = allocation.simulate(
+            values.strata,
+            values.arms,
+            values.block_sizes,
+            values.participants_per_stratum,
+            participants,
+            seed,
+        )
+    except (allocation.AllocationError, ValueError) as error:
+        fail(error)
+    if as_json:
+        click.echo(json.dumps(found.as_dict()))
+        return
+    for stratum, counts in found.counts().items():
+        click.echo(f"{stratum}: " + ", ".join(f"{arm} {count}" for arm, count in counts.items()))
