@@ -62,6 +62,7 @@ def test_a_healthy_instance_passes_every_check(live):
         "permissions",
         "onion",
         "access-log",
+        "study-log",
     }
     readable = run_audit(live)
     assert readable.returncode == 0

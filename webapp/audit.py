@@ -26,11 +26,18 @@ from stillroom.webapp import server, store
 from stillroom.webapp.inventory import declared_columns
 from stillroom.webapp.keyslots import SLOT_FILE
 from stillroom.webapp.settings import Settings
+from stillroom.webapp.study import log as study_log
 
 #: The purge runs every minute; a row may outlive its deadline by that much and a margin.
 GRACE_SECONDS = 5 * 60
 #: Bytes around the padded plaintext of an envelope: version byte, nonce, tag.
 ENVELOPE_OVERHEAD = 1 + 24 + 16
+#: The triggers that refuse changes to the study log and to allocations.
+APPEND_ONLY_TRIGGERS = {
+    f"{table}_no_{change}"
+    for table in ("study_log", "allocations")
+    for change in ("update", "delete")
+}
 
 
 @dataclass(frozen=True)
@@ -165,6 +172,7 @@ def check_key_slots(db: Database, settings: Settings, now: int) -> Check:
         for row in db.execute(
             "SELECT slot FROM participants UNION SELECT slot FROM therapists"
             " UNION SELECT slot FROM conversations UNION SELECT slot FROM day_keys"
+            " UNION SELECT slot FROM allocation_lists"
         )
         if row[0] is not None
     }
@@ -260,6 +268,23 @@ def check_no_access_log(db: Database, settings: Settings, now: int) -> Check:
     return Check("access-log", True, "no access log; tor logs notices only, SafeLogging on")
 
 
+def check_study_log(db: Database, settings: Settings, now: int) -> Check:
+    """The study log's hash chain is whole, and the triggers that keep it append-only exist."""
+    try:
+        head = study_log.verify(db)
+    except study_log.StudyLogError as error:
+        return Check("study-log", False, str(error))
+    if head.seq == 0:
+        return Check("study-log", True, "no study has been started")
+    triggers = {
+        row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")
+    }
+    missing = sorted(APPEND_ONLY_TRIGGERS - triggers)
+    if missing:
+        return Check("study-log", False, f"the chain holds, but triggers are gone: {missing}")
+    return Check("study-log", True, f"{head.seq} rows, chain intact; head {head}")
+
+
 CHECKS: tuple[Callable[[Database, Settings, int], Check], ...] = (
     check_schema,
     check_retention,
@@ -270,6 +295,7 @@ CHECKS: tuple[Callable[[Database, Settings, int], Check], ...] = (
     check_permissions,
     check_onion,
     check_no_access_log,
+    check_study_log,
 )
 
 

@@ -41,10 +41,10 @@ from stillroom.webapp.retention import purge as run_purge
 from stillroom.webapp.server import create_servers, run_until_stopped
 from stillroom.webapp.settings import LANGUAGES, Settings, SettingsError, describe_settings
 from stillroom.webapp.store import StoreUnwritableError, connect, unwritable_path
-from stillroom.webapp.study.definition import StudyDefinitionError, read_study
+from stillroom.webapp.study.definition import StudyDefinitionError
 from stillroom.webapp.times import is_zone
 
-SETTINGS_EPILOG = (
+SETTINGS_EPILOG: str = (
     "Settings come from STILLROOM_* environment variables, or from the TOML file named "
     "by STILLROOM_CONFIG (keys are the names without the prefix, in lower case); the "
     "environment wins over the file.\n\n\b\n" + describe_settings()
@@ -702,24 +702,7 @@ def participant_unblock(therapist_name: str, pseudonym: str) -> None:
     click.echo(f"The participant {therapist_name} knows as {pseudonym} can book again.")
 
 
-@main.group()
-def study() -> None:
-    """Define and run a study (a trial) inside Stillroom."""
+# The study group lives in a module of its own; it uses the helpers above.
+from stillroom.webapp.study_cli import study  # noqa: E402
 
-
-@study.command(name="check")
-@click.argument(
-    "folder", type=click.Path(exists=True, file_okay=False, path_type=Path), metavar="DIR"
-)
-def study_check(folder: Path) -> None:
-    """Check the study folder DIR: print each problem as file:line: key: message and exit 1,
-    or print a one-line summary of the study.
-
-    Needs no data directory: the study team can run it anywhere.
-    """
-    problems, found = read_study(folder)
-    if found is None:
-        for problem in problems:
-            click.echo(str(problem))
-        sys.exit(1)
-    click.echo(found.summary())
+main.add_command(study)

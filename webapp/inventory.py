@@ -328,6 +328,107 @@ INVENTORY: tuple[Table, ...] = (
         about_participants=False,
     ),
     Table(
+        name="study",
+        purpose=_l(
+            "Only while a research study runs: which study it is, the fingerprint of its"
+            " rules, and the public keys its data is sealed to. Nothing about you."
+        ),
+        readers=_l("The server."),
+        retention=_l("Until the study ends, and after that as long as its published rules say."),
+        columns=(
+            Column("id", _l("The study's short name.")),
+            Column(
+                "definition_sha256",
+                _l("A fingerprint of the study's rules, so they cannot change unnoticed."),
+            ),
+            Column("started_day", _l("The day the study started.")),
+            Column(
+                "study_public_key",
+                _l("The study team's public key, to which questionnaire answers are sealed."),
+            ),
+            Column(
+                "statistician_public_key",
+                _l(
+                    "The trial statistician's public key, to which the allocation lists are sealed."
+                ),
+            ),
+            Column(
+                "signing_public_key",
+                _l("The public half of the key with which the server signs the study log."),
+            ),
+        ),
+    ),
+    Table(
+        name="study_log",
+        purpose=_l(
+            "Only in a research study: what happened in it, such as a consent or an"
+            " allocation, with a random study name and the day. Never any content. Each"
+            " entry is chained to the one before, so no entry can be changed unnoticed."
+        ),
+        readers=_l("The server and the study team."),
+        retention=_l("Until the study ends, and after that as long as its published rules say."),
+        columns=(
+            Column("seq", _l("The entry's number.")),
+            Column("day", _l("The day (not the time) it happened.")),
+            Column("event", _l("What happened, as a fixed code.")),
+            Column("pseudonym", _l("Your random study name, if it is about you.")),
+            Column("detail", _l("Fixed codes that describe it, never text you wrote.")),
+            Column("prev_hash", _l("The fingerprint of the entry before.")),
+            Column("hash", _l("The fingerprint of this entry and all before it.")),
+        ),
+    ),
+    Table(
+        name="allocation_lists",
+        purpose=_l(
+            "Only in a research study: for each group of participants (language and"
+            " site), the list that decides who is offered chat now and who later. It is"
+            " sealed, so nobody can look ahead."
+        ),
+        readers=_l(
+            "Nobody before the study ends: the server opens one entry at a time, and the"
+            " statistician opens the lists afterwards to check them."
+        ),
+        retention=_l("Until the study ends, and after that as long as its published rules say."),
+        columns=(
+            Column("stratum", _l("The group: language and site.")),
+            Column("length", _l("How many entries the list has.")),
+            Column(
+                "commitment",
+                _l("A published fingerprint of the list, so it cannot be changed later."),
+            ),
+            Column(
+                "sealed",
+                _l("The list, for the statistician."),
+                encrypted=_l("encrypted to the statistician's key"),
+            ),
+            Column(
+                "slot",
+                _l("The number of the list's place in the key file, which holds its key."),
+            ),
+            Column(
+                "entries",
+                _l("The list, for the server, each entry locked on its own."),
+                encrypted=_l("encrypted under the list's key in the key file"),
+            ),
+        ),
+    ),
+    Table(
+        name="allocations",
+        purpose=_l(
+            "Only in a research study: which part of the study you were allocated to,"
+            " once and for good."
+        ),
+        readers=_l("The server, to offer you the right next step; the study team."),
+        retention=_l("Until the study ends, and after that as long as its published rules say."),
+        columns=(
+            Column("pseudonym", _l("Your random study name.")),
+            Column("stratum", _l("Your group: language and site.")),
+            Column("position", _l("The entry of the group's list you received.")),
+            Column("arm", _l("The part of the study you were allocated to.")),
+            Column("day", _l("The day (not the time) of the allocation.")),
+        ),
+    ),
+    Table(
         name="_sqlite_migrations",
         purpose=_l("Which versions of the database layout have been applied."),
         readers=_l("The server, when it starts."),

@@ -35,6 +35,7 @@ SLOT_COLUMNS = (
     ("therapists", "slot"),
     ("conversations", "slot"),
     ("day_keys", "slot"),
+    ("allocation_lists", "slot"),
 )
 
 __all__ = ["SLOT_FILE", "SlotGoneError", "destroy_slots", "lock", "new_slot", "unlock"]

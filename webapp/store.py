@@ -491,3 +491,67 @@ def checkpoint(db: Database, attempts: int = 3, strict: bool = False) -> bool:
     if strict:  # said by the purge only: after a participant's deletion it would date it
         log.warning("write-ahead log busy; the next purge truncates it")
     return False
+
+
+@migrations()
+def create_study(db: Database) -> None:
+    """The trial: the started study, its hash-chained log, allocation lists and allocations.
+
+    Triggers refuse changes to the log and to allocations. An operator with a shell
+    can drop them; the log's hash chain still shows what was changed.
+    """
+    db.execute(
+        """
+        CREATE TABLE study (
+            id TEXT PRIMARY KEY,
+            definition_sha256 TEXT NOT NULL,
+            started_day TEXT NOT NULL,
+            study_public_key BLOB NOT NULL,
+            statistician_public_key BLOB NOT NULL,
+            signing_public_key BLOB NOT NULL
+        ) STRICT
+        """
+    )
+    db.execute(
+        """
+        CREATE TABLE study_log (
+            seq INTEGER PRIMARY KEY,
+            day TEXT NOT NULL,
+            event TEXT NOT NULL,
+            pseudonym TEXT,
+            detail TEXT NOT NULL,
+            prev_hash BLOB NOT NULL,
+            hash BLOB NOT NULL
+        ) STRICT
+        """
+    )
+    db.execute(
+        """
+        CREATE TABLE allocation_lists (
+            stratum TEXT PRIMARY KEY,
+            length INTEGER NOT NULL,
+            commitment TEXT NOT NULL,
+            sealed BLOB NOT NULL,
+            slot INTEGER NOT NULL UNIQUE,
+            entries BLOB NOT NULL
+        ) STRICT
+        """
+    )
+    db.execute(
+        """
+        CREATE TABLE allocations (
+            pseudonym TEXT PRIMARY KEY,
+            stratum TEXT NOT NULL REFERENCES allocation_lists(stratum),
+            position INTEGER NOT NULL,
+            arm TEXT NOT NULL,
+            day TEXT NOT NULL,
+            UNIQUE (stratum, position)
+        ) STRICT
+        """
+    )
+    for table in ("study_log", "allocations"):
+        for change in ("UPDATE", "DELETE"):
+            db.execute(
+                f"CREATE TRIGGER {table}_no_{change.lower()} BEFORE {change} ON {table}"
+                f" BEGIN SELECT RAISE(ABORT, '{table} is append-only'); END"
+            )

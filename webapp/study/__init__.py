@@ -1,4 +1,5 @@
-"""The trial's domain: the study definition, questionnaires, and what builds on them.
+"""The trial's domain: definition, intake, questionnaires, allocation and the study log.
 
-No Flask here: the pages live in the participant and portal blueprints.
+No Flask here: the pages live in the participant and portal blueprints, and the
+``stillroom study`` commands call the same functions.
 """

@@ -1,0 +1,215 @@
+"""The ``stillroom study`` commands: check, start, verify, reveal and simulate a study.
+
+They call the same functions as the pages (:mod:`stillroom.webapp.study`); the shared
+command-line helpers come from :mod:`stillroom.webapp.cli`.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import json
+import sys
+from pathlib import Path
+
+import click
+from sqlite_utils import Database
+
+from stillroom.webapp.backup import BackupError, decode_key
+from stillroom.webapp.cli import SETTINGS_EPILOG, fail, load_settings, open_database
+from stillroom.webapp.study import allocation
+from stillroom.webapp.study import log as study_log
+from stillroom.webapp.study.definition import Study, read_study
+
+
+@click.group()
+def study() -> None:
+    """Run a research study: check and start it, verify its log, reveal its allocation lists."""
+
+
+@study.command(name="check")
+@click.argument(
+    "folder", type=click.Path(exists=True, file_okay=False, path_type=Path), metavar="DIR"
+)
+def study_check(folder: Path) -> None:
+    """Check the study folder DIR: print each problem as file:line: key: message and exit 1,
+    or print a one-line summary of the study.
+
+    Needs no data directory: the study team can run it anywhere.
+    """
+    problems, found = read_study(folder)
+    if found is None:
+        for problem in problems:
+            click.echo(str(problem))
+        sys.exit(1)
+    click.echo(found.summary())
+
+
+def read_definition(folder: Path) -> Study:
+    """Load the study folder, or end with each of its problems on a line of its own."""
+    problems, found = read_study(folder)
+    if found is None:
+        for problem in problems:
+            click.echo(str(problem), err=True)
+        sys.exit(1)
+    return found
+
+
+STUDY_OPTION = click.option(
+    "--study",
+    "folder",
+    envvar="STILLROOM_STUDY",
+    required=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="The study folder (default: STILLROOM_STUDY).",
+)
+
+
+def read_key_file(path: Path, option: str) -> bytes:
+    """Return the base64 X25519 key in the file ``path`` (as ``backup-key`` writes them)."""
+    try:
+        return decode_key(path.read_text(), f"{option} {path}")
+    except (BackupError, OSError, UnicodeDecodeError) as error:
+        fail(RuntimeError(f"{option} {path}: {error}"))
+
+
+KEY_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
+
+
+@study.command(name="start", epilog=SETTINGS_EPILOG)
+@STUDY_OPTION
+@click.option("--study-key", type=KEY_FILE, required=True, help="The study team's public key.")
+@click.option(
+    "--statistician-key", type=KEY_FILE, required=True, help="The statistician's public key."
+)
+def study_start(folder: Path, study_key: Path, statistician_key: Path) -> None:
+    """Freeze the study and make its sealed allocation lists; print their commitments.
+
+    Publish the commitments (trial registry, statistician) and note the log's head.
+    """
+    values = read_definition(folder)
+    keys = (
+        read_key_file(study_key, "--study-key"),
+        read_key_file(statistician_key, "--statistician-key"),
+    )
+    settings = load_settings()
+    with open_database(settings) as database:
+        try:
+            commitments = allocation.start_study(
+                database,
+                settings.data_dir,
+                values.id,
+                values.sha256,
+                datetime.date.today(),
+                keys,
+                values.strata(),
+                [(arm.id, arm.ratio) for arm in values.arms],
+                list(values.block_sizes),
+                values.participants_per_stratum,
+            )
+        except (allocation.AllocationError, ValueError) as error:
+            fail(error)
+        head = study_log.verify(database)
+    click.echo(f"Study {values.id} started; definition SHA-256 {values.sha256}.")
+    click.echo("Allocation list commitments, SHA-256(salt || list), to publish:")
+    for stratum, commitment in commitments.items():
+        click.echo(f"  {stratum} {commitment}")
+    click.echo(f"Study log head: {head}")
+
+
+def study_id(database: Database) -> tuple[str, bytes]:
+    """Return the started study's id and signing public key, or end: there is none."""
+    row = database.execute("SELECT id, signing_public_key FROM study").fetchone()
+    if row is None:
+        fail(RuntimeError("no study has been started here ('stillroom study start')"))
+    return str(row[0]), bytes(row[1])
+
+
+@study.command(name="verify", epilog=SETTINGS_EPILOG)
+@click.option(
+    "--head",
+    "known",
+    metavar="SEQ:HASH",
+    help="A head noted down before: the log must still pass through it.",
+)
+def study_verify(known: str | None) -> None:
+    """Recompute the study log's hash chain and print its signed head, for the sites."""
+    try:
+        noted = study_log.Head.parse(known) if known else None
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--head") from error
+    settings = load_settings()
+    with open_database(settings) as database:
+        name, public = study_id(database)
+        try:
+            head = study_log.verify(database, noted)
+        except study_log.StudyLogError as error:
+            fail(error)
+    signing = study_log.read_signing_key(settings.data_dir)
+    click.echo(f"The study log of {name} is intact.")
+    click.echo(f"Head: {head}")
+    if signing is not None:
+        signature = study_log.sign_head(name, head, signing)
+        click.echo(f"Signature: {base64.b64encode(signature).decode()}")
+        click.echo(f"Signing key: {base64.b64encode(public).decode()}")
+
+
+@study.command(name="reveal", epilog=SETTINGS_EPILOG)
+@click.option(
+    "--secret-key",
+    "secret_file",
+    type=KEY_FILE,
+    required=True,
+    help="The statistician's secret key (after data lock).",
+)
+def study_reveal(secret_file: Path) -> None:
+    """Open the allocation lists, check them and every allocation; print them as JSON.
+
+    Anyone can then recompute each commitment from the salt and the list.
+    """
+    secret = read_key_file(secret_file, "--secret-key")
+    settings = load_settings()
+    with open_database(settings) as database:
+        study_id(database)
+        try:
+            revealed = allocation.reveal(allocation.sealed_lists(database), secret)
+            checked = allocation.verify_reveal(database, revealed)
+        except (allocation.RevealError, study_log.StudyLogError) as error:
+            fail(error)
+    lists = {
+        stratum: {"salt": made.salt.hex(), "blocks": made.blocks, "commitment": made.commitment()}
+        for stratum, made in revealed.items()
+    }
+    click.echo(json.dumps({"strata": lists}))
+    click.echo(
+        f"Every list matches its commitment; {checked} allocations match their lists.", err=True
+    )
+
+
+@study.command(name="simulate")
+@STUDY_OPTION
+@click.option("--participants", type=click.IntRange(min=0), required=True)
+@click.option("--seed", type=int, required=True, help="Makes the run repeatable.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def study_simulate(folder: Path, participants: int, seed: int, as_json: bool) -> None:
+    """Allocate N simulated participants with the real code in a throwaway directory.
+
+    Prints the counts per arm in each stratum; nothing of this data directory is used.
+    """
+    values = read_definition(folder)
+    try:
+        found = allocation.simulate(
+            values.strata(),
+            [(arm.id, arm.ratio) for arm in values.arms],
+            list(values.block_sizes),
+            values.participants_per_stratum,
+            participants,
+            seed,
+        )
+    except (allocation.AllocationError, ValueError) as error:
+        fail(error)
+    if as_json:
+        click.echo(json.dumps(found.as_dict()))
+        return
+    for stratum, counts in found.counts().items():
+        click.echo(f"{stratum}: " + ", ".join(f"{arm} {count}" for arm, count in counts.items()))
