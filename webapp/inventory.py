@@ -292,6 +292,13 @@ INVENTORY: tuple[Table, ...] = (
                 ),
             ),
             Column("disabled", _l("Whether the operator has locked the account.")),
+            Column(
+                "site",
+                _l(
+                    "The centre the therapist works for, if the operator named one, so that"
+                    " a study can offer each language the therapists of its centre."
+                ),
+            ),
         ),
         about_participants=False,
     ),

@@ -491,3 +491,9 @@ def checkpoint(db: Database, attempts: int = 3, strict: bool = False) -> bool:
     if strict:  # said by the purge only: after a participant's deletion it would date it
         log.warning("write-ahead log busy; the next purge truncates it")
     return False
+
+
+@migrations()
+def add_therapist_sites(db: Database) -> None:
+    """A therapist may belong to a site (a trial's centre); a stratum is language and site."""
+    db.execute("ALTER TABLE therapists ADD COLUMN site TEXT")
