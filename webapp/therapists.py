@@ -64,6 +64,7 @@ from stillroom.webapp.keyslots import (
     new_slot,
     unlock,
 )
+from stillroom.webapp.notes import note_slots
 from stillroom.webapp.sessions import THERAPIST_SESSIONS, end_sessions_of
 from stillroom.webapp.settings import LANGUAGES
 from stillroom.webapp.store import checkpoint, transaction
@@ -750,10 +751,10 @@ def reset_therapist(
 
     The old key pair cannot be opened without the old passphrase, so enrolment makes
     a new one. The login name stays. Free times are withdrawn: nobody should book a
-    therapist who cannot log in yet. The therapist's conversations are deleted: they
-    were sealed to the old key pair, so the therapist could never read them again. Then
-    the slots of the old key pair and of those conversations are destroyed, so nothing
-    reopens them for whoever enrols next, or from a copy of the disk. A pair that meets
+    therapist who cannot log in yet. The therapist's conversations and notes are deleted:
+    they were sealed to the old key pair, so the therapist could never read them again.
+    Then the slots of the old key pair, those conversations and those notes are destroyed,
+    so nothing reopens them for whoever enrols next, or from a copy of the disk. A pair that meets
     again starts a new conversation under both current keys.
 
     :returns: the login name and the new enrolment token.
@@ -770,7 +771,12 @@ def reset_therapist(
         )
         end_sessions_of(db, THERAPIST_SESSIONS, therapist.id)
         _withdraw_free_slots(db, therapist.id, now)
-        slots = [old, *conversation_slots(db, "therapist_id", therapist.id)]
+        slots = [
+            old,
+            *conversation_slots(db, "therapist_id", therapist.id),
+            *note_slots(db, therapist_id=therapist.id),
+        ]
+        db.execute("DELETE FROM notes WHERE therapist_id = ?", [therapist.id])
         db.execute(
             "DELETE FROM messages WHERE conversation_id IN"
             " (SELECT id FROM conversations WHERE therapist_id = ?)",
