@@ -69,7 +69,8 @@ def test_every_object_route_hides_a_therapists_objects_from_another(chat: Chat, 
     [[slot_id]] = rows(chat.settings, "SELECT slot_id FROM appointments")
     other = type(chat.therapist)(portal_app.test_client(), chat.clock, chat.settings.database_path)
     other.create("Bruno", ("en",))
-    values = {"appointment_id": chat.id, "slot_id": slot_id}
+    [[pseudonym]] = rows(chat.settings, "SELECT pseudonym FROM pairs")
+    values = {"appointment_id": chat.id, "slot_id": slot_id, "pseudonym": pseudonym}
     assert_hidden(portal_app, other.client, chat.therapist.client, values, "for my client", "/en/")
     assert rows(chat.settings, "SELECT count(*) FROM appointments") == [(1,)]
 

@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 
 from stillroom.webapp.settings import Settings, env_var
+from stillroom.webapp.store import connect
+from stillroom.webapp.therapists import therapists_at
 
 from support import add_therapist_by_cli
 
@@ -143,9 +145,85 @@ def test_therapist_add_prints_a_one_time_enrolment_link(tmp_path):
     assert login, result.stdout
     listed = run("therapist", "list", env=env).stdout.splitlines()
     assert [line.split("\t") for line in listed] == [
-        ["name", "login name", "languages", "time zone", "state"],
-        ["Anna", login.group(1), "de,en", "Europe/Berlin", "not enrolled"],
+        ["name", "login name", "languages", "time zone", "state", "site"],
+        ["Anna", login.group(1), "de,en", "Europe/Berlin", "not enrolled", "-"],
     ]
+
+
+def listed_sites(env: dict[str, str]) -> dict[str, str]:
+    """Return each therapist's site as ``therapist list`` prints it, by name."""
+    lines = run("therapist", "list", env=env).stdout.splitlines()
+    header, *therapists = (line.split("\t") for line in lines)
+    return {fields[0]: fields[header.index("site")] for fields in therapists}
+
+
+def test_a_therapist_gets_a_site_keeps_it_and_can_move(tmp_path):
+    env = therapist_env(tmp_path)
+    added = run(
+        "therapist", "add", "--name", "Jana", "--languages", "cs", "--site", "prague", env=env
+    )
+    assert added.returncode == 0, added.stderr
+    assert run("therapist", "add", "--name", "Anna", "--languages", "de", env=env).returncode == 0
+    assert listed_sites(env) == {"Anna": "-", "Jana": "prague"}
+    moved = run("therapist", "site", "anna", "berlin", env=env)
+    assert moved.returncode == 0, moved.stderr
+    assert moved.stdout == "Anna now belongs to site berlin; appointments already booked stay.\n"
+    assert run("therapist", "site", "Jana", "--clear", env=env).returncode == 0
+    assert listed_sites(env) == {"Anna": "berlin", "Jana": "-"}
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["add", "--name", "Anna", "--languages", "de", "--site", "Berlin"],
+        ["add", "--name", "Anna", "--languages", "de", "--site", "b"],
+        ["add", "--name", "Anna", "--languages", "de", "--site", "x" * 31],
+        ["site", "Bruno", "berlin mitte"],
+        ["site", "Bruno"],
+        ["site", "Bruno", "berlin", "--clear"],
+    ],
+)
+def test_a_bad_site_is_refused_and_nothing_changes(tmp_path, args):
+    env = therapist_env(tmp_path)
+    added = run(
+        "therapist", "add", "--name", "Bruno", "--languages", "de", "--site", "bonn", env=env
+    )
+    assert added.returncode == 0, added.stderr
+    refused = run("therapist", *args, env=env)
+    assert refused.returncode == 2
+    assert "Traceback" not in refused.stderr
+    assert listed_sites(env) == {"Bruno": "bonn"}
+
+
+def test_moving_a_therapist_nobody_has_is_one_line(tmp_path):
+    refused = run("therapist", "site", "Nobody", "berlin", env=therapist_env(tmp_path))
+    assert refused.returncode == 1
+    assert refused.stderr == "Error: no therapist named 'Nobody'\n"
+
+
+def test_the_therapists_of_a_language_and_site_are_those_who_can_take_bookings(tmp_path):
+    env = therapist_env(tmp_path)
+    for name, languages, site in [
+        ("Anna", "de,en", "berlin"),
+        ("Bruno", "de", "berlin"),
+        ("Carla", "de", "munich"),
+        ("Dora", "en", "berlin"),
+        ("Emil", "de", ""),
+    ]:
+        extra = ["--site", site] if site else []
+        added = run("therapist", "add", "--name", name, "--languages", languages, *extra, env=env)
+        assert added.returncode == 0, added.stderr
+    db = connect(tmp_path / "data" / "stillroom.db")
+    try:
+        db.execute("UPDATE therapists SET slot = rowid")  # as if all had enrolled
+        assert run("therapist", "disable", "Bruno", env=env).returncode == 0
+        assert [t.name for t in therapists_at(db, "de", "berlin")] == ["Anna"]
+        assert [t.name for t in therapists_at(db, "en", "berlin")] == ["Anna", "Dora"]
+        db.execute("UPDATE therapists SET slot = NULL WHERE name = 'Anna'")
+        assert [t.name for t in therapists_at(db, "de", "berlin")] == []
+        assert [t.name for t in therapists_at(db, "de", "munich")] == ["Carla"]
+    finally:
+        db.close()
 
 
 @pytest.mark.parametrize(("again", "by"), [("Anna", ""), ("anna", " (by 'Anna')")])
@@ -216,12 +294,12 @@ def test_therapist_disable_and_reset(tmp_path):
     first = run("therapist", "add", "--name", "Anna", "--languages", "de", env=env).stdout
     disabled = run("therapist", "disable", "Anna", env=env)
     assert disabled.returncode == 0
-    assert run("therapist", "list", env=env).stdout.split()[-1] == "disabled"
+    assert run("therapist", "list", env=env).stdout.split("\t")[-2] == "disabled"
     reset = run("therapist", "reset", "anna", env=env)
     assert reset.returncode == 0
     new_link = reset.stdout.strip().splitlines()[-1]
     assert "/de/enrol/" in new_link and new_link != first.strip().splitlines()[-1]
-    assert run("therapist", "list", env=env).stdout.split()[-2:] == ["not", "enrolled"]
+    assert run("therapist", "list", env=env).stdout.split("\t")[-2] == "not enrolled"
     assert run("therapist", "disable", "Nobody", env=env).returncode == 1
 
 

@@ -294,6 +294,19 @@ def test_deleted_keys_and_messages_leave_nothing_that_opens_on_the_raw_disk(
             needles.must_be_gone, "message day keys", *(slot_key_of(data_dir, s) for s in day_slots)
         )
 
+        # The therapist keeps notes on the participant whose account goes, changed once:
+        # both versions' keys must go (the first with the change, the second with the pair).
+        note_canary = "canary-note-account-deleted-4c8e"
+        notes_page = f"/en/notes/{conversations[1][7]}"
+        note_versions = []
+        for text in (f"{note_canary} first", f"{note_canary} second"):
+            assert "done=notes-saved" in therapist.post(notes_page, {"text": text})
+            [note] = rows(Settings.load({}, data_dir=data_dir), "SELECT slot, body FROM notes")
+            note_versions.append(note)
+            needles.add(needles.must_be_gone, "note slot keys", slot_key_of(data_dir, note[0]))
+            needles.add(needles.locked_copies, "sealed notes", note[1])
+        needles.add(needles.must_be_gone, "note text", note_canary.encode())
+
         # A backup, written to the same disk before anything is deleted: it holds every
         # key above, and must leave no plaintext copy of them behind.
         secret_file = tmp_path / "backup.secret"
@@ -352,6 +365,10 @@ def test_deleted_keys_and_messages_leave_nothing_that_opens_on_the_raw_disk(
     for kind, count in {**counts, **copies, **metadata}.items():
         print(f"  {kind}: {count} hits")
     assert all(count == 0 for count in counts.values()), counts
+    assert all(
+        final_slots[slot * SLOT_BYTES : (slot + 1) * SLOT_BYTES] == bytes(SLOT_BYTES)
+        for slot, _body in note_versions
+    ), "the notes' slots are overwritten"
     assert sum(copies.values()) > 0, "the scan finds stale ciphertext, as an examiner would"
 
     # Every stale copy still in the image is locked under a slot key that occurs nowhere
@@ -367,7 +384,10 @@ def test_deleted_keys_and_messages_leave_nothing_that_opens_on_the_raw_disk(
     ]
     found = [value for value in needles.locked_copies["sealed conversation keys"] if value in raw]
     found += [
-        value for value in needles.locked_copies.get("wrapped account keys", []) if value in raw
+        value
+        for kind in ("wrapped account keys", "sealed notes")
+        for value in needles.locked_copies.get(kind, [])
+        if value in raw
     ]
     for locked in found:
         for candidate in candidates:

@@ -35,6 +35,7 @@ from stillroom.webapp.keyslots import (
     new_slot,
     unlock,
 )
+from stillroom.webapp.notes import note_slots
 from stillroom.webapp.store import checkpoint, transaction
 
 
@@ -224,13 +225,15 @@ def purge_unused_accounts(db: Database, today: str, retention_days: int) -> int:
 def _delete_accounts(db: Database, participant_ids: list[str]) -> list[int]:
     """Inside a write transaction: delete the accounts; return the slots to destroy after.
 
-    Deleting an account cascades to its sessions, appointments, pairs, conversations
-    and messages. Its own slot and its conversations' slots are destroyed once the
-    deletion is saved; until then nothing is gone, and a failed write changes nothing.
+    Deleting an account cascades to its sessions, appointments, pairs, therapists' notes,
+    conversations and messages. Its own slot and its conversations' and notes' slots are
+    destroyed once the deletion is saved; until then nothing is gone, and a failed write
+    changes nothing.
     """
     slots: list[int] = []
     for participant_id in participant_ids:
         slots += conversation_slots(db, "participant_id", participant_id)
+        slots += note_slots(db, participant_id=participant_id)  # the pair goes: its notes too
         row = db.execute("SELECT slot FROM participants WHERE id = ?", [participant_id]).fetchone()
         if row is not None:
             slots.append(int(row[0]))

@@ -112,6 +112,12 @@ def _overdue(settings: Settings, now: int) -> Iterator[tuple[str, str, list[obje
         [],
     )
     yield "message keys past their day", "day_keys WHERE expires_day <= ?", [day.isoformat()]
+    noted = day - datetime.timedelta(days=settings.note_retention_days)
+    yield (
+        "therapists' notes past their retention",
+        "notes WHERE edited_day <= ?",
+        [noted.isoformat()],
+    )
 
 
 def check_retention(db: Database, settings: Settings, now: int) -> Check:
@@ -173,6 +179,7 @@ def check_key_slots(db: Database, settings: Settings, now: int) -> Check:
             "SELECT slot FROM participants UNION SELECT slot FROM therapists"
             " UNION SELECT slot FROM conversations UNION SELECT slot FROM day_keys"
             " UNION SELECT slot FROM allocation_lists"
+            " UNION SELECT slot FROM notes"
         )
         if row[0] is not None
     }

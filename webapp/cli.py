@@ -587,12 +587,15 @@ def read_languages(value: str) -> tuple[str, ...]:
     show_default=True,
     help="The therapist's own time zone (IANA name); availability is entered in it.",
 )
-def therapist_add(name: str, languages: str, time_zone: str) -> None:
+@click.option("--site", default=None, help="The site (centre) they work for, e.g. berlin.")
+def therapist_add(name: str, languages: str, time_zone: str, site: str | None) -> None:
     """Add a therapist and print their one-time enrolment link (ENROLMENT_LINK_HOURS)."""
     settings = load_settings()
     codes = read_languages(languages)
     if not is_zone(time_zone):
         raise click.BadParameter(f"unknown time zone {time_zone!r}", param_hint="--time-zone")
+    if site is not None:
+        read_site(site, "--site")
     with open_database(settings) as database:
         try:
             enrolment = therapists.add_therapist(
@@ -602,10 +605,22 @@ def therapist_add(name: str, languages: str, time_zone: str) -> None:
                 time_zone,
                 int(time.time()),
                 settings.enrolment_link_hours * 3600,
+                site,
             )
         except therapists.TherapistNameError as problem:
             fail(RuntimeError(name_problem(name, problem)))
     say_enrolment(settings, codes[0], enrolment)
+
+
+def read_site(site: str, hint: str) -> str:
+    """Refuse a site name that is not 2 to 30 of a-z, 0-9 and "-"."""
+    try:
+        return therapists.check_site(site)
+    except therapists.SiteNameError:
+        raise click.BadParameter(
+            f"{site!r} is not a site name: use 2 to 30 of a-z, 0-9 and '-', e.g. berlin",
+            param_hint=hint,
+        ) from None
 
 
 def name_problem(name: str, problem: therapists.TherapistNameError) -> str:
@@ -634,15 +649,34 @@ def say_enrolment(settings: Settings, language: str, enrolment: therapists.Enrol
 
 @therapist.command(name="list")
 def therapist_list() -> None:
-    """List therapists: name, login name, languages, time zone and state."""
+    """List therapists: name, login name, languages, time zone, state and site ("-": none)."""
     with open_database(load_settings()) as database:
-        click.echo("name\tlogin name\tlanguages\ttime zone\tstate")
+        click.echo("name\tlogin name\tlanguages\ttime zone\tstate\tsite")
         for item in therapists.list_therapists(database):
             state = "disabled" if item.disabled else "active" if item.enrolled else "not enrolled"
             click.echo(
                 f"{item.name}\t{item.login_name}\t{','.join(item.languages)}"
-                f"\t{item.time_zone}\t{state}"
+                f"\t{item.time_zone}\t{state}\t{item.site or '-'}"
             )
+
+
+@therapist.command(name="site")
+@click.argument("name")
+@click.argument("site", required=False)
+@click.option("--clear", is_flag=True, help="Take the therapist off any site.")
+def therapist_site(name: str, site: str | None, clear: bool) -> None:
+    """Move the therapist NAME to SITE (or off any site with --clear)."""
+    if clear == (site is not None):
+        raise click.UsageError("give either a SITE or --clear")
+    if site is not None:
+        read_site(site, "SITE")
+    with open_database(load_settings()) as database:
+        try:
+            moved = therapists.set_site(database, name, site)
+        except therapists.UnknownTherapistError:
+            fail(RuntimeError(f"no therapist named {name!r}"))
+    where = f"site {moved.site}" if moved.site else "no site"
+    click.echo(f"{moved.name} now belongs to {where}; appointments already booked stay.")
 
 
 @therapist.command(name="disable")

@@ -237,6 +237,37 @@ INVENTORY: tuple[Table, ...] = (
         ),
     ),
     Table(
+        name="notes",
+        purpose=_l(
+            "A therapist's private notes about you, so that they remember your earlier"
+            " sessions once the messages are deleted. You are never shown them."
+        ),
+        readers=_l("Only the therapist who wrote them; the server only while they are logged in."),
+        retention=_l(
+            "Deleted %(note_days)s days after the therapist last changed them, with your"
+            " account, or when the therapist's account is reset. Their key is deleted with them."
+        ),
+        columns=(
+            Column("participant_id", _l("Your account.")),
+            Column("therapist_id", _l("The therapist who wrote them.")),
+            Column(
+                "slot",
+                _l(
+                    "The number of the notes' place in the key file, which holds a random"
+                    " key; each change and the deletion overwrite it."
+                ),
+            ),
+            Column(
+                "body",
+                _l("The notes, in plain text, padded to a fixed size."),
+                encrypted=_l(
+                    "encrypted to the therapist's key, and under the notes' key in the key file"
+                ),
+            ),
+            Column("edited_day", _l("The day (not the time) of the last change.")),
+        ),
+    ),
+    Table(
         name="therapists",
         purpose=_l("Therapist accounts. Therapists may use a pseudonym as their name."),
         readers=_l("The server, to let therapists log in; participants see the name."),
@@ -292,6 +323,13 @@ INVENTORY: tuple[Table, ...] = (
                 ),
             ),
             Column("disabled", _l("Whether the operator has locked the account.")),
+            Column(
+                "site",
+                _l(
+                    "The centre the therapist works for, if the operator named one, so that"
+                    " a study can offer each language the therapists of its centre."
+                ),
+            ),
         ),
         about_participants=False,
     ),
@@ -452,6 +490,7 @@ def retention_values(settings: Settings) -> dict[str, int]:
         "days": settings.appointment_retention_days,
         "message_days": settings.message_retention_days,
         "account_days": settings.account_retention_days,
+        "note_days": settings.note_retention_days,
         "link_hours": settings.enrolment_link_hours,
     }
 

@@ -1,6 +1,6 @@
 """The data directory's key slots: where every deletable key lives, and how it dies.
 
-Each participant, therapist, conversation and message day has a slot in the file
+Each participant, therapist, conversation, message day and therapist's note has a slot in the file
 ``keys.slots`` beside the database (:mod:`stillroom.crypto.slots`). What the database
 stores for them (a wrapped secret key, sealed conversation keys, messages) is locked
 under the slot's key as well, so deleting the row and then destroying the slot leaves
@@ -36,6 +36,7 @@ SLOT_COLUMNS = (
     ("conversations", "slot"),
     ("day_keys", "slot"),
     ("allocation_lists", "slot"),
+    ("notes", "slot"),
 )
 
 __all__ = ["SLOT_FILE", "SlotGoneError", "destroy_slots", "lock", "new_slot", "unlock"]

@@ -5,7 +5,8 @@ destruction leaves one: looked for at start-up and by ``stillroom purge``), acco
 unused for ``ACCOUNT_RETENTION_DAYS``, expired sessions of both apps, enrolment links
 that were never used, failed-login counts that have run out, the keys of message days
 that have come and those days' messages, conversations nobody needs, slots that have
-ended and appointments past their retention. Every deleted key slot is overwritten in
+ended, appointments past their retention and therapists' notes unchanged for
+``NOTE_RETENTION_DAYS``. Every deleted key slot is overwritten in
 place; each run ends with a write-ahead-log checkpoint so deleted rows leave the
 ``-wal`` file too.
 """
@@ -25,6 +26,7 @@ from stillroom.webapp.booking import purge_bookings
 from stillroom.webapp.chat import purge_chats
 from stillroom.webapp.instance import with_reserve
 from stillroom.webapp.keyslots import destroy_orphans
+from stillroom.webapp.notes import purge_notes
 from stillroom.webapp.sessions import end_expired_sessions
 from stillroom.webapp.settings import Settings
 from stillroom.webapp.store import StoreUnwritableError, checkpoint, connect, transaction
@@ -61,6 +63,7 @@ def _delete_expired(db: Database, now: int, settings: Settings, orphans: bool) -
     removed += forget_old_failures(db, now)
     removed += purge_chats(db, now, settings.chat_opens_minutes_before)
     removed += purge_bookings(db, now, settings.appointment_retention_days * 24 * 3600)
+    removed += purge_notes(db, now, settings.note_retention_days)
     checkpoint(db, strict=True)  # readers blocking it: the next run retries; a full disk: raise
     return removed
 

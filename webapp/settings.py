@@ -113,6 +113,11 @@ class Settings:
     message_retention_days: int = _setting(
         14, "Chat messages are deleted this many days after their appointment ends."
     )
+    note_retention_days: int = _setting(
+        90,
+        "A therapist's notes about a participant are deleted this many days after their last"
+        " change (sooner with the account, or a reset of the therapist).",
+    )
     chat_rate_messages: int = _setting(
         10, "Messages one session may send within STILLROOM_CHAT_RATE_SECONDS."
     )
@@ -207,6 +212,7 @@ class Settings:
             "chat_opens_minutes_before": (0, 120),
             "message_retention_days": (1, 365),
             "account_retention_days": (30, 3650),
+            "note_retention_days": (1, 3650),
             "enrolment_link_hours": (1, 168),
             "login_pause_minutes": (1, 1440),
             "chat_rate_messages": (1, 1000),

@@ -555,3 +555,30 @@ def create_study(db: Database) -> None:
                 f"CREATE TRIGGER {table}_no_{change.lower()} BEFORE {change} ON {table}"
                 f" BEGIN SELECT RAISE(ABORT, '{table} is append-only'); END"
             )
+
+
+@migrations()
+def add_therapist_sites(db: Database) -> None:
+    """A therapist may belong to a site (a trial's centre); a stratum is language and site."""
+    db.execute("ALTER TABLE therapists ADD COLUMN site TEXT")
+
+
+@migrations()
+def create_notes(db: Database) -> None:
+    """A therapist's private notes per pair, sealed to them and locked under a slot each."""
+    db.execute(
+        """
+        CREATE TABLE notes (
+            participant_id TEXT NOT NULL,
+            therapist_id TEXT NOT NULL,
+            slot INTEGER NOT NULL UNIQUE,
+            body BLOB NOT NULL,
+            edited_day TEXT NOT NULL,
+            PRIMARY KEY (participant_id, therapist_id),
+            FOREIGN KEY (participant_id, therapist_id)
+                REFERENCES pairs(participant_id, therapist_id) ON DELETE CASCADE
+        ) STRICT
+        """
+    )
+    db.execute("CREATE INDEX notes_therapist ON notes(therapist_id)")
+    db.execute("CREATE INDEX notes_edited ON notes(edited_day)")

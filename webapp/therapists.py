@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import hmac
+import re
 import secrets
 import threading
 import unicodedata
@@ -63,6 +64,7 @@ from stillroom.webapp.keyslots import (
     new_slot,
     unlock,
 )
+from stillroom.webapp.notes import note_slots
 from stillroom.webapp.sessions import THERAPIST_SESSIONS, end_sessions_of
 from stillroom.webapp.settings import LANGUAGES
 from stillroom.webapp.store import checkpoint, transaction
@@ -70,6 +72,8 @@ from stillroom.webapp.store import checkpoint, transaction
 #: How long an enrolment link works, in seconds.
 ENROLMENT_SECONDS = 24 * 3600
 MAX_NAME_CHARS = 40
+#: A site's name: what the operator and a study definition call a trial's centre.
+SITE_PATTERN = re.compile(r"[a-z0-9-]{2,30}\Z")
 #: Failed logins in a row before the account pauses, and for how long (seconds).
 MAX_FAILURES = 5
 PAUSE_SECONDS = 15 * 60
@@ -96,6 +100,10 @@ class TherapistNameError(TherapistError):
 
 class UnknownTherapistError(TherapistError):
     """No therapist has this name."""
+
+
+class SiteNameError(TherapistError):
+    """A site's name must be 2 to 30 of a-z, 0-9 and "-"."""
 
 
 @dataclass(frozen=True)
@@ -139,6 +147,8 @@ class Therapist:
     disabled: bool
     #: Enrolled with a chosen password: must take a generated passphrase now.
     renew: bool = False
+    #: The site (a trial's centre) the therapist belongs to, if any.
+    site: str | None = None
 
 
 @dataclass(frozen=True)
@@ -174,6 +184,16 @@ def _refuse_taken(db: Database, name: str) -> None:
             raise TherapistNameError("look-alike", existing)
 
 
+def check_site(site: str) -> str:
+    """Return ``site`` if it is a valid site name.
+
+    :raises SiteNameError: when it is not 2 to 30 of a-z, 0-9 and "-".
+    """
+    if not SITE_PATTERN.match(site):
+        raise SiteNameError(site)
+    return site
+
+
 def add_therapist(
     db: Database,
     name: str,
@@ -181,12 +201,16 @@ def add_therapist(
     time_zone: str,
     now: int,
     link_seconds: int = ENROLMENT_SECONDS,
+    site: str | None = None,
 ) -> Enrolment:
     """Create a therapist who still has to enrol; return their login name and link token.
 
     :raises TherapistNameError: for a bad or taken name, or one that looks like another.
+    :raises SiteNameError: for a site name that is not valid.
     """
     name = clean_name(name)
+    if site is not None:
+        check_site(site)
     if not languages or any(code not in LANGUAGES for code in languages):
         raise ValueError(f"languages must be among {', '.join(LANGUAGES)}")
     therapist_id = secrets.token_hex(16)
@@ -200,6 +224,7 @@ def add_therapist(
                 "login_name": login_name,
                 "languages": ",".join(languages),
                 "time_zone": time_zone,
+                "site": site,
             }
         )
         return Enrolment(login_name, _issue_enrolment(db, therapist_id, now, link_seconds))
@@ -219,7 +244,7 @@ def _issue_enrolment(db: Database, therapist_id: str, now: int, link_seconds: in
 
 
 def _therapist(row: Any) -> Therapist:
-    therapist_id, name, login_name, languages, time_zone, slot, disabled, renew = row
+    therapist_id, name, login_name, languages, time_zone, slot, disabled, renew, site = row
     return Therapist(
         id=str(therapist_id),
         name=str(name),
@@ -229,10 +254,11 @@ def _therapist(row: Any) -> Therapist:
         enrolled=slot is not None,
         disabled=bool(disabled),
         renew=bool(renew),
+        site=None if site is None else str(site),
     )
 
 
-_COLUMNS = "id, name, login_name, languages, time_zone, slot, disabled, renew_passphrase"
+_COLUMNS = "id, name, login_name, languages, time_zone, slot, disabled, renew_passphrase, site"
 
 
 def list_therapists(db: Database) -> list[Therapist]:
@@ -268,6 +294,36 @@ def find_by_name(db: Database, name: str) -> Therapist:
         if therapist.name.casefold() == wanted:
             return therapist
     raise UnknownTherapistError(name)
+
+
+def set_site(db: Database, name: str, site: str | None) -> Therapist:
+    """Move the therapist called ``name`` to ``site`` (``None``: to no site); return them.
+
+    Appointments already booked stay as they are; only where they can be booked next
+    follows the new site.
+
+    :raises UnknownTherapistError: when no therapist has this name.
+    :raises SiteNameError: for a site name that is not valid.
+    """
+    if site is not None:
+        check_site(site)
+    therapist = find_by_name(db, name)
+    with transaction(db):
+        db.execute("UPDATE therapists SET site = ? WHERE id = ?", [site, therapist.id])
+    return get_therapist(db, therapist.id)
+
+
+def therapists_at(db: Database, language: str, site: str) -> list[Therapist]:
+    """Return the therapists a participant of ``language`` at ``site`` can book: enrolled,
+    not disabled, working in that language and belonging to that site."""
+    return [
+        therapist
+        for therapist in list_therapists(db)
+        if therapist.site == site
+        and language in therapist.languages
+        and therapist.enrolled
+        and not therapist.disabled
+    ]
 
 
 def find_enrolment(db: Database, token: str, now: int) -> Therapist:
@@ -695,10 +751,10 @@ def reset_therapist(
 
     The old key pair cannot be opened without the old passphrase, so enrolment makes
     a new one. The login name stays. Free times are withdrawn: nobody should book a
-    therapist who cannot log in yet. The therapist's conversations are deleted: they
-    were sealed to the old key pair, so the therapist could never read them again. Then
-    the slots of the old key pair and of those conversations are destroyed, so nothing
-    reopens them for whoever enrols next, or from a copy of the disk. A pair that meets
+    therapist who cannot log in yet. The therapist's conversations and notes are deleted:
+    they were sealed to the old key pair, so the therapist could never read them again.
+    Then the slots of the old key pair, those conversations and those notes are destroyed,
+    so nothing reopens them for whoever enrols next, or from a copy of the disk. A pair that meets
     again starts a new conversation under both current keys.
 
     :returns: the login name and the new enrolment token.
@@ -715,7 +771,12 @@ def reset_therapist(
         )
         end_sessions_of(db, THERAPIST_SESSIONS, therapist.id)
         _withdraw_free_slots(db, therapist.id, now)
-        slots = [old, *conversation_slots(db, "therapist_id", therapist.id)]
+        slots = [
+            old,
+            *conversation_slots(db, "therapist_id", therapist.id),
+            *note_slots(db, therapist_id=therapist.id),
+        ]
+        db.execute("DELETE FROM notes WHERE therapist_id = ?", [therapist.id])
         db.execute(
             "DELETE FROM messages WHERE conversation_id IN"
             " (SELECT id FROM conversations WHERE therapist_id = ?)",
