@@ -30,6 +30,7 @@ NOTICES = {
     "slot-deleted": _l("The time has been withdrawn."),
     "cancelled": _l("The appointment is cancelled. The participant sees your note on their page."),
     "blocked": _l("This participant can no longer book any time."),
+    "shown-to-all": _l("Your free times are shown to every account again."),
     "extended": _l(
         "The chat now stays open %(minutes)s minutes longer.", minutes=EXTENSION_MINUTES
     ),
