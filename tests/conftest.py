@@ -16,6 +16,7 @@ from stillroom.webapp.settings import Settings
 import tornet
 from support import (
     FAST_ARGON2,
+    NO_INTAKE_LIMITS,
     AuthActions,
     Chat,
     Clock,
@@ -33,7 +34,9 @@ os.environ["STILLROOM_DISK_RESERVE_MIB"] = "1"
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    return Settings.load({}, data_dir=tmp_path / "instance", disk_reserve_mib=1, **FAST_ARGON2)
+    return Settings.load(
+        {}, data_dir=tmp_path / "instance", disk_reserve_mib=1, **FAST_ARGON2, **NO_INTAKE_LIMITS
+    )
 
 
 @pytest.fixture

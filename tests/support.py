@@ -31,6 +31,10 @@ FAST_ARGON2 = {
     "argon2_parallelism": FAST_FOR_TESTS.parallelism,
 }
 
+#: Most tests make many accounts at one moment and book with them at once; the tests of
+#: these limits on intake set them.
+NO_INTAKE_LIMITS = {"booking_min_account_hours": 0, "accounts_per_minute": 10_000}
+
 
 def argon2_env(params: Argon2Params) -> dict[str, str]:
     """Return the ``STILLROOM_ARGON2_*`` variables that give a process these costs."""
@@ -301,6 +305,7 @@ def stillroom_env(data_dir: Path, port: int, extra: dict[str, str] | None = None
         "STILLROOM_PARTICIPANT_PORT": str(port),
         "STILLROOM_PORTAL_PORT": str(free_port()),
         **argon2_env(FAST_FOR_TESTS),
+        **{f"STILLROOM_{name.upper()}": str(value) for name, value in NO_INTAKE_LIMITS.items()},
         **(extra or {}),
     }
 

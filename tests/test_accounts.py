@@ -269,3 +269,42 @@ def test_the_help_page_offers_lines_only_when_there_are_some(client, settings, c
     with_lines.test_client_class = LoopbackClient
     listed = with_lines.test_client().get("/en/help").get_data(as_text=True)
     assert listed.index("Then call one of these lines:") < listed.index("Line A 0800 111")
+
+
+def test_accounts_beyond_the_rate_get_a_calm_busy_page_and_keep_their_passphrase(settings, clock):
+    app = create_participant_app(dataclasses.replace(settings, accounts_per_minute=2), clock=clock)
+    app.test_client_class = LoopbackClient
+    for _ in range(2):
+        AuthActions(app.test_client()).create()
+    client = app.test_client()
+    page = client.get("/en/create").get_data(as_text=True)
+    passphrase = PASSPHRASE.search(page).group(1)
+    form = {**form_fields(page), "confirm": passphrase}
+    busy = client.post("/en/create", data=form)
+    assert busy.status_code == 503 and busy.headers["Retry-After"] == "60"
+    text = busy.get_data(as_text=True)
+    assert "Please try again in a minute" in text and "/en/help" in text
+    assert PASSPHRASE.search(text).group(1) == passphrase, "what they wrote down still holds"
+    assert len(rows(settings, "participants")) == 2
+    clock.advance(60)
+    assert client.post("/en/create", data=form).status_code == 302
+    assert client.get("/en/account").status_code == 200
+    assert len(rows(settings, "participants")) == 3
+
+
+def test_a_login_goes_through_while_account_creation_is_saturated(app, client, settings):
+    passphrase = AuthActions(app.test_client()).create()
+    creation = app.config["CREATION_KEY_DERIVER"]
+    creation.wait_seconds = 0
+    page = client.get("/en/create").get_data(as_text=True)
+    new = {**form_fields(page), "confirm": PASSPHRASE.search(page).group(1)}
+    held = settings.account_argon2_concurrency
+    for _ in range(held):  # every slot of account creation is taken, as in a flood
+        creation._slots.acquire()
+    try:
+        assert client.post("/en/create", data=new).status_code == 503
+        assert AuthActions(client).login(passphrase).status_code == 302
+    finally:
+        for _ in range(held):
+            creation._slots.release()
+    assert client.get("/en/account").status_code == 200

@@ -12,7 +12,7 @@ import pytest
 from flask_babel import force_locale, gettext
 
 from stillroom.webapp.app import create_participant_app
-from stillroom.webapp.booking import SlotTakenError, book
+from stillroom.webapp.booking import SlotTakenError, book, booking_opens_at
 from stillroom.webapp.retention import purge
 from stillroom.webapp.store import connect
 from stillroom.webapp.times import format_when
@@ -516,3 +516,41 @@ def test_no_booking_input_produces_a_500(published, auth, client, value):
     assert auth.post("/time-zone", {"zone": value}, page="/book").status_code < 500
     for path in (f"/appointments/{value}/cancel", f"/appointments/{value}/dismiss"):
         assert auth.post(path, {}, page="/book").status_code < 500
+
+
+@pytest.mark.parametrize("made_at", ["2027-01-15T00:00:00", "2027-01-15T23:59:59"])
+def test_the_minimum_age_holds_however_late_in_its_day_an_account_was_made(made_at):
+    opens_at = booking_opens_at("2027-01-15", 12)
+    age = opens_at - utc(made_at)
+    assert 12 * 3600 <= age <= 36 * 3600
+    assert booking_opens_at(None, 12) == booking_opens_at("2027-01-15", 0) == 0
+
+
+def test_a_new_account_books_only_once_the_minimum_age_has_passed(published, settings, clock):
+    app = create_participant_app(
+        dataclasses.replace(settings, booking_min_account_hours=12), clock=clock
+    )
+    app.test_client_class = LoopbackClient
+    auth = AuthActions(app.test_client())
+    passphrase = auth.create()  # on 2027-01-15: may book from 2027-01-16, 12:00 UTC
+    account = auth.client.get("/en/account").get_data(as_text=True)
+    assert "New accounts can book a time from Saturday, 16 January 2027, 12:00" in account
+    assert 'href="/en/book"' not in account
+    page = auth.client.get("/en/book")
+    assert page.status_code == 200 and "16 January 2027" in page.get_data(as_text=True)
+    assert not SLOT.findall(page.get_data(as_text=True))
+    [[slot], _] = rows(settings, "SELECT id FROM slots ORDER BY starts_at")
+    opens_at = utc("2027-01-16T12:00:00")
+    for moment in (clock.now, opens_at - 1):
+        clock.now = moment
+        auth.client.delete_cookie("stillroom", domain="127.0.0.1")
+        assert auth.login(passphrase).status_code == 302
+        refused = book_slot(auth, slot)
+        assert refused.status_code == 403 and "16 January 2027" in refused.get_data(as_text=True)
+        assert rows(settings, "SELECT id FROM appointments") == []
+    clock.now = opens_at
+    auth.client.delete_cookie("stillroom", domain="127.0.0.1")
+    assert auth.login(passphrase).status_code == 302
+    assert slot in free_slot_ids(auth.client)
+    assert book_slot(auth, slot).status_code == 302
+    assert len(rows(settings, "SELECT id FROM appointments")) == 1

@@ -181,16 +181,16 @@ def test_tampered_pending_passphrase_is_refused_calmly(client, settings):
 
 
 def test_busy_argon2_gives_a_small_503_page(app, client):
-    deriver = app.config["KEY_DERIVER"]
+    deriver = app.config["CREATION_KEY_DERIVER"]
     deriver.wait_seconds = 0
     page = client.get("/es/create").get_data(as_text=True)
     passphrase = PASSPHRASE.search(page).group(1)
-    for _ in range(app.config["SETTINGS"].argon2_concurrency):
+    for _ in range(app.config["SETTINGS"].account_argon2_concurrency):
         deriver._slots.acquire()
     try:
         response = client.post("/es/create", data={**form_fields(page), "confirm": passphrase})
     finally:
-        for _ in range(app.config["SETTINGS"].argon2_concurrency):
+        for _ in range(app.config["SETTINGS"].account_argon2_concurrency):
             deriver._slots.release()
     assert response.status_code == 503
     assert response.headers["Retry-After"]
@@ -226,10 +226,10 @@ def test_error_pages_and_redirects_carry_the_headers(app, client, auth: AuthActi
         "413": client.post("/en/login", data={"passphrase": "x" * 300 * 1024}),
         "redirect": client.get("/en/account"),
     }
-    deriver = app.config["KEY_DERIVER"]
+    deriver = app.config["CREATION_KEY_DERIVER"]
     deriver.wait_seconds = 0
     page = client.get("/en/create").get_data(as_text=True)
-    for _ in range(app.config["SETTINGS"].argon2_concurrency):
+    for _ in range(app.config["SETTINGS"].account_argon2_concurrency):
         deriver._slots.acquire()
     responses["503"] = client.post(
         "/en/create",

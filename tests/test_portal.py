@@ -22,9 +22,11 @@ from stillroom.webapp.therapists import PassphraseNotGeneratedError, enrol
 from support import (
     NASTY,
     TOTP_SECRET,
+    AuthActions,
     TherapistActions,
     every_rule_url,
     form_fields,
+    rows,
     shown_passphrase,
 )
 
@@ -550,3 +552,34 @@ def appointment(starts: int, minutes: int = 50, extra: int = 0, cancelled: bool 
 )
 def test_the_home_page_lists_each_appointment_where_a_therapist_looks(item, moment, section):
     assert home_section(item, moment, "Europe/Berlin", 14) == section
+
+
+def test_a_block_can_withhold_the_therapists_times_from_accounts_made_after_it(chat, app, settings):
+    slot_ids = re.compile(r"name=slot value=([0-9a-f]+)")
+    older = AuthActions(app.test_client())
+    older_passphrase = older.create()  # 2027-01-15, like the participant of the chat
+    chat.at(int(datetime(2027, 1, 18, 17, tzinfo=ZoneInfo("UTC")).timestamp()))
+    assert chat.therapist.publish("2027-01-25", "18:00").status_code == 302
+    [[later]] = rows(settings, "SELECT id FROM slots WHERE starts_at > ?", [chat.clock.now])
+    newer = AuthActions(app.test_client())
+    newer.create()  # 2027-01-18, the day of the block
+    block = f"/en/chat/{chat.id}/block"
+    assert "Also hide my free times" in chat.therapist.client.get(block).get_data(as_text=True)
+
+    def seen_by(visitor: AuthActions) -> list[str]:
+        return slot_ids.findall(visitor.client.get("/en/book?week=1").get_data(as_text=True))
+
+    chat.therapist.post(block, page=block)  # a block alone hides nothing
+    assert seen_by(newer) == [later]
+    chat.therapist.post(block, {"withhold": "yes"}, page=block)
+    assert seen_by(newer) == []
+    refused = newer.post("/book", {"slot": later}, page="/book")
+    assert refused.status_code == 409, "nor can its id be sent by hand"
+    assert rows(settings, "SELECT count(*) FROM appointments WHERE slot_id = ?", [later]) == [(0,)]
+    assert older.login(older_passphrase).status_code == 302
+    assert seen_by(older) == [later], "accounts made before the block's day still see them"
+    availability = chat.therapist.client.get("/en/availability").get_data(as_text=True)
+    assert "hidden from accounts made on or after Monday, 18 January 2027" in availability
+    shown = chat.therapist.post("/en/availability/show-to-all", page="/en/availability")
+    assert shown.status_code == 302 and "done=shown-to-all" in shown.location
+    assert seen_by(newer) == [later]

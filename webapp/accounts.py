@@ -103,6 +103,7 @@ def create_account(
                 "public_key": public_key,
                 "wrapped_secret_key": lock(db, slot, wrapped),
                 "last_login_day": today,
+                "created_day": today,  # the day only: booking waits from its end
                 "time_zone": seal_time_zone(time_zone, public_key),
             }
         )

@@ -8,6 +8,7 @@ leaves the old appointment as it was.
 
 from __future__ import annotations
 
+import datetime
 import secrets
 import sqlite3
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from stillroom.webapp.keyslots import (
     lock,
     unlock,
 )
+from stillroom.webapp.settings import Settings
 from stillroom.webapp.store import checkpoint, transaction
 
 MIN_DURATION_MINUTES = 15
@@ -57,6 +59,14 @@ class BookingLimitError(BookingError):
 
 class BookingBlockedError(BookingError):
     """A therapist has stopped this account from booking (the page says so neutrally)."""
+
+
+class AccountTooNewError(BookingError):
+    """Without a study, an account books only once it is old enough (``opens_at``)."""
+
+    def __init__(self, opens_at: int) -> None:
+        super().__init__(opens_at)
+        self.opens_at = opens_at
 
 
 class TooLateError(BookingError):
@@ -200,6 +210,11 @@ def delete_free_slot(db: Database, therapist_id: str, slot_id: str) -> None:
 #: Whose times participants may book: enrolled therapists the operator has not disabled.
 _BOOKABLE = "therapists.disabled = 0 AND therapists.slot IS NOT NULL"
 
+#: Whether the therapist withholds their times from the participant ``?``: the account was
+#: made on or after the day of a block that asked for it (days, never times, are compared).
+_WITHHELD = """EXISTS (SELECT 1 FROM participants WHERE participants.id = ?
+    AND participants.created_day >= therapists.withhold_from_day)"""
+
 _SLOT_QUERY = """
     SELECT slots.id, slots.therapist_id, therapists.name, slots.starts_at, slots.ends_at,
            slots.languages, pairs.pseudonym
@@ -234,17 +249,23 @@ def therapist_slots(db: Database, therapist_id: str, now: int) -> list[Slot]:
     return [_slot(row) for row in rows]
 
 
-def free_slots(db: Database, language: str, earliest: int, until: int) -> list[Slot]:
+def free_slots(
+    db: Database, language: str, earliest: int, until: int, participant_id: str = ""
+) -> list[Slot]:
     """Return the free slots offered in ``language`` starting from ``earliest`` to ``until``.
 
     Callers keep ``earliest`` at least the booking notice (a setting) from now.
+
+    :param participant_id: who is looking: times a therapist withholds from their
+        account are left out.
     """
     rows = db.execute(
         _SLOT_QUERY + f" WHERE appointments.id IS NULL AND {_BOOKABLE}"
+        f" AND NOT {_WITHHELD}"
         " AND slots.starts_at >= ? AND slots.starts_at < ?"
         " AND instr(',' || slots.languages || ',', ?) > 0"
         " ORDER BY slots.starts_at, therapists.name",
-        [earliest, until, f",{language},"],
+        [participant_id, earliest, until, f",{language},"],
     ).fetchall()
     return [_slot(row) for row in rows]
 
@@ -268,7 +289,7 @@ def book(
     :raises NotFoundError: for a ``replacing`` that is not theirs.
     :raises SlotTakenError: when another participant holds the slot.
     :raises SlotUnavailableError: when the slot is gone (or never was), starts too soon,
-        or is not offered in ``language``.
+        is not offered in ``language``, or its therapist withholds it from this account.
     :raises BookingLimitError: when the participant has enough upcoming appointments.
     :raises BookingBlockedError: when a therapist has stopped this account from booking.
     :raises TooLateError: when the appointment to move is within the cutoff.
@@ -279,11 +300,11 @@ def book(
                 _release(db, participant_id, replacing, now, cutoff_seconds)
             row = db.execute(
                 "SELECT slots.therapist_id, slots.starts_at, slots.ends_at, slots.languages,"  # noqa: S608 - constants only
-                f" NOT ({_BOOKABLE}), (SELECT count(*) FROM appointments"
+                f" NOT ({_BOOKABLE}) OR {_WITHHELD}, (SELECT count(*) FROM appointments"
                 " WHERE slot_id = slots.id)"
                 " FROM slots JOIN therapists ON therapists.id = slots.therapist_id"
                 " WHERE slots.id = ?",
-                [slot_id],
+                [participant_id, slot_id],
             ).fetchone()
             if row is None:  # withdrawn meanwhile, or an id that never existed
                 raise SlotUnavailableError
@@ -529,15 +550,57 @@ def therapist_appointments(db: Database, therapist_id: str, since: int) -> list[
     return [_appointment(row) for row in rows]
 
 
+def booking_opens_at(created_day: str | None, min_hours: int) -> int:
+    """Return when an account made on ``created_day`` may book (a UTC timestamp).
+
+    Only the day an account was made is stored, so its age is known to within a day.
+    Counting ``min_hours`` from the end of that day (midnight UTC) is the one rule that
+    never lets a younger account book; it waits at most 24 hours longer. An account made
+    before days were kept (``None``), or ``min_hours`` 0, may book at once.
+    """
+    if created_day is None or min_hours == 0:
+        return 0
+    next_day = datetime.date.fromisoformat(created_day) + datetime.timedelta(days=1)
+    midnight = datetime.datetime.combine(next_day, datetime.time(0), datetime.UTC)
+    return int(midnight.timestamp()) + min_hours * 3600
+
+
+def may_book(
+    db: Database, participant_id: str, now: int, settings: Settings
+) -> BookingError | None:
+    """Return why this account may not book now, or ``None`` when it may.
+
+    The rules about the account (not the time chosen) meet here, so that the views ask
+    once and a study's intake adds its own ("intake complete") in the same place.
+    """
+    row = db.execute(
+        "SELECT blocked, created_day FROM participants WHERE id = ?", [participant_id]
+    ).fetchone()
+    if row is None:
+        return NotFoundError()
+    blocked, created_day = row
+    if blocked:
+        return BookingBlockedError()
+    opens_at = booking_opens_at(created_day, settings.booking_min_account_hours)
+    if now < opens_at:
+        return AccountTooNewError(opens_at)
+    return None
+
+
 def is_blocked(db: Database, participant_id: str) -> bool:
     """Return whether a therapist has stopped this account from booking."""
     row = db.execute("SELECT blocked FROM participants WHERE id = ?", [participant_id]).fetchone()
     return bool(row and row[0])
 
 
-def block_participant(db: Database, therapist_id: str, appointment_id: str) -> None:
+def block_participant(
+    db: Database, therapist_id: str, appointment_id: str, withhold_from: str | None = None
+) -> None:
     """Stop the participant of the therapist's appointment from booking any further time.
 
+    :param withhold_from: today (UTC), when the therapist also withholds their free times
+        from accounts made from this day on (a blocked person may make a new account).
+        An earlier such day is kept.
     :raises NotFoundError: when the appointment is not the therapist's.
     """
     with transaction(db):
@@ -548,6 +611,26 @@ def block_participant(db: Database, therapist_id: str, appointment_id: str) -> N
         )
         if changed.rowcount != 1:
             raise NotFoundError
+        if withhold_from is not None:
+            db.execute(
+                "UPDATE therapists SET withhold_from_day = coalesce(withhold_from_day, ?)"
+                " WHERE id = ?",
+                [withhold_from, therapist_id],
+            )
+
+
+def withholding_since(db: Database, therapist_id: str) -> str | None:
+    """Return the day from which the therapist withholds their times from new accounts."""
+    row = db.execute(
+        "SELECT withhold_from_day FROM therapists WHERE id = ?", [therapist_id]
+    ).fetchone()
+    return None if row is None or row[0] is None else str(row[0])
+
+
+def stop_withholding(db: Database, therapist_id: str) -> None:
+    """Show the therapist's free times to every account again."""
+    with transaction(db):
+        db.execute("UPDATE therapists SET withhold_from_day = NULL WHERE id = ?", [therapist_id])
 
 
 def unblock_participant(db: Database, therapist_id: str, pseudonym: str) -> bool:

@@ -3,7 +3,7 @@
 Both apps follow the same rules (DESIGN §4 and §6) with their own cookie, session
 table and pages, so each blueprint gets one :class:`Gate`. The small accessors
 below (:func:`settings`, :func:`now`, :func:`db`, :func:`deriver`) serve the views
-of both apps.
+of both apps; :func:`creation_deriver` the participant app's account creation.
 """
 
 from __future__ import annotations
@@ -74,6 +74,12 @@ def db() -> Database:
 def deriver() -> KeyDeriver:
     """Return this app's argon2id key deriver (the portal keeps a slot of its own)."""
     value: KeyDeriver = current_app.config["KEY_DERIVER"]
+    return value
+
+
+def creation_deriver() -> KeyDeriver:
+    """Return the argon2id deriver of account creation: slots of its own, never a login's."""
+    value: KeyDeriver = current_app.config["CREATION_KEY_DERIVER"]
     return value
 
 

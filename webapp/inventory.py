@@ -80,6 +80,14 @@ INVENTORY: tuple[Table, ...] = (
                 encrypted=_l("encrypted to your key; only you can read it"),
             ),
             Column("blocked", _l("Whether a therapist has stopped this account from booking.")),
+            Column(
+                "created_day",
+                _l(
+                    "The day (not the time) your account was made: a new account books after a"
+                    " short wait, and a therapist may hide their times from accounts made after"
+                    " they blocked someone. Empty for accounts made before this was kept."
+                ),
+            ),
         ),
     ),
     Table(
@@ -328,6 +336,13 @@ INVENTORY: tuple[Table, ...] = (
                 _l(
                     "The centre the therapist works for, if the operator named one, so that"
                     " a study can offer each language the therapists of its centre."
+                ),
+            ),
+            Column(
+                "withhold_from_day",
+                _l(
+                    "The day of a block after which the therapist chose to hide their free"
+                    " times from accounts made on or after it; empty when they hide nothing."
                 ),
             ),
         ),

@@ -76,6 +76,16 @@ class Settings:
     argon2_wait_seconds: float = _setting(
         2.0, "Seconds a login waits for a free argon2 slot before the 'busy' page."
     )
+    account_argon2_concurrency: int = _setting(
+        1,
+        "Argon2id derivations at once for making accounts, apart from the login slots:"
+        " a flood of new accounts never holds up anyone's login.",
+    )
+    accounts_per_minute: int = _setting(
+        10,
+        "Accounts the participant app makes per minute, all visitors together (nothing is"
+        " known about who asks); beyond it a calm 'busy, try again in a minute' page.",
+    )
     max_request_kib: int = _setting(
         32,
         "Largest request body accepted, in KiB; at least 20, so that the longest message"
@@ -90,6 +100,12 @@ class Settings:
     )
     max_upcoming_bookings: int = _setting(
         1, "Upcoming appointments one participant may hold at once."
+    )
+    booking_min_account_hours: int = _setting(
+        12,
+        "Without a study, a new account can book once this many hours have passed since the"
+        " end (midnight UTC) of the day it was made: only that day is stored, so it waits"
+        " between this and 24 hours more. 0: at once.",
     )
     appointment_retention_days: int = _setting(
         14, "Appointments are deleted this many days after they end."
@@ -186,6 +202,8 @@ class Settings:
         for name in (
             "server_connections",
             "argon2_concurrency",
+            "account_argon2_concurrency",
+            "accounts_per_minute",
             "argon2_time_cost",
             "argon2_parallelism",
         ):
@@ -202,12 +220,15 @@ class Settings:
             "argon2_time_cost": (1, 100),
             "argon2_parallelism": (1, 64),
             "argon2_concurrency": (1, 64),
+            "account_argon2_concurrency": (1, 64),
+            "accounts_per_minute": (1, 10_000),
             "server_connections": (10, 100_000),
             "disk_reserve_mib": (0, 4096),
             "booking_weeks_ahead": (1, 26),
             "booking_notice_minutes": (0, 7 * 24 * 60),
             "booking_cutoff_hours": (0, 14 * 24),
             "max_upcoming_bookings": (1, 10),
+            "booking_min_account_hours": (0, 30 * 24),
             "appointment_retention_days": (0, 365),
             "chat_opens_minutes_before": (0, 120),
             "message_retention_days": (1, 365),

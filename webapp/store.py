@@ -403,6 +403,17 @@ def _lock_conversations(db: Database) -> None:
     db.execute("CREATE UNIQUE INDEX conversations_slot ON conversations(slot)")
 
 
+@migrations()
+def add_account_days(db: Database) -> None:
+    """The day an account was made, and the day from which a therapist withholds times.
+
+    Accounts made before keep no day (NULL): they count as old enough to book, and as
+    made before any block.
+    """
+    db.execute("ALTER TABLE participants ADD COLUMN created_day TEXT")
+    db.execute("ALTER TABLE therapists ADD COLUMN withhold_from_day TEXT")
+
+
 def connect(path: Path) -> Database:
     """Open the database at ``path`` with the pragmas of :data:`PRAGMAS`.
 

@@ -6,9 +6,11 @@ import datetime
 from typing import Any
 
 from flask import current_app, make_response, redirect, render_template, request, url_for
+from flask.blueprints import BlueprintSetupState
 from flask_babel import lazy_gettext as _l
 from werkzeug.wrappers import Response
 
+from stillroom.crypto.kdf import KeyDeriver
 from stillroom.crypto.keys import UnwrapError
 from stillroom.crypto.passphrase import PassphraseInputError, generate_passphrase
 from stillroom.webapp.accounts import (
@@ -21,8 +23,17 @@ from stillroom.webapp.accounts import (
     replace_passphrase,
     unlock_account,
 )
-from stillroom.webapp.booking import upcoming_appointments
-from stillroom.webapp.gate import current_session, db, deriver, now, read_passphrase, settings
+from stillroom.webapp.booking import AccountTooNewError, may_book, upcoming_appointments
+from stillroom.webapp.chat import RateLimiter
+from stillroom.webapp.gate import (
+    creation_deriver,
+    current_session,
+    db,
+    deriver,
+    now,
+    read_passphrase,
+    settings,
+)
 from stillroom.webapp.i18n import current_language
 from stillroom.webapp.instance import with_reserve
 from stillroom.webapp.participant.blueprint import (
@@ -32,7 +43,7 @@ from stillroom.webapp.participant.blueprint import (
     open_pending,
     seal_pending,
 )
-from stillroom.webapp.participant.booking import my_appointments
+from stillroom.webapp.participant.booking import books_from, my_appointments
 from stillroom.webapp.participant.booking import participant_id as current_participant_id
 from stillroom.webapp.participant.pages import notice
 from stillroom.webapp.times import DEFAULT_ZONE
@@ -42,6 +53,34 @@ MISMATCH = _l("That is not the passphrase shown above. Please compare it word by
 EXPIRED = _l("That passphrase was never confirmed and has expired. Here is a new one.")
 NO_ACCOUNT = _l("No account has this passphrase. Please check each word and try again.")
 WRONG_CURRENT = _l("Your current passphrase was not right. Nothing has been changed.")
+BUSY = _l(
+    "Many accounts are being made right now, so yours has to wait a little. Please try"
+    " again in a minute with this same form: your passphrase stays the same."
+)
+
+
+@bp.record_once
+def prepare_account_creation(state: BlueprintSetupState) -> None:
+    """Give account creation argon2 slots of its own and one rate for all visitors.
+
+    Nothing is known about who makes an account (no IP address is kept, and through
+    the onion there is none), so the only fair limit is a global one; its own slots
+    mean that a flood of new accounts slows new accounts, never logins.
+    """
+    from stillroom.webapp.app import argon2_runner  # the app module imports this one
+
+    config = state.app.config
+    s = config["SETTINGS"]
+    config["CREATION_KEY_DERIVER"] = KeyDeriver(
+        s.argon2, s.account_argon2_concurrency, s.argon2_wait_seconds, argon2_runner()
+    )
+    config["CREATION_RATE"] = RateLimiter(s.accounts_per_minute, 60, clock=config["CLOCK"])
+
+
+def creation_allowed() -> bool:
+    """Count one account against the global rate; return whether it is within it."""
+    rate: RateLimiter = current_app.config["CREATION_RATE"]
+    return rate.allow(b"accounts")
 
 
 def today() -> str:
@@ -78,18 +117,31 @@ def create() -> Any:
             except PassphraseInputError:
                 error = UNREADABLE
             else:
+                if typed == passphrase and not creation_allowed():
+                    return (
+                        render_template(
+                            "participant/create.html",
+                            passphrase=passphrase,
+                            pending=seal_pending(passphrase),
+                            error=BUSY,
+                        ),
+                        503,
+                        {"Retry-After": "60"},
+                    )
                 if typed == passphrase:
                     try:
                         account = create_account(
                             db(),
-                            deriver(),
+                            creation_deriver(),
                             lookup_key(),
                             passphrase,
                             today(),
                             DEFAULT_ZONE[current_language()],
                         )
                     except AccountExistsError:  # sent twice: the first one created it
-                        account = unlock_account(db(), deriver(), lookup_key(), passphrase, today())
+                        account = unlock_account(
+                            db(), creation_deriver(), lookup_key(), passphrase, today()
+                        )
                     return log_in_browser(account, "created")
                 error = MISMATCH
     if passphrase is None:
@@ -134,10 +186,12 @@ def logout() -> Response:
 def account() -> str:
     """The participant's own page: appointments, passphrase, deletion."""
     upcoming = upcoming_appointments(db(), current_participant_id(), now())
+    refusal = may_book(db(), current_participant_id(), now(), settings())
     return render_template(
         "participant/account.html",
         appointments=my_appointments(),
         can_book=len(upcoming) < settings().max_upcoming_bookings,
+        books_from=books_from(refusal) if isinstance(refusal, AccountTooNewError) else None,
         notice=notice(),
     )
 

@@ -11,6 +11,7 @@ from flask_babel import lazy_gettext as _l
 from werkzeug.wrappers import Response
 
 from stillroom.webapp.booking import (
+    AccountTooNewError,
     Appointment,
     BookingBlockedError,
     BookingLimitError,
@@ -23,7 +24,7 @@ from stillroom.webapp.booking import (
     dismiss_cancelled,
     free_slots,
     get_participant_appointment,
-    is_blocked,
+    may_book,
     open_cancel_note,
     participant_appointments,
     set_time_zone,
@@ -54,6 +55,10 @@ CHOOSE = _l("Please choose a time first.")
 NOT_AVAILABLE = _l(
     "Booking is not available for this account. If you need help now, the help page lists"
     " who you can call."
+)
+TOO_NEW = _l(
+    "New accounts can book a time from %(when)s. This short wait keeps the times free for"
+    " the people who need them. If you need help now, the help page lists who you can call."
 )
 
 
@@ -100,6 +105,13 @@ def own_appointment(appointment_id: str) -> Appointment:
         abort(404)
 
 
+def books_from(refusal: AccountTooNewError) -> str:
+    """Return when a new account can book, as a day and time in the participant's zone."""
+    band, language = zone(), current_language()
+    day = format_day(refusal.opens_at, band, language)
+    return str(TOO_NEW % {"when": f"{day}, {format_clock(refusal.opens_at, band, language)}"})
+
+
 def too_late_text() -> str:
     """Return the cutoff message with this deployment's hours."""
     return str(TOO_LATE % {"hours": settings().booking_cutoff_hours})
@@ -128,7 +140,7 @@ def free_week(number: int) -> Week:
     horizon = now() + s.booking_weeks_ahead * 7 * 24 * 3600
     earliest = max(week_start, now() + s.booking_notice_minutes * 60)
     days: dict[str, list[dict[str, Any]]] = {}
-    for slot in free_slots(db(), language, earliest, min(week_end, horizon)):
+    for slot in free_slots(db(), language, earliest, min(week_end, horizon), participant_id()):
         day = format_day(slot.starts_at, band, language)
         days.setdefault(day, []).append(
             {
@@ -139,7 +151,7 @@ def free_week(number: int) -> Week:
                 "final": slot.starts_at - now() < s.booking_cutoff_hours * 3600,
             }
         )
-    later = bool(free_slots(db(), language, max(week_end, earliest), horizon))
+    later = bool(free_slots(db(), language, max(week_end, earliest), horizon, participant_id()))
     return Week(number, list(days.items()), later)
 
 
@@ -161,8 +173,10 @@ def booking() -> Any:
     if moved is not None and moved.cancelled:
         abort(404)
     error = None
+    waiting = None
     status = 200
-    if request.method == "POST":
+    refusal = may_book(db(), participant_id(), now(), settings())
+    if request.method == "POST" and refusal is None:
         slot_id = request.form.get("slot", "")
         if not slot_id:
             error, status = CHOOSE, 400
@@ -195,9 +209,15 @@ def booking() -> Any:
             else:
                 done = "moved" if moving else "booked"
                 return redirect(url_for("participant.account", done=done))
-    blocked = is_blocked(db(), participant_id())
-    if blocked:  # said neutrally; no times are listed
+    # Said neutrally, and no times are listed: a blocked account learns nothing more.
+    if isinstance(refusal, BookingBlockedError):
         error, status = NOT_AVAILABLE, 403
+    elif isinstance(refusal, AccountTooNewError):  # not yet: a notice, unless they tried
+        waiting = books_from(refusal)
+        status = 403 if request.method == "POST" else 200
+    elif refusal is not None:
+        abort(404)
+    blocked = refusal is not None
     week = Week(0, [], later=False) if blocked else free_week(week_asked())
     return render_template(
         "participant/book.html",
@@ -212,6 +232,7 @@ def booking() -> Any:
         moved=None if moved is None else describe(moved),
         weeks=settings().booking_weeks_ahead,
         cutoff_hours=settings().booking_cutoff_hours,
+        notice=waiting,
         error=error,
     ), status
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 from typing import Any
 
 from flask import redirect, render_template, request, url_for
@@ -117,7 +118,10 @@ def block(appointment_id: str) -> Any:
         return render_template(
             "portal/block.html", appointment=appointment, pseudonym=pseudonym_of(appointment)
         )
-    block_participant(db(), appointment.therapist_id, appointment_id)
+    # Days, never minutes: accounts made on the block's day count as made after it.
+    today = datetime.datetime.fromtimestamp(now(), datetime.UTC).date().isoformat()
+    withhold = today if request.form.get("withhold") == "yes" else None
+    block_participant(db(), appointment.therapist_id, appointment_id, withhold)
     return redirect(url_for("portal.chat", appointment_id=appointment_id, done="blocked"))
 
 

@@ -31,6 +31,7 @@ NOTICES = {
     "cancelled": _l("The appointment is cancelled. The participant sees your note on their page."),
     "blocked": _l("This participant can no longer book any time."),
     "notes-saved": _l("Your notes are saved."),
+    "shown-to-all": _l("Your free times are shown to every account again."),
     "extended": _l(
         "The chat now stays open %(minutes)s minutes longer.", minutes=EXTENSION_MINUTES
     ),

@@ -6,8 +6,10 @@ import datetime
 import re
 from typing import Any
 
+from babel.dates import format_date
 from flask import abort, redirect, render_template, request, url_for
 from flask_babel import lazy_gettext as _l
+from werkzeug.wrappers import Response
 
 from stillroom.webapp.booking import (
     MAX_DURATION_MINUTES,
@@ -22,8 +24,10 @@ from stillroom.webapp.booking import (
     cancel_by_therapist,
     delete_free_slot,
     publish_slots,
+    stop_withholding,
     therapist_appointments,
     therapist_slots,
+    withholding_since,
 )
 from stillroom.webapp.gate import db, now, settings
 from stillroom.webapp.i18n import current_language
@@ -31,7 +35,7 @@ from stillroom.webapp.keyslots import deletion_day
 from stillroom.webapp.portal.blueprint import bp, current_therapist, login_required
 from stillroom.webapp.portal.pages import notice
 from stillroom.webapp.therapists import Therapist
-from stillroom.webapp.times import LocalTimeError, format_when, local, to_utc
+from stillroom.webapp.times import DATE_LOCALES, LocalTimeError, format_when, local, to_utc
 
 DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}\Z")
 TIME = re.compile(r"[0-9]{2}:[0-9]{2}\Z")
@@ -169,6 +173,7 @@ def render_availability(therapist: Therapist, error: object | None) -> Any:
         therapist=therapist,
         slots=[(slot, when(therapist, slot.starts_at, slot.ends_at)) for slot in slots],
         form=request.form if "date" in request.form else {},
+        withheld_since=withheld_since(therapist),
         limits={
             "low": MIN_DURATION_MINUTES,
             "high": MAX_DURATION_MINUTES,
@@ -177,6 +182,24 @@ def render_availability(therapist: Therapist, error: object | None) -> Any:
         error=error,
         notice=notice(),
     ), (409 if error is BOOKED else 400 if error else 200)
+
+
+def withheld_since(therapist: Therapist) -> str | None:
+    """Return the day written out from which new accounts do not see this therapist's times."""
+    day = withholding_since(db(), therapist.id)
+    if day is None:
+        return None
+    return format_date(
+        datetime.date.fromisoformat(day), "full", locale=DATE_LOCALES[current_language()]
+    )
+
+
+@bp.post("/availability/show-to-all")
+@login_required
+def show_to_all() -> Response:
+    """Show the therapist's free times to accounts made after a block again."""
+    stop_withholding(db(), current_therapist().id)
+    return redirect(url_for("portal.availability", done="shown-to-all"))
 
 
 @bp.post("/slots/<slot_id>/delete")
