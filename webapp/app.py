@@ -8,20 +8,17 @@ service; :func:`create_portal_app` builds the therapists' portal on its own port
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
-import gevent
 from flask import Flask
-from gevent import monkey
 
-from stillroom.crypto.kdf import PRODUCTION, KeyDeriver, Runner
+from stillroom.crypto.kdf import PRODUCTION, KeyDeriver
 from stillroom.webapp import assets, chatroom, db, i18n, participant, portal, security
 from stillroom.webapp.chat import RateLimiter
+from stillroom.webapp.gate import argon2_runner
 from stillroom.webapp.instance import prepare_instance, subkey
 from stillroom.webapp.retention import purge
 from stillroom.webapp.settings import Settings
@@ -36,41 +33,6 @@ PENDING_KEY_PURPOSE = {"participant": b"pending-key", "portal": b"portal-pending
 #: The portal's own argon2id slot: a flood of participant logins through the onion never
 #: keeps therapists out. Argon2 memory is bounded by (ARGON2_CONCURRENCY + 1) x ARGON2_MEMORY_KIB.
 PORTAL_ARGON2_CONCURRENCY = 1
-
-
-#: How much less CPU priority argon2's threads get than the event loop (Linux nice steps).
-ARGON2_NICE = 10
-
-
-def argon2_runner() -> Runner | None:
-    """Return how argon2 should run: in gevent's thread pool when serving, else in place.
-
-    Under the ``stillroom`` command every connection is a greenlet of one thread, and
-    argon2 holds its caller for a fifth of a second; in a real thread (argon2-cffi lets
-    go of the GIL) it leaves the other connections running. Those threads (and the lane
-    threads argon2 starts from them, which inherit it) run at a lower priority, so that
-    a flood of logins slows logins, not the chats (``tests/bench/login_flood.py``).
-    """
-    if not monkey.is_module_patched("threading"):
-        return None
-    native_id = monkey.get_original("threading", "get_native_id")
-
-    def at_low_priority(function: Callable[..., Any], args: tuple[Any, ...]) -> Any:
-        os.setpriority(os.PRIO_PROCESS, native_id(), ARGON2_NICE)
-        # Caught here, in the pool's thread: one that left it would be printed by gevent,
-        # traceback and timestamp, and a failed login would be a line in the journal.
-        try:
-            return True, function(*args)
-        except Exception as error:
-            return False, error
-
-    def in_thread_pool(function: Callable[..., Any], *args: Any) -> Any:
-        done, result = gevent.get_hub().threadpool.apply(at_low_priority, (function, args))
-        if not done:
-            raise result
-        return result
-
-    return in_thread_pool
 
 
 def _create_app(settings: Settings | None, clock: Callable[[], float], area: str) -> Flask:

@@ -8,11 +8,8 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NoReturn
 
 import click
 import gevent
@@ -20,7 +17,6 @@ import stem
 from flask import Flask
 from gevent.event import Event
 from gevent.pywsgi import WSGIServer
-from sqlite_utils import Database
 
 from stillroom.crypto.stream import new_recipient_keypair
 from stillroom.onion import clients, service, tor
@@ -29,54 +25,19 @@ from stillroom.webapp import booking, therapists
 from stillroom.webapp.app import create_participant_app, create_portal_app
 from stillroom.webapp.audit import run_audit
 from stillroom.webapp.backup import BackupError, decode_key, restore_backup, write_backup
+from stillroom.webapp.console import SETTINGS_EPILOG, fail, load_settings, open_database, say
 from stillroom.webapp.instance import (
-    DataDirError,
     DataDirInUseError,
-    check_data_dir,
     lock_data_dir,
-    prepare_instance,
     running_serve,
 )
 from stillroom.webapp.retention import purge as run_purge
 from stillroom.webapp.server import create_servers, run_until_stopped
-from stillroom.webapp.settings import LANGUAGES, Settings, SettingsError, describe_settings
-from stillroom.webapp.store import StoreUnwritableError, connect, unwritable_path
+from stillroom.webapp.settings import LANGUAGES, Settings, SettingsError
+from stillroom.webapp.store import StoreUnwritableError, unwritable_path
 from stillroom.webapp.study.definition import StudyDefinitionError
+from stillroom.webapp.study_cli import study
 from stillroom.webapp.times import is_zone
-
-SETTINGS_EPILOG: str = (
-    "Settings come from STILLROOM_* environment variables, or from the TOML file named "
-    "by STILLROOM_CONFIG (keys are the names without the prefix, in lower case); the "
-    "environment wins over the file.\n\n\b\n" + describe_settings()
-)
-
-
-def load_settings(data_dir_must_exist: bool = True) -> Settings:
-    """Read the settings, turning a bad value into a clear message and exit status 2.
-
-    :param data_dir_must_exist: refuse, with exit status 1, a data directory that does
-        not exist yet; only ``serve`` and ``restore`` make one.
-    """
-    try:
-        settings = Settings.load()
-    except SettingsError as error:
-        raise click.UsageError(str(error)) from error
-    try:
-        check_data_dir(settings.data_dir, data_dir_must_exist)
-    except DataDirError as error:
-        fail(error)
-    return settings
-
-
-def fail(error: Exception) -> NoReturn:
-    """Print an operator-facing error and exit with status 1."""
-    click.echo(f"Error: {error}", err=True)
-    sys.exit(1)
-
-
-def say(message: str) -> None:
-    """Print a progress line at once (a supervisor reading the log must see it)."""
-    click.echo(message)
 
 
 def start_tor(settings: Settings, waiting: bool = True, progress: tor.Progress = say) -> tor.Tor:
@@ -442,23 +403,6 @@ def clients_remove(name: str) -> None:
     click.echo(f"removed {name}; restart 'stillroom serve' to apply")
 
 
-@contextmanager
-def open_database(settings: Settings) -> Iterator[Database]:
-    """Create or upgrade the data directory and open its database.
-
-    A database that cannot be written ends the command with the operator's error.
-    """
-    try:
-        prepare_instance(settings)
-        database = connect(settings.database_path)
-        try:
-            yield database
-        finally:
-            database.close()
-    except StoreUnwritableError as error:
-        fail(error)
-
-
 @main.command(epilog=SETTINGS_EPILOG)
 def purge() -> None:
     """Delete now everything past its retention (serve also does it every minute).
@@ -735,8 +679,5 @@ def participant_unblock(therapist_name: str, pseudonym: str) -> None:
             fail(RuntimeError(f"{therapist_name} knows no participant as {pseudonym!r}"))
     click.echo(f"The participant {therapist_name} knows as {pseudonym} can book again.")
 
-
-# The study group lives in a module of its own; it uses the helpers above.
-from stillroom.webapp.study_cli import study  # noqa: E402
 
 main.add_command(study)

@@ -11,14 +11,17 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
+import os
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import gevent
 from flask import Blueprint, current_app, g, redirect, request, url_for
+from gevent import monkey
 from sqlite_utils import Database
 from werkzeug.wrappers import Response
 
-from stillroom.crypto.kdf import KeyDeriver
+from stillroom.crypto.kdf import KeyDeriver, Runner
 from stillroom.crypto.keys import UnwrapError, unwrap_key, wrap_key
 from stillroom.crypto.passphrase import MAX_INPUT_CHARS, PassphraseInputError, normalise_passphrase
 from stillroom.webapp.db import close_db, get_db
@@ -328,3 +331,38 @@ def keep_language(_endpoint: str, values: dict[str, Any]) -> None:
 def _binding() -> bytes:
     session = current_session()
     return session.token_hash if session else b""
+
+
+#: How much less CPU priority argon2's threads get than the event loop (Linux nice steps).
+ARGON2_NICE = 10
+
+
+def argon2_runner() -> Runner | None:
+    """Return how argon2 should run: in gevent's thread pool when serving, else in place.
+
+    Under the ``stillroom`` command every connection is a greenlet of one thread, and
+    argon2 holds its caller for a fifth of a second; in a real thread (argon2-cffi lets
+    go of the GIL) it leaves the other connections running. Those threads (and the lane
+    threads argon2 starts from them, which inherit it) run at a lower priority, so that
+    a flood of logins slows logins, not the chats (``tests/bench/login_flood.py``).
+    """
+    if not monkey.is_module_patched("threading"):
+        return None
+    native_id = monkey.get_original("threading", "get_native_id")
+
+    def at_low_priority(function: Callable[..., Any], args: tuple[Any, ...]) -> Any:
+        os.setpriority(os.PRIO_PROCESS, native_id(), ARGON2_NICE)
+        # Caught here, in the pool's thread: one that left it would be printed by gevent,
+        # traceback and timestamp, and a failed login would be a line in the journal.
+        try:
+            return True, function(*args)
+        except Exception as error:
+            return False, error
+
+    def in_thread_pool(function: Callable[..., Any], *args: Any) -> Any:
+        done, result = gevent.get_hub().threadpool.apply(at_low_priority, (function, args))
+        if not done:
+            raise result
+        return result
+
+    return in_thread_pool

@@ -9,7 +9,7 @@ a stack, and gevent's server runs flask-sock.
 It only works in a process that :mod:`stillroom.webapp.command` patched before anything
 else was imported; then blocking calls (sockets, locks, sleeps) give way to the other
 connections, and argon2 runs in gevent's pool of real threads
-(:func:`stillroom.webapp.app.argon2_runner`).
+(:func:`stillroom.webapp.gate.argon2_runner`).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The ``stillroom study`` commands: check, start, verify, reveal and simulate a study.
 
 They call the same functions as the pages (:mod:`stillroom.webapp.study`); the shared
-command-line helpers come from :mod:`stillroom.webapp.cli`.
+command-line helpers come from :mod:`stillroom.webapp.console`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import click
 from sqlite_utils import Database
 
 from stillroom.webapp.backup import BackupError, decode_key
-from stillroom.webapp.cli import SETTINGS_EPILOG, fail, load_settings, open_database
+from stillroom.webapp.console import SETTINGS_EPILOG, fail, load_settings, open_database
 from stillroom.webapp.study import allocation
 from stillroom.webapp.study import log as study_log
 from stillroom.webapp.study.definition import Study, read_study

@@ -26,6 +26,7 @@ from stillroom.webapp.accounts import (
 from stillroom.webapp.booking import AccountTooNewError, may_book, upcoming_appointments
 from stillroom.webapp.chat import RateLimiter
 from stillroom.webapp.gate import (
+    argon2_runner,
     creation_deriver,
     current_session,
     db,
@@ -67,7 +68,6 @@ def prepare_account_creation(state: BlueprintSetupState) -> None:
     the onion there is none), so the only fair limit is a global one; its own slots
     mean that a flood of new accounts slows new accounts, never logins.
     """
-    from stillroom.webapp.app import argon2_runner  # the app module imports this one
 
     config = state.app.config
     s = config["SETTINGS"]
