@@ -22,6 +22,7 @@ from stillroom.webapp.gate import argon2_runner
 from stillroom.webapp.instance import prepare_instance, subkey
 from stillroom.webapp.retention import purge
 from stillroom.webapp.settings import Settings
+from stillroom.webapp.study.amendment import check_unchanged
 from stillroom.webapp.study.definition import load_study
 from stillroom.webapp.therapists import LoginThrottle
 
@@ -79,6 +80,8 @@ def _create_app(settings: Settings | None, clock: Callable[[], float], area: str
     chatroom.init_app(app)
     with app.app_context():
         purge(db.get_db(), int(clock()), settings)
+        if app.config["STUDY"] is not None:
+            check_unchanged(db.get_db(), app.config["STUDY"])
     return app
 
 

@@ -35,6 +35,7 @@ from stillroom.webapp.retention import purge as run_purge
 from stillroom.webapp.server import create_servers, run_until_stopped
 from stillroom.webapp.settings import LANGUAGES, Settings, SettingsError
 from stillroom.webapp.store import StoreUnwritableError, unwritable_path
+from stillroom.webapp.study.amendment import StudyChangedError
 from stillroom.webapp.study.definition import StudyDefinitionError
 from stillroom.webapp.study_cli import study
 from stillroom.webapp.times import is_zone
@@ -106,7 +107,7 @@ def serve(no_tor: bool) -> None:
         servers = create_servers(app, create_portal_app(settings), settings)
     except (TorError, SettingsError, StoreUnwritableError) as error:
         fail(error)
-    except StudyDefinitionError as error:
+    except (StudyDefinitionError, StudyChangedError) as error:
         fail(RuntimeError(f"STILLROOM_STUDY={settings.study}: {error}"))
     say(
         f"Therapist portal: http://127.0.0.1:{settings.portal_port}/"

@@ -409,6 +409,14 @@ INVENTORY: tuple[Table, ...] = (
                 "signing_public_key",
                 _l("The public half of the key with which the server signs the study log."),
             ),
+            Column(
+                "allocation_sha256",
+                _l(
+                    "A fingerprint of the rules the allocation lists were made from, which"
+                    " no amendment may change."
+                ),
+            ),
+            Column("consent_version", _l("The consent version participants are asked for now.")),
         ),
     ),
     Table(

@@ -593,3 +593,10 @@ def create_notes(db: Database) -> None:
     )
     db.execute("CREATE INDEX notes_therapist ON notes(therapist_id)")
     db.execute("CREATE INDEX notes_edited ON notes(edited_day)")
+
+
+@migrations()
+def add_study_amendments(db: Database) -> None:
+    """What a started study's amendments are checked against: its allocation part, its consent."""
+    db.execute("ALTER TABLE study ADD COLUMN allocation_sha256 TEXT")
+    db.execute("ALTER TABLE study ADD COLUMN consent_version TEXT")

@@ -17,7 +17,8 @@ from sqlite_utils import Database
 
 from stillroom.webapp.backup import BackupError, decode_key
 from stillroom.webapp.console import SETTINGS_EPILOG, fail, load_settings, open_database
-from stillroom.webapp.study import allocation
+from stillroom.webapp.store import transaction
+from stillroom.webapp.study import allocation, amendment
 from stillroom.webapp.study import log as study_log
 from stillroom.webapp.study.definition import Study, read_study
 
@@ -109,6 +110,8 @@ def study_start(folder: Path, study_key: Path, statistician_key: Path) -> None:
             )
         except (allocation.AllocationError, ValueError) as error:
             fail(error)
+        with transaction(database):
+            amendment.record_start(database, values)
         head = study_log.verify(database)
     click.echo(f"Study {values.id} started; definition SHA-256 {values.sha256}.")
     click.echo("Allocation list commitments, SHA-256(salt || list), to publish:")
@@ -213,3 +216,23 @@ def study_simulate(folder: Path, participants: int, seed: int, as_json: bool) ->
         return
     for stratum, counts in found.counts().items():
         click.echo(f"{stratum}: " + ", ".join(f"{arm} {count}" for arm, count in counts.items()))
+
+
+@study.command(name="amend", epilog=SETTINGS_EPILOG)
+@STUDY_OPTION
+def study_amend(folder: Path) -> None:
+    """Take the changed study folder as the study's rules from now on, and log the change.
+
+    A new consent version is logged too; a major one asks participants again at their
+    next login. The strata, arms, ratios and block sizes cannot change.
+    """
+    values = read_definition(folder)
+    with open_database(load_settings()) as database:
+        try:
+            logged = amendment.amend(database, values, datetime.date.today())
+        except amendment.AmendmentError as error:
+            fail(error)
+        head = study_log.verify(database)
+    for line in logged:
+        click.echo(f"Logged {line}")
+    click.echo(f"Study log head: {head}")

@@ -1,0 +1,118 @@
+"""A started study's rules stay as they were, or change only through a logged amendment.
+
+``study start`` records a fingerprint of the whole study folder, and one of the part the
+allocation lists were made from (study, strata, arms and their ratios, block sizes, list
+length). The apps refuse to run a folder whose fingerprint is not the recorded one; the
+study team runs ``stillroom study amend`` instead, which logs the change (and a new
+consent version) in the study log. A change to the allocation part is refused: the
+committed lists were made for it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import date
+
+from sqlite_utils import Database
+
+from stillroom.webapp.store import transaction
+from stillroom.webapp.study import log
+from stillroom.webapp.study.definition import Study
+
+
+class StudyChangedError(Exception):
+    """The study folder differs from the one started (or last amended)."""
+
+
+class AmendmentError(Exception):
+    """The amendment cannot be taken: the message says why."""
+
+
+def allocation_sha256(study: Study) -> str:
+    """Return a fingerprint of what the allocation lists were made from."""
+    core = {
+        "id": study.id,
+        "strata": study.strata(),
+        "arms": [[arm.id, arm.ratio] for arm in study.arms],
+        "block_sizes": list(study.block_sizes),
+        "participants_per_stratum": study.participants_per_stratum,
+    }
+    return hashlib.sha256(json.dumps(core, sort_keys=True).encode()).hexdigest()
+
+
+def record_start(db: Database, study: Study) -> None:
+    """Keep, beside the started study, its allocation fingerprint and consent version."""
+    db.execute(
+        "UPDATE study SET allocation_sha256 = ?, consent_version = ?",
+        [allocation_sha256(study), study.consent_current],
+    )
+
+
+def check_unchanged(db: Database, study: Study) -> None:
+    """Refuse a study folder that is not the one started or last amended.
+
+    :raises StudyChangedError: naming the command that logs the change.
+    """
+    row = db.execute("SELECT id, definition_sha256 FROM study").fetchone()
+    if row is None:
+        return  # not started yet: the folder may still change freely
+    if row[0] != study.id:
+        raise StudyChangedError(
+            f"this data directory runs the study {row[0]!r}, not {study.id!r}"
+            " (STILLROOM_STUDY names another study)"
+        )
+    if row[1] != study.sha256:
+        raise StudyChangedError(
+            f"the study folder {study.folder} has changed since the study started or was"
+            " last amended: log the change with 'stillroom study amend', or put the folder"
+            " back as it was"
+        )
+
+
+def amend(db: Database, study: Study, day: date) -> list[str]:
+    """Take the changed folder ``study`` as the study's rules from now on, and log it.
+
+    :returns: what was logged, one line each, for the study team.
+    :raises AmendmentError: when no study runs, nothing changed, or the allocation
+        part changed.
+    """
+    with transaction(db):
+        row = db.execute(
+            "SELECT id, definition_sha256, allocation_sha256, consent_version FROM study"
+        ).fetchone()
+        if row is None:
+            raise AmendmentError("no study has been started here ('stillroom study start')")
+        started_id, previous, allocation, consent_version = row
+        if started_id != study.id:
+            raise AmendmentError(f"this data directory runs the study {started_id!r}")
+        if previous == study.sha256:
+            raise AmendmentError("the study folder is unchanged: there is nothing to amend")
+        if allocation is not None and allocation != allocation_sha256(study):
+            raise AmendmentError(
+                "the strata, arms, ratios, block sizes or list length changed: the committed"
+                " allocation lists were made for the old ones, so this cannot be amended"
+            )
+        log.append(
+            db,
+            "amendment",
+            day,
+            None,
+            {"definition": study.sha256, "previous": previous},
+        )
+        logged = [f"amendment: definition {study.sha256}"]
+        if consent_version != study.consent_current:
+            kind = study.consent().kind
+            log.append(
+                db,
+                "consent-version",
+                day,
+                None,
+                {"version": study.consent_current, "kind": kind},
+            )
+            logged.append(f"consent-version: {study.consent_current} ({kind})")
+        db.execute(
+            "UPDATE study SET definition_sha256 = ?, consent_version = ?",
+            [study.sha256, study.consent_current],
+        )
+    return logged
