@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 from typing import Any
 
+import gevent
 from flask import current_app, make_response, redirect, render_template, request, url_for
 from flask.blueprints import BlueprintSetupState
 from flask_babel import lazy_gettext as _l
@@ -54,6 +55,11 @@ MISMATCH = _l("That is not the passphrase shown above. Please compare it word by
 EXPIRED = _l("That passphrase was never confirmed and has expired. Here is a new one.")
 NO_ACCOUNT = _l("No account has this passphrase. Please check each word and try again.")
 WRONG_CURRENT = _l("Your current passphrase was not right. Nothing has been changed.")
+#: How long a refused confirmation waits before its answer. It costs a greenlet and no CPU,
+#: and it paces a loop that makes accounts to one try per pause, so that the refusals
+#: themselves cannot crowd out logins (``tests/bench/intake_flood.py``).
+BUSY_PAUSE_SECONDS = 2.0
+
 BUSY = _l(
     "Many accounts are being made right now, so yours has to wait a little. Please try"
     " again in a minute with this same form: your passphrase stays the same."
@@ -118,6 +124,7 @@ def create() -> Any:
                 error = UNREADABLE
             else:
                 if typed == passphrase and not creation_allowed():
+                    gevent.sleep(BUSY_PAUSE_SECONDS)
                     return (
                         render_template(
                             "participant/create.html",
