@@ -310,7 +310,8 @@ def test_a_minor_version_only_shows_a_notice(client, db, study_env):
     )
     page = client.get("/en/account").get_data(as_text=True)
     assert 'id="consent-news"' in page
-    read = post_page(client, "/en/study/consent/current", {})
+    html = client.get("/en/study/consent/current").get_data(as_text=True)
+    read = client.post("/en/study/consent/read", data=form_fields(html))
     assert follow(client, read).endswith("/account")
     assert 'id="consent-news"' not in client.get("/en/account").get_data(as_text=True)
     changes = study_log.entries(db, "consent-version")

@@ -244,7 +244,7 @@ def study_consent_text() -> Any:
     )
 
 
-@bp.post("/study/consent/current")
+@bp.post("/study/consent/read")
 @login_required
 def study_consent_read() -> Response:
     """Note that the participant has read the newer minor version; the notice goes."""
