@@ -37,6 +37,7 @@ from stillroom.webapp.keyslots import (
 )
 from stillroom.webapp.notes import note_slots
 from stillroom.webapp.store import checkpoint, transaction
+from stillroom.webapp.study.intake import research_slots
 
 
 class UnknownPassphraseError(Exception):
@@ -227,14 +228,15 @@ def _delete_accounts(db: Database, participant_ids: list[str]) -> list[int]:
     """Inside a write transaction: delete the accounts; return the slots to destroy after.
 
     Deleting an account cascades to its sessions, appointments, pairs, therapists' notes,
-    conversations and messages. Its own slot and its conversations' and notes' slots are
-    destroyed once the deletion is saved; until then nothing is gone, and a failed write
-    changes nothing.
+    conversations and messages, and to its place in a study with its answers. Its own
+    slot and its conversations', notes' and research data's slots are destroyed once the
+    deletion is saved; until then nothing is gone, and a failed write changes nothing.
     """
     slots: list[int] = []
     for participant_id in participant_ids:
         slots += conversation_slots(db, "participant_id", participant_id)
         slots += note_slots(db, participant_id=participant_id)  # the pair goes: its notes too
+        slots += research_slots(db, participant_id)  # and a study's research data
         row = db.execute("SELECT slot FROM participants WHERE id = ?", [participant_id]).fetchone()
         if row is not None:
             slots.append(int(row[0]))

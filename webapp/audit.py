@@ -180,6 +180,7 @@ def check_key_slots(db: Database, settings: Settings, now: int) -> Check:
             " UNION SELECT slot FROM conversations UNION SELECT slot FROM day_keys"
             " UNION SELECT slot FROM allocation_lists"
             " UNION SELECT slot FROM notes"
+            " UNION SELECT slot FROM study_participants"
         )
         if row[0] is not None
     }

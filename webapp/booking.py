@@ -28,6 +28,7 @@ from stillroom.webapp.keyslots import (
 )
 from stillroom.webapp.settings import Settings
 from stillroom.webapp.store import checkpoint, transaction
+from stillroom.webapp.study.intake import booking_refusal
 
 MIN_DURATION_MINUTES = 15
 MAX_DURATION_MINUTES = 180
@@ -67,6 +68,14 @@ class AccountTooNewError(BookingError):
     def __init__(self, opens_at: int) -> None:
         super().__init__(opens_at)
         self.opens_at = opens_at
+
+
+class IntakeIncompleteError(BookingError):
+    """In a study, an account books only once its intake is complete."""
+
+
+class SessionsStoppedError(BookingError):
+    """In a study, the participant chose to stop the sessions: no more booking."""
 
 
 class TooLateError(BookingError):
@@ -581,6 +590,14 @@ def may_book(
     blocked, created_day = row
     if blocked:
         return BookingBlockedError()
+    if settings.study:
+        # In a study the intake, not the account's age, keeps new accounts from booking.
+        why = booking_refusal(db, participant_id)
+        if why == "intake":
+            return IntakeIncompleteError()
+        if why == "stopped":
+            return SessionsStoppedError()
+        return None
     opens_at = booking_opens_at(created_day, settings.booking_min_account_hours)
     if now < opens_at:
         return AccountTooNewError(opens_at)

@@ -490,6 +490,90 @@ INVENTORY: tuple[Table, ...] = (
         ),
     ),
     Table(
+        name="study_participants",
+        purpose=_l(
+            "Only in a research study: your place in it. It carries a random study name,"
+            " never anything that identifies you."
+        ),
+        readers=_l("The server, to lead you through the study's steps."),
+        retention=_l(
+            "Until you delete your account; the study name stays in the study log after that."
+        ),
+        columns=(
+            Column("participant_id", _l("The account this place belongs to.")),
+            Column("pseudonym", _l("Your random study name, the only name study data carries.")),
+            Column("stratum", _l("Your group: language and site.")),
+            Column(
+                "slot",
+                _l(
+                    "The number of your research data's place in the key file. Withdrawing and"
+                    " erasing overwrites it, so your answers can never be opened again."
+                ),
+            ),
+            Column("step", _l("Which step of the study's start you are at.")),
+            Column("consent_version", _l("The version of the consent text you agreed to.")),
+            Column("draft_form", _l("Which questionnaire you have started and not yet sent.")),
+            Column(
+                "draft",
+                _l("Your answers to a questionnaire you have not yet sent, so you can resume."),
+                encrypted=_l(
+                    "encrypted to your key, so only you can read it, and under your research"
+                    " data's key in the key file; deleted when you send the questionnaire"
+                ),
+            ),
+            Column("sessions_stopped", _l("Whether you chose to stop the sessions.")),
+            Column("questionnaires_stopped", _l("Whether you chose to stop the questionnaires.")),
+            Column("erased", _l("Whether you withdrew and erased your research data.")),
+        ),
+    ),
+    Table(
+        name="study_consents",
+        purpose=_l(
+            "Only in a research study: each consent you gave, so that nobody can claim you"
+            " agreed to a text you never saw."
+        ),
+        readers=_l("The server and the study team."),
+        retention=_l(
+            "Until you withdraw and erase, or delete your account; otherwise as long as the"
+            " study's published rules say."
+        ),
+        columns=(
+            Column("pseudonym", _l("Your random study name.")),
+            Column("version", _l("The version of the consent text.")),
+            Column("text_sha256", _l("A fingerprint of the exact text you were shown.")),
+            Column("items", _l("Which boxes you ticked, as fixed codes.")),
+            Column("day", _l("The day (not the time) you agreed.")),
+            Column("receipt", _l("The short receipt code you were shown.")),
+        ),
+    ),
+    Table(
+        name="study_answers",
+        purpose=_l(
+            "Only in a research study: your questionnaire answers, sealed so that only the"
+            " study team can read them. The server cannot."
+        ),
+        readers=_l("Only the study team, with its own key."),
+        retention=_l(
+            "Until you withdraw and erase, or delete your account; otherwise as long as the"
+            " study's published rules say."
+        ),
+        columns=(
+            Column("id", _l("Row number.")),
+            Column("pseudonym", _l("Your random study name.")),
+            Column("instrument", _l("Which questionnaire it was.")),
+            Column("timepoint", _l("Which of the study's questionnaire times it was for.")),
+            Column("day", _l("The day (not the time) you sent it.")),
+            Column(
+                "sealed",
+                _l("Your answers."),
+                encrypted=_l(
+                    "sealed to the study team's key, and encrypted again under your research"
+                    " data's key in the key file"
+                ),
+            ),
+        ),
+    ),
+    Table(
         name="_sqlite_migrations",
         purpose=_l("Which versions of the database layout have been applied."),
         readers=_l("The server, when it starts."),

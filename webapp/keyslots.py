@@ -37,6 +37,7 @@ SLOT_COLUMNS = (
     ("day_keys", "slot"),
     ("allocation_lists", "slot"),
     ("notes", "slot"),
+    ("study_participants", "slot"),
 )
 
 __all__ = ["SLOT_FILE", "SlotGoneError", "destroy_slots", "lock", "new_slot", "unlock"]

@@ -600,3 +600,58 @@ def add_study_amendments(db: Database) -> None:
     """What a started study's amendments are checked against: its allocation part, its consent."""
     db.execute("ALTER TABLE study ADD COLUMN allocation_sha256 TEXT")
     db.execute("ALTER TABLE study ADD COLUMN consent_version TEXT")
+
+
+@migrations()
+def create_study_intake(db: Database) -> None:
+    """A study's participants, their consents and their sealed answers.
+
+    Everything goes with the account (``ON DELETE CASCADE``). Answers are sealed to the
+    study team and locked under the participant's research slot; ``slot`` is emptied
+    when they withdraw and erase, and the slot destroyed.
+    """
+    db.execute(
+        """
+        CREATE TABLE study_participants (
+            participant_id TEXT PRIMARY KEY REFERENCES participants(id) ON DELETE CASCADE,
+            pseudonym TEXT NOT NULL UNIQUE,
+            stratum TEXT NOT NULL,
+            slot INTEGER UNIQUE,
+            step TEXT NOT NULL,
+            consent_version TEXT,
+            draft_form TEXT,
+            draft BLOB,
+            sessions_stopped INTEGER NOT NULL DEFAULT 0,
+            questionnaires_stopped INTEGER NOT NULL DEFAULT 0,
+            erased INTEGER NOT NULL DEFAULT 0
+        ) STRICT
+        """
+    )
+    db.execute(
+        """
+        CREATE TABLE study_consents (
+            pseudonym TEXT NOT NULL
+                REFERENCES study_participants(pseudonym) ON DELETE CASCADE,
+            version TEXT NOT NULL,
+            text_sha256 TEXT NOT NULL,
+            items TEXT NOT NULL,
+            day TEXT NOT NULL,
+            receipt TEXT NOT NULL,
+            PRIMARY KEY (pseudonym, version)
+        ) STRICT
+        """
+    )
+    db.execute(
+        """
+        CREATE TABLE study_answers (
+            id INTEGER PRIMARY KEY,
+            pseudonym TEXT NOT NULL
+                REFERENCES study_participants(pseudonym) ON DELETE CASCADE,
+            instrument TEXT NOT NULL,
+            timepoint TEXT NOT NULL,
+            day TEXT NOT NULL,
+            sealed BLOB NOT NULL
+        ) STRICT
+        """
+    )
+    db.execute("CREATE INDEX study_answers_pseudonym ON study_answers(pseudonym)")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from flask import Flask
 
-from stillroom.webapp.participant import account, booking, chat, pages
+from stillroom.webapp.participant import account, booking, chat, pages, study
 from stillroom.webapp.participant.blueprint import bp
 
 
@@ -17,4 +17,4 @@ def init_app(app: Flask) -> None:
     app.register_blueprint(bp)
 
 
-__all__ = ["account", "booking", "chat", "init_app", "pages"]
+__all__ = ["account", "booking", "chat", "init_app", "pages", "study"]

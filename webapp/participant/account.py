@@ -24,7 +24,12 @@ from stillroom.webapp.accounts import (
     replace_passphrase,
     unlock_account,
 )
-from stillroom.webapp.booking import AccountTooNewError, may_book, upcoming_appointments
+from stillroom.webapp.booking import (
+    AccountTooNewError,
+    SessionsStoppedError,
+    may_book,
+    upcoming_appointments,
+)
 from stillroom.webapp.chat import RateLimiter
 from stillroom.webapp.gate import (
     argon2_runner,
@@ -48,6 +53,7 @@ from stillroom.webapp.participant.blueprint import (
 from stillroom.webapp.participant.booking import books_from, my_appointments
 from stillroom.webapp.participant.booking import participant_id as current_participant_id
 from stillroom.webapp.participant.pages import notice
+from stillroom.webapp.participant.study import intake_redirect, study_values
 from stillroom.webapp.times import DEFAULT_ZONE
 
 UNREADABLE = _l("This passphrase could not be read. Type only the words, separated by spaces.")
@@ -190,16 +196,21 @@ def logout() -> Response:
 
 @bp.get("/account")
 @login_required
-def account() -> str:
+def account() -> Any:
     """The participant's own page: appointments, passphrase, deletion."""
+    unfinished = intake_redirect()  # in a study: back to the step of intake they are at
+    if unfinished is not None:
+        return unfinished
     upcoming = upcoming_appointments(db(), current_participant_id(), now())
     refusal = may_book(db(), current_participant_id(), now(), settings())
     return render_template(
         "participant/account.html",
         appointments=my_appointments(),
-        can_book=len(upcoming) < settings().max_upcoming_bookings,
+        can_book=len(upcoming) < settings().max_upcoming_bookings
+        and not isinstance(refusal, SessionsStoppedError),
         books_from=books_from(refusal) if isinstance(refusal, AccountTooNewError) else None,
         notice=notice(),
+        **study_values(),
     )
 
 

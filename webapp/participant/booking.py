@@ -15,7 +15,9 @@ from stillroom.webapp.booking import (
     Appointment,
     BookingBlockedError,
     BookingLimitError,
+    IntakeIncompleteError,
     NotFoundError,
+    SessionsStoppedError,
     SlotTakenError,
     SlotUnavailableError,
     TooLateError,
@@ -55,6 +57,10 @@ CHOOSE = _l("Please choose a time first.")
 NOT_AVAILABLE = _l(
     "Booking is not available for this account. If you need help now, the help page lists"
     " who you can call."
+)
+SESSIONS_STOPPED = _l(
+    "You chose to stop the sessions, so no new time can be booked. If you need help now,"
+    " the help page lists who you can call."
 )
 TOO_NEW = _l(
     "New accounts can book a time from %(when)s. This short wait keeps the times free for"
@@ -212,6 +218,10 @@ def booking() -> Any:
     # Said neutrally, and no times are listed: a blocked account learns nothing more.
     if isinstance(refusal, BookingBlockedError):
         error, status = NOT_AVAILABLE, 403
+    elif isinstance(refusal, IntakeIncompleteError):  # in a study: intake comes first
+        return redirect(url_for("participant.account"))
+    elif isinstance(refusal, SessionsStoppedError):
+        error, status = SESSIONS_STOPPED, 403
     elif isinstance(refusal, AccountTooNewError):  # not yet: a notice, unless they tried
         waiting = books_from(refusal)
         status = 403 if request.method == "POST" else 200

@@ -1,0 +1,183 @@
+"""A study's intake and withdrawal, as Firefox ESR with JavaScript off goes through them
+on the real server with ``STILLROOM_STUDY`` set."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from datetime import date
+from pathlib import Path
+
+import pytest
+from marionette_driver.by import By
+from marionette_driver.marionette import Marionette
+from test_browser_nojs import PREFS, create_account, path_of, press, running_firefox, visit
+
+from stillroom.crypto.stream import new_recipient_keypair
+from stillroom.webapp.instance import prepare_instance
+from stillroom.webapp.settings import Settings
+from stillroom.webapp.store import connect
+from stillroom.webapp.study import allocation, intake
+from stillroom.webapp.study import log as study_log
+from stillroom.webapp.study.definition import load_study
+
+from support import LiveServer, start_server, stop_server
+
+pytestmark = pytest.mark.browser
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "study"
+STUDY = load_study(EXAMPLE)
+ELIGIBLE = {"age": "yes", "recent-use": "yes", "wants-chat": "yes"}
+#: Enough participants that both arms appear: blocks of at most 6 hold both arms 1:1.
+MOST_PARTICIPANTS = 12
+
+
+@pytest.fixture(scope="module")
+def firefox() -> Iterator[Marionette]:
+    with running_firefox(PREFS, "gecko-study.log") as browser:
+        yield browser
+
+
+@pytest.fixture(scope="module")
+def study_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """A real server running the example study, started in its data directory first."""
+    root = tmp_path_factory.mktemp("study-live")
+    folder = root / "study"
+    shutil.copytree(EXAMPLE, folder)
+    data_dir = root / "instance"
+    prepare_instance(Settings.load({}, data_dir=data_dir, disk_reserve_mib=1))
+    db = connect(data_dir / "stillroom.db")
+    try:
+        allocation.start_study(
+            db,
+            data_dir,
+            STUDY.id,
+            STUDY.sha256,
+            date.today(),
+            (new_recipient_keypair()[0], new_recipient_keypair()[0]),
+            STUDY.strata(),
+            [(arm.id, arm.ratio) for arm in STUDY.arms],
+            list(STUDY.block_sizes),
+            40,
+        )
+    finally:
+        db.close()
+    server = start_server(data_dir, {"STILLROOM_STUDY": str(folder)})
+    yield server
+    stop_server(server)
+
+
+def query(server: LiveServer, sql: str, args: tuple = ()) -> list[tuple]:
+    db = connect(server.data_dir / "stillroom.db")
+    try:
+        return db.execute(sql, list(args)).fetchall()
+    finally:
+        db.close()
+
+
+def choose(browser: Marionette, answers: dict[str, str]) -> None:
+    for item, option in answers.items():
+        browser.find_element(By.ID, f"{item}-{option}").click()
+
+
+def new_participant(browser: Marionette, server: LiveServer, lang: str) -> None:
+    """Start afresh: log out, make a new account, which lands on the study's first step."""
+    visit(browser, f"{server.url}/{lang}/")
+    logout = browser.find_elements(By.CSS_SELECTOR, "footer form button")
+    if logout:  # the participant before logs out
+        press(browser, logout[0])
+    create_account(browser, f"{server.url}/{lang}")
+    assert path_of(browser) == f"/{lang}/study/information"
+
+
+def through_intake(
+    browser: Marionette, server: LiveServer, lang: str, screening: dict[str, str] = ELIGIBLE
+) -> str:
+    """Walk a new account through intake; return the path it ends on."""
+    new_participant(browser, server, lang)
+    assert browser.find_element(By.CSS_SELECTOR, "header a.help")  # crisis help, on every step
+    press(browser, browser.find_element(By.ID, "study-next"))
+    assert path_of(browser) == f"/{lang}/study/consent"
+    browser.find_element(By.ID, "consent-participate").click()
+    browser.find_element(By.ID, "consent-questionnaires").click()
+    press(browser, browser.find_element(By.ID, "consent-give"))
+    assert len(str(browser.find_element(By.ID, "receipt").text)) == 9
+    press(browser, browser.find_element(By.ID, "study-next"))
+    assert "1" in str(browser.find_element(By.ID, "form-page").text)
+    choose(browser, screening)
+    press(browser, browser.find_element(By.ID, "form-next"))
+    if path_of(browser) != f"/{lang}/study/questions":
+        return path_of(browser)
+    baseline = STUDY.instruments[STUDY.schedule[0].instrument]
+    assert len(browser.find_elements(By.CSS_SELECTOR, "main fieldset")) == len(baseline.items)
+    choose(browser, {item.id: baseline.choices(item.id)[-1] for item in baseline.items})
+    press(browser, browser.find_element(By.ID, "form-next"))
+    return path_of(browser)
+
+
+def test_intake_in_english_and_german_reaches_both_arms(firefox, study_server):
+    seen: dict[str, set[str]] = {}
+    for number in range(MOST_PARTICIPANTS):
+        lang = ("en", "de")[number % 2]
+        assert through_intake(firefox, study_server, lang) == f"/{lang}/study/arm"
+        arm = str(firefox.find_element(By.ID, "study-arm").get_attribute("data-arm"))
+        seen.setdefault(lang, set()).add(arm)
+        if arm == "chat":
+            assert firefox.find_elements(By.CSS_SELECTOR, f"a[href='/{lang}/book']")
+        else:
+            assert "2" in str(firefox.find_element(By.ID, "study-arm").text)  # a day is named
+        if all(seen.get(code) == {"chat", "waitlist"} for code in ("en", "de")):
+            break
+    assert seen == {"en": {"chat", "waitlist"}, "de": {"chat", "waitlist"}}
+    (allocated,) = query(study_server, "SELECT count(*) FROM allocations")[0]
+    assert allocated == number + 1
+    (done,) = query(study_server, "SELECT count(*) FROM study_participants WHERE step = 'done'")[0]
+    assert done == allocated
+    strata = {row[0] for row in query(study_server, "SELECT stratum FROM allocations")}
+    assert strata == {"en-berlin", "de-berlin"}
+
+
+def test_someone_not_eligible_gets_help_and_no_booking(firefox, study_server):
+    ended = through_intake(firefox, study_server, "de", {**ELIGIBLE, "age": "no"})
+    assert ended == "/de/study/not-eligible"
+    assert firefox.find_element(By.ID, "ineligible")
+    assert firefox.find_elements(By.CSS_SELECTOR, "main a[href='/de/help']")
+    visit(firefox, f"{study_server.url}/de/book")
+    assert path_of(firefox) == "/de/study/not-eligible"  # booking leads back here
+    visit(firefox, f"{study_server.url}/de/help")
+    assert path_of(firefox) == "/de/help"
+
+
+@pytest.mark.parametrize("level", ["stop-sessions", "stop-questionnaires", "erase"])
+def test_withdrawal_at_each_level_is_one_form_away(firefox, study_server, level):
+    assert through_intake(firefox, study_server, "en") == "/en/study/arm"
+    visit(firefox, f"{study_server.url}/en/account")
+    press(firefox, firefox.find_element(By.ID, "study-withdraw"))
+    if level == "erase":
+        press(firefox, firefox.find_element(By.ID, "erase"))
+        assert path_of(firefox) == "/en/study/withdraw/erase"  # a confirmation first
+        press(firefox, firefox.find_element(By.ID, "erase-confirm"))
+    else:
+        press(firefox, firefox.find_element(By.ID, level))
+    assert path_of(firefox) == "/en/account"
+    db = connect(study_server.data_dir / "stillroom.db")
+    try:
+        entry = study_log.entries(db, "withdrawal")[-1]
+    finally:
+        db.close()
+    assert entry.detail["level"] == level
+    (sessions, forms, erased, slot) = query(
+        study_server,
+        "SELECT sessions_stopped, questionnaires_stopped, erased, slot FROM study_participants"
+        " WHERE pseudonym = ?",
+        (entry.pseudonym,),
+    )[0]
+    assert bool(sessions) is (level != intake.STOP_QUESTIONNAIRES)
+    assert bool(forms) is (level != intake.STOP_SESSIONS)
+    assert bool(erased) is (slot is None) is (level == intake.ERASE)
+    answers = query(
+        study_server, "SELECT count(*) FROM study_answers WHERE pseudonym = ?", (entry.pseudonym,)
+    )[0][0]
+    assert answers == (0 if level == intake.ERASE else 2)
+    booking_link = firefox.find_elements(By.CSS_SELECTOR, "a[href='/en/book']")
+    assert bool(booking_link) is (level == intake.STOP_QUESTIONNAIRES)

@@ -1,0 +1,379 @@
+"""Intake into a study, through the real pages and the real database: consent, screening,
+baseline, one allocation, re-consent and withdrawal."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from datetime import date
+from pathlib import Path
+
+import pytest
+
+from stillroom.crypto.box import open_sealed
+from stillroom.crypto.slots import SlotGoneError
+from stillroom.crypto.stream import new_recipient_keypair
+from stillroom.webapp.app import create_participant_app
+from stillroom.webapp.booking import IntakeIncompleteError, SessionsStoppedError, may_book
+from stillroom.webapp.instance import prepare_instance
+from stillroom.webapp.keyslots import unlock
+from stillroom.webapp.settings import Settings
+from stillroom.webapp.store import connect
+from stillroom.webapp.study import allocation, amendment, intake
+from stillroom.webapp.study import log as study_log
+from stillroom.webapp.study.definition import load_study
+
+from support import FAST_ARGON2, NO_INTAKE_LIMITS, AuthActions, LoopbackClient, form_fields
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "study"
+DAY = date(2027, 3, 1)
+ELIGIBLE = {"age": "yes", "recent-use": "yes", "wants-chat": "yes"}
+BASELINE = {item.id: "sometimes" for item in load_study(EXAMPLE).instruments["wellbeing"].items}
+
+
+def baseline_answers(study) -> dict[str, str]:
+    """An answer to every baseline item: each item's first option."""
+    instrument = study.instruments[study.schedule[0].instrument]
+    return {item.id: instrument.choices(item.id)[0] for item in instrument.items}
+
+
+@pytest.fixture
+def study_key() -> tuple[bytes, bytes]:
+    return new_recipient_keypair()
+
+
+def study_settings(tmp_path: Path, folder: Path) -> Settings:
+    return Settings.load(
+        {},
+        data_dir=tmp_path / "instance",
+        disk_reserve_mib=1,
+        study=str(folder),
+        **FAST_ARGON2,
+        **NO_INTAKE_LIMITS,
+    )
+
+
+def start(settings: Settings, folder: Path, public_key: bytes) -> None:
+    """Start the study in the data directory, as ``stillroom study start`` does."""
+    prepare_instance(settings)
+    definition = load_study(folder)
+    db = connect(settings.database_path)
+    try:
+        allocation.start_study(
+            db,
+            settings.data_dir,
+            definition.id,
+            definition.sha256,
+            DAY,
+            (public_key, new_recipient_keypair()[0]),
+            definition.strata(),
+            [(arm.id, arm.ratio) for arm in definition.arms],
+            list(definition.block_sizes),
+            40,
+        )
+    finally:
+        db.close()
+
+
+def copy_example(tmp_path: Path, edit=None) -> Path:
+    folder = tmp_path / "study"
+    shutil.copytree(EXAMPLE, folder)
+    if edit:
+        toml = folder / "study.toml"
+        toml.write_text(edit(toml.read_text()))
+    return folder
+
+
+@pytest.fixture
+def study_env(tmp_path, clock, study_key):
+    folder = copy_example(tmp_path)
+    settings = study_settings(tmp_path, folder)
+    start(settings, folder, study_key[0])
+    return settings, folder
+
+
+def client_for(settings, clock):
+    app = create_participant_app(settings, clock=clock)
+    app.test_client_class = LoopbackClient
+    return app.test_client()
+
+
+@pytest.fixture
+def client(study_env, clock):
+    return client_for(study_env[0], clock)
+
+
+@pytest.fixture
+def db(study_env):
+    database = connect(study_env[0].database_path)
+    yield database
+    database.close()
+
+
+def post_page(client, path: str, data: dict[str, str]):
+    """Send the form on the page at ``path`` with ``data``, as a browser would."""
+    html = client.get(path).get_data(as_text=True)
+    hidden = dict(re.findall(r'type="hidden" name="(form|page)" value="([^"]*)"', html))
+    return client.post(path, data={**form_fields(html), **hidden, **data})
+
+
+def follow(client, response) -> str:
+    assert response.status_code in (302, 303), response.get_data(as_text=True)
+    return str(response.headers["Location"])
+
+
+def through_consent(client, lang: str = "en") -> None:
+    auth = AuthActions(client, lang)
+    auth.create()
+    assert follow(client, client.get(f"/{lang}/account")).endswith("/study")
+    assert follow(client, client.get(f"/{lang}/study")).endswith("/study/information")
+    assert follow(client, post_page(client, f"/{lang}/study/information", {})).endswith(
+        "/study/consent"
+    )
+    consented = post_page(
+        client, f"/{lang}/study/consent", {"participate": "yes", "questionnaires": "yes"}
+    )
+    assert consented.status_code == 200
+    assert re.search(r'id="receipt">[A-Z2-7]{4}-[A-Z2-7]{4}<', consented.get_data(as_text=True))
+
+
+def through_intake(client, lang: str = "en", screening=ELIGIBLE) -> str:
+    """Walk a new account through intake; return where the last step led."""
+    through_consent(client, lang)
+    done = post_page(client, f"/{lang}/study/questions", screening)
+    if not follow(client, done).endswith("/study/questions"):
+        return follow(client, done)
+    return follow(client, post_page(client, f"/{lang}/study/questions", BASELINE))
+
+
+def only_participant(db) -> intake.Enrolment:
+    (pid,) = db.execute("SELECT participant_id FROM study_participants").fetchone()
+    found = intake.enrolment(db, pid)
+    assert found is not None
+    return found
+
+
+def test_intake_asks_for_every_required_consent_before_going_on(client, db):
+    AuthActions(client).create()
+    client.get("/en/account")
+    post_page(client, "/en/study/information", {})
+    refused = post_page(client, "/en/study/consent", {"participate": "yes", "transcripts": "yes"})
+    assert refused.status_code == 400
+    assert only_participant(db).step == intake.CONSENT
+    assert not db.execute("SELECT 1 FROM study_consents").fetchall()
+
+
+def test_intake_ends_in_one_allocation_and_the_arm_page(client, db, study_key):
+    assert follow(client, client.get("/en/account")).endswith("/login")
+    assert through_intake(client).endswith("/study")
+    arm_page = client.get("/en/study/arm").get_data(as_text=True)
+    found = only_participant(db)
+    arm, _ = intake.allocation_of(db, found.pseudonym)
+    assert f'data-arm="{arm}"' in arm_page
+    assert found.step == intake.DONE and found.stratum == "en-berlin"
+    events = [entry.event for entry in study_log.entries(db) if entry.pseudonym == found.pseudonym]
+    assert events == ["consent", "eligibility", "allocation"]
+    consent = study_log.entries(db, "consent")[0].detail
+    assert consent["participate"] is True and consent["transcripts"] is False
+    # What the server keeps of the answers opens only with the study team's key.
+    stored = db.execute(
+        "SELECT instrument, timepoint, day, sealed FROM study_answers ORDER BY id"
+    ).fetchall()
+    assert [row[:2] for row in stored] == [("screening", "screening"), ("wellbeing", "baseline")]
+    assert all(re.fullmatch(r"\d{4}-\d{2}-\d{2}", row[2]) for row in stored)  # days only
+    opened = open_sealed(unlock(db, found.slot, stored[1][3]), study_key[1])
+    assert json.loads(opened) == BASELINE
+    assert found.draft is None
+
+
+def test_sending_the_last_step_twice_allocates_once(client, db):
+    through_consent(client)
+    follow(client, post_page(client, "/en/study/questions", ELIGIBLE))
+    html = client.get("/en/study/questions").get_data(as_text=True)
+    data = {**form_fields(html), "form": "baseline", "page": "0", **BASELINE}
+    first = client.post("/en/study/questions", data=data)
+    second = client.post("/en/study/questions", data=data)
+    assert first.status_code == second.status_code == 302
+    assert db.execute("SELECT count(*) FROM allocations").fetchone()[0] == 1
+    assert len(study_log.entries(db, "allocation")) == 1
+    pseudonym = only_participant(db).pseudonym
+    with pytest.raises(allocation.AlreadyAllocatedError):
+        allocation.allocate(db, pseudonym, "en-berlin", DAY)
+
+
+def test_booking_waits_until_intake_is_complete(client, db, study_env):
+    through_consent(client)
+    found = only_participant(db)
+    assert isinstance(may_book(db, found.participant_id, 0, study_env[0]), IntakeIncompleteError)
+    assert follow(client, client.get("/en/book")).endswith("/account")
+    follow(client, post_page(client, "/en/study/questions", ELIGIBLE))
+    follow(client, post_page(client, "/en/study/questions", BASELINE))
+    assert may_book(db, found.participant_id, 0, study_env[0]) is None
+
+
+def test_a_paged_form_resumes_where_it_was_left_and_keeps_no_readable_draft(client, db):
+    through_consent(client)
+    follow(client, post_page(client, "/en/study/questions", ELIGIBLE))
+    found = only_participant(db)
+    study = load_study(EXAMPLE)
+    form = intake.current_form(study, found)
+    session_key = db.execute("SELECT public_key FROM participants").fetchone()[0]
+    # Four items a page: three pages for the ten items; the first one is answered.
+    first_page = {item.id: BASELINE[item.id] for item in intake.form_page(form, 0, per_page=4)}
+    with pytest.raises(intake.AnswersMissingError):
+        intake.save_page(db, found.participant_id, session_key, b"", form, 0, {}, per_page=4)
+    secret = new_recipient_keypair()
+    intake.save_page(
+        db, found.participant_id, secret[0], secret[1], form, 0, first_page, per_page=4
+    )
+    again = only_participant(db)
+    answers = intake.draft_answers(db, again, form, secret[1])
+    assert answers == first_page
+    assert intake.page_number(form, answers, per_page=4) == 1
+    assert b"sometimes" not in again.draft
+    assert intake.draft_answers(db, again, form, new_recipient_keypair()[1]) == {}
+
+
+def test_someone_not_eligible_sees_help_and_cannot_book(client, db, study_env):
+    led_to = through_intake(client, screening={**ELIGIBLE, "age": "no"})
+    assert led_to.endswith("/study/not-eligible")
+    page = client.get(led_to).get_data(as_text=True)
+    assert "/en/help" in page
+    assert follow(client, client.get("/en/account")).endswith("/study")
+    found = only_participant(db)
+    assert found.step == intake.INELIGIBLE
+    assert isinstance(may_book(db, found.participant_id, 0, study_env[0]), IntakeIncompleteError)
+    assert study_log.entries(db, "eligibility")[0].detail == {"eligible": False, "failed": "age"}
+    assert not db.execute("SELECT 1 FROM allocations").fetchall()
+
+
+def test_someone_not_eligible_loses_the_account_when_the_study_says_delete(
+    tmp_path, clock, study_key
+):
+    folder = copy_example(
+        tmp_path,
+        lambda text: text.replace('ineligible_account = "keep"', 'ineligible_account = "delete"'),
+    )
+    settings = study_settings(tmp_path, folder)
+    start(settings, folder, study_key[0])
+    client = client_for(settings, clock)
+    led_to = through_intake(client, screening={**ELIGIBLE, "recent-use": "no"})
+    page = client.get(led_to)
+    assert page.status_code == 200 and "/en/help" in page.get_data(as_text=True)
+    db = connect(settings.database_path)
+    try:
+        assert not db.execute("SELECT 1 FROM participants").fetchall()
+        assert not db.execute("SELECT 1 FROM study_participants").fetchall()
+        assert study_log.entries(db, "eligibility")[0].detail["failed"] == "recent-use"
+    finally:
+        db.close()
+    assert follow(client, client.get("/en/account")).endswith("/login")
+
+
+def test_a_new_major_version_asks_for_consent_again_but_leaves_help_open(
+    client, db, study_env, clock, tmp_path
+):
+    settings, folder = study_env
+    through_intake(client)
+    passphrase_page = client.get("/en/account")
+    assert passphrase_page.status_code == 200
+    # An amendment: consent 2.0, a major version, with the texts of 1.1.
+    shutil.copytree(folder / "consent" / "1.1", folder / "consent" / "2.0")
+    toml = folder / "study.toml"
+    toml.write_text(
+        toml.read_text().replace('current = "1.1"', 'current = "2.0"')
+        + '\n[[consent.versions]]\nversion = "2.0"\nfolder = "consent/2.0"\nkind = "major"\n'
+    )
+    amendment.amend(db, load_study(folder), date(2027, 1, 4))  # as 'stillroom study amend'
+    amended = client_for(settings, clock)
+    cookie = client.get_cookie("stillroom", domain="127.0.0.1")
+    amended.set_cookie("stillroom", cookie.value, domain="127.0.0.1")  # the same browser
+    assert follow(amended, amended.get("/en/account")).endswith("/study/consent")
+    assert follow(amended, amended.get("/en/book")).endswith("/study/consent")
+    assert amended.get("/en/help").status_code == 200
+    assert post_page(amended, "/en/study/consent", {"participate": "yes"}).status_code == 400
+    again = post_page(amended, "/en/study/consent", {"participate": "yes", "questionnaires": "yes"})
+    assert again.status_code == 200
+    assert amended.get("/en/account").status_code == 200
+    found = only_participant(db)
+    assert found.consent_version == "2.0"
+    changes = study_log.entries(db, "consent-version")
+    assert [entry.detail for entry in changes if entry.pseudonym] == [
+        {"from": "1.1", "to": "2.0", "kind": "major"}
+    ]
+
+
+def test_a_minor_version_only_shows_a_notice(client, db, study_env):
+    through_intake(client)
+    found = only_participant(db)
+    db.execute(
+        "UPDATE study_participants SET consent_version = '1.0' WHERE participant_id = ?",
+        [found.participant_id],
+    )
+    page = client.get("/en/account").get_data(as_text=True)
+    assert 'id="consent-news"' in page
+    html = client.get("/en/study/consent/current").get_data(as_text=True)
+    read = client.post("/en/study/consent/read", data=form_fields(html))
+    assert follow(client, read).endswith("/account")
+    assert 'id="consent-news"' not in client.get("/en/account").get_data(as_text=True)
+    changes = study_log.entries(db, "consent-version")
+    assert [entry.detail for entry in changes] == [{"from": "1.0", "to": "1.1", "kind": "minor"}]
+
+
+@pytest.mark.parametrize("level", [intake.STOP_SESSIONS, intake.STOP_QUESTIONNAIRES])
+def test_stopping_sessions_or_questionnaires_is_logged_and_kept_apart(client, db, study_env, level):
+    through_intake(client)
+    response = post_page(client, "/en/study/withdraw", {"level": level})
+    assert "done=" + level in follow(client, response)
+    found = only_participant(db)
+    assert found.sessions_stopped is (level == intake.STOP_SESSIONS)
+    assert found.questionnaires_stopped is (level == intake.STOP_QUESTIONNAIRES)
+    refusal = may_book(db, found.participant_id, 0, study_env[0])
+    assert isinstance(refusal, SessionsStoppedError) is (level == intake.STOP_SESSIONS)
+    assert study_log.entries(db, "withdrawal")[0].detail["level"] == level
+    assert db.execute("SELECT count(*) FROM study_answers").fetchone()[0] == 2
+
+
+def test_withdraw_and_erase_destroys_the_research_key(client, db, study_env, study_key):
+    through_intake(client)
+    before = only_participant(db)
+    (sealed,) = db.execute("SELECT sealed FROM study_answers LIMIT 1").fetchone()
+    assert client.get("/en/study/withdraw/erase").status_code == 200
+    assert only_participant(db).erased is False  # the page alone changes nothing
+    follow(client, post_page(client, "/en/study/withdraw/erase", {}))
+    after = only_participant(db)
+    assert after.erased and after.slot is None
+    assert not db.execute("SELECT 1 FROM study_answers").fetchall()
+    assert not db.execute("SELECT 1 FROM study_consents").fetchall()
+    with pytest.raises(SlotGoneError):
+        unlock(db, before.slot, sealed)
+    events = [entry.event for entry in study_log.entries(db) if entry.pseudonym == after.pseudonym]
+    assert events == ["consent", "eligibility", "allocation", "withdrawal"]
+    study_log.verify(db)
+    assert client.get("/en/account").status_code == 200
+    assert isinstance(may_book(db, after.participant_id, 0, study_env[0]), SessionsStoppedError)
+
+
+def test_deleting_the_account_destroys_the_research_key(client, db):
+    through_intake(client)
+    found = only_participant(db)
+    (sealed,) = db.execute("SELECT sealed FROM study_answers LIMIT 1").fetchone()
+    follow(client, post_page(client, "/en/account/delete", {}))
+    assert not db.execute("SELECT 1 FROM study_participants").fetchall()
+    assert not db.execute("SELECT 1 FROM study_answers").fetchall()
+    with pytest.raises(SlotGoneError):
+        unlock(db, found.slot, sealed)
+
+
+def test_the_waitlist_ends_the_arms_weeks_after_allocation():
+    study = load_study(EXAMPLE)
+    assert intake.waitlist_ends(study, "waitlist", DAY) == date(2027, 3, 29)
+    assert intake.waitlist_ends(study, "chat", DAY) is None
+
+
+def test_open_mode_has_no_study_pages(app):
+    open_client = app.test_client()
+    AuthActions(open_client).create()
+    assert open_client.get("/en/account").status_code == 200
+    assert open_client.get("/en/study").status_code == 404

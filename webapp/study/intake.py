@@ -1,0 +1,590 @@
+"""Intake into a study: information, consent, screening, baseline, allocation; withdrawal.
+
+A participant in a study has one row in ``study_participants``: a random pseudonym
+(the only id study data carries), their stratum, a research-data key slot, the step of
+intake they are at and the consent version they agreed to. Answers are sealed to the
+study team's key at submission and locked again under the research slot, so that
+"withdraw and erase" (destroying the slot) leaves nothing on the disk that opens, even
+with the study key. Every step that matters to the trial is written to the study log,
+with days only.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import hashlib
+import json
+import secrets
+from dataclasses import dataclass
+
+from sqlite_utils import Database
+
+from stillroom.crypto.box import UnsealError, open_sealed, seal
+from stillroom.crypto.keys import UnwrapError
+from stillroom.webapp.keyslots import (
+    SlotGoneError,
+    destroy_slots,
+    doomed,
+    lock,
+    new_slot,
+    unlock,
+)
+from stillroom.webapp.store import checkpoint, transaction
+from stillroom.webapp.study import log
+from stillroom.webapp.study.allocation import allocate
+from stillroom.webapp.study.definition import CONSENT_ITEMS, Study
+from stillroom.webapp.study.questionnaires import (
+    MAX_PER_PAGE,
+    Instrument,
+    Item,
+    check_answers,
+    pages,
+    score,
+    seal_answers,
+)
+
+#: The steps of intake, in order; ``ineligible`` ends it early.
+INFORMATION = "information"
+CONSENT = "consent"
+SCREENING = "screening"
+BASELINE = "baseline"
+DONE = "done"
+INELIGIBLE = "ineligible"
+STEPS = (INFORMATION, CONSENT, SCREENING, BASELINE, DONE, INELIGIBLE)
+
+#: The three levels of withdrawal (issue 16, point 11).
+STOP_SESSIONS = "stop-sessions"
+STOP_QUESTIONNAIRES = "stop-questionnaires"
+ERASE = "erase"
+WITHDRAWALS = (STOP_SESSIONS, STOP_QUESTIONNAIRES, ERASE)
+
+
+class IntakeError(Exception):
+    """Base class of the intake errors."""
+
+
+class WrongStepError(IntakeError):
+    """The participant is not at the step this action belongs to (a form sent twice)."""
+
+
+class ConsentMissingError(IntakeError):
+    """A required consent item was not ticked."""
+
+
+class AnswersMissingError(IntakeError):
+    """An item of the page was left unanswered; ``items`` names them."""
+
+    def __init__(self, items: list[str]) -> None:
+        super().__init__(", ".join(items))
+        self.items = items
+
+
+class ErasedError(IntakeError):
+    """The participant withdrew and erased their research data; nothing more is stored."""
+
+
+@dataclass(frozen=True)
+class Enrolment:
+    """A participant's place in the study, as ``study_participants`` holds it."""
+
+    participant_id: str
+    pseudonym: str
+    stratum: str
+    slot: int | None
+    step: str
+    consent_version: str | None
+    draft_form: str | None
+    draft: bytes | None
+    sessions_stopped: bool
+    questionnaires_stopped: bool
+    erased: bool
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """What a consent gave back: its version and the code shown to the participant."""
+
+    version: str
+    code: str
+
+
+def running(db: Database) -> bool:
+    """Return whether a study was started in this data directory."""
+    return db.execute("SELECT 1 FROM study").fetchone() is not None
+
+
+def study_public_key(db: Database) -> bytes:
+    """Return the study team's public key, stored by ``study start``."""
+    (key,) = db.execute("SELECT study_public_key FROM study").fetchone()
+    return bytes(key)
+
+
+_COLUMNS = (
+    "participant_id, pseudonym, stratum, slot, step, consent_version, draft_form, draft,"
+    " sessions_stopped, questionnaires_stopped, erased"
+)
+
+
+def enrolment(db: Database, participant_id: str) -> Enrolment | None:
+    """Return the participant's place in the study, or ``None`` before intake began."""
+    row = db.execute(
+        f"SELECT {_COLUMNS} FROM study_participants WHERE participant_id = ?",  # noqa: S608
+        [participant_id],
+    ).fetchone()
+    if row is None:
+        return None
+    (pid, pseudonym, stratum, slot, step, version, draft_form, draft, sessions, forms, erased) = row
+    return Enrolment(
+        pid,
+        pseudonym,
+        stratum,
+        slot,
+        step,
+        version,
+        draft_form,
+        None if draft is None else bytes(draft),
+        bool(sessions),
+        bool(forms),
+        bool(erased),
+    )
+
+
+def enrol(db: Database, participant_id: str, stratum: str) -> Enrolment:
+    """Give the participant a pseudonym and a research slot, once; return their enrolment."""
+    with transaction(db):
+        if enrolment(db, participant_id) is None:
+            db.table("study_participants").insert(
+                {
+                    "participant_id": participant_id,
+                    # 80 random bits: unguessable, and not derived from anything about them.
+                    "pseudonym": secrets.token_hex(10),
+                    "stratum": stratum,
+                    "slot": new_slot(db),
+                    "step": INFORMATION,
+                }
+            )
+    found = enrolment(db, participant_id)
+    assert found is not None
+    return found
+
+
+def _set_step(db: Database, participant_id: str, expected: str, step: str) -> None:
+    """Inside a write transaction: move from ``expected`` to ``step``, or refuse."""
+    changed = db.execute(
+        "UPDATE study_participants SET step = ? WHERE participant_id = ? AND step = ?",
+        [step, participant_id, expected],
+    )
+    if changed.rowcount != 1:
+        raise WrongStepError(expected)
+
+
+def read_information(db: Database, participant_id: str) -> None:
+    """The participant has read the information page: consent comes next.
+
+    :raises WrongStepError: when they are past it.
+    """
+    with transaction(db):
+        _set_step(db, participant_id, INFORMATION, CONSENT)
+
+
+# --- Consent --------------------------------------------------------------------------
+
+
+def receipt_code(pseudonym: str, version: str, text_sha256: str, items: str, day: str) -> str:
+    """Return the short code a participant keeps for a consent: 8 characters of its hash."""
+    record = json.dumps([pseudonym, version, text_sha256, items, day], separators=(",", ":"))
+    digest = hashlib.sha256(record.encode()).digest()
+    letters = base64.b32encode(digest).decode()[:8]
+    return f"{letters[:4]}-{letters[4:]}"
+
+
+def _version_index(study: Study, version: str | None) -> int:
+    names = [item.version for item in study.consent_versions]
+    return names.index(version) if version in names else -1
+
+
+def required_version(study: Study) -> str:
+    """Return the latest major version up to the current one: everyone must have agreed to it."""
+    current = _version_index(study, study.consent_current)
+    majors = [
+        item.version for item in study.consent_versions[: current + 1] if item.kind == "major"
+    ]
+    return majors[-1] if majors else study.consent_current
+
+
+def needs_consent_again(study: Study, found: Enrolment) -> bool:
+    """Return whether a new major version asks this participant for consent again."""
+    if found.consent_version is None or found.erased:
+        return False
+    return _version_index(study, found.consent_version) < _version_index(
+        study, required_version(study)
+    )
+
+
+def has_minor_news(study: Study, found: Enrolment) -> bool:
+    """Return whether a newer minor version exists that the participant has not read yet."""
+    if found.consent_version is None or found.erased or needs_consent_again(study, found):
+        return False
+    return found.consent_version != study.consent_current
+
+
+def give_consent(
+    db: Database,
+    study: Study,
+    participant_id: str,
+    language: str,
+    ticked: set[str],
+    day: datetime.date,
+) -> Receipt:
+    """Record consent to the current version as shown in ``language``; return its receipt.
+
+    At intake this moves on to screening; asked again after a major version, the
+    participant stays where they were. Only the choice of the optional items is recorded.
+
+    :raises ConsentMissingError: when a required item is not ticked.
+    :raises WrongStepError: when no consent is asked of this participant now.
+    """
+    missing = [item for item, required in CONSENT_ITEMS.items() if required and item not in ticked]
+    if missing:
+        raise ConsentMissingError(", ".join(missing))
+    version = study.consent(study.consent_current)
+    text = version.texts[language]
+    chosen = ",".join(item for item in CONSENT_ITEMS if item in ticked)
+    with transaction(db):
+        found = enrolment(db, participant_id)
+        if found is None or found.erased:
+            raise WrongStepError(CONSENT)
+        again = needs_consent_again(study, found)
+        if found.step == CONSENT:
+            _set_step(db, participant_id, CONSENT, SCREENING)
+        elif not again:
+            raise WrongStepError(CONSENT)
+        code = receipt_code(found.pseudonym, version.version, text.sha256, chosen, day.isoformat())
+        db.execute(
+            "INSERT OR REPLACE INTO study_consents"
+            " (pseudonym, version, text_sha256, items, day, receipt) VALUES (?, ?, ?, ?, ?, ?)",
+            [found.pseudonym, version.version, text.sha256, chosen, day.isoformat(), code],
+        )
+        db.execute(
+            "UPDATE study_participants SET consent_version = ? WHERE participant_id = ?",
+            [version.version, participant_id],
+        )
+        detail: log.Detail = {"version": version.version, "text": text.sha256, "receipt": code}
+        detail.update({item: item in ticked for item in CONSENT_ITEMS})
+        log.append(db, "consent", day, found.pseudonym, detail)
+        if again:
+            log.append(
+                db,
+                "consent-version",
+                day,
+                found.pseudonym,
+                {"from": found.consent_version, "to": version.version, "kind": "major"},
+            )
+    return Receipt(version.version, code)
+
+
+def read_minor_version(db: Database, study: Study, participant_id: str, day: datetime.date) -> None:
+    """The participant has read a newer minor version: it becomes theirs, and it is logged."""
+    with transaction(db):
+        found = enrolment(db, participant_id)
+        if found is None or not has_minor_news(study, found):
+            return
+        db.execute(
+            "UPDATE study_participants SET consent_version = ? WHERE participant_id = ?",
+            [study.consent_current, participant_id],
+        )
+        log.append(
+            db,
+            "consent-version",
+            day,
+            found.pseudonym,
+            {"from": found.consent_version, "to": study.consent_current, "kind": "minor"},
+        )
+
+
+def consent_receipts(db: Database, pseudonym: str) -> list[tuple[str, str, str]]:
+    """Return the participant's consents: ``(version, day, receipt code)``, oldest first."""
+    return [
+        (version, day, receipt)
+        for version, day, receipt in db.execute(
+            "SELECT version, day, receipt FROM study_consents WHERE pseudonym = ?"
+            " ORDER BY day, version",
+            [pseudonym],
+        )
+    ]
+
+
+# --- Questionnaires -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Form:
+    """The questionnaire a participant fills in now: which, and at which timepoint."""
+
+    instrument: Instrument
+    timepoint: str
+
+
+def current_form(study: Study, found: Enrolment) -> Form | None:
+    """Return the form of the participant's intake step, if it is one."""
+    if found.step == SCREENING:
+        return Form(study.instruments[study.eligibility_instrument], SCREENING)
+    if found.step == BASELINE:
+        first = study.schedule[0]
+        return Form(study.instruments[first.instrument], first.id)
+    return None
+
+
+def draft_answers(db: Database, found: Enrolment, form: Form, secret_key: bytes) -> dict[str, str]:
+    """Return the answers of the unfinished form so far (none if the draft is another form's).
+
+    The draft is sealed to the participant's own key and locked under their research
+    slot: only their logged-in session opens it, and erasure destroys it.
+    """
+    if found.draft is None or found.draft_form != form.timepoint or found.slot is None:
+        return {}
+    try:
+        opened = open_sealed(unlock(db, found.slot, found.draft), secret_key)
+    except (SlotGoneError, UnwrapError, UnsealError):
+        return {}
+    answers: dict[str, str] = json.loads(opened)
+    return answers
+
+
+def page_number(form: Form, answers: dict[str, str], per_page: int = MAX_PER_PAGE) -> int:
+    """Return the first page (0-based) with an unanswered item; the last page if none."""
+    split = pages(form.instrument, per_page)
+    for number, items in enumerate(split):
+        if any(item.id not in answers for item in items):
+            return number
+    return len(split) - 1
+
+
+def form_page(form: Form, number: int, per_page: int = MAX_PER_PAGE) -> list[Item]:
+    """Return the items of page ``number`` of the form."""
+    return pages(form.instrument, per_page)[number]
+
+
+def save_page(
+    db: Database,
+    participant_id: str,
+    public_key: bytes,
+    secret_key: bytes,
+    form: Form,
+    number: int,
+    chosen: dict[str, str],
+    per_page: int = MAX_PER_PAGE,
+) -> dict[str, str]:
+    """Add the answers of page ``number`` to the draft; return every answer so far.
+
+    :raises AnswersMissingError: when an item of the page has no answer (nothing is kept).
+    :raises questionnaires.AnswersError: for an item or option the instrument lacks.
+    """
+    items = form_page(form, number, per_page)
+    on_page = {item.id: chosen[item.id] for item in items if chosen.get(item.id)}
+    check_answers(form.instrument, on_page)
+    missing = [item.id for item in items if item.id not in on_page]
+    if missing:
+        raise AnswersMissingError(missing)
+    with transaction(db):
+        found = enrolment(db, participant_id)
+        if found is None or found.slot is None or current_form_id(found) != form.timepoint:
+            raise WrongStepError(form.timepoint)
+        answers = {**draft_answers(db, found, form, secret_key), **on_page}
+        sealed = seal(json.dumps(answers, sort_keys=True).encode(), public_key)
+        db.execute(
+            "UPDATE study_participants SET draft_form = ?, draft = ? WHERE participant_id = ?",
+            [form.timepoint, lock(db, found.slot, sealed), participant_id],
+        )
+    return answers
+
+
+def current_form_id(found: Enrolment) -> str | None:
+    """Return the timepoint id of the form at the participant's step (screening, baseline)."""
+    return found.step if found.step in (SCREENING, BASELINE) else None
+
+
+def complete(form: Form, answers: dict[str, str]) -> bool:
+    """Return whether every item of the form has an answer."""
+    return all(item.id in answers for item in form.instrument.items)
+
+
+def failed_rule(study: Study, answers: dict[str, str]) -> str | None:
+    """Return the item of the first eligibility rule the answers break, or ``None``."""
+    for rule in study.eligibility_rules:
+        if answers.get(rule.item) != rule.equals:
+            return rule.item
+    return None
+
+
+def _store_answers(
+    db: Database, found: Enrolment, form: Form, answers: dict[str, str], day: datetime.date
+) -> None:
+    """Inside a write transaction: keep only the sealed answers, locked under the slot.
+
+    Whatever must be known at once was computed in memory before this; the answers are
+    then sealed to the study team, so the server cannot read them again, and the draft
+    goes.
+    """
+    if found.slot is None:
+        raise ErasedError
+    sealed = seal_answers(answers, study_public_key(db))
+    db.table("study_answers").insert(
+        {
+            "pseudonym": found.pseudonym,
+            "instrument": form.instrument.id,
+            "timepoint": form.timepoint,
+            "day": day.isoformat(),
+            "sealed": lock(db, found.slot, sealed),
+        }
+    )
+    db.execute(
+        "UPDATE study_participants SET draft_form = NULL, draft = NULL WHERE participant_id = ?",
+        [found.participant_id],
+    )
+
+
+def submit_screening(
+    db: Database, study: Study, participant_id: str, answers: dict[str, str], day: datetime.date
+) -> bool:
+    """Decide eligibility in memory, store the sealed answers, log it; return eligibility.
+
+    :raises WrongStepError: when the participant is not at screening (sent twice).
+    """
+    form = Form(study.instruments[study.eligibility_instrument], SCREENING)
+    score(form.instrument, answers)  # refuses unknown items and options
+    failed = failed_rule(study, answers)
+    with transaction(db):
+        found = enrolment(db, participant_id)
+        if found is None:
+            raise WrongStepError(SCREENING)
+        _set_step(db, participant_id, SCREENING, BASELINE if failed is None else INELIGIBLE)
+        _store_answers(db, found, form, answers, day)
+        log.append(
+            db,
+            "eligibility",
+            day,
+            found.pseudonym,
+            {"eligible": failed is None, "failed": failed},
+        )
+    return failed is None
+
+
+def submit_baseline(
+    db: Database, study: Study, participant_id: str, answers: dict[str, str], day: datetime.date
+) -> str:
+    """Store the sealed baseline answers and allocate the participant, once; return the arm.
+
+    Both happen in one transaction that first moves the step from baseline to done, so
+    a form sent twice finds the step moved and allocates nobody a second time (and the
+    ``allocations`` table's key refuses it as well).
+
+    :raises WrongStepError: when the participant is not at the baseline step.
+    """
+    first = study.schedule[0]
+    form = Form(study.instruments[first.instrument], first.id)
+    # Scores needed at once are computed here in memory; part 2's safety rules hook in
+    # at this point, on these scores, before the answers are sealed.
+    score(form.instrument, answers)
+    with transaction(db):
+        found = enrolment(db, participant_id)
+        if found is None:
+            raise WrongStepError(BASELINE)
+        _set_step(db, participant_id, BASELINE, DONE)
+        _store_answers(db, found, form, answers, day)
+        arm = allocate(db, found.pseudonym, found.stratum, day)
+    return arm
+
+
+def allocation_of(db: Database, pseudonym: str) -> tuple[str, datetime.date] | None:
+    """Return the participant's arm and the day of allocation, or ``None``."""
+    row = db.execute("SELECT arm, day FROM allocations WHERE pseudonym = ?", [pseudonym]).fetchone()
+    return None if row is None else (str(row[0]), datetime.date.fromisoformat(row[1]))
+
+
+def waitlist_ends(study: Study, arm_id: str, allocated: datetime.date) -> datetime.date | None:
+    """Return the day a waitlisted participant's wait ends, or ``None`` for other arms.
+
+    The day is a calendar day: it begins at midnight in the participant's time-zone band.
+    """
+    arm = study.arm(arm_id)
+    if arm.gets != "waitlist" or arm.waitlist_weeks is None:
+        return None
+    return allocated + datetime.timedelta(weeks=arm.waitlist_weeks)
+
+
+# --- Withdrawal -----------------------------------------------------------------------
+
+
+def withdraw(db: Database, participant_id: str, level: str, day: datetime.date, now: int) -> None:
+    """Withdraw at one of three levels; each is logged.
+
+    ``stop-sessions``: no more booking, and upcoming appointments are cancelled.
+    ``stop-questionnaires``: no more assessments are offered.
+    ``erase``: both, and the research data goes: the answers and consents are deleted
+    and the research slot destroyed, so no copy of them opens again. The study log
+    keeps its pseudonymous events, and the allocation stays (it is part of the list).
+
+    :raises ValueError: for an unknown level.
+    :raises WrongStepError: when the participant is not in the study or erased already.
+    """
+    if level not in WITHDRAWALS:
+        raise ValueError(level)
+    with transaction(db):
+        found = enrolment(db, participant_id)
+        if found is None or found.erased:
+            raise WrongStepError(level)
+        gone = []
+        if level in (STOP_SESSIONS, ERASE):
+            db.execute(
+                "UPDATE study_participants SET sessions_stopped = 1 WHERE participant_id = ?",
+                [participant_id],
+            )
+            db.execute(
+                "DELETE FROM appointments WHERE participant_id = ? AND starts_at > ?"
+                " AND cancelled = 0",
+                [participant_id, now],
+            )
+        if level in (STOP_QUESTIONNAIRES, ERASE):
+            db.execute(
+                "UPDATE study_participants SET questionnaires_stopped = 1 WHERE participant_id = ?",
+                [participant_id],
+            )
+        if level == ERASE:
+            db.execute("DELETE FROM study_answers WHERE pseudonym = ?", [found.pseudonym])
+            db.execute("DELETE FROM study_consents WHERE pseudonym = ?", [found.pseudonym])
+            db.execute(
+                "UPDATE study_participants SET erased = 1, slot = NULL, draft = NULL,"
+                " draft_form = NULL WHERE participant_id = ?",
+                [participant_id],
+            )
+            gone = doomed(db, [found.slot])
+        log.append(db, "withdrawal", day, found.pseudonym, {"level": level, "step": found.step})
+    destroy_slots(db, gone)
+    checkpoint(db)  # the deleted rows must not linger in the write-ahead log
+
+
+def research_slots(db: Database, participant_id: str) -> list[int]:
+    """Return the research slot of a participant whose account is being deleted."""
+    row = db.execute(
+        "SELECT slot FROM study_participants WHERE participant_id = ? AND slot IS NOT NULL",
+        [participant_id],
+    ).fetchone()
+    return [] if row is None else [int(row[0])]
+
+
+def booking_refusal(db: Database, participant_id: str) -> str | None:
+    """In a study: return why the participant may not book, or ``None``.
+
+    :returns: ``"intake"`` (not complete) or ``"stopped"`` (sessions stopped).
+    """
+    row = db.execute(
+        "SELECT step, sessions_stopped FROM study_participants WHERE participant_id = ?",
+        [participant_id],
+    ).fetchone()
+    if row is None or row[0] != DONE:
+        return "intake"
+    if row[1]:
+        return "stopped"
+    return None
