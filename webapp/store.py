@@ -593,3 +593,46 @@ def create_notes(db: Database) -> None:
     )
     db.execute("CREATE INDEX notes_therapist ON notes(therapist_id)")
     db.execute("CREATE INDEX notes_edited ON notes(edited_day)")
+
+
+@migrations()
+def create_study_participants_link(db: Database) -> None:
+    """An account's study pseudonym, as far as the course needs it (intake owns the rest)."""
+    db.execute(
+        """
+        CREATE TABLE IF NOT EXISTS study_participants (
+            participant_id TEXT PRIMARY KEY REFERENCES participants(id) ON DELETE CASCADE,
+            pseudonym TEXT NOT NULL UNIQUE
+        ) STRICT
+        """
+    )
+
+
+@migrations()
+def create_course(db: Database) -> None:
+    """The course of sessions: its therapist and count, proposed next times, counted chats."""
+    db.execute(
+        """
+        CREATE TABLE courses (
+            participant_id TEXT PRIMARY KEY REFERENCES participants(id) ON DELETE CASCADE,
+            therapist_id TEXT REFERENCES therapists(id) ON DELETE SET NULL,
+            attended INTEGER NOT NULL DEFAULT 0
+        ) STRICT
+        """
+    )
+    db.execute(
+        """
+        CREATE TABLE proposals (
+            participant_id TEXT PRIMARY KEY REFERENCES participants(id) ON DELETE CASCADE,
+            therapist_id TEXT NOT NULL REFERENCES therapists(id) ON DELETE CASCADE,
+            slot_id TEXT NOT NULL REFERENCES slots(id) ON DELETE CASCADE,
+            language TEXT NOT NULL
+        ) STRICT
+        """
+    )
+    # A proposed next time the therapist made for one participant: nobody else sees it.
+    db.execute(
+        "ALTER TABLE slots ADD COLUMN for_participant TEXT"
+        " REFERENCES participants(id) ON DELETE CASCADE"
+    )
+    db.execute("ALTER TABLE appointments ADD COLUMN course_counted INTEGER NOT NULL DEFAULT 0")
