@@ -19,7 +19,7 @@ from zoneinfo import ZoneInfo
 import pyotp
 import pytest
 from marionette_driver.by import By
-from marionette_driver.marionette import Marionette
+from marionette_driver.marionette import Marionette, WebElement
 from test_browser_nojs import (
     PREFS,
     THERAPIST_PASSPHRASES,
@@ -28,9 +28,11 @@ from test_browser_nojs import (
     enrol_therapist,
     frame_text,
     has,
+    is_gone,
     log_in,
     log_out,
     main_button,
+    page_ready,
     press,
     query_of,
     running_firefox,
@@ -211,6 +213,17 @@ def publish(moved: MovedServer, browser: Marionette, start: datetime.datetime, w
     assert query_of(browser) == "done=published"
 
 
+def send_on_chat_page(browser: Marionette, button: WebElement) -> None:
+    """Send a form of the chat page and wait for the answer.
+
+    The chat page carries the live script (which never runs here), so it is not
+    checked for scripts as other pages are.
+    """
+    old_page = browser.find_element(By.TAG_NAME, "html")
+    button.click()
+    wait(browser, lambda b: is_gone(old_page) and page_ready(b))
+
+
 def main_text(browser: Marionette) -> str:
     return str(browser.find_element(By.TAG_NAME, "main").text)
 
@@ -309,7 +322,9 @@ def test_a_course_of_three_sessions_with_one_therapist_and_proposed_next_times(
     firefox.execute_script(
         set_date, script_args=(firefox.find_element(By.ID, "proposed-time"), "18:00")
     )
-    press(firefox, firefox.find_element(By.CSS_SELECTOR, "#course form:last-of-type button"))
+    send_on_chat_page(
+        firefox, firefox.find_element(By.CSS_SELECTOR, "#course form:last-of-type button")
+    )
     assert "waiting for their confirmation" in main_text(firefox)
     # ... and publishes a free time, for the session after that.
     third = second + datetime.timedelta(days=3)
@@ -333,7 +348,7 @@ def test_a_course_of_three_sessions_with_one_therapist_and_proposed_next_times(
         if number == 2:  # the next time is one of the therapist's published free times
             select = firefox.find_element(By.ID, "proposed-slot")
             assert third.strftime("%H:%M") in str(select.text)
-            press(firefox, firefox.find_element(By.CSS_SELECTOR, "#course form button"))
+            send_on_chat_page(firefox, firefox.find_element(By.CSS_SELECTOR, "#course form button"))
             assert "waiting for their confirmation" in main_text(firefox)
         log_out(firefox)
 
