@@ -9,7 +9,7 @@ APT_GET := $(SUDO) apt-get -o DPkg::Lock::Timeout=600
 export PYTHONSAFEPATH := 1
 
 SERVE_DEBS := python3-venv tor
-TEST_DEBS := $(SERVE_DEBS) firefox-esr e2fsprogs mount
+TEST_DEBS := $(SERVE_DEBS) firefox-esr e2fsprogs mount faketime
 
 .PHONY: serve test install install-test debs debs-test catalogs lint FORCE
 

@@ -28,6 +28,7 @@ from stillroom.webapp.keyslots import (
 )
 from stillroom.webapp.settings import Settings
 from stillroom.webapp.store import checkpoint, transaction
+from stillroom.webapp.study.definition import Study
 from stillroom.webapp.study.intake import booking_refusal
 
 MIN_DURATION_MINUTES = 15
@@ -153,11 +154,14 @@ def publish_slots(
     languages: tuple[str, ...],
     offered: tuple[str, ...],
     now: int,
+    for_participant: str | None = None,
 ) -> list[str]:
     """Publish one slot per start time, all or none.
 
     :param starts: UTC start times (one, or one per week of a weekly pattern).
     :param offered: the languages this therapist works in.
+    :param for_participant: the one participant who may book it (a proposed next time),
+        or ``None`` for everyone.
     :raises SlotInputError: for a start in the past or more than a year ahead, a
         duration out of range, too many weeks, or languages the therapist does not offer.
     :raises OverlapError: when a slot would overlap another of this therapist's.
@@ -191,6 +195,7 @@ def publish_slots(
                     "starts_at": start,
                     "ends_at": start + length,
                     "languages": ",".join(languages),
+                    "for_participant": for_participant,
                 }
             )
             ids.append(slot_id)
@@ -218,6 +223,9 @@ def delete_free_slot(db: Database, therapist_id: str, slot_id: str) -> None:
 
 #: Whose times participants may book: enrolled therapists the operator has not disabled.
 _BOOKABLE = "therapists.disabled = 0 AND therapists.slot IS NOT NULL"
+
+#: Whether the slot was made for one participant other than ``?`` (a proposed next time).
+_RESERVED = "coalesce(slots.for_participant != ?, 0)"
 
 #: Whether the therapist withholds their times from the participant ``?``: the account was
 #: made on or after the day of a block that asked for it (days, never times, are compared).
@@ -259,24 +267,33 @@ def therapist_slots(db: Database, therapist_id: str, now: int) -> list[Slot]:
 
 
 def free_slots(
-    db: Database, language: str, earliest: int, until: int, participant_id: str = ""
+    db: Database,
+    language: str,
+    earliest: int,
+    until: int,
+    participant_id: str = "",
+    therapists: frozenset[str] | None = None,
 ) -> list[Slot]:
     """Return the free slots offered in ``language`` starting from ``earliest`` to ``until``.
 
-    Callers keep ``earliest`` at least the booking notice (a setting) from now.
+    Callers keep ``earliest`` at least the booking notice (a setting) from now. Times
+    made for one participant (proposed next times) are never listed: they are
+    confirmed from the account page.
 
     :param participant_id: who is looking: times a therapist withholds from their
         account are left out.
+    :param therapists: only these therapists' times (the course's); ``None``: anyone's.
     """
     rows = db.execute(
         _SLOT_QUERY + f" WHERE appointments.id IS NULL AND {_BOOKABLE}"
-        f" AND NOT {_WITHHELD}"
+        f" AND NOT {_WITHHELD} AND slots.for_participant IS NULL"
         " AND slots.starts_at >= ? AND slots.starts_at < ?"
         " AND instr(',' || slots.languages || ',', ?) > 0"
         " ORDER BY slots.starts_at, therapists.name",
         [participant_id, earliest, until, f",{language},"],
     ).fetchall()
-    return [_slot(row) for row in rows]
+    found = [_slot(row) for row in rows]
+    return [slot for slot in found if therapists is None or slot.therapist_id in therapists]
 
 
 def book(
@@ -289,11 +306,15 @@ def book(
     cutoff_seconds: int,
     replacing: str | None = None,
     notice_seconds: int = 0,
+    therapists: frozenset[str] | None = None,
 ) -> str:
     """Book a free slot for a participant, or move ``replacing`` onto it; return its id.
 
     A slot must start at least ``notice_seconds`` after ``now`` (the views pass the
     deployment's ``booking_notice_minutes``); one that has started is never booked.
+
+    :param therapists: only these therapists' times may be booked (the course's rule,
+        :mod:`stillroom.webapp.study.course`); ``None``: anyone's.
 
     :raises NotFoundError: for a ``replacing`` that is not theirs.
     :raises SlotTakenError: when another participant holds the slot.
@@ -309,11 +330,11 @@ def book(
                 _release(db, participant_id, replacing, now, cutoff_seconds)
             row = db.execute(
                 "SELECT slots.therapist_id, slots.starts_at, slots.ends_at, slots.languages,"  # noqa: S608 - constants only
-                f" NOT ({_BOOKABLE}) OR {_WITHHELD}, (SELECT count(*) FROM appointments"
-                " WHERE slot_id = slots.id)"
+                f" NOT ({_BOOKABLE}) OR {_WITHHELD} OR {_RESERVED},"
+                " (SELECT count(*) FROM appointments WHERE slot_id = slots.id)"
                 " FROM slots JOIN therapists ON therapists.id = slots.therapist_id"
                 " WHERE slots.id = ?",
-                [participant_id, slot_id],
+                [participant_id, participant_id, slot_id],
             ).fetchone()
             if row is None:  # withdrawn meanwhile, or an id that never existed
                 raise SlotUnavailableError
@@ -322,6 +343,7 @@ def book(
                 raise SlotTakenError
             if (
                 unbookable
+                or (therapists is not None and therapist_id not in therapists)
                 or starts_at < now + notice_seconds
                 or language not in languages.split(",")
             ):
@@ -575,13 +597,22 @@ def booking_opens_at(created_day: str | None, min_hours: int) -> int:
 
 
 def may_book(
-    db: Database, participant_id: str, now: int, settings: Settings
+    db: Database,
+    participant_id: str,
+    now: int,
+    settings: Settings,
+    study: Study | None = None,
 ) -> BookingError | None:
     """Return why this account may not book now, or ``None`` when it may.
 
     The rules about the account (not the time chosen) meet here, so that the views ask
     once and a study's intake adds its own ("intake complete") in the same place.
+
+    :param study: the running study, whose arm and waitlist decide too; ``None``: open mode.
     """
+    # The course builds on booking, so it is imported here rather than at the top.
+    from stillroom.webapp.study.course import refusal
+
     row = db.execute(
         "SELECT blocked, created_day FROM participants WHERE id = ?", [participant_id]
     ).fetchone()
@@ -597,7 +628,7 @@ def may_book(
             return IntakeIncompleteError()
         if why == "stopped":
             return SessionsStoppedError()
-        return None
+        return refusal(db, participant_id, now, study)  # the arm and its waitlist
     opens_at = booking_opens_at(created_day, settings.booking_min_account_hours)
     if now < opens_at:
         return AccountTooNewError(opens_at)

@@ -120,6 +120,13 @@ INVENTORY: tuple[Table, ...] = (
             Column("starts_at", _l("When it starts.")),
             Column("ends_at", _l("When it ends.")),
             Column("languages", _l("The languages offered at that time.")),
+            Column(
+                "for_participant",
+                _l(
+                    "Your account, when your therapist made this time for you alone as the"
+                    " proposed next session; empty for times everyone can book."
+                ),
+            ),
         ),
     ),
     Table(
@@ -149,6 +156,10 @@ INVENTORY: tuple[Table, ...] = (
             ),
             Column("chat_extra_minutes", _l("How long the therapist extended the chat.")),
             Column("chat_closed", _l("Whether the therapist closed the chat early.")),
+            Column(
+                "course_counted",
+                _l("Whether it has been counted in your course of sessions, so it counts once."),
+            ),
         ),
     ),
     Table(
@@ -585,6 +596,35 @@ INVENTORY: tuple[Table, ...] = (
             Column("applied_at", _l("When the server applied it.")),
         ),
         public=False,
+    ),
+    Table(
+        name="courses",
+        purpose=_l(
+            "Your course of sessions: the therapist you keep across it, and how many"
+            " sessions you have had."
+        ),
+        readers=_l("The server, to offer you your therapist's times and show your progress."),
+        retention=_l("Until your account is deleted."),
+        columns=(
+            Column("participant_id", _l("Your account.")),
+            Column("therapist_id", _l("The therapist of your course.")),
+            Column(
+                "attended",
+                _l("How many sessions took place: a chat in which something was written."),
+            ),
+        ),
+    ),
+    Table(
+        name="proposals",
+        purpose=_l("The next time your therapist proposed to you, until you confirm it."),
+        readers=_l("You and your therapist."),
+        retention=_l("Until you confirm it, its time begins or someone else books it."),
+        columns=(
+            Column("participant_id", _l("Your account.")),
+            Column("therapist_id", _l("The therapist who proposed it.")),
+            Column("slot_id", _l("The proposed time.")),
+            Column("language", _l("The language of your course.")),
+        ),
     ),
 )
 

@@ -5,8 +5,10 @@ destruction leaves one: looked for at start-up and by ``stillroom purge``), acco
 unused for ``ACCOUNT_RETENTION_DAYS``, expired sessions of both apps, enrolment links
 that were never used, failed-login counts that have run out, the keys of message days
 that have come and those days' messages, conversations nobody needs, slots that have
-ended, appointments past their retention and therapists' notes unchanged for
-``NOTE_RETENTION_DAYS``. Every deleted key slot is overwritten in
+ended, appointments past their retention, therapists' notes unchanged for
+``NOTE_RETENTION_DAYS`` and proposed next times that have begun or were taken. The
+same pass counts the course sessions that are over and, in a study, logs the
+crossovers of waitlists that have ended. Every deleted key slot is overwritten in
 place; each run ends with a write-ahead-log checkpoint so deleted rows leave the
 ``-wal`` file too.
 """
@@ -14,10 +16,12 @@ place; each run ends with a write-ahead-log checkpoint so deleted rows leave the
 from __future__ import annotations
 
 import datetime
+import functools
 import logging
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from sqlite_utils import Database
 
@@ -30,6 +34,8 @@ from stillroom.webapp.notes import purge_notes
 from stillroom.webapp.sessions import end_expired_sessions
 from stillroom.webapp.settings import Settings
 from stillroom.webapp.store import StoreUnwritableError, checkpoint, connect, transaction
+from stillroom.webapp.study.course import count_sessions, cross_over_due, purge_proposals
+from stillroom.webapp.study.definition import Study, load_study
 from stillroom.webapp.therapists import forget_old_failures
 
 log = logging.getLogger(__name__)
@@ -61,11 +67,27 @@ def _delete_expired(db: Database, now: int, settings: Settings, orphans: bool) -
     with transaction(db):
         removed += db.execute("DELETE FROM enrolments WHERE expires_at <= ?", [now]).rowcount
     removed += forget_old_failures(db, now)
+    # Before messages go: a session is counted from the messages stored for it.
+    study = running_study(settings)
+    count_sessions(db, now, settings.message_retention_days, study)
+    if study is not None:
+        cross_over_due(db, now, study)
     removed += purge_chats(db, now, settings.chat_opens_minutes_before)
     removed += purge_bookings(db, now, settings.appointment_retention_days * 24 * 3600)
     removed += purge_notes(db, now, settings.note_retention_days)
+    removed += purge_proposals(db, now)
     checkpoint(db, strict=True)  # readers blocking it: the next run retries; a full disk: raise
     return removed
+
+
+@functools.cache
+def _study_at(folder: str) -> Study:
+    return load_study(Path(folder))  # checked when the apps started; read once per process
+
+
+def running_study(settings: Settings) -> Study | None:
+    """Return the study this deployment runs, or ``None`` in open mode."""
+    return _study_at(settings.study) if settings.study else None
 
 
 def start_periodic_purge(

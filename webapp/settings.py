@@ -134,6 +134,14 @@ class Settings:
         "A therapist's notes about a participant are deleted this many days after their last"
         " change (sooner with the account, or a reset of the therapist).",
     )
+    course_sessions: int = _setting(
+        6,
+        "Without a study, the sessions a course with one therapist plans (the account page"
+        " shows 'session 2 of 6'); a study's definition sets its own.",
+    )
+    course_weeks: int = _setting(
+        4, "Without a study, the weeks a course is planned to span (shown to participants)."
+    )
     chat_rate_messages: int = _setting(
         10, "Messages one session may send within STILLROOM_CHAT_RATE_SECONDS."
     )
@@ -236,6 +244,8 @@ class Settings:
             "note_retention_days": (1, 3650),
             "enrolment_link_hours": (1, 168),
             "login_pause_minutes": (1, 1440),
+            "course_sessions": (1, 52),
+            "course_weeks": (1, 52),
             "chat_rate_messages": (1, 1000),
             "chat_rate_seconds": (1, 3600),
         }

@@ -655,3 +655,33 @@ def create_study_intake(db: Database) -> None:
         """
     )
     db.execute("CREATE INDEX study_answers_pseudonym ON study_answers(pseudonym)")
+
+
+@migrations()
+def create_course(db: Database) -> None:
+    """The course of sessions: its therapist and count, proposed next times, counted chats."""
+    db.execute(
+        """
+        CREATE TABLE courses (
+            participant_id TEXT PRIMARY KEY REFERENCES participants(id) ON DELETE CASCADE,
+            therapist_id TEXT REFERENCES therapists(id) ON DELETE SET NULL,
+            attended INTEGER NOT NULL DEFAULT 0
+        ) STRICT
+        """
+    )
+    db.execute(
+        """
+        CREATE TABLE proposals (
+            participant_id TEXT PRIMARY KEY REFERENCES participants(id) ON DELETE CASCADE,
+            therapist_id TEXT NOT NULL REFERENCES therapists(id) ON DELETE CASCADE,
+            slot_id TEXT NOT NULL REFERENCES slots(id) ON DELETE CASCADE,
+            language TEXT NOT NULL
+        ) STRICT
+        """
+    )
+    # A proposed next time the therapist made for one participant: nobody else sees it.
+    db.execute(
+        "ALTER TABLE slots ADD COLUMN for_participant TEXT"
+        " REFERENCES participants(id) ON DELETE CASCADE"
+    )
+    db.execute("ALTER TABLE appointments ADD COLUMN course_counted INTEGER NOT NULL DEFAULT 0")

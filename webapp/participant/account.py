@@ -50,10 +50,16 @@ from stillroom.webapp.participant.blueprint import (
     open_pending,
     seal_pending,
 )
-from stillroom.webapp.participant.booking import books_from, my_appointments
+from stillroom.webapp.participant.booking import (
+    books_from,
+    course_summary,
+    my_appointments,
+    study,
+)
 from stillroom.webapp.participant.booking import participant_id as current_participant_id
 from stillroom.webapp.participant.pages import notice
 from stillroom.webapp.participant.study import intake_redirect, study_values
+from stillroom.webapp.study.course import NotInCourseError, WaitlistError
 from stillroom.webapp.times import DEFAULT_ZONE
 
 UNREADABLE = _l("This passphrase could not be read. Type only the words, separated by spaces.")
@@ -201,13 +207,16 @@ def account() -> Any:
     unfinished = intake_redirect()  # in a study: back to the step of intake they are at
     if unfinished is not None:
         return unfinished
+    summary = course_summary()  # first: a waitlist that ended today crosses over here
     upcoming = upcoming_appointments(db(), current_participant_id(), now())
-    refusal = may_book(db(), current_participant_id(), now(), settings())
+    refusal = may_book(db(), current_participant_id(), now(), settings(), study())
     return render_template(
         "participant/account.html",
         appointments=my_appointments(),
+        course=summary,
+        # A waitlist, or an arm without chat, is said in the course's part of the page.
         can_book=len(upcoming) < settings().max_upcoming_bookings
-        and not isinstance(refusal, SessionsStoppedError),
+        and not isinstance(refusal, SessionsStoppedError | WaitlistError | NotInCourseError),
         books_from=books_from(refusal) if isinstance(refusal, AccountTooNewError) else None,
         notice=notice(),
         **study_values(),

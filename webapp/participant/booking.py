@@ -6,7 +6,7 @@ import datetime
 from dataclasses import dataclass
 from typing import Any
 
-from flask import abort, redirect, render_template, request, url_for
+from flask import abort, current_app, redirect, render_template, request, url_for
 from flask_babel import lazy_gettext as _l
 from werkzeug.wrappers import Response
 
@@ -14,6 +14,7 @@ from stillroom.webapp.booking import (
     AccountTooNewError,
     Appointment,
     BookingBlockedError,
+    BookingError,
     BookingLimitError,
     IntakeIncompleteError,
     NotFoundError,
@@ -21,7 +22,6 @@ from stillroom.webapp.booking import (
     SlotTakenError,
     SlotUnavailableError,
     TooLateError,
-    book,
     cancel_by_participant,
     dismiss_cancelled,
     free_slots,
@@ -31,10 +31,13 @@ from stillroom.webapp.booking import (
     participant_appointments,
     set_time_zone,
     time_zone_of,
+    upcoming_appointments,
 )
 from stillroom.webapp.gate import current_session, db, now, settings
 from stillroom.webapp.i18n import current_language
 from stillroom.webapp.participant.blueprint import bp, login_required
+from stillroom.webapp.study import course
+from stillroom.webapp.study.definition import Study
 from stillroom.webapp.times import (
     PARTICIPANT_ZONES,
     format_clock,
@@ -62,10 +65,28 @@ SESSIONS_STOPPED = _l(
     "You chose to stop the sessions, so no new time can be booked. If you need help now,"
     " the help page lists who you can call."
 )
+WAITING = _l(
+    "Your waiting time ends on %(day)s. From that day you can book your first session here."
+    " If you need help before then, the help page lists who you can call."
+)
+NO_COURSE = _l(
+    "Booking chat sessions is not part of your place in the study. If you need help now,"
+    " the help page lists who you can call."
+)
+PROPOSAL_GONE = _l(
+    "The proposed time is no longer available. You can choose another time, or wait for"
+    " your therapist to propose a new one."
+)
 TOO_NEW = _l(
     "New accounts can book a time from %(when)s. This short wait keeps the times free for"
     " the people who need them. If you need help now, the help page lists who you can call."
 )
+
+
+def study() -> Study | None:
+    """Return the study this deployment runs, or ``None`` in open mode."""
+    running: Study | None = current_app.config["STUDY"]
+    return running
 
 
 def participant_id() -> str:
@@ -118,6 +139,11 @@ def books_from(refusal: AccountTooNewError) -> str:
     return str(TOO_NEW % {"when": f"{day}, {format_clock(refusal.opens_at, band, language)}"})
 
 
+def waiting_text(refusal: course.WaitlistError) -> str:
+    """Return when a waitlist ends, as a day in the participant's zone."""
+    return str(WAITING % {"day": format_day(refusal.opens_at, zone(), current_language())})
+
+
 def too_late_text() -> str:
     """Return the cutoff message with this deployment's hours."""
     return str(TOO_LATE % {"hours": settings().booking_cutoff_hours})
@@ -146,7 +172,9 @@ def free_week(number: int) -> Week:
     horizon = now() + s.booking_weeks_ahead * 7 * 24 * 3600
     earliest = max(week_start, now() + s.booking_notice_minutes * 60)
     days: dict[str, list[dict[str, Any]]] = {}
-    for slot in free_slots(db(), language, earliest, min(week_end, horizon), participant_id()):
+    who = participant_id()
+    therapists = course.bookable_therapists(db(), who, language, study())
+    for slot in free_slots(db(), language, earliest, min(week_end, horizon), who, therapists):
         day = format_day(slot.starts_at, band, language)
         days.setdefault(day, []).append(
             {
@@ -157,7 +185,7 @@ def free_week(number: int) -> Week:
                 "final": slot.starts_at - now() < s.booking_cutoff_hours * 3600,
             }
         )
-    later = bool(free_slots(db(), language, max(week_end, earliest), horizon, participant_id()))
+    later = bool(free_slots(db(), language, max(week_end, earliest), horizon, who, therapists))
     return Week(number, list(days.items()), later)
 
 
@@ -181,37 +209,28 @@ def booking() -> Any:
     error = None
     waiting = None
     status = 200
-    refusal = may_book(db(), participant_id(), now(), settings())
+    course.cross_over_if_due(db(), participant_id(), now(), study())
+    refusal = may_book(db(), participant_id(), now(), settings(), study())
     if request.method == "POST" and refusal is None:
         slot_id = request.form.get("slot", "")
         if not slot_id:
             error, status = CHOOSE, 400
         else:
-            s = settings()
             try:
-                book(
+                course.book_in_course(
                     db(),
                     participant_id(),
                     slot_id,
                     current_language(),
                     now(),
-                    s.max_upcoming_bookings,
-                    s.booking_cutoff_hours * 3600,
+                    settings(),
+                    study(),
                     replacing=moving,
-                    notice_seconds=s.booking_notice_minutes * 60,
                 )
             except NotFoundError:
                 abort(404)
-            except SlotTakenError:
-                error, status = TAKEN, 409
-            except SlotUnavailableError:
-                error, status = UNAVAILABLE, 409
-            except BookingLimitError:
-                error, status = LIMIT, 409
-            except TooLateError:
-                error, status = too_late_text(), 409
-            except BookingBlockedError:
-                error, status = NOT_AVAILABLE, 403
+            except BookingError as problem:
+                error, status = refusal_text(problem)
             else:
                 done = "moved" if moving else "booked"
                 return redirect(url_for("participant.account", done=done))
@@ -222,8 +241,9 @@ def booking() -> Any:
         return redirect(url_for("participant.account"))
     elif isinstance(refusal, SessionsStoppedError):
         error, status = SESSIONS_STOPPED, 403
-    elif isinstance(refusal, AccountTooNewError):  # not yet: a notice, unless they tried
-        waiting = books_from(refusal)
+    elif isinstance(refusal, AccountTooNewError | course.WaitlistError | course.NotInCourseError):
+        # Not yet (or not in this arm): a notice, unless they tried.
+        waiting = notice_of(refusal)
         status = 403 if request.method == "POST" else 200
     elif refusal is not None:
         abort(404)
@@ -245,6 +265,103 @@ def booking() -> Any:
         notice=waiting,
         error=error,
     ), status
+
+
+def refusal_text(problem: BookingError) -> tuple[str, int]:
+    """Return the calm sentence and the status for a booking that was refused."""
+    if isinstance(problem, SlotTakenError):
+        return str(TAKEN), 409
+    if isinstance(problem, BookingLimitError):
+        return str(LIMIT), 409
+    if isinstance(problem, TooLateError):
+        return too_late_text(), 409
+    if isinstance(problem, BookingBlockedError):
+        return str(NOT_AVAILABLE), 403
+    if isinstance(problem, course.ProposalGoneError):
+        return str(PROPOSAL_GONE), 409
+    if isinstance(problem, AccountTooNewError | course.WaitlistError | course.NotInCourseError):
+        return notice_of(problem), 403
+    return str(UNAVAILABLE), 409
+
+
+def notice_of(refusal: BookingError) -> str:
+    """Return the sentence that says why this account cannot book yet (or at all)."""
+    if isinstance(refusal, course.WaitlistError):
+        return waiting_text(refusal)
+    if isinstance(refusal, AccountTooNewError):
+        return books_from(refusal)
+    return str(NO_COURSE)
+
+
+def course_summary() -> dict[str, Any]:
+    """Return what the account page shows of the course: where they are, what comes next.
+
+    Viewing the page is also when a waitlist that has ended crosses over (if the
+    maintenance pass has not done it already this minute) and ended chats are counted.
+    """
+    who = participant_id()
+    course.cross_over_if_due(db(), who, now(), study())
+    course.count_sessions(db(), now(), settings().message_retention_days, study())
+    place = course.standing(db(), who, now(), settings(), study())
+    proposal = place.proposal
+    return {
+        "place": place,
+        "waiting": None
+        if place.waitlist_ends is None
+        else waiting_text(course.WaitlistError(place.waitlist_ends)),
+        "proposal": None
+        if proposal is None
+        else format_when(proposal.starts_at, proposal.ends_at, zone(), current_language()),
+        "proposed_by": None if proposal is None else proposal.therapist_name,
+        "next": next_appointment(who),
+        "error": refusal_text_for(request.args.get("course", "")),
+        # Part 2's assessments show here what is due next; nothing is due yet.
+        "due": None,
+    }
+
+
+def next_appointment(who: str) -> str | None:
+    """Return when the participant's next appointment is, in their zone, if they have one."""
+    upcoming = upcoming_appointments(db(), who, now())
+    if not upcoming:
+        return None
+    first = upcoming[0]
+    return format_when(first.starts_at, first.ends_at, zone(), current_language())
+
+
+def refusal_text_for(code: str) -> str | None:
+    """Return the sentence for a refused confirmation, named by its code in the address."""
+    texts = {
+        "gone": PROPOSAL_GONE,
+        "limit": LIMIT,
+        "unavailable": UNAVAILABLE,
+        "refused": NOT_AVAILABLE,
+    }
+    found = texts.get(code)
+    return None if found is None else str(found)
+
+
+@bp.post("/course/confirm")
+@login_required
+def confirm_proposal() -> Response:
+    """Book the time the therapist proposed, with one click and every rule of booking."""
+    refusal = may_book(db(), participant_id(), now(), settings(), study())
+    code = None
+    try:
+        if refusal is not None:
+            raise refusal
+        course.confirm_proposal(db(), participant_id(), now(), settings(), study())
+    except course.ProposalGoneError:
+        code = "gone"
+    except BookingLimitError:
+        code = "limit"
+    except (SlotTakenError, SlotUnavailableError, TooLateError):
+        code = "unavailable"
+    except BookingError:
+        code = "refused"
+    if code is not None:
+        return redirect(url_for("participant.account", course=code, _anchor="course"))
+    return redirect(url_for("participant.account", done="booked"))
 
 
 @bp.post("/time-zone")

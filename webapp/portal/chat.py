@@ -89,7 +89,15 @@ def chat(appointment_id: str) -> str:
         can_extend=appointment.extra_minutes + EXTENSION_MINUTES <= MAX_EXTENSION_MINUTES,
         extension=EXTENSION_MINUTES,
         notice=notice(),
+        **course_context(appointment),
     )
+
+
+def course_context(appointment: ChatAppointment) -> dict[str, Any]:
+    """Return the course's part of the chat page (proposing the next time, handing over)."""
+    from stillroom.webapp.portal.course import course_context as context  # it imports this one
+
+    return context(appointment)
 
 
 @bp.post("/chat/<appointment_id>/extend")
