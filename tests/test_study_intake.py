@@ -377,3 +377,20 @@ def test_open_mode_has_no_study_pages(app):
     AuthActions(open_client).create()
     assert open_client.get("/en/account").status_code == 200
     assert open_client.get("/en/study").status_code == 404
+
+
+def test_a_waitlisted_participant_cannot_book_even_where_the_study_is_not_passed(
+    client, db, study_env
+):
+    """The booking gate fails closed: in a study, no caller can open the control arm."""
+    settings = study_env[0]
+    for _ in range(6):  # blocks of 2 to 6 at 1:1: six intakes reach both arms
+        through_intake(client_for(settings, client.application.config["CLOCK"]))
+    rows = db.execute(
+        "SELECT sp.participant_id, a.arm FROM study_participants sp"
+        " JOIN allocations a ON a.pseudonym = sp.pseudonym"
+    ).fetchall()
+    waitlisted = [participant for participant, arm in rows if arm == "waitlist"]
+    assert waitlisted
+    assert may_book(db, waitlisted[0], 0, settings) is not None
+    assert may_book(db, waitlisted[0], 0, settings, load_study(study_env[1])) is not None

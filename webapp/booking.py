@@ -611,7 +611,7 @@ def may_book(
     :param study: the running study, whose arm and waitlist decide too; ``None``: open mode.
     """
     # The course builds on booking, so it is imported here rather than at the top.
-    from stillroom.webapp.study.course import refusal
+    from stillroom.webapp.study.course import NotInCourseError, refusal
 
     row = db.execute(
         "SELECT blocked, created_day FROM participants WHERE id = ?", [participant_id]
@@ -628,6 +628,8 @@ def may_book(
             return IntakeIncompleteError()
         if why == "stopped":
             return SessionsStoppedError()
+        if study is None:  # a caller that forgot the study must not open the control arm
+            return NotInCourseError()
         return refusal(db, participant_id, now, study)  # the arm and its waitlist
     opens_at = booking_opens_at(created_day, settings.booking_min_account_hours)
     if now < opens_at:
