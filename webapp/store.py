@@ -655,3 +655,15 @@ def create_study_intake(db: Database) -> None:
         """
     )
     db.execute("CREATE INDEX study_answers_pseudonym ON study_answers(pseudonym)")
+
+
+@migrations()
+def add_study_days(db: Database) -> None:
+    """A started study's last day, the day its research data is erased, and the day it was.
+
+    A study started before these days were kept has none (NULL): it never ends by itself,
+    and ``stillroom study amend`` records them.
+    """
+    db.execute("ALTER TABLE study ADD COLUMN last_day TEXT")
+    db.execute("ALTER TABLE study ADD COLUMN erase_day TEXT")
+    db.execute("ALTER TABLE study ADD COLUMN erased_day TEXT")
