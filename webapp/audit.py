@@ -32,6 +32,16 @@ from stillroom.webapp.study import log as study_log
 GRACE_SECONDS = 5 * 60
 #: Bytes around the padded plaintext of an envelope: version byte, nonce, tag.
 ENVELOPE_OVERHEAD = 1 + 24 + 16
+#: A study's research data, erased for good on its erasure day (written out again here
+#: rather than taken from the purge, as every rule of this report).
+RESEARCH_TABLES = (
+    "study_answers",
+    "study_consents",
+    "study_participants",
+    "allocations",
+    "allocation_lists",
+    "study_log",
+)
 #: The triggers that refuse changes to the study log and to allocations.
 APPEND_ONLY_TRIGGERS = {
     f"{table}_no_{change}"
@@ -117,6 +127,20 @@ def _overdue(settings: Settings, now: int) -> Iterator[tuple[str, str, list[obje
         "therapists' notes past their retention",
         "notes WHERE edited_day <= ?",
         [noted.isoformat()],
+    )
+    # A study's research data must not outlive the erasure day its definition sets.
+    erase_due = "(SELECT erase_day FROM study) <= ?"
+    for table in RESEARCH_TABLES:
+        yield (
+            f"{table} rows past the study's erasure day",
+            f"{table} WHERE {erase_due}",
+            [day.isoformat()],
+        )
+    yield (
+        "notes about study participants past the study's erasure day",
+        "notes WHERE participant_id IN (SELECT participant_id FROM study_participants)"
+        " AND (SELECT erase_day FROM study) <= ?",
+        [day.isoformat()],
     )
 
 
@@ -277,7 +301,17 @@ def check_no_access_log(db: Database, settings: Settings, now: int) -> Check:
 
 
 def check_study_log(db: Database, settings: Settings, now: int) -> Check:
-    """The study log's hash chain is whole, and the triggers that keep it append-only exist."""
+    """The study log's hash chain is whole, and the triggers that keep it append-only exist.
+
+    Once the study's research data is erased the log must be empty: its chain is gone
+    with it, as the study's rules say.
+    """
+    erased = db.execute("SELECT erased_day FROM study WHERE erased_day IS NOT NULL").fetchone()
+    if erased is not None:
+        (rows,) = db.execute("SELECT count(*) FROM study_log").fetchone()
+        if rows:
+            return Check("study-log", False, f"{rows} rows outlive the erasure on {erased[0]}")
+        return Check("study-log", True, f"the study ended; its log was erased on {erased[0]}")
     try:
         head = study_log.verify(db)
     except study_log.StudyLogError as error:

@@ -29,7 +29,7 @@ from stillroom.webapp.keyslots import (
 from stillroom.webapp.settings import Settings
 from stillroom.webapp.store import checkpoint, transaction
 from stillroom.webapp.study.definition import Study
-from stillroom.webapp.study.intake import booking_refusal
+from stillroom.webapp.study.intake import booking_refusal, outside_study
 
 MIN_DURATION_MINUTES = 15
 MAX_DURATION_MINUTES = 180
@@ -621,8 +621,10 @@ def may_book(
     blocked, created_day = row
     if blocked:
         return BookingBlockedError()
-    if settings.study:
-        # In a study the intake, not the account's age, keeps new accounts from booking.
+    day = datetime.datetime.fromtimestamp(now, datetime.UTC).date()
+    if settings.study and not outside_study(db, participant_id, day):
+        # In a study the intake, not the account's age, keeps new accounts from booking;
+        # once it has ended, only those allocated keep the study's rules.
         why = booking_refusal(db, participant_id)
         if why == "intake":
             return IntakeIncompleteError()

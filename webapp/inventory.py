@@ -264,7 +264,8 @@ INVENTORY: tuple[Table, ...] = (
         readers=_l("Only the therapist who wrote them; the server only while they are logged in."),
         retention=_l(
             "Deleted %(note_days)s days after the therapist last changed them, with your"
-            " account, or when the therapist's account is reset. Their key is deleted with them."
+            " account, or when the therapist's account is reset; if you take part in a study,"
+            " at the latest with the study's research data. Their key is deleted with them."
         ),
         columns=(
             Column("participant_id", _l("Your account.")),
@@ -398,7 +399,10 @@ INVENTORY: tuple[Table, ...] = (
             " rules, and the public keys its data is sealed to. Nothing about you."
         ),
         readers=_l("The server."),
-        retention=_l("Until the study ends, and after that as long as its published rules say."),
+        retention=_l(
+            "Kept after the study ends as the record that it ran; its research data is"
+            " erased on the day its published rules set."
+        ),
         columns=(
             Column("id", _l("The study's short name.")),
             Column(
@@ -428,6 +432,21 @@ INVENTORY: tuple[Table, ...] = (
                 ),
             ),
             Column("consent_version", _l("The consent version participants are asked for now.")),
+            Column(
+                "last_day",
+                _l("The study's last day: after it, nobody new is asked to take part."),
+            ),
+            Column(
+                "erase_day",
+                _l("The day the study's research data is erased for good, as its rules say."),
+            ),
+            Column(
+                "erased_day",
+                _l(
+                    "The day the study's research data was erased, so that everyone can see"
+                    " the study ran and that its data is gone."
+                ),
+            ),
         ),
     ),
     Table(
@@ -438,7 +457,7 @@ INVENTORY: tuple[Table, ...] = (
             " entry is chained to the one before, so no entry can be changed unnoticed."
         ),
         readers=_l("The server and the study team."),
-        retention=_l("Until the study ends, and after that as long as its published rules say."),
+        retention=_l("Erased for good on the day the study's published rules set after it ends."),
         columns=(
             Column("seq", _l("The entry's number.")),
             Column("day", _l("The day (not the time) it happened.")),
@@ -460,7 +479,7 @@ INVENTORY: tuple[Table, ...] = (
             "Nobody before the study ends: the server opens one entry at a time, and the"
             " statistician opens the lists afterwards to check them."
         ),
-        retention=_l("Until the study ends, and after that as long as its published rules say."),
+        retention=_l("Erased for good on the day the study's published rules set after it ends."),
         columns=(
             Column("stratum", _l("The group: language and site.")),
             Column("length", _l("How many entries the list has.")),
@@ -491,7 +510,7 @@ INVENTORY: tuple[Table, ...] = (
             " once and for good."
         ),
         readers=_l("The server, to offer you the right next step; the study team."),
-        retention=_l("Until the study ends, and after that as long as its published rules say."),
+        retention=_l("Erased for good on the day the study's published rules set after it ends."),
         columns=(
             Column("pseudonym", _l("Your random study name.")),
             Column("stratum", _l("Your group: language and site.")),
@@ -508,7 +527,9 @@ INVENTORY: tuple[Table, ...] = (
         ),
         readers=_l("The server, to lead you through the study's steps."),
         retention=_l(
-            "Until you delete your account; the study name stays in the study log after that."
+            "Until you delete your account, and at the latest until the day the study's"
+            " published rules set for erasing its research data; the study name stays in the"
+            " study log until then."
         ),
         columns=(
             Column("participant_id", _l("The account this place belongs to.")),
@@ -545,8 +566,8 @@ INVENTORY: tuple[Table, ...] = (
         ),
         readers=_l("The server and the study team."),
         retention=_l(
-            "Until you withdraw and erase, or delete your account; otherwise as long as the"
-            " study's published rules say."
+            "Until you withdraw and erase, or delete your account, and at the latest until"
+            " the day the study's published rules set for erasing its research data."
         ),
         columns=(
             Column("pseudonym", _l("Your random study name.")),
@@ -565,8 +586,8 @@ INVENTORY: tuple[Table, ...] = (
         ),
         readers=_l("Only the study team, with its own key."),
         retention=_l(
-            "Until you withdraw and erase, or delete your account; otherwise as long as the"
-            " study's published rules say."
+            "Until you withdraw and erase, or delete your account, and at the latest until"
+            " the day the study's published rules set for erasing its research data."
         ),
         columns=(
             Column("id", _l("Row number.")),

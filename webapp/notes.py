@@ -9,8 +9,9 @@ A note is padded, sealed to the therapist's public key (only their secret key op
 it) and locked under a key slot of its own. Every save takes a new slot and destroys
 the old one, so what a therapist deletes from a note opens nowhere on the disk. The
 slot is destroyed when the note goes: the purge, ``NOTE_RETENTION_DAYS`` after the
-last change; the participant deleting the account (the pair goes with it); and a
-reset of the therapist, whose old key pair could never open it again.
+last change, or for a study's participant on the day the study's research data is
+erased, whichever comes first; the participant deleting the account (the pair goes
+with it); and a reset of the therapist, whose old key pair could never open it again.
 """
 
 from __future__ import annotations
@@ -186,3 +187,17 @@ def purge_notes(db: Database, now: int, retention_days: int) -> int:
         gone = doomed(db, old)
     destroy_slots(db, gone)
     return len(old)
+
+
+def delete_study_notes(db: Database) -> list[int]:
+    """Inside the study's erasure: delete every note about a study participant.
+
+    A note about someone in a study is research-adjacent: it must not outlive the
+    study's research data, whatever the note retention allows.
+
+    :returns: the slots to destroy once the transaction is committed.
+    """
+    where = "participant_id IN (SELECT participant_id FROM study_participants)"
+    slots = [int(row[0]) for row in db.execute(f"SELECT slot FROM notes WHERE {where}")]  # noqa: S608
+    db.execute(f"DELETE FROM notes WHERE {where}")  # noqa: S608
+    return slots

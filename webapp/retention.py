@@ -8,7 +8,9 @@ that have come and those days' messages, conversations nobody needs, slots that 
 ended, appointments past their retention, therapists' notes unchanged for
 ``NOTE_RETENTION_DAYS`` and proposed next times that have begun or were taken. The
 same pass counts the course sessions that are over and, in a study, logs the
-crossovers of waitlists that have ended. Every deleted key slot is overwritten in
+crossovers of waitlists that have ended. On a study's erasure day (its last day plus
+``retention_days_after_end``), the study's research data goes for good, and with it
+the notes about its participants. Every deleted key slot is overwritten in
 place; each run ends with a write-ahead-log checkpoint so deleted rows leave the
 ``-wal`` file too.
 """
@@ -29,8 +31,8 @@ from stillroom.webapp.accounts import purge_unused_accounts
 from stillroom.webapp.booking import purge_bookings
 from stillroom.webapp.chat import purge_chats
 from stillroom.webapp.instance import with_reserve
-from stillroom.webapp.keyslots import destroy_orphans
-from stillroom.webapp.notes import purge_notes
+from stillroom.webapp.keyslots import destroy_orphans, destroy_slots, doomed
+from stillroom.webapp.notes import delete_study_notes, purge_notes
 from stillroom.webapp.sessions import end_expired_sessions
 from stillroom.webapp.settings import Settings
 from stillroom.webapp.store import StoreUnwritableError, checkpoint, connect, transaction
@@ -76,6 +78,7 @@ def _delete_expired(db: Database, now: int, settings: Settings, orphans: bool) -
     removed += purge_bookings(db, now, settings.appointment_retention_days * 24 * 3600)
     removed += purge_notes(db, now, settings.note_retention_days)
     removed += purge_proposals(db, now)
+    removed += erase_study(db, today)
     checkpoint(db, strict=True)  # readers blocking it: the next run retries; a full disk: raise
     return removed
 
@@ -88,6 +91,58 @@ def _study_at(folder: str) -> Study:
 def running_study(settings: Settings) -> Study | None:
     """Return the study this deployment runs, or ``None`` in open mode."""
     return _study_at(settings.study) if settings.study else None
+
+
+#: The research data of a study, in the order its foreign keys allow deleting it.
+RESEARCH_TABLES = (
+    "study_answers",
+    "study_consents",
+    "study_participants",
+    "allocations",
+    "allocation_lists",
+    "study_log",
+)
+
+
+def erase_study(db: Database, today: str) -> int:
+    """On or after the study's erasure day: erase its research data; return how many rows went.
+
+    The answers, consents, pseudonyms, allocations, allocation lists and the study log
+    go, with the notes about its participants; the research slots and the lists' slots
+    are overwritten, so no copy of them opens. Only the ``study`` row stays, marked with
+    the day, so that the audit and the apps know the study ran and is gone. The
+    triggers that keep the log and the allocations append-only are dropped for the
+    deletion and made again, all in one transaction.
+    """
+    with transaction(db):
+        due = db.execute(
+            "SELECT 1 FROM study WHERE erased_day IS NULL AND erase_day <= ?", [today]
+        ).fetchone()
+        if due is None:
+            return 0
+        slots = delete_study_notes(db)
+        removed = len(slots)  # one slot per note
+        slots += [
+            int(row[0])
+            for row in db.execute(
+                "SELECT slot FROM study_participants WHERE slot IS NOT NULL"
+                " UNION ALL SELECT slot FROM allocation_lists"
+            )
+        ]
+        triggers = db.execute(
+            "SELECT name, sql FROM sqlite_master WHERE type = 'trigger'"
+            " AND tbl_name IN ('study_log', 'allocations')"
+        ).fetchall()
+        for name, _ in triggers:
+            db.execute(f'DROP TRIGGER "{name}"')
+        for table in RESEARCH_TABLES:
+            removed += db.execute(f"DELETE FROM {table}").rowcount  # noqa: S608
+        for _, sql in triggers:
+            db.execute(sql)
+        db.execute("UPDATE study SET erased_day = ?", [today])
+        gone = doomed(db, slots)
+    destroy_slots(db, gone)
+    return removed
 
 
 def start_periodic_purge(

@@ -103,9 +103,9 @@ class Settings:
     )
     booking_min_account_hours: int = _setting(
         12,
-        "Without a study, a new account can book once this many hours have passed since the"
-        " end (midnight UTC) of the day it was made: only that day is stored, so it waits"
-        " between this and 24 hours more. 0: at once.",
+        "Without a study (or once it has ended), a new account can book once this many hours"
+        " have passed since the end (midnight UTC) of the day it was made: only that day is"
+        " stored, so it waits between this and 24 hours more. 0: at once.",
     )
     appointment_retention_days: int = _setting(
         14, "Appointments are deleted this many days after they end."

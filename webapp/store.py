@@ -685,3 +685,15 @@ def create_course(db: Database) -> None:
         " REFERENCES participants(id) ON DELETE CASCADE"
     )
     db.execute("ALTER TABLE appointments ADD COLUMN course_counted INTEGER NOT NULL DEFAULT 0")
+
+
+@migrations()
+def add_study_days(db: Database) -> None:
+    """A started study's last day, the day its research data is erased, and the day it was.
+
+    A study started before these days were kept has none (NULL): it never ends by itself,
+    and ``stillroom study amend`` records them.
+    """
+    db.execute("ALTER TABLE study ADD COLUMN last_day TEXT")
+    db.execute("ALTER TABLE study ADD COLUMN erase_day TEXT")
+    db.execute("ALTER TABLE study ADD COLUMN erased_day TEXT")

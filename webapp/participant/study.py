@@ -70,14 +70,19 @@ def current_enrolment() -> intake.Enrolment | None:
     if running is None or not intake.running(db()):
         return None
     found = intake.enrolment(db(), own_id())
-    if found is None:
+    if found is None and not intake.over(db(), today()):  # an ended study takes nobody new
         found = intake.enrol(db(), own_id(), running.stratum_of(current_language()))
     return found
 
 
+def ended_for_me() -> bool:
+    """Return whether the study has ended and leaves this participant to the open service."""
+    return study() is not None and intake.outside_study(db(), own_id(), today())
+
+
 def intake_redirect() -> Response | None:
     """For the account page: lead a participant whose intake is unfinished back to their step."""
-    if study() is None or current_session() is None:
+    if study() is None or current_session() is None or ended_for_me():
         return None
     found = current_enrolment()
     if found is None or (found.step != intake.DONE and not found.erased):
@@ -99,6 +104,8 @@ def ask_consent_again() -> Response | None:
     if endpoint.startswith("participant.chat") or "chat" in endpoint.split(".")[-1]:
         return None
     found = intake.enrolment(db(), own_id())
+    if intake.over(db(), today()):  # after the study's last day nobody is asked anything more
+        return None
     if found is not None and intake.needs_consent_again(running, found):
         return redirect(url_for("participant.study_consent"))
     return None
@@ -107,6 +114,10 @@ def ask_consent_again() -> Response | None:
 def study_values() -> dict[str, Any]:
     """Return what the account page's study part shows (empty in open mode)."""
     running = study()
+    if running is not None and ended_for_me():
+        found = intake.enrolment(db(), own_id())
+        # Someone whose intake the end cut short may still erase what they gave.
+        return {"study_ended": True, "study_may_erase": found is not None and not found.erased}
     found = current_enrolment() if running is not None else None
     if running is None or found is None:
         return {}
@@ -115,7 +126,8 @@ def study_values() -> dict[str, Any]:
         "study_enrolment": found,
         "study_arm": None if allocated is None else running.arm(allocated[0]),
         "study_waitlist_ends": None if allocated is None else waitlist_day(running, *allocated),
-        "study_minor_news": intake.has_minor_news(running, found),
+        "study_minor_news": intake.has_minor_news(running, found)
+        and not intake.over(db(), today()),
         "study_receipts": intake.consent_receipts(db(), found.pseudonym),
     }
 
@@ -143,6 +155,8 @@ def at_step(*steps: str) -> intake.Enrolment | Response:
     """Return the enrolment when the participant is at one of ``steps``, else a redirect."""
     if study() is None:
         abort(404)
+    if ended_for_me():
+        return make_response(render_template("participant/study/closed.html", ended=True))
     found = current_enrolment()
     if found is None:
         return make_response(render_template("participant/study/closed.html"))
@@ -193,10 +207,12 @@ def study_consent() -> Any:
     running = study()
     if running is None:
         abort(404)
+    if ended_for_me():
+        return render_template("participant/study/closed.html", ended=True)
     found = current_enrolment()
     if found is None:
         return render_template("participant/study/closed.html")
-    again = intake.needs_consent_again(running, found)
+    again = intake.needs_consent_again(running, found) and not intake.over(db(), today())
     if found.step != intake.CONSENT and not again:
         return redirect(url_for(STEP_ENDPOINTS[found.step]))
     version = running.consent()

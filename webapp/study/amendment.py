@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from datetime import date
+from datetime import date, timedelta
 
 from sqlite_utils import Database
 
@@ -41,11 +41,21 @@ def allocation_sha256(study: Study) -> str:
     return hashlib.sha256(json.dumps(core, sort_keys=True).encode()).hexdigest()
 
 
+def erase_day(study: Study) -> date:
+    """Return the day the study's research data is erased: its last day plus its retention."""
+    return study.ends + timedelta(days=study.retention_days_after_end)
+
+
 def record_start(db: Database, study: Study) -> None:
-    """Keep, beside the started study, its allocation fingerprint and consent version."""
+    """Keep, beside the started study, its allocation fingerprint, consent version and days."""
     db.execute(
-        "UPDATE study SET allocation_sha256 = ?, consent_version = ?",
-        [allocation_sha256(study), study.consent_current],
+        "UPDATE study SET allocation_sha256 = ?, consent_version = ?, last_day = ?, erase_day = ?",
+        [
+            allocation_sha256(study),
+            study.consent_current,
+            study.ends.isoformat(),
+            erase_day(study).isoformat(),
+        ],
     )
 
 
@@ -79,13 +89,16 @@ def amend(db: Database, study: Study, day: date) -> list[str]:
     """
     with transaction(db):
         row = db.execute(
-            "SELECT id, definition_sha256, allocation_sha256, consent_version FROM study"
+            "SELECT id, definition_sha256, allocation_sha256, consent_version, erased_day"
+            " FROM study"
         ).fetchone()
         if row is None:
             raise AmendmentError("no study has been started here ('stillroom study start')")
-        started_id, previous, allocation, consent_version = row
+        started_id, previous, allocation, consent_version, erased = row
         if started_id != study.id:
             raise AmendmentError(f"this data directory runs the study {started_id!r}")
+        if erased is not None:
+            raise AmendmentError(f"the study's research data was erased on {erased}: it is over")
         if previous == study.sha256:
             raise AmendmentError("the study folder is unchanged: there is nothing to amend")
         if allocation is not None and allocation != allocation_sha256(study):
@@ -98,9 +111,18 @@ def amend(db: Database, study: Study, day: date) -> list[str]:
             "amendment",
             day,
             None,
-            {"definition": study.sha256, "previous": previous},
+            {
+                "definition": study.sha256,
+                "previous": previous,
+                # The days may move with the amendment; the log keeps the ones now in force.
+                "last-day": study.ends.isoformat(),
+                "erase-day": erase_day(study).isoformat(),
+            },
         )
-        logged = [f"amendment: definition {study.sha256}"]
+        logged = [
+            f"amendment: definition {study.sha256}, last day {study.ends},"
+            f" research data erased on {erase_day(study)}"
+        ]
         if consent_version != study.consent_current:
             kind = study.consent().kind
             log.append(
@@ -112,7 +134,13 @@ def amend(db: Database, study: Study, day: date) -> list[str]:
             )
             logged.append(f"consent-version: {study.consent_current} ({kind})")
         db.execute(
-            "UPDATE study SET definition_sha256 = ?, consent_version = ?",
-            [study.sha256, study.consent_current],
+            "UPDATE study SET definition_sha256 = ?, consent_version = ?, last_day = ?,"
+            " erase_day = ?",
+            [
+                study.sha256,
+                study.consent_current,
+                study.ends.isoformat(),
+                erase_day(study).isoformat(),
+            ],
         )
     return logged

@@ -114,6 +114,33 @@ def running(db: Database) -> bool:
     return db.execute("SELECT 1 FROM study").fetchone() is not None
 
 
+def over(db: Database, day: datetime.date) -> bool:
+    """Return whether the study's last day has passed (or its data is erased): no new intake.
+
+    The last day is a whole day of the study: an intake finished on it ends in an
+    allocation; one left unfinished stops there, and is never allocated.
+    """
+    row = db.execute("SELECT last_day, erased_day FROM study").fetchone()
+    if row is None:
+        return False
+    last_day, erased_day = row
+    return erased_day is not None or (last_day is not None and day.isoformat() > last_day)
+
+
+def outside_study(db: Database, participant_id: str, day: datetime.date) -> bool:
+    """Return whether the ended study leaves this participant to the open service.
+
+    Everyone but those allocated, who keep their course: new accounts, and intakes left
+    unfinished (or ineligible) when the study ended.
+    """
+    if not over(db, day):
+        return False
+    row = db.execute(
+        "SELECT step FROM study_participants WHERE participant_id = ?", [participant_id]
+    ).fetchone()
+    return row is None or row[0] != DONE
+
+
 def study_public_key(db: Database) -> bytes:
     """Return the study team's public key, stored by ``study start``."""
     (key,) = db.execute("SELECT study_public_key FROM study").fetchone()
