@@ -16,6 +16,7 @@ from stillroom.webapp.app import create_participant_app
 from stillroom.webapp.instance import prepare_instance
 from stillroom.webapp.store import connect
 from stillroom.webapp.study.amendment import StudyChangedError
+from stillroom.webapp.study.definition import load_study
 
 from support import stillroom_env
 
@@ -108,3 +109,32 @@ def test_an_amendment_cannot_touch_what_the_lists_were_made_from(started, settin
 def test_an_unchanged_folder_has_nothing_to_amend(started, settings):
     amended = stillroom(settings.data_dir, "study", "amend", study=started)
     assert amended.returncode == 1 and "nothing to amend" in amended.stderr
+
+
+def test_an_amendment_cannot_open_the_waitlist_arm(started, settings):
+    """What an arm gets is part of what the lists were made from: a waitlist stays one."""
+    toml = started / "study.toml"
+    text = toml.read_text()
+    waiting = text.index('gets = "waitlist"')
+    toml.write_text(
+        text[:waiting]
+        + text[waiting:]
+        .replace('gets = "waitlist"', 'gets = "chat"', 1)
+        .replace("waitlist_weeks = 4\n", "", 1)
+    )
+    amended = stillroom(settings.data_dir, "study", "amend", study=started)
+    assert amended.returncode == 1 and "allocation lists" in amended.stderr
+
+
+def test_a_changed_table_column_does_not_let_a_changed_folder_run(started, settings):
+    """The study log, not a column anyone with the database can write, says which folder runs."""
+    add_consent_version(started, "2.0", "major")
+    changed = dataclasses.replace(settings, study=str(started))
+    db = connect(settings.database_path)
+    try:
+        db.execute("UPDATE study SET definition_sha256 = ?", [load_study(started).sha256])
+        db.conn.commit()
+    finally:
+        db.close()
+    with pytest.raises(StudyChangedError):
+        create_participant_app(changed)

@@ -107,6 +107,7 @@ def study_start(folder: Path, study_key: Path, statistician_key: Path) -> None:
                 [(arm.id, arm.ratio) for arm in values.arms],
                 list(values.block_sizes),
                 values.participants_per_stratum,
+                amendment.allocation_sha256(values),
             )
         except (allocation.AllocationError, ValueError) as error:
             fail(error)

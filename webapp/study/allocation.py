@@ -234,10 +234,13 @@ def start_study(
     arms: list[tuple[str, int]],
     block_sizes: list[int],
     participants_per_stratum: int,
+    allocation_fingerprint: str | None = None,
 ) -> dict[str, str]:
     """Freeze the study: record it, make the signing key and the lists, log the start.
 
     :param keys: the study team's and the statistician's X25519 public keys.
+    :param allocation_fingerprint: what the lists were made from, logged with the start
+        so that no amendment can change it unnoticed.
     :returns: ``{stratum: commitment hex}``, to publish.
     :raises StudyStartedError: when this data directory has a study already.
     """
@@ -271,6 +274,8 @@ def start_study(
             statistician_key,
         )
         detail: log.Detail = {"study": study_id, "definition": definition_sha256}
+        if allocation_fingerprint:
+            detail["allocation"] = allocation_fingerprint
         detail.update({f"commitment.{stratum}": value for stratum, value in commitments.items()})
         log.append(db, "start", day, None, detail)
     return commitments

@@ -34,7 +34,8 @@ def allocation_sha256(study: Study) -> str:
     core = {
         "id": study.id,
         "strata": study.strata(),
-        "arms": [[arm.id, arm.ratio] for arm in study.arms],
+        # What each arm gets is part of it: an amendment must not open the waitlist arm.
+        "arms": [[arm.id, arm.ratio, arm.gets, arm.waitlist_weeks] for arm in study.arms],
         "block_sizes": list(study.block_sizes),
         "participants_per_stratum": study.participants_per_stratum,
     }
@@ -59,6 +60,20 @@ def record_start(db: Database, study: Study) -> None:
     )
 
 
+def logged_rules(db: Database) -> tuple[str | None, str | None]:
+    """Return the definition and allocation fingerprints the study log holds now.
+
+    The log is the record: a column of the ``study`` table can be changed without a
+    trace, a row of the hash-chained log cannot (``stillroom study verify``).
+    """
+    rules = sorted(log.entries(db, "start") + log.entries(db, "amendment"), key=lambda e: e.seq)
+    if not rules:
+        return None, None
+    allocation = rules[0].detail.get("allocation") if rules[0].event == "start" else None
+    definition = rules[-1].detail.get("definition")
+    return str(definition) if definition else None, str(allocation) if allocation else None
+
+
 def check_unchanged(db: Database, study: Study) -> None:
     """Refuse a study folder that is not the one started or last amended.
 
@@ -72,7 +87,8 @@ def check_unchanged(db: Database, study: Study) -> None:
             f"this data directory runs the study {row[0]!r}, not {study.id!r}"
             " (STILLROOM_STUDY names another study)"
         )
-    if row[1] != study.sha256:
+    in_log, _ = logged_rules(db)
+    if (in_log or row[1]) != study.sha256:
         raise StudyChangedError(
             f"the study folder {study.folder} has changed since the study started or was"
             " last amended: log the change with 'stillroom study amend', or put the folder"
@@ -95,6 +111,8 @@ def amend(db: Database, study: Study, day: date) -> list[str]:
         if row is None:
             raise AmendmentError("no study has been started here ('stillroom study start')")
         started_id, previous, allocation, consent_version, erased = row
+        in_log, allocation_in_log = logged_rules(db)
+        previous, allocation = in_log or previous, allocation_in_log or allocation
         if started_id != study.id:
             raise AmendmentError(f"this data directory runs the study {started_id!r}")
         if erased is not None:
@@ -103,7 +121,8 @@ def amend(db: Database, study: Study, day: date) -> list[str]:
             raise AmendmentError("the study folder is unchanged: there is nothing to amend")
         if allocation is not None and allocation != allocation_sha256(study):
             raise AmendmentError(
-                "the strata, arms, ratios, block sizes or list length changed: the committed"
+                "the strata, arms (their ratios, what they get, their waiting), block sizes or"
+                " list length changed: the committed"
                 " allocation lists were made for the old ones, so this cannot be amended"
             )
         log.append(
