@@ -135,24 +135,19 @@ def test_the_two_sides_of_a_chat_differ_without_colour(
     participant_writes(firefox, "Hello, I am here.")
     firefox.switch_to_window(therapist_tab)
     therapist_writes(firefox, live_server, "Welcome, take your time.")
-    wait(firefox, lambda b: "Welcome, take your time." in frame_text(b, "feed"), FEED_WAIT)
-    firefox.switch_to_frame(firefox.find_element(By.CSS_SELECTOR, "iframe.feed"))
-    assert_sides_differ(firefox, "You:", "Participant:")
-    firefox.switch_to_frame()
-    shot(firefox, "portal-chat-sides")
-    firefox.find_element(By.PARTIAL_LINK_TEXT, "Read the whole conversation").click()
-    wait(firefox, page_ready)
-    assert_sides_differ(firefox, "You:", "Participant:")
-
-    firefox.switch_to_window(participant_tab)
-    wait(firefox, lambda b: "Welcome, take your time." in frame_text(b, "feed"), FEED_WAIT)
-    firefox.switch_to_frame(firefox.find_element(By.CSS_SELECTOR, "iframe.feed"))
-    assert_sides_differ(firefox, "You:", "Therapist:")
-    firefox.switch_to_frame()
-    shot(firefox, "participant-chat-sides")
-    firefox.find_element(By.PARTIAL_LINK_TEXT, "Read the whole conversation").click()
-    wait(firefox, page_ready)
-    assert_sides_differ(firefox, "You:", "Therapist:")
+    for tab, other, name in (
+        (therapist_tab, "Participant:", "portal"),
+        (participant_tab, "Therapist:", "participant"),
+    ):
+        firefox.switch_to_window(tab)
+        wait(firefox, lambda b: "Welcome, take your time." in frame_text(b, "feed"), FEED_WAIT)
+        firefox.switch_to_frame(firefox.find_element(By.CSS_SELECTOR, "iframe.feed"))
+        assert_sides_differ(firefox, "You:", other)
+        firefox.switch_to_frame()
+        shot(firefox, f"{name}-chat-sides")
+        firefox.find_element(By.PARTIAL_LINK_TEXT, "Read the whole conversation").click()
+        wait(firefox, page_ready)
+        assert_sides_differ(firefox, "You:", other)
     close_other_tabs(firefox, participant_tab)
 
 

@@ -791,9 +791,9 @@ def test_the_therapist_is_told_calmly_what_a_participant_deleted(chat):
     for path in ("", "/feed", "/compose", "/history"):
         gone = chat.therapist.client.get(f"/en/chat/{chat.id}{path}")
         assert gone.status_code == 404, path
-        assert "The participant's account has been deleted" in gone.get_data(as_text=True)
+        assert "the participant's account was deleted" in gone.get_data(as_text=True)
     stranger = chat.therapist.client.get("/en/chat/" + "0" * 32)  # said no differently
-    assert stranger.status_code == 404 and "account has been deleted" in stranger.get_data(True)
+    assert stranger.status_code == 404 and "account was deleted" in stranger.get_data(True)
 
 
 def test_an_empty_chat_says_who_joins_when_and_that_writing_can_start(chat):
@@ -808,3 +808,13 @@ def test_an_empty_chat_says_who_joins_when_and_that_writing_can_start(chat):
     assert "Anna will answer you here." in chat.feed("participant").get_data(as_text=True)
     chat.say("participant", "hello")
     assert "Anna will" not in chat.feed("participant").get_data(as_text=True)
+
+
+def test_a_cancelled_appointment_is_not_called_a_deleted_account(chat):
+    """A participant's cancellation removes the appointment: the portal must not claim more."""
+    chat.clock.now = STARTS - 3 * 24 * 3600  # well before the 24 h cutoff
+    chat.at(chat.clock.now)
+    assert chat.auth.post(f"/appointments/{chat.id}/cancel").status_code == 302
+    page = chat.therapist.client.get(f"/en/chat/{chat.id}").get_data(as_text=True)
+    assert "it was cancelled or moved" in page
+    assert "account has been deleted" not in page

@@ -20,7 +20,7 @@ from stillroom.webapp.settings import Settings, env_var
 from stillroom.webapp.store import connect
 from stillroom.webapp.therapists import therapists_at
 
-from support import add_therapist_by_cli
+from support import add_therapist_by_cli, free_port, stillroom_env
 
 STILLROOM = str(Path(sys.executable).with_name("stillroom"))
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -493,3 +493,19 @@ def test_ctrl_c_during_start_up_stops_with_one_line(tmp_path):
     assert err == "Stopped by Ctrl-C.\n"
     assert out == ""
     assert not (tmp_path / "data").exists()
+
+
+def test_a_lock_file_that_is_a_link_is_refused_and_its_target_untouched(tmp_path):
+    """Whoever can write in the data directory must not make serve truncate another file."""
+    data_dir = tmp_path / "instance"
+    data_dir.mkdir(mode=0o700)
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"x" * 32)
+    (data_dir / "serve.lock").symlink_to(victim)
+    env = stillroom_env(data_dir, free_port(), {"STILLROOM_DISK_RESERVE_MIB": "0"})
+    result = subprocess.run(
+        [STILLROOM, "serve", "--no-tor"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 1
+    assert "serve.lock is a link" in result.stderr and "Traceback" not in result.stderr
+    assert victim.read_bytes() == b"x" * 32

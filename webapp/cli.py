@@ -98,7 +98,7 @@ def serve(no_tor: bool) -> None:
     try:
         # Kept open (and so locked) until the process ends.
         lock = lock_data_dir(settings, "no-tor" if no_tor else "tor")  # noqa: F841
-    except DataDirInUseError as error:
+    except (DataDirInUseError, DataDirError) as error:
         fail(error)
     except OSError as error:
         fail(unwritable_path(error, settings.data_dir) or error)

@@ -6,6 +6,8 @@ import errno
 import fcntl
 import logging
 import os
+import stat
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -29,7 +31,7 @@ T = TypeVar("T")
 
 
 class DataDirError(Exception):
-    """The data directory is missing, or its path can never be a directory."""
+    """The data directory is missing, cannot be a directory, or its lock is not a file."""
 
 
 class DataDirInUseError(Exception):
@@ -87,21 +89,65 @@ def lock_data_dir(settings: Settings, mode: str) -> int:
         return _take_lock(settings.data_dir, mode)
 
 
+#: A reader of the lock (``onion status``) holds it shared for a moment: a serve retries.
+LOCK_TRIES = 10
+LOCK_RETRY_SECONDS = 0.1
+
+
 def _take_lock(data_dir: Path, mode: str) -> int:
-    fd = os.open(data_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = read_holder(fd)
-        os.close(fd)
-        pid = f"PID {holder[0]}" if holder else "its PID not written yet"
-        raise DataDirInUseError(data_dir.absolute(), pid) from None
+    fd = _open_lock(data_dir, os.O_RDWR | os.O_CREAT)
+    for attempt in range(LOCK_TRIES):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if attempt + 1 < LOCK_TRIES:
+                time.sleep(LOCK_RETRY_SECONDS)
+                continue
+            holder = read_holder(fd)
+            os.close(fd)
+            raise DataDirInUseError(data_dir.absolute(), _describe(holder)) from None
     try:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n{mode}\n".encode("ascii"), 0)
     except OSError:
         os.close(fd)  # and with it the lock, so that a second try can take it
         raise
+    return fd
+
+
+def _describe(holder: tuple[str, str] | None) -> str:
+    """Name the process in the lock file, unless it is gone (a serve killed, a reader)."""
+    if holder is None:
+        return "its PID not written yet"
+    try:
+        os.kill(int(holder[0]), 0)
+    except (ValueError, ProcessLookupError):
+        return "or a reader of its lock: the PID in the file has ended; try again in a moment"
+    except PermissionError:
+        pass  # it runs, as another user
+    return f"PID {holder[0]}"
+
+
+def _open_lock(data_dir: Path, flags: int) -> int:
+    """Open the lock file itself, never what a link in its place points to.
+
+    Whoever can write in the data directory could otherwise have serve truncate any
+    file it can open, the server secret first.
+
+    :raises DataDirError: when the lock file is a link or not a plain file of its own.
+    """
+    path = data_dir / LOCK_FILE
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise DataDirError(f"{path.absolute()} is a link; remove it and start again") from None
+        raise
+    found = os.fstat(fd)
+    if not stat.S_ISREG(found.st_mode) or found.st_nlink != 1:
+        os.close(fd)
+        raise DataDirError(f"{path.absolute()} is not a plain file; remove it and start again")
     return fd
 
 
@@ -114,9 +160,9 @@ def read_holder(fd: int) -> tuple[str, str] | None:
 def running_serve(data_dir: Path) -> tuple[str, str] | None:
     """Return the PID and mode of the ``serve`` that holds ``data_dir``, or ``None``."""
     try:
-        fd = os.open(data_dir / LOCK_FILE, os.O_RDONLY)
-    except FileNotFoundError:
-        return None
+        fd = _open_lock(data_dir, os.O_RDONLY)
+    except (FileNotFoundError, DataDirError):
+        return None  # no serve could hold a lock that is not a plain file
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
