@@ -27,6 +27,7 @@ from stillroom.webapp.audit import run_audit
 from stillroom.webapp.backup import BackupError, decode_key, restore_backup, write_backup
 from stillroom.webapp.console import SETTINGS_EPILOG, fail, load_settings, open_database, say
 from stillroom.webapp.instance import (
+    DataDirError,
     DataDirInUseError,
     lock_data_dir,
     running_serve,
