@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import gevent
 from flask import Blueprint, current_app, g, redirect, request, url_for
 from gevent import monkey
+from gevent.threadpool import ThreadPool
 from sqlite_utils import Database
 from werkzeug.wrappers import Response
 
@@ -335,9 +336,11 @@ def _binding() -> bytes:
 
 #: How much less CPU priority argon2's threads get than the event loop (Linux nice steps).
 ARGON2_NICE = 10
+#: New accounts' argon2 runs lower still: a flood of them slows itself, not the logins.
+CREATION_NICE = 19
 
 
-def argon2_runner() -> Runner | None:
+def argon2_runner(nice: int = ARGON2_NICE) -> Runner | None:
     """Return how argon2 should run: in gevent's thread pool when serving, else in place.
 
     Under the ``stillroom`` command every connection is a greenlet of one thread, and
@@ -351,7 +354,7 @@ def argon2_runner() -> Runner | None:
     native_id = monkey.get_original("threading", "get_native_id")
 
     def at_low_priority(function: Callable[..., Any], args: tuple[Any, ...]) -> Any:
-        os.setpriority(os.PRIO_PROCESS, native_id(), ARGON2_NICE)
+        os.setpriority(os.PRIO_PROCESS, native_id(), nice)
         # Caught here, in the pool's thread: one that left it would be printed by gevent,
         # traceback and timestamp, and a failed login would be a line in the journal.
         try:
@@ -359,8 +362,12 @@ def argon2_runner() -> Runner | None:
         except Exception as error:
             return False, error
 
+    # A thread may raise its own nice value but not lower it again without privilege, so
+    # each priority has threads of its own; the logins' are the hub's pool.
+    pool = gevent.get_hub().threadpool if nice == ARGON2_NICE else ThreadPool(4)
+
     def in_thread_pool(function: Callable[..., Any], *args: Any) -> Any:
-        done, result = gevent.get_hub().threadpool.apply(at_low_priority, (function, args))
+        done, result = pool.apply(at_low_priority, (function, args))
         if not done:
             raise result
         return result

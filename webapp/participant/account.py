@@ -32,6 +32,7 @@ from stillroom.webapp.booking import (
 )
 from stillroom.webapp.chat import RateLimiter
 from stillroom.webapp.gate import (
+    CREATION_NICE,
     argon2_runner,
     creation_deriver,
     current_session,
@@ -90,7 +91,10 @@ def prepare_account_creation(state: BlueprintSetupState) -> None:
     config = state.app.config
     s = config["SETTINGS"]
     config["CREATION_KEY_DERIVER"] = KeyDeriver(
-        s.argon2, s.account_argon2_concurrency, s.argon2_wait_seconds, argon2_runner()
+        s.argon2,
+        s.account_argon2_concurrency,
+        s.argon2_wait_seconds,
+        argon2_runner(CREATION_NICE),
     )
     config["CREATION_RATE"] = RateLimiter(s.accounts_per_minute, 60, clock=config["CLOCK"])
 
