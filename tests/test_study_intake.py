@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import subprocess
+import sys
 from datetime import date
 from pathlib import Path
 
@@ -24,7 +26,14 @@ from stillroom.webapp.study import allocation, amendment, intake
 from stillroom.webapp.study import log as study_log
 from stillroom.webapp.study.definition import load_study
 
-from support import FAST_ARGON2, NO_INTAKE_LIMITS, AuthActions, LoopbackClient, form_fields
+from support import (
+    FAST_ARGON2,
+    NO_INTAKE_LIMITS,
+    AuthActions,
+    LoopbackClient,
+    form_fields,
+    stillroom_env,
+)
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "study"
 DAY = date(2027, 3, 1)
@@ -200,6 +209,62 @@ def test_sending_the_last_step_twice_allocates_once(client, db):
     pseudonym = only_participant(db).pseudonym
     with pytest.raises(allocation.AlreadyAllocatedError):
         allocation.allocate(db, pseudonym, "en-berlin", DAY)
+
+
+def use_up_list(db, stratum: str, leave: int = 0) -> None:
+    """Allocate others until the stratum's list has only ``leave`` entries left."""
+    (length, used) = db.execute(
+        "SELECT length, (SELECT count(*) FROM allocations WHERE stratum = ?)"
+        " FROM allocation_lists WHERE stratum = ?",
+        [stratum, stratum],
+    ).fetchone()
+    for number in range(used, length - leave):
+        allocation.allocate(db, f"other-{number}", stratum, DAY)
+
+
+def test_a_used_up_list_closes_enrolment_calmly_and_keeps_the_participant_where_they_are(
+    client, db
+):
+    through_consent(client)
+    follow(client, post_page(client, "/en/study/questions", ELIGIBLE))
+    use_up_list(db, "en-berlin")
+    closed = post_page(client, "/en/study/questions", BASELINE)
+    assert closed.status_code == 503
+    page = closed.get_data(as_text=True)
+    assert 'id="enrolment-closed"' in page and 'href="/en/help"' in page
+    found = only_participant(db)
+    assert found.step == intake.BASELINE
+    assert intake.allocation_of(db, found.pseudonym) is None
+    # Nothing of the baseline was kept or logged: the transaction was rolled back.
+    assert db.execute("SELECT timepoint FROM study_answers").fetchall() == [("screening",)]
+    events = [entry.event for entry in study_log.entries(db) if entry.pseudonym == found.pseudonym]
+    assert events == ["consent", "eligibility"]
+    # The answers wait in the draft: coming back shows the form filled in.
+    again = client.get("/en/study/questions").get_data(as_text=True)
+    assert 'value="sometimes" checked' in again
+
+
+def test_study_verify_names_a_stratum_whose_list_runs_low(study_env, db):
+    settings = study_env[0]
+
+    def verify() -> str:
+        result = subprocess.run(
+            [str(Path(sys.executable).with_name("stillroom")), "study", "verify"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=stillroom_env(settings.data_dir, 0),
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr  # a warning, not a broken log
+        return result.stdout
+
+    (length,) = db.execute("SELECT length FROM allocation_lists LIMIT 1").fetchone()
+    use_up_list(db, "en-berlin", leave=length // 10 + 1)
+    assert "Warning" not in verify()
+    use_up_list(db, "en-berlin", leave=length // 10)
+    warnings = [line for line in verify().splitlines() if line.startswith("Warning")]
+    assert len(warnings) == 1 and " en-berlin " in warnings[0]
 
 
 def test_booking_waits_until_intake_is_complete(client, db, study_env):

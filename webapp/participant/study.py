@@ -22,6 +22,7 @@ from stillroom.webapp.instance import with_reserve
 from stillroom.webapp.participant.blueprint import bp, gate, login_required
 from stillroom.webapp.participant.booking import zone
 from stillroom.webapp.study import intake
+from stillroom.webapp.study.allocation import ListExhaustedError
 from stillroom.webapp.study.definition import CONSENT_ITEMS, Study
 from stillroom.webapp.study.questionnaires import AnswersError, pages
 from stillroom.webapp.times import DATE_LOCALES, PARTICIPANT_ZONES
@@ -321,6 +322,10 @@ def submit(running: Study, form: intake.Form, answers: dict[str, str]) -> Respon
         intake.submit_baseline(db(), running, own_id(), answers, today())
     except intake.WrongStepError:
         pass  # sent twice: the first one did it
+    except ListExhaustedError:
+        # The stratum's list is used up. The baseline's transaction was rolled back, so
+        # the participant stays at this step with their draft, and nothing was logged.
+        return make_response(render_template("participant/study/full.html"), 503)
     return redirect(url_for("participant.study_step"))
 
 

@@ -497,6 +497,26 @@ def submit_baseline(
     return arm
 
 
+#: Below this share of its list left, ``stillroom study verify`` names a stratum.
+FEW_PLACES_LEFT = 0.1
+
+
+def places_left(db: Database) -> dict[str, tuple[int, int]]:
+    """Return, per stratum, how many entries of its allocation list are left, and its length.
+
+    When none is left, intake ends before allocation with "closed for now"; the study
+    team needs to see it coming.
+    """
+    return {
+        stratum: (length - used, length)
+        for stratum, length, used in db.execute(
+            "SELECT stratum, length, (SELECT count(*) FROM allocations"
+            " WHERE allocations.stratum = allocation_lists.stratum)"
+            " FROM allocation_lists ORDER BY stratum"
+        )
+    }
+
+
 def allocation_of(db: Database, pseudonym: str) -> tuple[str, datetime.date] | None:
     """Return the participant's arm and the day of allocation, or ``None``."""
     row = db.execute("SELECT arm, day FROM allocations WHERE pseudonym = ?", [pseudonym]).fetchone()
