@@ -22,7 +22,7 @@ from stillroom.webapp.instance import prepare_instance
 from stillroom.webapp.keyslots import unlock
 from stillroom.webapp.settings import Settings
 from stillroom.webapp.store import connect
-from stillroom.webapp.study import allocation, amendment, intake
+from stillroom.webapp.study import allocation, amendment, course, intake
 from stillroom.webapp.study import log as study_log
 from stillroom.webapp.study.definition import load_study
 
@@ -183,6 +183,7 @@ def test_intake_ends_in_one_allocation_and_the_arm_page(client, db, study_key):
     assert found.step == intake.DONE and found.stratum == "en-berlin"
     events = [entry.event for entry in study_log.entries(db) if entry.pseudonym == found.pseudonym]
     assert events == ["consent", "eligibility", "allocation"]
+    assert study_log.entries(db, "eligibility")[0].detail == {"eligible": True}
     consent = study_log.entries(db, "consent")[0].detail
     assert consent["participate"] is True and consent["transcripts"] is False
     # What the server keeps of the answers opens only with the study team's key.
@@ -309,7 +310,8 @@ def test_someone_not_eligible_sees_help_and_cannot_book(client, db, study_env):
     found = only_participant(db)
     assert found.step == intake.INELIGIBLE
     assert isinstance(may_book(db, found.participant_id, 0, study_env[0]), IntakeIncompleteError)
-    assert study_log.entries(db, "eligibility")[0].detail == {"eligible": False, "failed": "age"}
+    # The log says only that they were not eligible, never which answer decided it.
+    assert study_log.entries(db, "eligibility")[0].detail == {"eligible": False}
     assert not db.execute("SELECT 1 FROM allocations").fetchall()
 
 
@@ -330,7 +332,7 @@ def test_someone_not_eligible_loses_the_account_when_the_study_says_delete(
     try:
         assert not db.execute("SELECT 1 FROM participants").fetchall()
         assert not db.execute("SELECT 1 FROM study_participants").fetchall()
-        assert study_log.entries(db, "eligibility")[0].detail["failed"] == "recent-use"
+        assert study_log.entries(db, "eligibility")[0].detail == {"eligible": False}
     finally:
         db.close()
     assert follow(client, client.get("/en/account")).endswith("/login")
@@ -413,11 +415,35 @@ def test_withdraw_and_erase_destroys_the_research_key(client, db, study_env, stu
     assert not db.execute("SELECT 1 FROM study_consents").fetchall()
     with pytest.raises(SlotGoneError):
         unlock(db, before.slot, sealed)
-    events = [entry.event for entry in study_log.entries(db) if entry.pseudonym == after.pseudonym]
+    events = [entry.event for entry in study_log.entries(db) if entry.pseudonym == before.pseudonym]
     assert events == ["consent", "eligibility", "allocation", "withdrawal"]
     study_log.verify(db)
     assert client.get("/en/account").status_code == 200
     assert isinstance(may_book(db, after.participant_id, 0, study_env[0]), SessionsStoppedError)
+
+
+def test_after_withdraw_and_erase_nothing_links_the_account_to_the_study_log(client, db, study_env):
+    through_intake(client)
+    before = only_participant(db)
+    follow(client, post_page(client, "/en/study/withdraw/erase", {}))
+    after = only_participant(db)
+    # What a seized disk could join: account -> pseudonym -> log and allocation.
+    assert after.pseudonym != before.pseudonym and re.fullmatch(r"[0-9a-f]{20}", after.pseudonym)
+    for table in ("study_log", "allocations"):
+        linked = db.execute(
+            f"SELECT count(*) FROM {table} WHERE pseudonym = ?",
+            [after.pseudonym],
+        ).fetchone()[0]
+        assert linked == 0, table
+    # Nor does the row still say how far they came (done means "found eligible").
+    assert after.step == intake.WITHDRAWN and after.consent_version is None
+    assert after.erased and after.sessions_stopped and after.questionnaires_stopped
+    # They stay out of the study: no course, no booking, no intake again.
+    assert course.study_participant(db, after.participant_id) is None
+    assert isinstance(may_book(db, after.participant_id, 0, study_env[0]), SessionsStoppedError)
+    assert follow(client, client.get("/en/study")).endswith("/account")
+    assert follow(client, client.get("/en/study/consent")).endswith("/account")
+    assert client.get("/en/account").status_code == 200
 
 
 def test_deleting_the_account_destroys_the_research_key(client, db):

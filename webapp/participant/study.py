@@ -137,6 +137,7 @@ STEP_ENDPOINTS = {
     intake.BASELINE: "participant.study_form",
     intake.DONE: "participant.study_arm",
     intake.INELIGIBLE: "participant.study_ineligible",
+    intake.WITHDRAWN: "participant.account",
 }
 
 

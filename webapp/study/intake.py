@@ -51,7 +51,10 @@ SCREENING = "screening"
 BASELINE = "baseline"
 DONE = "done"
 INELIGIBLE = "ineligible"
-STEPS = (INFORMATION, CONSENT, SCREENING, BASELINE, DONE, INELIGIBLE)
+#: After "withdraw and erase", whatever step they were at: the row must not say whether
+#: they were found eligible.
+WITHDRAWN = "withdrawn"
+STEPS = (INFORMATION, CONSENT, SCREENING, BASELINE, DONE, INELIGIBLE, WITHDRAWN)
 
 #: The three levels of withdrawal (issue 16, point 11).
 STOP_SESSIONS = "stop-sessions"
@@ -410,12 +413,9 @@ def complete(form: Form, answers: dict[str, str]) -> bool:
     return all(item.id in answers for item in form.instrument.items)
 
 
-def failed_rule(study: Study, answers: dict[str, str]) -> str | None:
-    """Return the item of the first eligibility rule the answers break, or ``None``."""
-    for rule in study.eligibility_rules:
-        if answers.get(rule.item) != rule.equals:
-            return rule.item
-    return None
+def is_eligible(study: Study, answers: dict[str, str]) -> bool:
+    """Return whether the answers meet every eligibility rule."""
+    return all(answers.get(rule.item) == rule.equals for rule in study.eligibility_rules)
 
 
 def _store_answers(
@@ -454,21 +454,17 @@ def submit_screening(
     """
     form = Form(study.instruments[study.eligibility_instrument], SCREENING)
     score(form.instrument, answers)  # refuses unknown items and options
-    failed = failed_rule(study, answers)
+    eligible = is_eligible(study, answers)
     with transaction(db):
         found = enrolment(db, participant_id)
         if found is None:
             raise WrongStepError(SCREENING)
-        _set_step(db, participant_id, SCREENING, BASELINE if failed is None else INELIGIBLE)
+        _set_step(db, participant_id, SCREENING, BASELINE if eligible else INELIGIBLE)
         _store_answers(db, found, form, answers, day)
-        log.append(
-            db,
-            "eligibility",
-            day,
-            found.pseudonym,
-            {"eligible": failed is None, "failed": failed},
-        )
-    return failed is None
+        # Only the outcome: which rule failed would tell a reader of the log (or of a
+        # seized disk) an answer; the study team reads the reasons from the sealed answers.
+        log.append(db, "eligibility", day, found.pseudonym, {"eligible": eligible})
+    return eligible
 
 
 def submit_baseline(
@@ -542,9 +538,11 @@ def withdraw(db: Database, participant_id: str, level: str, day: datetime.date, 
 
     ``stop-sessions``: no more booking, and upcoming appointments are cancelled.
     ``stop-questionnaires``: no more assessments are offered.
-    ``erase``: both, and the research data goes: the answers and consents are deleted
-    and the research slot destroyed, so no copy of them opens again. The study log
-    keeps its pseudonymous events, and the allocation stays (it is part of the list).
+    ``erase``: both, and the research data goes: the answers, consents and draft are
+    deleted and the research slot destroyed, so no copy of them opens again. The study
+    log keeps its pseudonymous events and the allocation stays (it is part of the list),
+    but the account gets a fresh random pseudonym, so nothing links it to them any more;
+    the row keeps only the flags that keep the person out of the study.
 
     :raises ValueError: for an unknown level.
     :raises WrongStepError: when the participant is not in the study or erased already.
@@ -574,10 +572,12 @@ def withdraw(db: Database, participant_id: str, level: str, day: datetime.date, 
         if level == ERASE:
             db.execute("DELETE FROM study_answers WHERE pseudonym = ?", [found.pseudonym])
             db.execute("DELETE FROM study_consents WHERE pseudonym = ?", [found.pseudonym])
+            # The consents and answers named the old pseudonym: they are gone before it is.
             db.execute(
                 "UPDATE study_participants SET erased = 1, slot = NULL, draft = NULL,"
-                " draft_form = NULL WHERE participant_id = ?",
-                [participant_id],
+                " draft_form = NULL, consent_version = NULL, step = ?, pseudonym = ?"
+                " WHERE participant_id = ?",
+                [WITHDRAWN, secrets.token_hex(10), participant_id],
             )
             gone = doomed(db, [found.slot])
         log.append(db, "withdrawal", day, found.pseudonym, {"level": level, "step": found.step})
@@ -603,8 +603,10 @@ def booking_refusal(db: Database, participant_id: str) -> str | None:
         "SELECT step, sessions_stopped FROM study_participants WHERE participant_id = ?",
         [participant_id],
     ).fetchone()
-    if row is None or row[0] != DONE:
+    if row is None:
         return "intake"
     if row[1]:
         return "stopped"
+    if row[0] != DONE:
+        return "intake"
     return None
