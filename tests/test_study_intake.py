@@ -120,10 +120,13 @@ def db(study_env):
     database.close()
 
 
+HIDDEN = re.compile(r'type="hidden" name="(form|page|version|text)" value="([^"]*)"')
+
+
 def post_page(client, path: str, data: dict[str, str]):
     """Send the form on the page at ``path`` with ``data``, as a browser would."""
     html = client.get(path).get_data(as_text=True)
-    hidden = dict(re.findall(r'type="hidden" name="(form|page)" value="([^"]*)"', html))
+    hidden = dict(HIDDEN.findall(html))
     return client.post(path, data={**form_fields(html), **hidden, **data})
 
 
@@ -369,6 +372,62 @@ def test_a_new_major_version_asks_for_consent_again_but_leaves_help_open(
     assert [entry.detail for entry in changes if entry.pseudonym] == [
         {"from": "1.1", "to": "2.0", "kind": "major"}
     ]
+
+
+TICKED = {"participate": "yes", "questionnaires": "yes"}
+
+
+def shown_consent(client, lang: str = "en") -> dict[str, str]:
+    """Open the consent page at intake; return its form as sent back with both boxes ticked."""
+    AuthActions(client, lang).create()
+    client.get(f"/{lang}/account")
+    post_page(client, f"/{lang}/study/information", {})
+    html = client.get(f"/{lang}/study/consent").get_data(as_text=True)
+    hidden = dict(re.findall(r'type="hidden" name="(version|text)" value="([^"]*)"', html))
+    return {**form_fields(html), **hidden, **TICKED}
+
+
+def test_consent_is_refused_for_a_text_changed_since_the_page_was_shown(
+    client, db, study_env, clock
+):
+    settings, folder = study_env
+    sent = shown_consent(client)
+    assert sent["version"] == "1.1" and re.fullmatch(r"[0-9a-f]{64}", sent["text"])
+    # Meanwhile the study team amends: a new major version with another text.
+    shutil.copytree(folder / "consent" / "1.1", folder / "consent" / "2.0")
+    en = folder / "consent" / "2.0" / "en.toml"
+    en.write_text(en.read_text().replace("study", "study (and a new use of your data)", 1))
+    toml = folder / "study.toml"
+    toml.write_text(
+        toml.read_text().replace('current = "1.1"', 'current = "2.0"')
+        + '\n[[consent.versions]]\nversion = "2.0"\nfolder = "consent/2.0"\nkind = "major"\n'
+    )
+    amendment.amend(db, load_study(folder), date(2027, 3, 2))
+    amended = client_for(settings, clock)  # the server restarted with the amended study
+    cookie = client.get_cookie("stillroom", domain="127.0.0.1")
+    amended.set_cookie("stillroom", cookie.value, domain="127.0.0.1")
+    refused = amended.post("/en/study/consent", data=sent)
+    assert refused.status_code == 400
+    page = refused.get_data(as_text=True)
+    assert "has changed since this page was opened" in page
+    assert "a new use of your data" in page and 'name="version" value="2.0"' in page
+    assert "checked" not in page  # the boxes are ticked again, for the text now shown
+    assert not db.execute("SELECT 1 FROM study_consents").fetchall()
+    assert only_participant(db).step == intake.CONSENT
+    # Sent again from the page now shown, it is recorded for that text.
+    assert post_page(amended, "/en/study/consent", TICKED).status_code == 200
+    assert db.execute("SELECT version FROM study_consents").fetchall() == [("2.0",)]
+
+
+def test_consent_is_refused_when_the_language_changed_in_between(client, db):
+    sent = shown_consent(client, "en")
+    refused = client.post("/de/study/consent", data=sent)
+    assert refused.status_code == 400
+    assert not db.execute("SELECT 1 FROM study_consents").fetchall()
+    assert post_page(client, "/de/study/consent", TICKED).status_code == 200
+    study = load_study(EXAMPLE)
+    (text,) = db.execute("SELECT text_sha256 FROM study_consents").fetchone()
+    assert text == study.consent().texts["de"].sha256 != sent["text"]
 
 
 def test_a_minor_version_only_shows_a_notice(client, db, study_env):

@@ -30,6 +30,10 @@ from stillroom.webapp.times import DATE_LOCALES, PARTICIPANT_ZONES
 CONSENT_NEEDED = _l(
     "To take part, please tick the first two boxes. The third one is your free choice."
 )
+CONSENT_CHANGED = _l(
+    "The consent text has changed since this page was opened. Please read the text below"
+    " as it is now, and tick the boxes again if you agree."
+)
 ANSWER_ALL = _l("Please choose an answer for each question on this page.")
 
 #: What a participant who must consent again can still reach: help, the information
@@ -204,12 +208,17 @@ def study_consent() -> Any:
     version = running.consent()
     text = version.texts[current_language()]
     error = None
+    changed = False
     if request.method == "POST":
         ticked = {item for item in CONSENT_ITEMS if request.form.get(item) == "yes"}
+        shown = (request.form.get("version", ""), request.form.get("text", ""))
         try:
             receipt = intake.give_consent(
-                db(), running, own_id(), current_language(), ticked, today()
+                db(), running, own_id(), current_language(), ticked, today(), shown
             )
+        except intake.ConsentTextChangedError:
+            error = CONSENT_CHANGED
+            changed = True
         except intake.ConsentMissingError:
             error = CONSENT_NEEDED
         except intake.WrongStepError:
@@ -223,7 +232,8 @@ def study_consent() -> Any:
         version=version.version,
         items=[(item, text.items[item], required) for item, required in CONSENT_ITEMS.items()],
         again=again,
-        ticked=set(request.form) if request.method == "POST" else set(),
+        # Boxes ticked for another text are not carried over to this one.
+        ticked=set(request.form) if request.method == "POST" and not changed else set(),
         error=error,
     ), (400 if error else 200)
 

@@ -75,6 +75,11 @@ class ConsentMissingError(IntakeError):
     """A required consent item was not ticked."""
 
 
+class ConsentTextChangedError(IntakeError):
+    """The consent text sent back is not the one that would be recorded now (a new
+    version, or another language): consent is only ever recorded for the text shown."""
+
+
 class AnswersMissingError(IntakeError):
     """An item of the page was left unanswered; ``items`` names them."""
 
@@ -239,20 +244,26 @@ def give_consent(
     language: str,
     ticked: set[str],
     day: datetime.date,
+    shown: tuple[str, str],
 ) -> Receipt:
     """Record consent to the current version as shown in ``language``; return its receipt.
 
     At intake this moves on to screening; asked again after a major version, the
     participant stays where they were. Only the choice of the optional items is recorded.
 
+    :param shown: the version and the SHA-256 of the text the participant was shown.
+    :raises ConsentTextChangedError: when ``shown`` is not the current version's text
+        in ``language``.
     :raises ConsentMissingError: when a required item is not ticked.
     :raises WrongStepError: when no consent is asked of this participant now.
     """
+    version = study.consent(study.consent_current)
+    text = version.texts[language]
+    if shown != (version.version, text.sha256):
+        raise ConsentTextChangedError(f"{shown[0]} is not {version.version}")
     missing = [item for item, required in CONSENT_ITEMS.items() if required and item not in ticked]
     if missing:
         raise ConsentMissingError(", ".join(missing))
-    version = study.consent(study.consent_current)
-    text = version.texts[language]
     chosen = ",".join(item for item in CONSENT_ITEMS if item in ticked)
     with transaction(db):
         found = enrolment(db, participant_id)
