@@ -308,7 +308,8 @@ def test_someone_not_eligible_sees_help_and_cannot_book(client, db, study_env):
     led_to = through_intake(client, screening={**ELIGIBLE, "age": "no"})
     assert led_to.endswith("/study/not-eligible")
     page = client.get(led_to).get_data(as_text=True)
-    assert "/en/help" in page
+    assert "/en/help" in page and 'id="ineligible-delete"' not in page
+    assert post_page(client, led_to, {}).status_code == 400  # only the study's rule deletes
     assert follow(client, client.get("/en/account")).endswith("/study")
     found = only_participant(db)
     assert found.step == intake.INELIGIBLE
@@ -329,10 +330,19 @@ def test_someone_not_eligible_loses_the_account_when_the_study_says_delete(
     start(settings, folder, study_key[0])
     client = client_for(settings, clock)
     led_to = through_intake(client, screening={**ELIGIBLE, "recent-use": "no"})
-    page = client.get(led_to)
-    assert page.status_code == 200 and "/en/help" in page.get_data(as_text=True)
     db = connect(settings.database_path)
     try:
+        # Loading the page (twice, as a reload or a prefetch would) deletes nothing.
+        for _ in range(2):
+            page = client.get(led_to)
+            assert page.status_code == 200 and "/en/help" in page.get_data(as_text=True)
+            assert 'id="ineligible-delete"' in page.get_data(as_text=True)
+        assert db.execute("SELECT count(*) FROM participants").fetchone()[0] == 1
+        assert follow(client, client.get("/en/account")).endswith("/study")
+        deleted = post_page(client, led_to, {})
+        assert deleted.status_code == 200
+        assert 'id="ineligible-deleted"' in deleted.get_data(as_text=True)
+        assert "/en/help" in deleted.get_data(as_text=True)
         assert not db.execute("SELECT 1 FROM participants").fetchall()
         assert not db.execute("SELECT 1 FROM study_participants").fetchall()
         assert study_log.entries(db, "eligibility")[0].detail == {"eligible": False}

@@ -340,13 +340,14 @@ def submit(running: Study, form: intake.Form, answers: dict[str, str]) -> Respon
     return redirect(url_for("participant.study_step"))
 
 
-@bp.get("/study/not-eligible")
+@bp.route("/study/not-eligible", methods=["GET", "POST"])
 @login_required
 def study_ineligible() -> Any:
     """A respectful page with help for people the study does not fit.
 
-    With ``ineligible_account = "delete"`` the account is deleted once this page is
-    made, as the participant's own deletion does, and the browser logged out.
+    With ``ineligible_account = "delete"`` the page offers deleting the account, which a
+    POST does as the participant's own deletion does. Loading the page changes nothing:
+    someone who just leaves keeps the account until unused accounts are deleted.
     """
     found = at_step(intake.INELIGIBLE)
     if not isinstance(found, intake.Enrolment):
@@ -354,13 +355,18 @@ def study_ineligible() -> Any:
     running = study()
     assert running is not None
     deleting = running.ineligible_account == "delete"
+    deleted = request.method == "POST"
+    if deleted and not deleting:
+        abort(400)
     page = render_template(
         "participant/study/ineligible.html",
         lines=settings().crisis_lines(current_language()),
         deleting=deleting,
-        logged_in=not deleting,
+        deleted=deleted,
+        retention_days=settings().account_retention_days,
+        logged_in=not deleted,
     )
-    if not deleting:
+    if not deleted:
         return page
     with_reserve(settings(), lambda: delete_account(db(), own_id()))
     return gate.clear_cookie(make_response(page))
