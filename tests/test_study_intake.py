@@ -304,6 +304,23 @@ def test_a_paged_form_resumes_where_it_was_left_and_keeps_no_readable_draft(clie
     assert intake.draft_answers(db, again, form, new_recipient_keypair()[1]) == {}
 
 
+def test_an_unfinished_forms_draft_is_as_long_whatever_was_chosen(client, db):
+    through_consent(client)
+    follow(client, post_page(client, "/en/study/questions", ELIGIBLE))
+    found = only_participant(db)
+    form = intake.current_form(load_study(EXAMPLE), found)
+    keys = new_recipient_keypair()
+    sizes = set()
+    for option in ("never", "sometimes", "often"):
+        page = {item.id: option for item in intake.form_page(form, 0, per_page=4)}
+        db.execute("UPDATE study_participants SET draft = NULL, draft_form = NULL")
+        intake.save_page(db, found.participant_id, *keys, form, 0, page, per_page=4)
+        draft = only_participant(db)
+        assert intake.draft_answers(db, draft, form, keys[1]) == page  # still opens as it was
+        sizes.add(len(draft.draft))
+    assert len(sizes) == 1, sizes
+
+
 def test_someone_not_eligible_sees_help_and_cannot_book(client, db, study_env):
     led_to = through_intake(client, screening={**ELIGIBLE, "age": "no"})
     assert led_to.endswith("/study/not-eligible")

@@ -36,8 +36,10 @@ from stillroom.webapp.study.allocation import allocate
 from stillroom.webapp.study.definition import CONSENT_ITEMS, Study
 from stillroom.webapp.study.questionnaires import (
     MAX_PER_PAGE,
+    SEALED_BLOCK_BYTES,
     Instrument,
     Item,
+    canonical_answers,
     check_answers,
     pages,
     score,
@@ -406,12 +408,23 @@ def save_page(
         if found is None or found.slot is None or current_form_id(found) != form.timepoint:
             raise WrongStepError(form.timepoint)
         answers = {**draft_answers(db, found, form, secret_key), **on_page}
-        sealed = seal(json.dumps(answers, sort_keys=True).encode(), public_key)
+        sealed = seal(padded(answers), public_key)
         db.execute(
             "UPDATE study_participants SET draft_form = ?, draft = ? WHERE participant_id = ?",
             [form.timepoint, lock(db, found.slot, sealed), participant_id],
         )
     return answers
+
+
+def padded(answers: dict[str, str]) -> bytes:
+    """Return the answers as canonical JSON, with spaces up to a whole number of blocks.
+
+    A draft's length would otherwise follow the options chosen so far (``"never"`` is
+    shorter than ``"sometimes"``); ``json.loads`` reads the padded text as it is.
+    """
+    plain = canonical_answers(answers)
+    blocks = max(1, -(-len(plain) // SEALED_BLOCK_BYTES))
+    return plain.ljust(blocks * SEALED_BLOCK_BYTES, b" ")
 
 
 def current_form_id(found: Enrolment) -> str | None:
