@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import subprocess
+import sys
 from datetime import date
 from pathlib import Path
 
@@ -20,12 +22,19 @@ from stillroom.webapp.instance import prepare_instance
 from stillroom.webapp.keyslots import unlock
 from stillroom.webapp.settings import Settings
 from stillroom.webapp.store import connect
-from stillroom.webapp.study import allocation, amendment, intake
+from stillroom.webapp.study import allocation, amendment, course, intake
 from stillroom.webapp.study import log as study_log
 from stillroom.webapp.study.course import WaitlistError
 from stillroom.webapp.study.definition import load_study
 
-from support import FAST_ARGON2, NO_INTAKE_LIMITS, AuthActions, LoopbackClient, form_fields
+from support import (
+    FAST_ARGON2,
+    NO_INTAKE_LIMITS,
+    AuthActions,
+    LoopbackClient,
+    form_fields,
+    stillroom_env,
+)
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "study"
 DAY = date(2027, 3, 1)
@@ -112,10 +121,13 @@ def db(study_env):
     database.close()
 
 
+HIDDEN = re.compile(r'type="hidden" name="(form|page|version|text)" value="([^"]*)"')
+
+
 def post_page(client, path: str, data: dict[str, str]):
     """Send the form on the page at ``path`` with ``data``, as a browser would."""
     html = client.get(path).get_data(as_text=True)
-    hidden = dict(re.findall(r'type="hidden" name="(form|page)" value="([^"]*)"', html))
+    hidden = dict(HIDDEN.findall(html))
     return client.post(path, data={**form_fields(html), **hidden, **data})
 
 
@@ -175,6 +187,7 @@ def test_intake_ends_in_one_allocation_and_the_arm_page(client, db, study_key):
     assert found.step == intake.DONE and found.stratum == "en-berlin"
     events = [entry.event for entry in study_log.entries(db) if entry.pseudonym == found.pseudonym]
     assert events == ["consent", "eligibility", "allocation"]
+    assert study_log.entries(db, "eligibility")[0].detail == {"eligible": True}
     consent = study_log.entries(db, "consent")[0].detail
     assert consent["participate"] is True and consent["transcripts"] is False
     # What the server keeps of the answers opens only with the study team's key.
@@ -201,6 +214,62 @@ def test_sending_the_last_step_twice_allocates_once(client, db):
     pseudonym = only_participant(db).pseudonym
     with pytest.raises(allocation.AlreadyAllocatedError):
         allocation.allocate(db, pseudonym, "en-berlin", DAY)
+
+
+def use_up_list(db, stratum: str, leave: int = 0) -> None:
+    """Allocate others until the stratum's list has only ``leave`` entries left."""
+    (length, used) = db.execute(
+        "SELECT length, (SELECT count(*) FROM allocations WHERE stratum = ?)"
+        " FROM allocation_lists WHERE stratum = ?",
+        [stratum, stratum],
+    ).fetchone()
+    for number in range(used, length - leave):
+        allocation.allocate(db, f"other-{number}", stratum, DAY)
+
+
+def test_a_used_up_list_closes_enrolment_calmly_and_keeps_the_participant_where_they_are(
+    client, db
+):
+    through_consent(client)
+    follow(client, post_page(client, "/en/study/questions", ELIGIBLE))
+    use_up_list(db, "en-berlin")
+    closed = post_page(client, "/en/study/questions", BASELINE)
+    assert closed.status_code == 503
+    page = closed.get_data(as_text=True)
+    assert 'id="enrolment-closed"' in page and 'href="/en/help"' in page
+    found = only_participant(db)
+    assert found.step == intake.BASELINE
+    assert intake.allocation_of(db, found.pseudonym) is None
+    # Nothing of the baseline was kept or logged: the transaction was rolled back.
+    assert db.execute("SELECT timepoint FROM study_answers").fetchall() == [("screening",)]
+    events = [entry.event for entry in study_log.entries(db) if entry.pseudonym == found.pseudonym]
+    assert events == ["consent", "eligibility"]
+    # The answers wait in the draft: coming back shows the form filled in.
+    again = client.get("/en/study/questions").get_data(as_text=True)
+    assert 'value="sometimes" checked' in again
+
+
+def test_study_verify_names_a_stratum_whose_list_runs_low(study_env, db):
+    settings = study_env[0]
+
+    def verify() -> str:
+        result = subprocess.run(
+            [str(Path(sys.executable).with_name("stillroom")), "study", "verify"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=stillroom_env(settings.data_dir, 0),
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr  # a warning, not a broken log
+        return result.stdout
+
+    (length,) = db.execute("SELECT length FROM allocation_lists LIMIT 1").fetchone()
+    use_up_list(db, "en-berlin", leave=length // 10 + 1)
+    assert "Warning" not in verify()
+    use_up_list(db, "en-berlin", leave=length // 10)
+    warnings = [line for line in verify().splitlines() if line.startswith("Warning")]
+    assert len(warnings) == 1 and " en-berlin " in warnings[0]
 
 
 def test_booking_waits_until_intake_is_complete(client, db, study_env):
@@ -237,16 +306,35 @@ def test_a_paged_form_resumes_where_it_was_left_and_keeps_no_readable_draft(clie
     assert intake.draft_answers(db, again, form, new_recipient_keypair()[1]) == {}
 
 
+def test_an_unfinished_forms_draft_is_as_long_whatever_was_chosen(client, db):
+    through_consent(client)
+    follow(client, post_page(client, "/en/study/questions", ELIGIBLE))
+    found = only_participant(db)
+    form = intake.current_form(load_study(EXAMPLE), found)
+    keys = new_recipient_keypair()
+    sizes = set()
+    for option in ("never", "sometimes", "often"):
+        page = {item.id: option for item in intake.form_page(form, 0, per_page=4)}
+        db.execute("UPDATE study_participants SET draft = NULL, draft_form = NULL")
+        intake.save_page(db, found.participant_id, *keys, form, 0, page, per_page=4)
+        draft = only_participant(db)
+        assert intake.draft_answers(db, draft, form, keys[1]) == page  # still opens as it was
+        sizes.add(len(draft.draft))
+    assert len(sizes) == 1, sizes
+
+
 def test_someone_not_eligible_sees_help_and_cannot_book(client, db, study_env):
     led_to = through_intake(client, screening={**ELIGIBLE, "age": "no"})
     assert led_to.endswith("/study/not-eligible")
     page = client.get(led_to).get_data(as_text=True)
-    assert "/en/help" in page
+    assert "/en/help" in page and 'id="ineligible-delete"' not in page
+    assert post_page(client, led_to, {}).status_code == 400  # only the study's rule deletes
     assert follow(client, client.get("/en/account")).endswith("/study")
     found = only_participant(db)
     assert found.step == intake.INELIGIBLE
     assert isinstance(may_book(db, found.participant_id, 0, study_env[0]), IntakeIncompleteError)
-    assert study_log.entries(db, "eligibility")[0].detail == {"eligible": False, "failed": "age"}
+    # The log says only that they were not eligible, never which answer decided it.
+    assert study_log.entries(db, "eligibility")[0].detail == {"eligible": False}
     assert not db.execute("SELECT 1 FROM allocations").fetchall()
 
 
@@ -261,13 +349,22 @@ def test_someone_not_eligible_loses_the_account_when_the_study_says_delete(
     start(settings, folder, study_key[0])
     client = client_for(settings, clock)
     led_to = through_intake(client, screening={**ELIGIBLE, "recent-use": "no"})
-    page = client.get(led_to)
-    assert page.status_code == 200 and "/en/help" in page.get_data(as_text=True)
     db = connect(settings.database_path)
     try:
+        # Loading the page (twice, as a reload or a prefetch would) deletes nothing.
+        for _ in range(2):
+            page = client.get(led_to)
+            assert page.status_code == 200 and "/en/help" in page.get_data(as_text=True)
+            assert 'id="ineligible-delete"' in page.get_data(as_text=True)
+        assert db.execute("SELECT count(*) FROM participants").fetchone()[0] == 1
+        assert follow(client, client.get("/en/account")).endswith("/study")
+        deleted = post_page(client, led_to, {})
+        assert deleted.status_code == 200
+        assert 'id="ineligible-deleted"' in deleted.get_data(as_text=True)
+        assert "/en/help" in deleted.get_data(as_text=True)
         assert not db.execute("SELECT 1 FROM participants").fetchall()
         assert not db.execute("SELECT 1 FROM study_participants").fetchall()
-        assert study_log.entries(db, "eligibility")[0].detail["failed"] == "recent-use"
+        assert study_log.entries(db, "eligibility")[0].detail == {"eligible": False}
     finally:
         db.close()
     assert follow(client, client.get("/en/account")).endswith("/login")
@@ -304,6 +401,62 @@ def test_a_new_major_version_asks_for_consent_again_but_leaves_help_open(
     assert [entry.detail for entry in changes if entry.pseudonym] == [
         {"from": "1.1", "to": "2.0", "kind": "major"}
     ]
+
+
+TICKED = {"participate": "yes", "questionnaires": "yes"}
+
+
+def shown_consent(client, lang: str = "en") -> dict[str, str]:
+    """Open the consent page at intake; return its form as sent back with both boxes ticked."""
+    AuthActions(client, lang).create()
+    client.get(f"/{lang}/account")
+    post_page(client, f"/{lang}/study/information", {})
+    html = client.get(f"/{lang}/study/consent").get_data(as_text=True)
+    hidden = dict(re.findall(r'type="hidden" name="(version|text)" value="([^"]*)"', html))
+    return {**form_fields(html), **hidden, **TICKED}
+
+
+def test_consent_is_refused_for_a_text_changed_since_the_page_was_shown(
+    client, db, study_env, clock
+):
+    settings, folder = study_env
+    sent = shown_consent(client)
+    assert sent["version"] == "1.1" and re.fullmatch(r"[0-9a-f]{64}", sent["text"])
+    # Meanwhile the study team amends: a new major version with another text.
+    shutil.copytree(folder / "consent" / "1.1", folder / "consent" / "2.0")
+    en = folder / "consent" / "2.0" / "en.toml"
+    en.write_text(en.read_text().replace("study", "study (and a new use of your data)", 1))
+    toml = folder / "study.toml"
+    toml.write_text(
+        toml.read_text().replace('current = "1.1"', 'current = "2.0"')
+        + '\n[[consent.versions]]\nversion = "2.0"\nfolder = "consent/2.0"\nkind = "major"\n'
+    )
+    amendment.amend(db, load_study(folder), date(2027, 3, 2))
+    amended = client_for(settings, clock)  # the server restarted with the amended study
+    cookie = client.get_cookie("stillroom", domain="127.0.0.1")
+    amended.set_cookie("stillroom", cookie.value, domain="127.0.0.1")
+    refused = amended.post("/en/study/consent", data=sent)
+    assert refused.status_code == 400
+    page = refused.get_data(as_text=True)
+    assert "has changed since this page was opened" in page
+    assert "a new use of your data" in page and 'name="version" value="2.0"' in page
+    assert "checked" not in page  # the boxes are ticked again, for the text now shown
+    assert not db.execute("SELECT 1 FROM study_consents").fetchall()
+    assert only_participant(db).step == intake.CONSENT
+    # Sent again from the page now shown, it is recorded for that text.
+    assert post_page(amended, "/en/study/consent", TICKED).status_code == 200
+    assert db.execute("SELECT version FROM study_consents").fetchall() == [("2.0",)]
+
+
+def test_consent_is_refused_when_the_language_changed_in_between(client, db):
+    sent = shown_consent(client, "en")
+    refused = client.post("/de/study/consent", data=sent)
+    assert refused.status_code == 400
+    assert not db.execute("SELECT 1 FROM study_consents").fetchall()
+    assert post_page(client, "/de/study/consent", TICKED).status_code == 200
+    study = load_study(EXAMPLE)
+    (text,) = db.execute("SELECT text_sha256 FROM study_consents").fetchone()
+    assert text == study.consent().texts["de"].sha256 != sent["text"]
 
 
 def test_a_minor_version_only_shows_a_notice(client, db, study_env):
@@ -350,11 +503,35 @@ def test_withdraw_and_erase_destroys_the_research_key(client, db, study_env, stu
     assert not db.execute("SELECT 1 FROM study_consents").fetchall()
     with pytest.raises(SlotGoneError):
         unlock(db, before.slot, sealed)
-    events = [entry.event for entry in study_log.entries(db) if entry.pseudonym == after.pseudonym]
+    events = [entry.event for entry in study_log.entries(db) if entry.pseudonym == before.pseudonym]
     assert events == ["consent", "eligibility", "allocation", "withdrawal"]
     study_log.verify(db)
     assert client.get("/en/account").status_code == 200
     assert isinstance(may_book(db, after.participant_id, 0, study_env[0]), SessionsStoppedError)
+
+
+def test_after_withdraw_and_erase_nothing_links_the_account_to_the_study_log(client, db, study_env):
+    through_intake(client)
+    before = only_participant(db)
+    follow(client, post_page(client, "/en/study/withdraw/erase", {}))
+    after = only_participant(db)
+    # What a seized disk could join: account -> pseudonym -> log and allocation.
+    assert after.pseudonym != before.pseudonym and re.fullmatch(r"[0-9a-f]{20}", after.pseudonym)
+    for table in ("study_log", "allocations"):
+        linked = db.execute(
+            f"SELECT count(*) FROM {table} WHERE pseudonym = ?",
+            [after.pseudonym],
+        ).fetchone()[0]
+        assert linked == 0, table
+    # Nor does the row still say how far they came (done means "found eligible").
+    assert after.step == intake.WITHDRAWN and after.consent_version is None
+    assert after.erased and after.sessions_stopped and after.questionnaires_stopped
+    # They stay out of the study: no course, no booking, no intake again.
+    assert course.study_participant(db, after.participant_id) is None
+    assert isinstance(may_book(db, after.participant_id, 0, study_env[0]), SessionsStoppedError)
+    assert follow(client, client.get("/en/study")).endswith("/account")
+    assert follow(client, client.get("/en/study/consent")).endswith("/account")
+    assert client.get("/en/account").status_code == 200
 
 
 def test_deleting_the_account_destroys_the_research_key(client, db):

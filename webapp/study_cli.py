@@ -18,7 +18,7 @@ from sqlite_utils import Database
 from stillroom.webapp.backup import BackupError, decode_key
 from stillroom.webapp.console import SETTINGS_EPILOG, fail, load_settings, open_database
 from stillroom.webapp.store import transaction
-from stillroom.webapp.study import allocation, amendment
+from stillroom.webapp.study import allocation, amendment, intake
 from stillroom.webapp.study import log as study_log
 from stillroom.webapp.study.definition import Study, read_study
 
@@ -149,6 +149,7 @@ def study_verify(known: str | None) -> None:
             head = study_log.verify(database, noted)
         except study_log.StudyLogError as error:
             fail(error)
+        places = intake.places_left(database)
     signing = study_log.read_signing_key(settings.data_dir)
     click.echo(f"The study log of {name} is intact.")
     click.echo(f"Head: {head}")
@@ -156,6 +157,14 @@ def study_verify(known: str | None) -> None:
         signature = study_log.sign_head(name, head, signing)
         click.echo(f"Signature: {base64.b64encode(signature).decode()}")
         click.echo(f"Signing key: {base64.b64encode(public).decode()}")
+    # A warning, not a failure: the log is intact, but intake in this stratum will soon
+    # end in "closed for now" (no list can be extended without breaking its commitment).
+    for stratum, (left, length) in places.items():
+        if left < length * intake.FEW_PLACES_LEFT:
+            click.echo(
+                f"Warning: the allocation list of {stratum} has {left} of {length} entries left;"
+                " when none is left, intake in that stratum closes for now."
+            )
 
 
 @study.command(name="reveal", epilog=SETTINGS_EPILOG)

@@ -22,12 +22,17 @@ from stillroom.webapp.instance import with_reserve
 from stillroom.webapp.participant.blueprint import bp, gate, login_required
 from stillroom.webapp.participant.booking import zone
 from stillroom.webapp.study import intake
+from stillroom.webapp.study.allocation import ListExhaustedError
 from stillroom.webapp.study.definition import CONSENT_ITEMS, Study
 from stillroom.webapp.study.questionnaires import AnswersError, pages
 from stillroom.webapp.times import DATE_LOCALES, PARTICIPANT_ZONES
 
 CONSENT_NEEDED = _l(
     "To take part, please tick the first two boxes. The third one is your free choice."
+)
+CONSENT_CHANGED = _l(
+    "The consent text has changed since this page was opened. Please read the text below"
+    " as it is now, and tick the boxes again if you agree."
 )
 ANSWER_ALL = _l("Please choose an answer for each question on this page.")
 
@@ -148,6 +153,7 @@ STEP_ENDPOINTS = {
     intake.BASELINE: "participant.study_form",
     intake.DONE: "participant.study_arm",
     intake.INELIGIBLE: "participant.study_ineligible",
+    intake.WITHDRAWN: "participant.account",
 }
 
 
@@ -218,12 +224,17 @@ def study_consent() -> Any:
     version = running.consent()
     text = version.texts[current_language()]
     error = None
+    changed = False
     if request.method == "POST":
         ticked = {item for item in CONSENT_ITEMS if request.form.get(item) == "yes"}
+        shown = (request.form.get("version", ""), request.form.get("text", ""))
         try:
             receipt = intake.give_consent(
-                db(), running, own_id(), current_language(), ticked, today()
+                db(), running, own_id(), current_language(), ticked, today(), shown
             )
+        except intake.ConsentTextChangedError:
+            error = CONSENT_CHANGED
+            changed = True
         except intake.ConsentMissingError:
             error = CONSENT_NEEDED
         except intake.WrongStepError:
@@ -237,7 +248,8 @@ def study_consent() -> Any:
         version=version.version,
         items=[(item, text.items[item], required) for item, required in CONSENT_ITEMS.items()],
         again=again,
-        ticked=set(request.form) if request.method == "POST" else set(),
+        # Boxes ticked for another text are not carried over to this one.
+        ticked=set(request.form) if request.method == "POST" and not changed else set(),
         error=error,
     ), (400 if error else 200)
 
@@ -337,16 +349,21 @@ def submit(running: Study, form: intake.Form, answers: dict[str, str]) -> Respon
         intake.submit_baseline(db(), running, own_id(), answers, today())
     except intake.WrongStepError:
         pass  # sent twice: the first one did it
+    except ListExhaustedError:
+        # The stratum's list is used up. The baseline's transaction was rolled back, so
+        # the participant stays at this step with their draft, and nothing was logged.
+        return make_response(render_template("participant/study/full.html"), 503)
     return redirect(url_for("participant.study_step"))
 
 
-@bp.get("/study/not-eligible")
+@bp.route("/study/not-eligible", methods=["GET", "POST"])
 @login_required
 def study_ineligible() -> Any:
     """A respectful page with help for people the study does not fit.
 
-    With ``ineligible_account = "delete"`` the account is deleted once this page is
-    made, as the participant's own deletion does, and the browser logged out.
+    With ``ineligible_account = "delete"`` the page offers deleting the account, which a
+    POST does as the participant's own deletion does. Loading the page changes nothing:
+    someone who just leaves keeps the account until unused accounts are deleted.
     """
     found = at_step(intake.INELIGIBLE)
     if not isinstance(found, intake.Enrolment):
@@ -354,13 +371,18 @@ def study_ineligible() -> Any:
     running = study()
     assert running is not None
     deleting = running.ineligible_account == "delete"
+    deleted = request.method == "POST"
+    if deleted and not deleting:
+        abort(400)
     page = render_template(
         "participant/study/ineligible.html",
         lines=settings().crisis_lines(current_language()),
         deleting=deleting,
-        logged_in=not deleting,
+        deleted=deleted,
+        retention_days=settings().account_retention_days,
+        logged_in=not deleted,
     )
-    if not deleting:
+    if not deleted:
         return page
     with_reserve(settings(), lambda: delete_account(db(), own_id()))
     return gate.clear_cookie(make_response(page))

@@ -36,8 +36,10 @@ from stillroom.webapp.study.allocation import allocate
 from stillroom.webapp.study.definition import CONSENT_ITEMS, Study
 from stillroom.webapp.study.questionnaires import (
     MAX_PER_PAGE,
+    SEALED_BLOCK_BYTES,
     Instrument,
     Item,
+    canonical_answers,
     check_answers,
     pages,
     score,
@@ -51,7 +53,10 @@ SCREENING = "screening"
 BASELINE = "baseline"
 DONE = "done"
 INELIGIBLE = "ineligible"
-STEPS = (INFORMATION, CONSENT, SCREENING, BASELINE, DONE, INELIGIBLE)
+#: After "withdraw and erase", whatever step they were at: the row must not say whether
+#: they were found eligible.
+WITHDRAWN = "withdrawn"
+STEPS = (INFORMATION, CONSENT, SCREENING, BASELINE, DONE, INELIGIBLE, WITHDRAWN)
 
 #: The three levels of withdrawal (issue 16, point 11).
 STOP_SESSIONS = "stop-sessions"
@@ -70,6 +75,11 @@ class WrongStepError(IntakeError):
 
 class ConsentMissingError(IntakeError):
     """A required consent item was not ticked."""
+
+
+class ConsentTextChangedError(IntakeError):
+    """The consent text sent back is not the one that would be recorded now (a new
+    version, or another language): consent is only ever recorded for the text shown."""
 
 
 class AnswersMissingError(IntakeError):
@@ -263,20 +273,26 @@ def give_consent(
     language: str,
     ticked: set[str],
     day: datetime.date,
+    shown: tuple[str, str],
 ) -> Receipt:
     """Record consent to the current version as shown in ``language``; return its receipt.
 
     At intake this moves on to screening; asked again after a major version, the
     participant stays where they were. Only the choice of the optional items is recorded.
 
+    :param shown: the version and the SHA-256 of the text the participant was shown.
+    :raises ConsentTextChangedError: when ``shown`` is not the current version's text
+        in ``language``.
     :raises ConsentMissingError: when a required item is not ticked.
     :raises WrongStepError: when no consent is asked of this participant now.
     """
+    version = study.consent(study.consent_current)
+    text = version.texts[language]
+    if shown != (version.version, text.sha256):
+        raise ConsentTextChangedError(f"{shown[0]} is not {version.version}")
     missing = [item for item, required in CONSENT_ITEMS.items() if required and item not in ticked]
     if missing:
         raise ConsentMissingError(", ".join(missing))
-    version = study.consent(study.consent_current)
-    text = version.texts[language]
     chosen = ",".join(item for item in CONSENT_ITEMS if item in ticked)
     with transaction(db):
         found = enrolment(db, participant_id)
@@ -419,12 +435,23 @@ def save_page(
         if found is None or found.slot is None or current_form_id(found) != form.timepoint:
             raise WrongStepError(form.timepoint)
         answers = {**draft_answers(db, found, form, secret_key), **on_page}
-        sealed = seal(json.dumps(answers, sort_keys=True).encode(), public_key)
+        sealed = seal(padded(answers), public_key)
         db.execute(
             "UPDATE study_participants SET draft_form = ?, draft = ? WHERE participant_id = ?",
             [form.timepoint, lock(db, found.slot, sealed), participant_id],
         )
     return answers
+
+
+def padded(answers: dict[str, str]) -> bytes:
+    """Return the answers as canonical JSON, with spaces up to a whole number of blocks.
+
+    A draft's length would otherwise follow the options chosen so far (``"never"`` is
+    shorter than ``"sometimes"``); ``json.loads`` reads the padded text as it is.
+    """
+    plain = canonical_answers(answers)
+    blocks = max(1, -(-len(plain) // SEALED_BLOCK_BYTES))
+    return plain.ljust(blocks * SEALED_BLOCK_BYTES, b" ")
 
 
 def current_form_id(found: Enrolment) -> str | None:
@@ -437,12 +464,9 @@ def complete(form: Form, answers: dict[str, str]) -> bool:
     return all(item.id in answers for item in form.instrument.items)
 
 
-def failed_rule(study: Study, answers: dict[str, str]) -> str | None:
-    """Return the item of the first eligibility rule the answers break, or ``None``."""
-    for rule in study.eligibility_rules:
-        if answers.get(rule.item) != rule.equals:
-            return rule.item
-    return None
+def is_eligible(study: Study, answers: dict[str, str]) -> bool:
+    """Return whether the answers meet every eligibility rule."""
+    return all(answers.get(rule.item) == rule.equals for rule in study.eligibility_rules)
 
 
 def _store_answers(
@@ -481,21 +505,17 @@ def submit_screening(
     """
     form = Form(study.instruments[study.eligibility_instrument], SCREENING)
     score(form.instrument, answers)  # refuses unknown items and options
-    failed = failed_rule(study, answers)
+    eligible = is_eligible(study, answers)
     with transaction(db):
         found = enrolment(db, participant_id)
         if found is None:
             raise WrongStepError(SCREENING)
-        _set_step(db, participant_id, SCREENING, BASELINE if failed is None else INELIGIBLE)
+        _set_step(db, participant_id, SCREENING, BASELINE if eligible else INELIGIBLE)
         _store_answers(db, found, form, answers, day)
-        log.append(
-            db,
-            "eligibility",
-            day,
-            found.pseudonym,
-            {"eligible": failed is None, "failed": failed},
-        )
-    return failed is None
+        # Only the outcome: which rule failed would tell a reader of the log (or of a
+        # seized disk) an answer; the study team reads the reasons from the sealed answers.
+        log.append(db, "eligibility", day, found.pseudonym, {"eligible": eligible})
+    return eligible
 
 
 def submit_baseline(
@@ -524,6 +544,26 @@ def submit_baseline(
     return arm
 
 
+#: Below this share of its list left, ``stillroom study verify`` names a stratum.
+FEW_PLACES_LEFT = 0.1
+
+
+def places_left(db: Database) -> dict[str, tuple[int, int]]:
+    """Return, per stratum, how many entries of its allocation list are left, and its length.
+
+    When none is left, intake ends before allocation with "closed for now"; the study
+    team needs to see it coming.
+    """
+    return {
+        stratum: (length - used, length)
+        for stratum, length, used in db.execute(
+            "SELECT stratum, length, (SELECT count(*) FROM allocations"
+            " WHERE allocations.stratum = allocation_lists.stratum)"
+            " FROM allocation_lists ORDER BY stratum"
+        )
+    }
+
+
 def allocation_of(db: Database, pseudonym: str) -> tuple[str, datetime.date] | None:
     """Return the participant's arm and the day of allocation, or ``None``."""
     row = db.execute("SELECT arm, day FROM allocations WHERE pseudonym = ?", [pseudonym]).fetchone()
@@ -549,9 +589,11 @@ def withdraw(db: Database, participant_id: str, level: str, day: datetime.date, 
 
     ``stop-sessions``: no more booking, and upcoming appointments are cancelled.
     ``stop-questionnaires``: no more assessments are offered.
-    ``erase``: both, and the research data goes: the answers and consents are deleted
-    and the research slot destroyed, so no copy of them opens again. The study log
-    keeps its pseudonymous events, and the allocation stays (it is part of the list).
+    ``erase``: both, and the research data goes: the answers, consents and draft are
+    deleted and the research slot destroyed, so no copy of them opens again. The study
+    log keeps its pseudonymous events and the allocation stays (it is part of the list),
+    but the account gets a fresh random pseudonym, so nothing links it to them any more;
+    the row keeps only the flags that keep the person out of the study.
 
     :raises ValueError: for an unknown level.
     :raises WrongStepError: when the participant is not in the study or erased already.
@@ -581,10 +623,12 @@ def withdraw(db: Database, participant_id: str, level: str, day: datetime.date, 
         if level == ERASE:
             db.execute("DELETE FROM study_answers WHERE pseudonym = ?", [found.pseudonym])
             db.execute("DELETE FROM study_consents WHERE pseudonym = ?", [found.pseudonym])
+            # The consents and answers named the old pseudonym: they are gone before it is.
             db.execute(
                 "UPDATE study_participants SET erased = 1, slot = NULL, draft = NULL,"
-                " draft_form = NULL WHERE participant_id = ?",
-                [participant_id],
+                " draft_form = NULL, consent_version = NULL, step = ?, pseudonym = ?"
+                " WHERE participant_id = ?",
+                [WITHDRAWN, secrets.token_hex(10), participant_id],
             )
             gone = doomed(db, [found.slot])
         log.append(db, "withdrawal", day, found.pseudonym, {"level": level, "step": found.step})
@@ -610,8 +654,10 @@ def booking_refusal(db: Database, participant_id: str) -> str | None:
         "SELECT step, sessions_stopped FROM study_participants WHERE participant_id = ?",
         [participant_id],
     ).fetchone()
-    if row is None or row[0] != DONE:
+    if row is None:
         return "intake"
     if row[1]:
         return "stopped"
+    if row[0] != DONE:
+        return "intake"
     return None
