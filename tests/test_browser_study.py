@@ -188,5 +188,9 @@ def test_withdrawal_at_each_level_is_one_form_away(firefox, study_server, level)
         study_server, "SELECT count(*) FROM study_answers WHERE pseudonym = ?", (entry.pseudonym,)
     )[0][0]
     assert answers == (0 if level == intake.ERASE else 2)
+    [(arm,)] = query(
+        study_server, "SELECT arm FROM allocations WHERE pseudonym = ?", (entry.pseudonym,)
+    )
     booking_link = firefox.find_elements(By.CSS_SELECTOR, "a[href='/en/book']")
-    assert bool(booking_link) is (level == intake.STOP_QUESTIONNAIRES)
+    # Sessions go on only when questionnaires alone stopped, and a waitlist still waits.
+    assert bool(booking_link) is (level == intake.STOP_QUESTIONNAIRES and arm == "chat")

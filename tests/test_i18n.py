@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from babel.messages.pofile import read_po
 
+from stillroom.webapp.i18n import language_name
 from stillroom.webapp.settings import LANGUAGES
 
 from support import AuthActions
@@ -94,3 +95,9 @@ def test_language_names_inside_sentences_are_in_the_pages_language(therapist, ap
     assert "němčina" in german.client.get("/cs/account").get_data(as_text=True)
     portal_home = therapist.client.get("/en/").get_data(as_text=True)
     assert "· German" in portal_home and portal_home.count("Deutsch") == 1
+
+
+def test_portuguese_pages_name_languages_in_european_portuguese(app):
+    """Babel's plain "pt" is Brazilian: a Portuguese page says "checo", never "tcheco"."""
+    with app.test_request_context("/pt/"):
+        assert language_name("cs") == "checo"

@@ -12,6 +12,7 @@ from flask_babel import Babel
 
 from stillroom.webapp.paths import package_dir
 from stillroom.webapp.settings import LANGUAGES
+from stillroom.webapp.times import DATE_LOCALES
 
 #: Each language named in itself, for the language links (and only there: inside a
 #: sentence a language takes the page language's name, see :func:`language_name`).
@@ -38,7 +39,7 @@ def language_name(code: str) -> str:
 
     An English page says "with Anna, in German", never "in Deutsch".
     """
-    name: str = Locale.parse(current_language()).languages[code]
+    name: str = Locale.parse(DATE_LOCALES[current_language()]).languages[code]
     return name
 
 
