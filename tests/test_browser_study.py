@@ -77,7 +77,7 @@ def query(server: LiveServer, sql: str, args: tuple = ()) -> list[tuple]:
 
 def choose(browser: Marionette, answers: dict[str, str]) -> None:
     for item, option in answers.items():
-        browser.find_element(By.ID, f"{item}-{option}").click()
+        browser.find_element(By.CSS_SELECTOR, f"input[name='{item}'][value='{option}']").click()
 
 
 def new_participant(browser: Marionette, server: LiveServer, lang: str) -> None:
