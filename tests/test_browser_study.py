@@ -3,6 +3,7 @@ on the real server with ``STILLROOM_STUDY`` set."""
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 from collections.abc import Iterator
 from datetime import date
@@ -11,7 +12,17 @@ from pathlib import Path
 import pytest
 from marionette_driver.by import By
 from marionette_driver.marionette import Marionette
-from test_browser_nojs import PREFS, create_account, path_of, press, running_firefox, visit
+from test_browser_nojs import (
+    PREFS,
+    create_account,
+    log_in,
+    log_out,
+    path_of,
+    press,
+    running_firefox,
+    visit,
+)
+from test_study_amendment import add_consent_version, key_file, stillroom
 
 from stillroom.crypto.stream import new_recipient_keypair
 from stillroom.webapp.instance import prepare_instance
@@ -80,14 +91,18 @@ def choose(browser: Marionette, answers: dict[str, str]) -> None:
         browser.find_element(By.CSS_SELECTOR, f"input[name='{item}'][value='{option}']").click()
 
 
-def new_participant(browser: Marionette, server: LiveServer, lang: str) -> None:
-    """Start afresh: log out, make a new account, which lands on the study's first step."""
+def new_participant(browser: Marionette, server: LiveServer, lang: str) -> str:
+    """Start afresh: log out, make a new account, which lands on the study's first step.
+
+    Return the new account's passphrase.
+    """
     visit(browser, f"{server.url}/{lang}/")
     logout = browser.find_elements(By.CSS_SELECTOR, "footer form button")
     if logout:  # the participant before logs out
         press(browser, logout[0])
-    create_account(browser, f"{server.url}/{lang}")
+    passphrase = create_account(browser, f"{server.url}/{lang}")
     assert path_of(browser) == f"/{lang}/study/information"
+    return passphrase
 
 
 def through_intake(
@@ -95,6 +110,11 @@ def through_intake(
 ) -> str:
     """Walk a new account through intake; return the path it ends on."""
     new_participant(browser, server, lang)
+    return answer_intake(browser, lang, screening)
+
+
+def answer_intake(browser: Marionette, lang: str, screening: dict[str, str] = ELIGIBLE) -> str:
+    """Go through intake from the information page on; return the path it ends on."""
     assert browser.find_element(By.CSS_SELECTOR, "header a.help")  # crisis help, on every step
     press(browser, browser.find_element(By.ID, "study-next"))
     assert path_of(browser) == f"/{lang}/study/consent"
@@ -194,3 +214,56 @@ def test_withdrawal_at_each_level_is_one_form_away(firefox, study_server, level)
     booking_link = firefox.find_elements(By.CSS_SELECTOR, "a[href='/en/book']")
     # Sessions go on only when questionnaires alone stopped, and a waitlist still waits.
     assert bool(booking_link) is (level == intake.STOP_QUESTIONNAIRES and arm == "chat")
+
+
+def test_a_major_consent_version_is_asked_for_again_at_the_next_login(firefox, tmp_path):
+    folder = tmp_path / "study"  # a server of its own: the shared one's folder never changes
+    shutil.copytree(EXAMPLE, folder)
+    data_dir = tmp_path / "instance"
+    prepare_instance(Settings.load({}, data_dir=data_dir, disk_reserve_mib=1))
+    keys = ("--study-key", str(key_file(tmp_path / "s.pub")))
+    keys += ("--statistician-key", str(key_file(tmp_path / "t.pub")))
+    started = stillroom(data_dir, "study", "start", *keys, study=folder)
+    assert started.returncode == 0, started.stderr
+    server = start_server(data_dir, {"STILLROOM_STUDY": str(folder)})
+    try:
+        passphrase = new_participant(firefox, server, "en")
+        assert answer_intake(firefox, "en") == "/en/study/arm"
+        log_out(firefox)
+    finally:
+        stop_server(server)
+
+    add_consent_version(folder, "2.0", "major")
+    amended = stillroom(data_dir, "study", "amend", study=folder)
+    assert amended.returncode == 0, amended.stderr
+    server = start_server(data_dir, {"STILLROOM_STUDY": str(folder)})
+    try:
+        log_in(firefox, f"{server.url}/en", passphrase)
+        assert path_of(firefox) == "/en/study/consent"
+        assert "Version 2.0." in str(firefox.find_element(By.TAG_NAME, "main").text)
+        press(firefox, firefox.find_element(By.CSS_SELECTOR, "header a.help"))
+        assert path_of(firefox) == "/en/help"  # help is never held back by the question
+        visit(firefox, f"{server.url}/en/account")
+        assert path_of(firefox) == "/en/study/consent"
+        firefox.find_element(By.ID, "consent-participate").click()
+        firefox.find_element(By.ID, "consent-questionnaires").click()
+        press(firefox, firefox.find_element(By.ID, "consent-give"))
+        assert len(str(firefox.find_element(By.ID, "receipt").text)) == 9
+        visit(firefox, f"{server.url}/en/account")
+        assert path_of(firefox) == "/en/account"
+        log_out(firefox)
+        shown = hashlib.sha256((folder / "consent" / "2.0" / "en.toml").read_bytes()).hexdigest()
+        assert ("2.0", shown) in query(server, "SELECT version, text_sha256 FROM study_consents")
+        db = connect(data_dir / "stillroom.db")
+        try:
+            consent = study_log.entries(db, "consent")[-1]
+            changes = study_log.entries(db, "consent-version")
+        finally:
+            db.close()
+    finally:
+        stop_server(server)
+    assert (consent.detail["version"], consent.detail["text"]) == ("2.0", shown)
+    # The amendment logs the new version without a pseudonym; the participant's change has one.
+    assert [entry.detail for entry in changes if entry.pseudonym] == [
+        {"from": "1.1", "to": "2.0", "kind": "major"}
+    ]
