@@ -191,8 +191,8 @@ def test_in_the_chat_arm_a_first_session_is_only_with_a_therapist_of_the_site(
     therapist.create("Anna")
     assert therapist.publish("2027-01-19", "18:00").status_code == 302
     therapist.logout()
-    therapist.create("Ben")
-    assert therapist.publish("2027-01-18", "18:00").status_code == 302
+    therapist.create("Ben", ("cs", "en"))
+    assert therapist.publish("2027-01-18", "18:00", languages=("cs", "en")).status_code == 302
     db = connect(study_settings.database_path)
     try:
         with transaction(db):
@@ -212,6 +212,11 @@ def test_in_the_chat_arm_a_first_session_is_only_with_a_therapist_of_the_site(
         " WHERE therapists.name = 'Ben'",
     )
     assert auth.post("/book", {"slot": ben_slot}, page="/book").status_code == 409
+    # Another language in the address leads to no other stratum, so to no other site.
+    czech = AuthActions(auth.client, "cs")
+    assert "Ben" not in auth.client.get("/cs/book").get_data(as_text=True)
+    assert czech.post("/book", {"slot": ben_slot}, page="/book").status_code == 409
+    assert rows(study_settings, "SELECT count(*) FROM appointments") == [(0,)]
 
 
 def test_an_account_that_is_not_allocated_cannot_book_in_a_study(study_world, study_settings):
@@ -325,8 +330,9 @@ def test_a_session_with_a_message_counts_once(chat, settings, clock, auth):
     assert rows(settings, "SELECT attended FROM courses") == [(1,)]
 
 
+@pytest.mark.parametrize("therapist_writes", [True, False])
 def test_in_a_study_an_attended_session_is_logged_with_its_day_and_minutes(
-    study_world, study_settings, clock
+    study_world, study_settings, clock, therapist_writes
 ):
     auth, therapist = study_world
     therapist.create()
@@ -346,6 +352,11 @@ def test_in_a_study_an_attended_session_is_logged_with_its_day_and_minutes(
         f"/en/chat/{appointment}/compose", data={**form_fields(html), "text": "Hello"}
     )
     assert sent.status_code < 400
+    if therapist_writes:  # one side alone is a no-show, not a session
+        therapist.client.delete_cookie("stillroom_portal", domain="127.0.0.1")
+        assert therapist.login().status_code == 302
+        answered = therapist.post(f"/en/chat/{appointment}/compose", {"text": "Welcome"})
+        assert answered.status_code < 400
     clock.now = 1_800_000_000 + 4 * DAY
     db = connect(study_settings.database_path)
     try:
@@ -353,6 +364,9 @@ def test_in_a_study_an_attended_session_is_logged_with_its_day_and_minutes(
         purge(db, int(clock()) + 60, study_settings)
     finally:
         db.close()
+    if not therapist_writes:
+        assert events(study_settings, "session-attended") == []
+        return
     [attended] = events(study_settings, "session-attended")
     assert attended.pseudonym == pseudonym
     assert attended.day == "2027-01-18"

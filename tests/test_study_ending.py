@@ -112,10 +112,13 @@ def browser(settings, clock) -> LoopbackClient:
     return app.test_client()
 
 
+HIDDEN = re.compile(r'type="hidden" name="(form|page|version|text)" value="([^"]*)"')
+
+
 def post_page(client, path: str, data: dict[str, str]):
     """Send the form on the page at ``path`` with ``data``, as a browser would."""
     html = client.get(path).get_data(as_text=True)
-    hidden = dict(re.findall(r'type="hidden" name="(form|page)" value="([^"]*)"', html))
+    hidden = dict(HIDDEN.findall(html))
     return client.post(path, data={**form_fields(html), **hidden, **data})
 
 

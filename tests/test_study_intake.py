@@ -81,6 +81,7 @@ def start(settings: Settings, folder: Path, public_key: bytes) -> None:
             [(arm.id, arm.ratio) for arm in definition.arms],
             list(definition.block_sizes),
             40,
+            amendment.allocation_sha256(definition),
         )
     finally:
         db.close()
@@ -246,7 +247,7 @@ def test_a_used_up_list_closes_enrolment_calmly_and_keeps_the_participant_where_
     assert events == ["consent", "eligibility"]
     # The answers wait in the draft: coming back shows the form filled in.
     again = client.get("/en/study/questions").get_data(as_text=True)
-    assert 'value=sometimes checked' in again
+    assert "value=sometimes checked" in again
 
 
 def test_study_verify_names_a_stratum_whose_list_runs_low(study_env, db):
@@ -532,6 +533,16 @@ def test_after_withdraw_and_erase_nothing_links_the_account_to_the_study_log(cli
     assert follow(client, client.get("/en/study")).endswith("/account")
     assert follow(client, client.get("/en/study/consent")).endswith("/account")
     assert client.get("/en/account").status_code == 200
+    # Neither the stratum nor the rows' order lead from the account to the log's entries.
+    assert db.execute(
+        "SELECT stratum FROM study_participants WHERE participant_id = ?", [before.participant_id]
+    ).fetchone() == ("",)
+    assert (
+        "WITHOUT ROWID"
+        in db.execute("SELECT sql FROM sqlite_master WHERE name = 'study_participants'").fetchone()[
+            0
+        ]
+    )
 
 
 def test_deleting_the_account_destroys_the_research_key(client, db):

@@ -79,9 +79,9 @@ def _create_app(settings: Settings | None, clock: Callable[[], float], area: str
     assets.init_app(app)
     chatroom.init_app(app)
     with app.app_context():
-        purge(db.get_db(), int(clock()), settings)
-        if app.config["STUDY"] is not None:
+        if app.config["STUDY"] is not None:  # before the purge, which acts on the study
             check_unchanged(db.get_db(), app.config["STUDY"])
+        purge(db.get_db(), int(clock()), settings)
     return app
 
 

@@ -298,6 +298,11 @@ def expiry_day(appointment: ChatAppointment, retention_days: int) -> str:
     return deletion_day(appointment.closes_at(), retention_days)
 
 
+#: The bit of ``appointments.sides_wrote`` each side sets by writing.
+SIDE_BITS = {"participant": 1, "therapist": 2}
+BOTH_SIDES = 3
+
+
 def send_message(
     db: Database,
     appointment: ChatAppointment,
@@ -334,6 +339,11 @@ def send_message(
                 "envelope": seal_message(sealing_key, conversation_id, seq, role, now // 60, text),
                 "expires_day": day,
             }
+        )
+        # Which sides wrote, and nothing more: a course counts a session both sides came to.
+        db.execute(
+            "UPDATE appointments SET sides_wrote = sides_wrote | ? WHERE id = ?",
+            [SIDE_BITS[role], appointment.id],
         )
     return seq
 

@@ -337,6 +337,8 @@ def _binding() -> bytes:
 #: How much less CPU priority argon2's threads get than the event loop (Linux nice steps).
 ARGON2_NICE = 10
 #: New accounts' argon2 runs lower still: a flood of them slows itself, not the logins.
+#: The other way round, a flood of logins slows account creation (to seconds, with two
+#: busy login threads on two cores) but never stops it: it has a thread of its own.
 CREATION_NICE = 19
 
 

@@ -160,6 +160,13 @@ INVENTORY: tuple[Table, ...] = (
                 "course_counted",
                 _l("Whether it has been counted in your course of sessions, so it counts once."),
             ),
+            Column(
+                "sides_wrote",
+                _l(
+                    "Whether you, your therapist or both wrote in its chat (never what, or"
+                    " when), so that a session counts only when both of you came."
+                ),
+            ),
         ),
     ),
     Table(

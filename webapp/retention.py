@@ -36,6 +36,7 @@ from stillroom.webapp.notes import delete_study_notes, purge_notes
 from stillroom.webapp.sessions import end_expired_sessions
 from stillroom.webapp.settings import Settings
 from stillroom.webapp.store import StoreUnwritableError, checkpoint, connect, transaction
+from stillroom.webapp.study.amendment import StudyChangedError, check_unchanged
 from stillroom.webapp.study.course import count_sessions, cross_over_due, purge_proposals
 from stillroom.webapp.study.definition import Study, load_study
 from stillroom.webapp.therapists import forget_old_failures
@@ -71,9 +72,15 @@ def _delete_expired(db: Database, now: int, settings: Settings, orphans: bool) -
     removed += forget_old_failures(db, now)
     # Before messages go: a session is counted from the messages stored for it.
     study = running_study(settings)
-    count_sessions(db, now, settings.message_retention_days, study)
-    if study is not None:
-        cross_over_due(db, now, study)
+    try:
+        if study is not None:
+            check_unchanged(db, study)
+    except StudyChangedError:
+        pass  # nothing is logged under rules no amendment logged; the deletions go on
+    else:
+        count_sessions(db, now, settings.message_retention_days, study)
+        if study is not None:
+            cross_over_due(db, now, study)
     removed += purge_chats(db, now, settings.chat_opens_minutes_before)
     removed += purge_bookings(db, now, settings.appointment_retention_days * 24 * 3600)
     removed += purge_notes(db, now, settings.note_retention_days)

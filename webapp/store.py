@@ -608,7 +608,9 @@ def create_study_intake(db: Database) -> None:
 
     Everything goes with the account (``ON DELETE CASCADE``). Answers are sealed to the
     study team and locked under the participant's research slot; ``slot`` is emptied
-    when they withdraw and erase, and the slot destroyed.
+    when they withdraw and erase, and the slot destroyed. Participants are kept in the
+    order of their random account ids (no rowid), so that the order of the rows says
+    nothing about who joined or withdrew when.
     """
     db.execute(
         """
@@ -624,7 +626,7 @@ def create_study_intake(db: Database) -> None:
             sessions_stopped INTEGER NOT NULL DEFAULT 0,
             questionnaires_stopped INTEGER NOT NULL DEFAULT 0,
             erased INTEGER NOT NULL DEFAULT 0
-        ) STRICT
+        ) STRICT, WITHOUT ROWID
         """
     )
     db.execute(
@@ -697,3 +699,9 @@ def add_study_days(db: Database) -> None:
     db.execute("ALTER TABLE study ADD COLUMN last_day TEXT")
     db.execute("ALTER TABLE study ADD COLUMN erase_day TEXT")
     db.execute("ALTER TABLE study ADD COLUMN erased_day TEXT")
+
+
+@migrations()
+def add_sides_wrote(db: Database) -> None:
+    """Which sides wrote in an appointment's chat: a session counts only when both came."""
+    db.execute("ALTER TABLE appointments ADD COLUMN sides_wrote INTEGER NOT NULL DEFAULT 0")

@@ -119,7 +119,12 @@ def amend(db: Database, study: Study, day: date) -> list[str]:
             raise AmendmentError(f"the study's research data was erased on {erased}: it is over")
         if previous == study.sha256:
             raise AmendmentError("the study folder is unchanged: there is nothing to amend")
-        if allocation is not None and allocation != allocation_sha256(study):
+        if allocation is None:
+            raise AmendmentError(
+                "the study's start logged no fingerprint of what its allocation lists were"
+                " made from, so no amendment can be checked against it"
+            )
+        if allocation != allocation_sha256(study):
             raise AmendmentError(
                 "the strata, arms (their ratios, what they get, their waiting), block sizes or"
                 " list length changed: the committed"

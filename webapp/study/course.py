@@ -27,7 +27,7 @@ from typing import NamedTuple
 from sqlite_utils import Database
 
 from stillroom.webapp import booking
-from stillroom.webapp.keyslots import deletion_day
+from stillroom.webapp.chat import BOTH_SIDES
 from stillroom.webapp.settings import Settings
 from stillroom.webapp.store import transaction
 from stillroom.webapp.study import log
@@ -189,17 +189,19 @@ def bookable_therapists(
     """Return the therapists this participant may book now; ``None``: anyone of the language.
 
     The course's therapist while there is one; else, in a study, the therapists of the
-    site of the participant's language.
+    participant's stratum (its language and site), and only in that language.
     """
     therapist = course_therapist(db, participant_id)
     if therapist is not None:
         return frozenset([therapist])
     if study is None:
         return None
-    site = study.sites.get(language)
-    if site is None:
+    # The stratum drawn at allocation decides, never the language of the address: another
+    # language in the URL must not lead to another site's therapists.
+    who = study_participant(db, participant_id)
+    if who is None or language not in study.sites or study.stratum_of(language) != who.stratum:
         return frozenset()
-    return frozenset(item.id for item in therapists_at(db, language, site))
+    return frozenset(item.id for item in therapists_at(db, language, study.sites[language]))
 
 
 def _keep_therapist(db: Database, participant_id: str, appointment_id: str) -> None:
@@ -425,34 +427,20 @@ def attended(db: Database, participant_id: str) -> int:
 def count_sessions(db: Database, now: int, message_days: int, study: Study | None) -> int:
     """Count every appointment whose chat is over, once; return how many were attended.
 
-    An appointment counts as attended when it was not cancelled and at least one message
-    was stored for it (messages of the pair that expire on its deletion days).
+    An appointment counts as attended when it was not cancelled and both sides wrote in
+    its chat (``appointments.sides_wrote``): one side alone is a no-show, not a session.
     """
     rows = db.execute(
         "SELECT id, participant_id, therapist_id, starts_at, ends_at, chat_extra_minutes,"
-        " cancelled FROM appointments WHERE course_counted = 0"
+        " cancelled, sides_wrote FROM appointments WHERE course_counted = 0"
         " AND (chat_closed = 1 OR cancelled = 1 OR ends_at + chat_extra_minutes * 60 <= ?)",
         [now],
     ).fetchall()
     counted = 0
-    for appointment_id, participant_id, therapist_id, starts, ends, extra, cancelled in rows:
+    for appointment_id, participant_id, therapist_id, starts, ends, extra, cancelled, sides in rows:
         closes = ends + extra * 60
         with transaction(db):
-            written = (
-                not cancelled
-                and db.execute(
-                    "SELECT 1 FROM messages"
-                    " JOIN conversations ON conversations.id = conversation_id"
-                    " WHERE conversations.participant_id = ? AND conversations.therapist_id = ?"
-                    " AND messages.expires_day BETWEEN ? AND ? LIMIT 1",
-                    [
-                        participant_id,
-                        therapist_id,
-                        deletion_day(ends, message_days),
-                        deletion_day(closes, message_days),
-                    ],
-                ).fetchone()
-            )
+            written = not cancelled and sides == BOTH_SIDES
             done = db.execute(
                 "UPDATE appointments SET course_counted = 1 WHERE id = ? AND course_counted = 0",
                 [appointment_id],

@@ -624,12 +624,14 @@ def withdraw(db: Database, participant_id: str, level: str, day: datetime.date, 
             db.execute("DELETE FROM study_answers WHERE pseudonym = ?", [found.pseudonym])
             db.execute("DELETE FROM study_consents WHERE pseudonym = ?", [found.pseudonym])
             # The consents and answers named the old pseudonym: they are gone before it is.
+            # Nor may the stratum or the course's count lead back to the log's entries.
             db.execute(
                 "UPDATE study_participants SET erased = 1, slot = NULL, draft = NULL,"
-                " draft_form = NULL, consent_version = NULL, step = ?, pseudonym = ?"
-                " WHERE participant_id = ?",
+                " draft_form = NULL, consent_version = NULL, step = ?, pseudonym = ?,"
+                " stratum = '' WHERE participant_id = ?",
                 [WITHDRAWN, secrets.token_hex(10), participant_id],
             )
+            db.execute("DELETE FROM courses WHERE participant_id = ?", [participant_id])
             gone = doomed(db, [found.slot])
         log.append(db, "withdrawal", day, found.pseudonym, {"level": level, "step": found.step})
     destroy_slots(db, gone)
