@@ -18,13 +18,13 @@ from stillroom.crypto.slots import SLOT_BYTES
 from stillroom.crypto.stream import new_recipient_keypair
 from stillroom.webapp import audit
 from stillroom.webapp.app import create_participant_app
-from stillroom.webapp.booking import AccountTooNewError, may_book
+from stillroom.webapp.booking import AccountTooNewError
 from stillroom.webapp.instance import prepare_instance
 from stillroom.webapp.notes import save_note
 from stillroom.webapp.retention import purge
 from stillroom.webapp.settings import Settings
 from stillroom.webapp.store import connect
-from stillroom.webapp.study.course import WaitlistError
+from stillroom.webapp.study.course import WaitlistError, may_book
 from stillroom.webapp.study.definition import load_study
 from stillroom.webapp.therapists import add_therapist
 

@@ -17,14 +17,14 @@ from stillroom.crypto.box import open_sealed
 from stillroom.crypto.slots import SlotGoneError
 from stillroom.crypto.stream import new_recipient_keypair
 from stillroom.webapp.app import create_participant_app
-from stillroom.webapp.booking import IntakeIncompleteError, SessionsStoppedError, may_book
+from stillroom.webapp.booking import IntakeIncompleteError, SessionsStoppedError
 from stillroom.webapp.instance import prepare_instance
 from stillroom.webapp.keyslots import unlock
 from stillroom.webapp.settings import Settings
 from stillroom.webapp.store import connect
 from stillroom.webapp.study import allocation, amendment, course, intake
 from stillroom.webapp.study import log as study_log
-from stillroom.webapp.study.course import WaitlistError
+from stillroom.webapp.study.course import WaitlistError, may_book
 from stillroom.webapp.study.definition import load_study
 
 from support import (

@@ -26,10 +26,7 @@ from stillroom.webapp.keyslots import (
     lock,
     unlock,
 )
-from stillroom.webapp.settings import Settings
 from stillroom.webapp.store import checkpoint, transaction
-from stillroom.webapp.study.definition import Study
-from stillroom.webapp.study.intake import booking_refusal, outside_study
 
 MIN_DURATION_MINUTES = 15
 MAX_DURATION_MINUTES = 180
@@ -594,49 +591,6 @@ def booking_opens_at(created_day: str | None, min_hours: int) -> int:
     next_day = datetime.date.fromisoformat(created_day) + datetime.timedelta(days=1)
     midnight = datetime.datetime.combine(next_day, datetime.time(0), datetime.UTC)
     return int(midnight.timestamp()) + min_hours * 3600
-
-
-def may_book(
-    db: Database,
-    participant_id: str,
-    now: int,
-    settings: Settings,
-    study: Study | None = None,
-) -> BookingError | None:
-    """Return why this account may not book now, or ``None`` when it may.
-
-    The rules about the account (not the time chosen) meet here, so that the views ask
-    once and a study's intake adds its own ("intake complete") in the same place.
-
-    :param study: the running study, whose arm and waitlist decide too; ``None``: open mode.
-    """
-    # The course builds on booking, so it is imported here rather than at the top.
-    from stillroom.webapp.study.course import NotInCourseError, refusal
-
-    row = db.execute(
-        "SELECT blocked, created_day FROM participants WHERE id = ?", [participant_id]
-    ).fetchone()
-    if row is None:
-        return NotFoundError()
-    blocked, created_day = row
-    if blocked:
-        return BookingBlockedError()
-    day = datetime.datetime.fromtimestamp(now, datetime.UTC).date()
-    if settings.study and not outside_study(db, participant_id, day):
-        # In a study the intake, not the account's age, keeps new accounts from booking;
-        # once it has ended, only those allocated keep the study's rules.
-        why = booking_refusal(db, participant_id)
-        if why == "intake":
-            return IntakeIncompleteError()
-        if why == "stopped":
-            return SessionsStoppedError()
-        if study is None:  # a caller that forgot the study must not open the control arm
-            return NotInCourseError()
-        return refusal(db, participant_id, now, study)  # the arm and its waitlist
-    opens_at = booking_opens_at(created_day, settings.booking_min_account_hours)
-    if now < opens_at:
-        return AccountTooNewError(opens_at)
-    return None
 
 
 def is_blocked(db: Database, participant_id: str) -> bool:

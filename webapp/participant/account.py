@@ -27,7 +27,6 @@ from stillroom.webapp.accounts import (
 from stillroom.webapp.booking import (
     AccountTooNewError,
     SessionsStoppedError,
-    may_book,
     upcoming_appointments,
 )
 from stillroom.webapp.chat import RateLimiter
@@ -60,7 +59,7 @@ from stillroom.webapp.participant.booking import (
 from stillroom.webapp.participant.booking import participant_id as current_participant_id
 from stillroom.webapp.participant.pages import notice
 from stillroom.webapp.participant.study import intake_redirect, study_values
-from stillroom.webapp.study.course import NotInCourseError, WaitlistError
+from stillroom.webapp.study.course import NotInCourseError, WaitlistError, may_book
 from stillroom.webapp.times import DEFAULT_ZONE
 
 UNREADABLE = _l("This passphrase could not be read. Type only the words, separated by spaces.")

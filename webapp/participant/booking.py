@@ -26,7 +26,6 @@ from stillroom.webapp.booking import (
     dismiss_cancelled,
     free_slots,
     get_participant_appointment,
-    may_book,
     open_cancel_note,
     participant_appointments,
     set_time_zone,
@@ -37,6 +36,7 @@ from stillroom.webapp.gate import current_session, db, now, settings
 from stillroom.webapp.i18n import current_language
 from stillroom.webapp.participant.blueprint import bp, login_required
 from stillroom.webapp.study import course
+from stillroom.webapp.study.course import may_book
 from stillroom.webapp.study.definition import Study
 from stillroom.webapp.times import (
     PARTICIPANT_ZONES,

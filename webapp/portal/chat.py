@@ -9,18 +9,19 @@ from flask import redirect, render_template, request, url_for
 from werkzeug.wrappers import Response
 
 from stillroom.webapp import chatroom
-from stillroom.webapp.booking import NotFoundError, block_participant
+from stillroom.webapp.booking import block_participant
 from stillroom.webapp.chat import (
     EXTENSION_MINUTES,
     MAX_EXTENSION_MINUTES,
     ChatAppointment,
-    appointment_for,
     close_chat,
     extend_chat,
 )
 from stillroom.webapp.gate import current_session, db, now, settings
 from stillroom.webapp.i18n import current_language
+from stillroom.webapp.portal.appointments import own, pseudonym_of
 from stillroom.webapp.portal.blueprint import bp, current_therapist, gate, login_required
+from stillroom.webapp.portal.course import course_context
 from stillroom.webapp.portal.pages import notice
 from stillroom.webapp.times import format_when
 
@@ -30,43 +31,6 @@ def side() -> chatroom.Side:
     session = current_session()
     assert session is not None
     return chatroom.Side("therapist", session.secret_key, current_therapist().time_zone)
-
-
-def own(appointment_id: str) -> ChatAppointment:
-    """Return one of the therapist's appointments, or answer 404 saying calmly it is gone."""
-    session = current_session()
-    assert session is not None
-    try:
-        return appointment_for(db(), "therapist", session.owner_id, appointment_id)
-    except NotFoundError:
-        raise ChatGoneError from None
-
-
-class ChatGoneError(Exception):
-    """The appointment of a chat is not (or no longer) one of this therapist's."""
-
-
-@bp.errorhandler(ChatGoneError)
-def gone(error: ChatGoneError) -> tuple[str, int]:
-    """Say calmly that a chat is no longer here, in the page or inside its frame."""
-    # Appointment ids are random: an unknown one was deleted with its participant's
-    # account or by the purge. Nothing else is kept, so the page says no more than that;
-    # another therapist's appointment gets the same answer and stays hidden.
-    framed = request.endpoint in ("portal.chat_feed", "portal.chat_compose")
-    return render_template("chat/gone.html", framed=framed), 404
-
-
-def pseudonym_of(appointment: ChatAppointment) -> str:
-    """Return the participant's pseudonym for this therapist."""
-    row = (
-        db()
-        .execute(
-            "SELECT pseudonym FROM pairs WHERE participant_id = ? AND therapist_id = ?",
-            [appointment.participant_id, appointment.therapist_id],
-        )
-        .fetchone()
-    )
-    return str(row[0]) if row else "?"
 
 
 @bp.get("/chat/<appointment_id>")
@@ -91,13 +55,6 @@ def chat(appointment_id: str) -> str:
         notice=notice(),
         **course_context(appointment),
     )
-
-
-def course_context(appointment: ChatAppointment) -> dict[str, Any]:
-    """Return the course's part of the chat page (proposing the next time, handing over)."""
-    from stillroom.webapp.portal.course import course_context as context  # it imports this one
-
-    return context(appointment)
 
 
 @bp.post("/chat/<appointment_id>/extend")

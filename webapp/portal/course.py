@@ -12,8 +12,8 @@ from werkzeug.wrappers import Response
 from stillroom.webapp.booking import NotFoundError, OverlapError, SlotInputError, therapist_slots
 from stillroom.webapp.chat import ChatAppointment
 from stillroom.webapp.gate import db, now
+from stillroom.webapp.portal.appointments import own, pseudonym_of
 from stillroom.webapp.portal.blueprint import bp, current_therapist, login_required
-from stillroom.webapp.portal.chat import own, pseudonym_of
 from stillroom.webapp.portal.schedule import DATE, SLOT_PROBLEMS, TIME, UNREADABLE_TIME, when
 from stillroom.webapp.study import course
 from stillroom.webapp.study.definition import Study

@@ -32,6 +32,7 @@ from stillroom.webapp.settings import Settings
 from stillroom.webapp.store import transaction
 from stillroom.webapp.study import log
 from stillroom.webapp.study.definition import Study
+from stillroom.webapp.study.intake import booking_refusal, outside_study
 from stillroom.webapp.therapists import therapists_at
 
 
@@ -508,3 +509,44 @@ def standing(
         in_course=in_course,
         proposal=proposal_for(db, participant_id, now),
     )
+
+
+def may_book(
+    db: Database,
+    participant_id: str,
+    now: int,
+    settings: Settings,
+    study: Study | None = None,
+) -> booking.BookingError | None:
+    """Return why this account may not book now, or ``None`` when it may.
+
+    The rules about the account (not the time chosen) meet here, so that the views ask
+    once: a block, the open service's minimum account age, and in a study the intake,
+    a withdrawal, the arm and its waitlist.
+
+    :param study: the running study, whose arm and waitlist decide too; ``None``: open mode.
+    """
+    row = db.execute(
+        "SELECT blocked, created_day FROM participants WHERE id = ?", [participant_id]
+    ).fetchone()
+    if row is None:
+        return booking.NotFoundError()
+    blocked, created_day = row
+    if blocked:
+        return booking.BookingBlockedError()
+    day = datetime.datetime.fromtimestamp(now, datetime.UTC).date()
+    if settings.study and not outside_study(db, participant_id, day):
+        # In a study the intake, not the account's age, keeps new accounts from booking;
+        # once it has ended, only those allocated keep the study's rules.
+        why = booking_refusal(db, participant_id)
+        if why == "intake":
+            return booking.IntakeIncompleteError()
+        if why == "stopped":
+            return booking.SessionsStoppedError()
+        if study is None:  # a caller that forgot the study must not open the control arm
+            return NotInCourseError()
+        return refusal(db, participant_id, now, study)  # the arm and its waitlist
+    opens_at = booking.booking_opens_at(created_day, settings.booking_min_account_hours)
+    if now < opens_at:
+        return booking.AccountTooNewError(opens_at)
+    return None
