@@ -98,7 +98,10 @@ class MovedServer:
             pseudonym = f"B{participant[:10]}"
             with transaction(db):
                 db.execute(
-                    "INSERT INTO study_participants (participant_id, pseudonym) VALUES (?, ?)",
+                    # The pages began the intake already: finish it as the intake would.
+                    "INSERT INTO study_participants (participant_id, pseudonym, stratum, step)"
+                    " VALUES (?, ?, 'en-berlin', 'done') ON CONFLICT (participant_id)"
+                    " DO UPDATE SET pseudonym = excluded.pseudonym, step = 'done'",
                     [participant, pseudonym],
                 )
                 db.execute(
