@@ -46,7 +46,7 @@ from stillroom.crypto.stream import new_recipient_keypair
 from stillroom.webapp.instance import prepare_instance
 from stillroom.webapp.settings import Settings
 from stillroom.webapp.store import connect, transaction
-from stillroom.webapp.study import allocation
+from stillroom.webapp.study import amendment
 from stillroom.webapp.study import log as study_log
 from stillroom.webapp.study.definition import load_study
 
@@ -139,16 +139,12 @@ def moved(tmp_path: Path) -> Iterator[MovedServer]:
     study = load_study(EXAMPLE)
     db = connect(settings.database_path)
     try:
-        allocation.start_study(
+        amendment.start(
             db,
             data_dir,
-            study.id,
-            study.sha256,
+            study,
             datetime.datetime.now(datetime.UTC).date(),
             (new_recipient_keypair()[0], new_recipient_keypair()[0]),
-            study.strata(),
-            [(arm.id, arm.ratio) for arm in study.arms],
-            study.block_sizes,
             10,
         )
     finally:

@@ -28,7 +28,7 @@ from stillroom.crypto.stream import new_recipient_keypair
 from stillroom.webapp.instance import prepare_instance
 from stillroom.webapp.settings import Settings
 from stillroom.webapp.store import connect
-from stillroom.webapp.study import allocation, intake
+from stillroom.webapp.study import amendment, intake
 from stillroom.webapp.study import log as study_log
 from stillroom.webapp.study.definition import load_study
 
@@ -59,16 +59,12 @@ def study_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServe
     prepare_instance(Settings.load({}, data_dir=data_dir, disk_reserve_mib=1))
     db = connect(data_dir / "stillroom.db")
     try:
-        allocation.start_study(
+        amendment.start(
             db,
             data_dir,
-            STUDY.id,
-            STUDY.sha256,
+            STUDY,
             date.today(),
             (new_recipient_keypair()[0], new_recipient_keypair()[0]),
-            STUDY.strata(),
-            [(arm.id, arm.ratio) for arm in STUDY.arms],
-            list(STUDY.block_sizes),
             40,
         )
     finally:

@@ -15,7 +15,7 @@ from stillroom.webapp.instance import prepare_instance
 from stillroom.webapp.retention import purge
 from stillroom.webapp.settings import Settings
 from stillroom.webapp.store import connect, transaction
-from stillroom.webapp.study import allocation
+from stillroom.webapp.study import amendment
 from stillroom.webapp.study import log as study_log
 from stillroom.webapp.study.definition import load_study
 
@@ -80,18 +80,8 @@ def study_settings(tmp_path) -> Settings:
     study = load_study(EXAMPLE)
     db = connect(settings.database_path)
     try:
-        allocation.start_study(
-            db,
-            settings.data_dir,
-            study.id,
-            study.sha256,
-            datetime.date(2027, 1, 1),
-            (new_recipient_keypair()[0], new_recipient_keypair()[0]),
-            study.strata(),
-            [(arm.id, arm.ratio) for arm in study.arms],
-            study.block_sizes,
-            10,
-        )
+        keys = (new_recipient_keypair()[0], new_recipient_keypair()[0])
+        amendment.start(db, settings.data_dir, study, datetime.date(2027, 1, 1), keys, 10)
         db.execute("UPDATE therapists SET site = 'berlin'")
     finally:
         db.close()

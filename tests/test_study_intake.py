@@ -70,19 +70,8 @@ def start(settings: Settings, folder: Path, public_key: bytes) -> None:
     definition = load_study(folder)
     db = connect(settings.database_path)
     try:
-        allocation.start_study(
-            db,
-            settings.data_dir,
-            definition.id,
-            definition.sha256,
-            DAY,
-            (public_key, new_recipient_keypair()[0]),
-            definition.strata(),
-            [(arm.id, arm.ratio) for arm in definition.arms],
-            list(definition.block_sizes),
-            40,
-            amendment.allocation_sha256(definition),
-        )
+        keys = (public_key, new_recipient_keypair()[0])
+        amendment.start(db, settings.data_dir, definition, DAY, keys, 40)
     finally:
         db.close()
 

@@ -17,7 +17,6 @@ from sqlite_utils import Database
 
 from stillroom.webapp.backup import BackupError, decode_key
 from stillroom.webapp.console import SETTINGS_EPILOG, fail, load_settings, open_database
-from stillroom.webapp.store import transaction
 from stillroom.webapp.study import allocation, amendment, intake
 from stillroom.webapp.study import log as study_log
 from stillroom.webapp.study.definition import Study, read_study
@@ -96,23 +95,11 @@ def study_start(folder: Path, study_key: Path, statistician_key: Path) -> None:
     settings = load_settings()
     with open_database(settings) as database:
         try:
-            commitments = allocation.start_study(
-                database,
-                settings.data_dir,
-                values.id,
-                values.sha256,
-                datetime.date.today(),
-                keys,
-                values.strata(),
-                [(arm.id, arm.ratio) for arm in values.arms],
-                list(values.block_sizes),
-                values.participants_per_stratum,
-                amendment.allocation_sha256(values),
+            commitments = amendment.start(
+                database, settings.data_dir, values, datetime.date.today(), keys
             )
         except (allocation.AllocationError, ValueError) as error:
             fail(error)
-        with transaction(database):
-            amendment.record_start(database, values)
         head = study_log.verify(database)
     click.echo(f"Study {values.id} started; definition SHA-256 {values.sha256}.")
     click.echo("Allocation list commitments, SHA-256(salt || list), to publish:")

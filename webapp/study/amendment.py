@@ -13,11 +13,12 @@ from __future__ import annotations
 import hashlib
 import json
 from datetime import date, timedelta
+from pathlib import Path
 
 from sqlite_utils import Database
 
 from stillroom.webapp.store import transaction
-from stillroom.webapp.study import log
+from stillroom.webapp.study import allocation, log
 from stillroom.webapp.study.definition import Study
 
 
@@ -45,6 +46,39 @@ def allocation_sha256(study: Study) -> str:
 def erase_day(study: Study) -> date:
     """Return the day the study's research data is erased: its last day plus its retention."""
     return study.ends + timedelta(days=study.retention_days_after_end)
+
+
+def start(
+    db: Database,
+    data_dir: Path,
+    study: Study,
+    day: date,
+    keys: tuple[bytes, bytes],
+    participants_per_stratum: int | None = None,
+) -> dict[str, str]:
+    """Start ``study`` as ``stillroom study start`` does: its lists, log and fingerprints.
+
+    :param keys: the study team's and the statistician's X25519 public keys.
+    :param participants_per_stratum: lists for this many instead of the definition's
+        (shorter lists for tests).
+    :returns: ``{stratum: commitment hex}``, to publish.
+    """
+    commitments = allocation.start_study(
+        db,
+        data_dir,
+        study.id,
+        study.sha256,
+        day,
+        keys,
+        study.strata(),
+        [(arm.id, arm.ratio) for arm in study.arms],
+        list(study.block_sizes),
+        participants_per_stratum or study.participants_per_stratum,
+        allocation_sha256(study),
+    )
+    with transaction(db):
+        record_start(db, study)
+    return commitments
 
 
 def record_start(db: Database, study: Study) -> None:
