@@ -46,6 +46,23 @@ class Chat:
     therapist_token: str = ""
 
 
+def create_accounts(count: int) -> list[str]:
+    """Make ``count`` accounts with the production costs; return their passphrases."""
+    settings = Settings.load()
+    app = create_participant_app(settings)
+    db = connect(settings.database_path)
+    today = time.strftime("%Y-%m-%d", time.gmtime())
+    passphrases = [generate_passphrase("en") for _ in range(count)]
+    try:
+        for passphrase in passphrases:
+            accounts.create_account(
+                db, app.config["KEY_DERIVER"], app.config["LOOKUP_KEY"], passphrase, today
+            )
+    finally:
+        db.close()
+    return passphrases
+
+
 def create_chats(count: int, settings: Settings) -> list[Chat]:
     """Make ``count`` therapists and participants and book each pair a time open now."""
     app = create_participant_app(settings)  # prepares the instance; lends its keys

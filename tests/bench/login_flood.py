@@ -32,33 +32,20 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/, for the helpers
 
-from loadclients import Connection, create_chats, form_token, log_in, peak_rss_mb, percentile
+from loadclients import (
+    Connection,
+    create_accounts,
+    create_chats,
+    form_token,
+    log_in,
+    peak_rss_mb,
+    percentile,
+)
 
 from stillroom.crypto.kdf import PRODUCTION
-from stillroom.crypto.passphrase import generate_passphrase
-from stillroom.webapp import accounts
-from stillroom.webapp.app import create_participant_app
 from stillroom.webapp.settings import Settings
-from stillroom.webapp.store import connect
 
 from support import argon2_env, start_server, stop_server
-
-
-def create_accounts(count: int) -> list[str]:
-    """Make ``count`` accounts with the production costs; return their passphrases."""
-    settings = Settings.load()
-    app = create_participant_app(settings)
-    db = connect(settings.database_path)
-    today = time.strftime("%Y-%m-%d", time.gmtime())
-    passphrases = [generate_passphrase("en") for _ in range(count)]
-    try:
-        for passphrase in passphrases:
-            accounts.create_account(
-                db, app.config["KEY_DERIVER"], app.config["LOOKUP_KEY"], passphrase, today
-            )
-    finally:
-        db.close()
-    return passphrases
 
 
 def rss_mb(pid: int) -> float:
