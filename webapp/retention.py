@@ -70,7 +70,7 @@ def _delete_expired(db: Database, now: int, settings: Settings, orphans: bool) -
     with transaction(db):
         removed += db.execute("DELETE FROM enrolments WHERE expires_at <= ?", [now]).rowcount
     removed += forget_old_failures(db, now)
-    # Before messages go: a session is counted from the messages stored for it.
+    # Before appointments go: a session is counted from which sides wrote in it.
     study = running_study(settings)
     try:
         if study is not None:
@@ -78,7 +78,7 @@ def _delete_expired(db: Database, now: int, settings: Settings, orphans: bool) -
     except StudyChangedError:
         pass  # nothing is logged under rules no amendment logged; the deletions go on
     else:
-        count_sessions(db, now, settings.message_retention_days, study)
+        count_sessions(db, now, study)
         if study is not None:
             cross_over_due(db, now, study)
     removed += purge_chats(db, now, settings.chat_opens_minutes_before)

@@ -301,7 +301,7 @@ def course_summary() -> dict[str, Any]:
     """
     who = participant_id()
     course.cross_over_if_due(db(), who, now(), study())
-    course.count_sessions(db(), now(), settings().message_retention_days, study())
+    course.count_sessions(db(), now(), study())
     place = course.standing(db(), who, now(), settings(), study())
     proposal = place.proposal
     return {

@@ -425,7 +425,7 @@ def attended(db: Database, participant_id: str) -> int:
     return 0 if row is None else int(row[0])
 
 
-def count_sessions(db: Database, now: int, message_days: int, study: Study | None) -> int:
+def count_sessions(db: Database, now: int, study: Study | None) -> int:
     """Count every appointment whose chat is over, once; return how many were attended.
 
     An appointment counts as attended when it was not cancelled and both sides wrote in
