@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import os
 import shutil
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import pytest
 
 from stillroom.crypto.stream import new_recipient_keypair
 from stillroom.webapp.app import create_participant_app
-from stillroom.webapp.instance import prepare_instance
+from stillroom.webapp.instance import lock_data_dir, prepare_instance
 from stillroom.webapp.store import connect
 from stillroom.webapp.study.amendment import StudyChangedError
 from stillroom.webapp.study.definition import load_study
@@ -138,3 +139,15 @@ def test_a_changed_table_column_does_not_let_a_changed_folder_run(started, setti
         db.close()
     with pytest.raises(StudyChangedError):
         create_participant_app(changed)
+
+
+def test_amend_waits_for_serve_to_stop(started, settings):
+    """A running serve keeps the rules it read at start: amending under it is refused."""
+    add_consent_version(started, "2.0", "major")
+    held = lock_data_dir(settings, "no-tor")  # as a running serve holds it
+    try:
+        amended = stillroom(settings.data_dir, "study", "amend", study=started)
+    finally:
+        os.close(held)
+    assert amended.returncode == 1 and "stop it, amend, then start it again" in amended.stderr
+    assert stillroom(settings.data_dir, "study", "amend", study=started).returncode == 0

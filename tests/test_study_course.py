@@ -15,7 +15,7 @@ from stillroom.webapp.instance import prepare_instance
 from stillroom.webapp.retention import purge
 from stillroom.webapp.settings import Settings
 from stillroom.webapp.store import connect, transaction
-from stillroom.webapp.study import amendment
+from stillroom.webapp.study import amendment, course
 from stillroom.webapp.study import log as study_log
 from stillroom.webapp.study.definition import load_study
 
@@ -207,6 +207,24 @@ def test_in_the_chat_arm_a_first_session_is_only_with_a_therapist_of_the_site(
     assert "Ben" not in auth.client.get("/cs/book").get_data(as_text=True)
     assert czech.post("/book", {"slot": ben_slot}, page="/book").status_code == 409
     assert rows(study_settings, "SELECT count(*) FROM appointments") == [(0,)]
+    # Nor does the course's therapist lead out of the stratum: not in another language of
+    # the site, and not once the therapist has moved to another site.
+    db = connect(study_settings.database_path)
+    try:
+        [(anna,)] = db.execute("SELECT id FROM therapists WHERE name = 'Anna'").fetchall()
+        with transaction(db):
+            db.execute(
+                "INSERT INTO courses (participant_id, therapist_id) VALUES (?, ?)",
+                [participant, anna],
+            )
+        study = load_study(EXAMPLE)
+        assert course.bookable_therapists(db, participant, "en", study) == {anna}
+        assert course.bookable_therapists(db, participant, "de", study) == frozenset()
+        with transaction(db):
+            db.execute("UPDATE therapists SET site = 'prague' WHERE id = ?", [anna])
+        assert course.bookable_therapists(db, participant, "en", study) == frozenset()
+    finally:
+        db.close()
 
 
 def test_an_account_that_is_not_allocated_cannot_book_in_a_study(study_world, study_settings):

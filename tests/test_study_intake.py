@@ -522,7 +522,11 @@ def test_after_withdraw_and_erase_nothing_links_the_account_to_the_study_log(cli
     assert follow(client, client.get("/en/study")).endswith("/account")
     assert follow(client, client.get("/en/study/consent")).endswith("/account")
     assert client.get("/en/account").status_code == 200
-    # Neither the stratum nor the rows' order lead from the account to the log's entries.
+    # Neither the stratum, the rows' order nor the day the account was made (its first
+    # consent's day) lead from the account to the log's entries.
+    assert db.execute(
+        "SELECT created_day FROM participants WHERE id = ?", [before.participant_id]
+    ).fetchone() == (None,)
     assert db.execute(
         "SELECT stratum FROM study_participants WHERE participant_id = ?", [before.participant_id]
     ).fetchone() == ("",)

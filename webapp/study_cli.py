@@ -17,6 +17,7 @@ from sqlite_utils import Database
 
 from stillroom.webapp.backup import BackupError, decode_key
 from stillroom.webapp.console import SETTINGS_EPILOG, fail, load_settings, open_database
+from stillroom.webapp.instance import running_serve
 from stillroom.webapp.study import allocation, amendment, intake
 from stillroom.webapp.study import log as study_log
 from stillroom.webapp.study.definition import Study, read_study
@@ -43,6 +44,11 @@ def study_check(folder: Path) -> None:
             click.echo(str(problem))
         sys.exit(1)
     click.echo(found.summary())
+
+
+def today() -> datetime.date:
+    """Return today's UTC day: study days are UTC days."""
+    return datetime.datetime.now(datetime.UTC).date()
 
 
 def read_definition(folder: Path) -> Study:
@@ -95,9 +101,7 @@ def study_start(folder: Path, study_key: Path, statistician_key: Path) -> None:
     settings = load_settings()
     with open_database(settings) as database:
         try:
-            commitments = amendment.start(
-                database, settings.data_dir, values, datetime.date.today(), keys
-            )
+            commitments = amendment.start(database, settings.data_dir, values, today(), keys)
         except (allocation.AllocationError, ValueError) as error:
             fail(error)
         head = study_log.verify(database)
@@ -221,12 +225,22 @@ def study_amend(folder: Path) -> None:
     """Take the changed study folder as the study's rules from now on, and log the change.
 
     A new consent version is logged too; a major one asks participants again at their
-    next login. The strata, arms, ratios and block sizes cannot change.
+    next login. The strata, arms, ratios and block sizes cannot change. ``serve`` must be
+    stopped meanwhile: it reads the rules once, when it starts.
     """
     values = read_definition(folder)
-    with open_database(load_settings()) as database:
+    settings = load_settings()
+    serving = running_serve(settings.data_dir)
+    if serving is not None:  # it keeps the rules it started with until it starts again
+        fail(
+            RuntimeError(
+                f"'stillroom serve' (PID {serving[0]}) runs on this data directory: stop it,"
+                " amend, then start it again, so that it serves the amended rules"
+            )
+        )
+    with open_database(settings) as database:
         try:
-            logged = amendment.amend(database, values, datetime.date.today())
+            logged = amendment.amend(database, values, today())
         except amendment.AmendmentError as error:
             fail(error)
         head = study_log.verify(database)

@@ -30,7 +30,7 @@ import random
 import secrets
 import sqlite3
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date
@@ -235,12 +235,14 @@ def start_study(
     block_sizes: list[int],
     participants_per_stratum: int,
     allocation_fingerprint: str | None = None,
+    record: Callable[[Database], None] | None = None,
 ) -> dict[str, str]:
     """Freeze the study: record it, make the signing key and the lists, log the start.
 
     :param keys: the study team's and the statistician's X25519 public keys.
     :param allocation_fingerprint: what the lists were made from, logged with the start
         so that no amendment can change it unnoticed.
+    :param record: writes what else the start keeps, in the same transaction.
     :returns: ``{stratum: commitment hex}``, to publish.
     :raises StudyStartedError: when this data directory has a study already.
     """
@@ -278,6 +280,8 @@ def start_study(
             detail["allocation"] = allocation_fingerprint
         detail.update({f"commitment.{stratum}": value for stratum, value in commitments.items()})
         log.append(db, "start", day, None, detail)
+        if record is not None:
+            record(db)
     return commitments
 
 

@@ -63,7 +63,7 @@ def start(
         (shorter lists for tests).
     :returns: ``{stratum: commitment hex}``, to publish.
     """
-    commitments = allocation.start_study(
+    return allocation.start_study(
         db,
         data_dir,
         study.id,
@@ -75,10 +75,8 @@ def start(
         list(study.block_sizes),
         participants_per_stratum or study.participants_per_stratum,
         allocation_sha256(study),
+        lambda started: record_start(started, study),  # all of the start, or none of it
     )
-    with transaction(db):
-        record_start(db, study)
-    return commitments
 
 
 def record_start(db: Database, study: Study) -> None:

@@ -12,8 +12,9 @@ allocation day, "waitlist" from the day the waitlist ends (the crossover, logged
 "none" never; and crossovers, handovers and attended sessions go to the study log.
 
 Attended sessions are counted from what the server can see without a key: an
-appointment that was not cancelled, whose chat window is over, and for which at least
-one message was stored. Who wrote it is sealed inside the message, so it is not asked.
+appointment that was not cancelled, whose chat window is over, and in which both sides
+wrote (one flag per side on the appointment, cleared once it is counted; the sender of
+each message stays sealed inside it).
 The minutes of chat logged are the window's length (the booked time and its extensions),
 never a clock time.
 """
@@ -193,16 +194,18 @@ def bookable_therapists(
     participant's stratum (its language and site), and only in that language.
     """
     therapist = course_therapist(db, participant_id)
-    if therapist is not None:
-        return frozenset([therapist])
     if study is None:
-        return None
+        return None if therapist is None else frozenset([therapist])
     # The stratum drawn at allocation decides, never the language of the address: another
-    # language in the URL must not lead to another site's therapists.
+    # language in the URL must not lead to another site's therapists, nor may the course's
+    # therapist be booked in another language, or after moving to another site.
     who = study_participant(db, participant_id)
     if who is None or language not in study.sites or study.stratum_of(language) != who.stratum:
         return frozenset()
-    return frozenset(item.id for item in therapists_at(db, language, study.sites[language]))
+    stratum = frozenset(item.id for item in therapists_at(db, language, study.sites[language]))
+    if therapist is None:
+        return stratum
+    return frozenset([therapist]) & stratum
 
 
 def _keep_therapist(db: Database, participant_id: str, appointment_id: str) -> None:
@@ -443,7 +446,8 @@ def count_sessions(db: Database, now: int, study: Study | None) -> int:
         with transaction(db):
             written = not cancelled and sides == BOTH_SIDES
             done = db.execute(
-                "UPDATE appointments SET course_counted = 1 WHERE id = ? AND course_counted = 0",
+                "UPDATE appointments SET course_counted = 1, sides_wrote = 0"
+                " WHERE id = ? AND course_counted = 0",
                 [appointment_id],
             ).rowcount
             if not written or not done:

@@ -632,6 +632,10 @@ def withdraw(db: Database, participant_id: str, level: str, day: datetime.date, 
                 [WITHDRAWN, secrets.token_hex(10), participant_id],
             )
             db.execute("DELETE FROM courses WHERE participant_id = ?", [participant_id])
+            # The day the account was made is the day of its first consent in the log.
+            db.execute("UPDATE participants SET created_day = NULL WHERE id = ?", [participant_id])
+            db.execute("DELETE FROM proposals WHERE participant_id = ?", [participant_id])
+            db.execute("DELETE FROM slots WHERE for_participant = ?", [participant_id])
             gone = doomed(db, [found.slot])
         log.append(db, "withdrawal", day, found.pseudonym, {"level": level, "step": found.step})
     destroy_slots(db, gone)
