@@ -273,10 +273,15 @@ def add_therapist_by_cli(data_dir: Path, name: str, languages: str = "en,de") ->
     return login.group(1), token  # type: ignore[union-attr]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def free_port(other_than: int = 0) -> int:
+    """Return a port free now on 127.0.0.1, never ``other_than`` (the kernel may hand the
+    same free port out twice in a row, and both apps on one port are refused)."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port != other_than:
+            return port
 
 
 @dataclass
@@ -303,7 +308,7 @@ def stillroom_env(data_dir: Path, port: int, extra: dict[str, str] | None = None
         "PYTHONUNBUFFERED": "1",
         "STILLROOM_DATA_DIR": str(data_dir),
         "STILLROOM_PARTICIPANT_PORT": str(port),
-        "STILLROOM_PORTAL_PORT": str(free_port()),
+        "STILLROOM_PORTAL_PORT": str(free_port(other_than=port)),
         **argon2_env(FAST_FOR_TESTS),
         **{f"STILLROOM_{name.upper()}": str(value) for name, value in NO_INTAKE_LIMITS.items()},
         **(extra or {}),
