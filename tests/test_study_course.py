@@ -339,7 +339,7 @@ def test_a_session_with_a_message_counts_once(chat, settings, clock, auth):
 
 
 @pytest.mark.parametrize("therapist_writes", [True, False])
-def test_in_a_study_an_attended_session_is_logged_with_its_day_and_minutes(
+def test_in_a_study_a_session_is_logged_attended_with_its_minutes_or_missed_with_its_day(
     study_world, study_settings, clock, therapist_writes
 ):
     auth, therapist = study_world
@@ -374,7 +374,15 @@ def test_in_a_study_an_attended_session_is_logged_with_its_day_and_minutes(
         db.close()
     if not therapist_writes:
         assert events(study_settings, "session-attended") == []
+        # The export's sessions.csv says "not attended" from this row, once.
+        [missed] = events(study_settings, "session-missed")
+        assert (missed.pseudonym, missed.day, missed.detail) == (
+            pseudonym,
+            "2027-01-18",
+            {"session": 1},
+        )
         return
+    assert events(study_settings, "session-missed") == []
     [attended] = events(study_settings, "session-attended")
     assert attended.pseudonym == pseudonym
     assert attended.day == "2027-01-18"

@@ -433,6 +433,7 @@ def count_sessions(db: Database, now: int, study: Study | None) -> int:
 
     An appointment counts as attended when it was not cancelled and both sides wrote in
     its chat (``appointments.sides_wrote``): one side alone is a no-show, not a session.
+    In a study, such a no-show is logged as ``session-missed``, on the appointment's day.
     """
     rows = db.execute(
         "SELECT id, participant_id, therapist_id, starts_at, ends_at, chat_extra_minutes,"
@@ -450,7 +451,10 @@ def count_sessions(db: Database, now: int, study: Study | None) -> int:
                 " WHERE id = ? AND course_counted = 0",
                 [appointment_id],
             ).rowcount
-            if not written or not done:
+            if not done or cancelled:
+                continue
+            if not written:
+                _log_missed(db, participant_id, starts, study)
                 continue
             db.execute(
                 "INSERT INTO courses (participant_id, therapist_id, attended) VALUES (?, ?, 1)"
@@ -468,6 +472,18 @@ def count_sessions(db: Database, now: int, study: Study | None) -> int:
                     {"minutes": (closes - starts) // 60, "session": attended(db, participant_id)},
                 )
     return counted
+
+
+def _log_missed(db: Database, participant_id: str, starts: int, study: Study | None) -> None:
+    """Inside a write transaction: log a study participant's appointment that was no session.
+
+    The export's sessions.csv then says "not attended" for it; ``session`` is the number
+    the session would have had.
+    """
+    who = None if study is None else study_participant(db, participant_id)
+    if who is not None:
+        session = attended(db, participant_id) + 1
+        log.append(db, "session-missed", day_of(starts), who.pseudonym, {"session": session})
 
 
 @dataclass(frozen=True)

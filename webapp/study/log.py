@@ -38,12 +38,14 @@ EVENTS = (
     "allocation",
     "crossover",
     "session-attended",
+    "session-missed",
     "assessment-completed",
     "assessment-missed",
     "safety-rule",
     "withdrawal",
     "amendment",
     "handover",
+    "unblinding",
 )
 
 #: The hash before the first row.
