@@ -1,4 +1,4 @@
-"""The ``stillroom study`` commands: check, start, verify, reveal and simulate a study.
+"""The ``stillroom study`` commands: check, start, verify, reveal, simulate, export a study.
 
 They call the same functions as the pages (:mod:`stillroom.webapp.study`); the shared
 command-line helpers come from :mod:`stillroom.webapp.console`.
@@ -18,14 +18,14 @@ from sqlite_utils import Database
 from stillroom.webapp.backup import BackupError, decode_key
 from stillroom.webapp.console import SETTINGS_EPILOG, fail, load_settings, open_database
 from stillroom.webapp.instance import running_serve
-from stillroom.webapp.study import allocation, amendment, intake
+from stillroom.webapp.study import allocation, amendment, export, intake
 from stillroom.webapp.study import log as study_log
 from stillroom.webapp.study.definition import Study, read_study
 
 
 @click.group()
 def study() -> None:
-    """Run a research study: check and start it, verify its log, reveal its allocation lists."""
+    """Run a research study: check and start it, verify its log, reveal its lists, export."""
 
 
 @study.command(name="check")
@@ -246,4 +246,121 @@ def study_amend(folder: Path) -> None:
         head = study_log.verify(database)
     for line in logged:
         click.echo(f"Logged {line}")
+    click.echo(f"Study log head: {head}")
+
+
+def read_secret_key() -> bytes:
+    """Return the study team's secret key: asked for, hidden, or read from standard input.
+
+    On a terminal it is typed (or pasted) without being shown; otherwise the first line
+    of standard input is read, so that it can be piped from where it is kept offline.
+    It is only ever held in memory.
+    """
+    if sys.stdin.isatty():
+        text = click.prompt("The study team's secret key (base64; not shown)", hide_input=True)
+    else:
+        text = sys.stdin.readline()
+    try:
+        return decode_key(text, "the study team's secret key")
+    except BackupError as error:
+        fail(error)
+
+
+@study.command(name="export", epilog=SETTINGS_EPILOG)
+@STUDY_OPTION
+@click.option(
+    "--to",
+    "recipient_file",
+    type=KEY_FILE,
+    required=True,
+    metavar="RECIPIENT_PUBLIC_KEY",
+    help="A file with the recipient's public key (base64, as 'backup-key' prints it).",
+)
+@click.argument("out", type=click.Path(dir_okay=False, path_type=Path), metavar="OUT")
+def study_export(folder: Path, recipient_file: Path, out: Path) -> None:
+    """Write the study's pseudonymous data to OUT, encrypted to the recipient as it is written.
+
+    Asks for the study team's secret key to open the answers (or reads it from standard
+    input when that is not a terminal); the key is never stored. Give the recipient
+    OUT and the signing key this prints.
+    """
+    values = read_definition(folder)
+    recipient = read_key_file(recipient_file, "--to")
+    settings = load_settings()
+    with open_database(settings) as database:
+        study_id(database)
+        try:
+            amendment.check_unchanged(database, values)
+        except amendment.StudyChangedError as error:
+            fail(error)
+        secret = read_secret_key()
+        try:
+            written = export.write_export(
+                database, values, settings.data_dir, out, recipient, secret, today()
+            )
+        except export.ExportError as error:
+            fail(error)
+    click.echo(
+        f"Export written to {out} ({written.size} bytes), encrypted to the key"
+        f" {written.recipient[:16]}: {written.participants} participants;"
+        f" {written.erased} left out because they withdrew and erased."
+    )
+    click.echo(f"Signing key: {written.signing_key}")
+
+
+@study.command(name="open-export")
+@click.argument("archive", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--secret-key",
+    "secret_file",
+    type=KEY_FILE,
+    required=True,
+    help="The recipient's secret key.",
+)
+@click.option(
+    "--signing-key",
+    required=True,
+    metavar="BASE64",
+    help="The study signing key, as 'stillroom study verify' prints it.",
+)
+@click.argument("folder", type=click.Path(file_okay=False, path_type=Path), metavar="DIR")
+def study_open_export(archive: Path, secret_file: Path, signing_key: str, folder: Path) -> None:
+    """Check an export and unpack it into the new or empty folder DIR.
+
+    Nothing is written unless it opens with the secret key, its manifest is signed by
+    the study signing key and every file has the manifest's hash. Needs no data
+    directory: recipients run it on their own computer.
+    """
+    secret = read_key_file(secret_file, "--secret-key")
+    try:
+        public = decode_key(signing_key, "--signing-key")
+    except BackupError as error:
+        raise click.BadParameter(str(error), param_hint="--signing-key") from error
+    try:
+        manifest = export.open_export(archive, secret, public, folder)
+    except export.OpenExportError as error:
+        fail(error)
+    click.echo(
+        f"Export of {manifest['study']} from {manifest['export_day']} checked and unpacked"
+        f" into {folder}: signed by the study signing key {signing_key.strip()}; study log"
+        f" head {manifest['log_head']}; arms {manifest['arms']};"
+        f" {manifest['erased_participants']} participants left out because they erased."
+    )
+
+
+@study.command(name="unblind", epilog=SETTINGS_EPILOG)
+@click.confirmation_option(
+    prompt="From now on every export carries the real arms. This cannot be undone. Go on?"
+)
+def study_unblind() -> None:
+    """Log the unblinding: from now on exports carry the real arm ids instead of A, B, ..."""
+    settings = load_settings()
+    with open_database(settings) as database:
+        study_id(database)
+        try:
+            export.unblind(database, today())
+        except export.ExportError as error:
+            fail(error)
+        head = study_log.verify(database)
+    click.echo("Unblinding logged: exports from now on carry the real arm ids.")
     click.echo(f"Study log head: {head}")
