@@ -302,8 +302,8 @@ def study_export(folder: Path, recipient_file: Path, out: Path) -> None:
             fail(error)
     click.echo(
         f"Export written to {out} ({written.size} bytes), encrypted to the key"
-        f" {written.recipient[:16]}: {written.participants} participants;"
-        f" {written.erased} left out because they withdrew and erased."
+        f" {written.recipient[:16]}: {written.participants} participants; left out because"
+        f" they withdrew and erased: {written.erased}."
     )
     click.echo(f"Signing key: {written.signing_key}")
 
@@ -343,8 +343,8 @@ def study_open_export(archive: Path, secret_file: Path, signing_key: str, folder
     click.echo(
         f"Export of {manifest['study']} from {manifest['export_day']} checked and unpacked"
         f" into {folder}: signed by the study signing key {signing_key.strip()}; study log"
-        f" head {manifest['log_head']}; arms {manifest['arms']};"
-        f" {manifest['erased_participants']} participants left out because they erased."
+        f" head {manifest['log_head']}; arms {manifest['arms']}; left out because they"
+        f" withdrew and erased: {manifest['erased_participants']}."
     )
 
 
