@@ -1,4 +1,4 @@
-"""The ``stillroom study`` commands: check, start, verify, reveal and simulate a study.
+"""The ``stillroom study`` commands: check, start, verify, reveal, simulate, amend, consort.
 
 They call the same functions as the pages (:mod:`stillroom.webapp.study`); the shared
 command-line helpers come from :mod:`stillroom.webapp.console`.
@@ -18,14 +18,15 @@ from sqlite_utils import Database
 from stillroom.webapp.backup import BackupError, decode_key
 from stillroom.webapp.console import SETTINGS_EPILOG, fail, load_settings, open_database
 from stillroom.webapp.instance import running_serve
-from stillroom.webapp.study import allocation, amendment, intake
+from stillroom.webapp.study import allocation, amendment, consort, diagram, intake
 from stillroom.webapp.study import log as study_log
 from stillroom.webapp.study.definition import Study, read_study
 
 
 @click.group()
 def study() -> None:
-    """Run a research study: check and start it, verify its log, reveal its allocation lists."""
+    """Run a research study: check and start it, verify its log, count its CONSORT flow,
+    reveal its allocation lists."""
 
 
 @study.command(name="check")
@@ -247,3 +248,35 @@ def study_amend(folder: Path) -> None:
     for line in logged:
         click.echo(f"Logged {line}")
     click.echo(f"Study log head: {head}")
+
+
+@study.command(name="consort", epilog=SETTINGS_EPILOG)
+@STUDY_OPTION
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object for machines.")
+@click.option(
+    "--svg",
+    "svg_file",
+    type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    help="Also write the CONSORT flow diagram to FILE, as a standalone SVG.",
+)
+@click.option("--exact", is_flag=True, help="Show counts from 1 to 4 as they are, not as <5.")
+def study_consort(folder: Path, as_json: bool, svg_file: Path | None, exact: bool) -> None:
+    """Print the CONSORT flow, counted from the study log: in total and per stratum.
+
+    Counts from 1 to 4 appear as "<5" unless --exact is given; 0 stays 0.
+    docs/research.md defines every box.
+    """
+    values = read_definition(folder)
+    settings = load_settings()
+    with open_database(settings) as database:
+        study_id(database)
+        flows = consort.count(database, values)
+    if svg_file is not None:
+        try:
+            svg_file.write_text(diagram.draw(values, flows, exact), encoding="utf-8")
+        except OSError as error:
+            fail(RuntimeError(f"--svg {svg_file}: {error.strerror}"))
+    if as_json:
+        click.echo(json.dumps(consort.as_dict(values, flows, exact)))
+        return
+    click.echo(consort.format_table(consort.table(values, flows, exact)))
