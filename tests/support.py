@@ -161,6 +161,11 @@ class TherapistActions:
         self._names[enrolment.token] = name
         return enrolment.token
 
+    def expect(self, name: str, login_name: str, token: str) -> None:
+        """Know an account the operator added elsewhere (with the CLI), for enrol and login."""
+        self.login_names[name] = login_name
+        self._names[token] = name
+
     def code(self) -> str:
         """Return a TOTP code of a fresh time step (each code works only once)."""
         self.clock.advance(30)

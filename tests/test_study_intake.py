@@ -177,7 +177,10 @@ def test_intake_ends_in_one_allocation_and_the_arm_page(client, db, study_key):
     assert found.step == intake.DONE and found.stratum == "en-berlin"
     events = [entry.event for entry in study_log.entries(db) if entry.pseudonym == found.pseudonym]
     assert events == ["consent", "eligibility", "allocation"]
-    assert study_log.entries(db, "eligibility")[0].detail == {"eligible": True}
+    assert study_log.entries(db, "eligibility")[0].detail == {
+        "eligible": True,
+        "stratum": "en-berlin",
+    }
     consent = study_log.entries(db, "consent")[0].detail
     assert consent["participate"] is True and consent["transcripts"] is False
     # What the server keeps of the answers opens only with the study team's key.
@@ -324,7 +327,10 @@ def test_someone_not_eligible_sees_help_and_cannot_book(client, db, study_env):
     assert found.step == intake.INELIGIBLE
     assert isinstance(may_book(db, found.participant_id, 0, study_env[0]), IntakeIncompleteError)
     # The log says only that they were not eligible, never which answer decided it.
-    assert study_log.entries(db, "eligibility")[0].detail == {"eligible": False}
+    assert study_log.entries(db, "eligibility")[0].detail == {
+        "eligible": False,
+        "stratum": "en-berlin",
+    }
     assert not db.execute("SELECT 1 FROM allocations").fetchall()
 
 
@@ -354,7 +360,10 @@ def test_someone_not_eligible_loses_the_account_when_the_study_says_delete(
         assert "/en/help" in deleted.get_data(as_text=True)
         assert not db.execute("SELECT 1 FROM participants").fetchall()
         assert not db.execute("SELECT 1 FROM study_participants").fetchall()
-        assert study_log.entries(db, "eligibility")[0].detail == {"eligible": False}
+        assert study_log.entries(db, "eligibility")[0].detail == {
+            "eligible": False,
+            "stratum": "en-berlin",
+        }
     finally:
         db.close()
     assert follow(client, client.get("/en/account")).endswith("/login")

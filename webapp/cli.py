@@ -38,7 +38,7 @@ from stillroom.webapp.settings import LANGUAGES, Settings, SettingsError
 from stillroom.webapp.store import StoreUnwritableError, unwritable_path
 from stillroom.webapp.study.amendment import StudyChangedError
 from stillroom.webapp.study.definition import StudyDefinitionError
-from stillroom.webapp.study_cli import study
+from stillroom.webapp.study_cli import researcher, study
 from stillroom.webapp.times import is_zone
 
 
@@ -683,3 +683,4 @@ def participant_unblock(therapist_name: str, pseudonym: str) -> None:
 
 
 main.add_command(study)
+main.add_command(researcher)

@@ -364,6 +364,13 @@ INVENTORY: tuple[Table, ...] = (
                     " times from accounts made on or after it; empty when they hide nothing."
                 ),
             ),
+            Column(
+                "role",
+                _l(
+                    "Whether the account is a therapist's, or a researcher's who sees only the"
+                    " study's counts and safety list (and never appears to participants)."
+                ),
+            ),
         ),
         about_participants=False,
     ),

@@ -705,3 +705,9 @@ def add_study_days(db: Database) -> None:
 def add_sides_wrote(db: Database) -> None:
     """Which sides wrote in an appointment's chat: a session counts only when both came."""
     db.execute("ALTER TABLE appointments ADD COLUMN sides_wrote INTEGER NOT NULL DEFAULT 0")
+
+
+@migrations()
+def add_portal_roles(db: Database) -> None:
+    """A portal account's role: a therapist, or a researcher who sees only the study's flow."""
+    db.execute("ALTER TABLE therapists ADD COLUMN role TEXT NOT NULL DEFAULT 'therapist'")

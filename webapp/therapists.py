@@ -78,6 +78,10 @@ SITE_PATTERN = re.compile(r"[a-z0-9-]{2,30}\Z")
 MAX_FAILURES = 5
 PAUSE_SECONDS = 15 * 60
 TOTP_STEP_SECONDS = 30
+#: The roles of portal accounts: a researcher shares the enrolment and login of therapists,
+#: but sees only the study's research pages and is never offered to participants.
+THERAPIST = "therapist"
+RESEARCHER = "researcher"
 
 
 class TherapistError(Exception):
@@ -149,6 +153,8 @@ class Therapist:
     renew: bool = False
     #: The site (a trial's centre) the therapist belongs to, if any.
     site: str | None = None
+    #: :data:`THERAPIST` or :data:`RESEARCHER`.
+    role: str = THERAPIST
 
 
 @dataclass(frozen=True)
@@ -202,8 +208,10 @@ def add_therapist(
     now: int,
     link_seconds: int = ENROLMENT_SECONDS,
     site: str | None = None,
+    role: str = THERAPIST,
 ) -> Enrolment:
-    """Create a therapist who still has to enrol; return their login name and link token.
+    """Create a therapist (or a researcher) who still has to enrol; return their login
+    name and link token.
 
     :raises TherapistNameError: for a bad or taken name, or one that looks like another.
     :raises SiteNameError: for a site name that is not valid.
@@ -225,6 +233,7 @@ def add_therapist(
                 "languages": ",".join(languages),
                 "time_zone": time_zone,
                 "site": site,
+                "role": role,
             }
         )
         return Enrolment(login_name, _issue_enrolment(db, therapist_id, now, link_seconds))
@@ -244,7 +253,7 @@ def _issue_enrolment(db: Database, therapist_id: str, now: int, link_seconds: in
 
 
 def _therapist(row: Any) -> Therapist:
-    therapist_id, name, login_name, languages, time_zone, slot, disabled, renew, site = row
+    therapist_id, name, login_name, languages, time_zone, slot, disabled, renew, site, role = row
     return Therapist(
         id=str(therapist_id),
         name=str(name),
@@ -255,15 +264,21 @@ def _therapist(row: Any) -> Therapist:
         disabled=bool(disabled),
         renew=bool(renew),
         site=None if site is None else str(site),
+        role=str(role),
     )
 
 
-_COLUMNS = "id, name, login_name, languages, time_zone, slot, disabled, renew_passphrase, site"
+_COLUMNS = (
+    "id, name, login_name, languages, time_zone, slot, disabled, renew_passphrase, site, role"
+)
 
 
-def list_therapists(db: Database) -> list[Therapist]:
-    """Return every therapist, by name."""
-    rows = db.execute(f"SELECT {_COLUMNS} FROM therapists ORDER BY name").fetchall()  # noqa: S608
+def list_therapists(db: Database, role: str = THERAPIST) -> list[Therapist]:
+    """Return every therapist (or every researcher), by name."""
+    rows = db.execute(
+        f"SELECT {_COLUMNS} FROM therapists WHERE role = ? ORDER BY name",  # noqa: S608
+        [role],
+    ).fetchall()
     return [_therapist(row) for row in rows]
 
 
@@ -281,8 +296,8 @@ def get_therapist(db: Database, therapist_id: str) -> Therapist:
     return _therapist(row)
 
 
-def find_by_name(db: Database, name: str) -> Therapist:
-    """Return the therapist called ``name`` (case does not matter).
+def find_by_name(db: Database, name: str, role: str = THERAPIST) -> Therapist:
+    """Return the therapist (or researcher, by ``role``) called ``name`` (case does not matter).
 
     :raises UnknownTherapistError: when there is none.
     """
@@ -290,7 +305,7 @@ def find_by_name(db: Database, name: str) -> Therapist:
         wanted = clean_name(name).casefold()
     except TherapistNameError:
         raise UnknownTherapistError(name) from None
-    for therapist in list_therapists(db):
+    for therapist in list_therapists(db, role):
         if therapist.name.casefold() == wanted:
             return therapist
     raise UnknownTherapistError(name)
@@ -704,15 +719,15 @@ def _withdraw_free_slots(db: Database, therapist_id: str, now: int) -> None:
     )
 
 
-def disable_therapist(db: Database, name: str, now: int) -> int:
-    """Lock a therapist out: end their sessions, withdraw their free future slots.
+def disable_therapist(db: Database, name: str, now: int, role: str = THERAPIST) -> int:
+    """Lock a therapist (or researcher) out: end their sessions, withdraw their free slots.
 
     Booked appointments stay, so the operator can arrange them with the participants.
 
     :returns: how many booked, upcoming appointments the therapist still has.
-    :raises UnknownTherapistError: when no therapist has this name.
+    :raises UnknownTherapistError: when no therapist (of ``role``) has this name.
     """
-    therapist = find_by_name(db, name)
+    therapist = find_by_name(db, name, role)
     with transaction(db):
         db.execute("UPDATE therapists SET disabled = 1 WHERE id = ?", [therapist.id])
         db.execute("DELETE FROM enrolments WHERE therapist_id = ?", [therapist.id])

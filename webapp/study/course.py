@@ -408,7 +408,8 @@ def handover_choices(
     """Return ``{id: name}`` of the therapists a participant can be handed over to."""
     rows = db.execute(
         "SELECT id, name, languages, site FROM therapists WHERE id != ? AND disabled = 0"
-        " AND slot IS NOT NULL AND site IS (SELECT site FROM therapists WHERE id = ?)"
+        " AND role = 'therapist' AND slot IS NOT NULL"
+        " AND site IS (SELECT site FROM therapists WHERE id = ?)"
         " ORDER BY name",
         [therapist_id, therapist_id],
     ).fetchall()

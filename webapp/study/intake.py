@@ -514,7 +514,14 @@ def submit_screening(
         _store_answers(db, found, form, answers, day)
         # Only the outcome: which rule failed would tell a reader of the log (or of a
         # seized disk) an answer; the study team reads the reasons from the sealed answers.
-        log.append(db, "eligibility", day, found.pseudonym, {"eligible": eligible})
+        # The stratum lets the CONSORT flow split those never randomised by stratum too.
+        log.append(
+            db,
+            "eligibility",
+            day,
+            found.pseudonym,
+            {"eligible": eligible, "stratum": found.stratum},
+        )
     return eligible
 
 
