@@ -9,7 +9,16 @@ from __future__ import annotations
 from flask import Flask, redirect, url_for
 from werkzeug.wrappers import Response
 
-from stillroom.webapp.portal import account, appointments, chat, course, notes, pages, schedule
+from stillroom.webapp.portal import (
+    account,
+    appointments,
+    chat,
+    course,
+    notes,
+    pages,
+    safety,
+    schedule,
+)
 from stillroom.webapp.portal.blueprint import bp
 
 
@@ -24,4 +33,14 @@ def init_app(app: Flask) -> None:
     app.register_blueprint(bp)
 
 
-__all__ = ["account", "appointments", "chat", "course", "init_app", "notes", "pages", "schedule"]
+__all__ = [
+    "account",
+    "appointments",
+    "chat",
+    "course",
+    "init_app",
+    "notes",
+    "pages",
+    "safety",
+    "schedule",
+]
