@@ -184,7 +184,9 @@ def test_the_therapist_sees_the_flag_on_the_next_sessions_page_until_seen(
     assert "self-harm-sometimes" in page and "1 March 2027" in page
     assert pseudonym not in page  # the therapist knows the participant by a name of their own
     [seen] = re.findall(r'action="([^"]+/seen)"', page)
-    assert therapist.client.post(seen, data=form_fields(page)).status_code == 302
+    [flag] = re.findall(r'name="flag" value="(\d+)"', page)
+    assert therapist.client.post(seen, data={"flag": "0", **form_fields(page)}).status_code == 404
+    assert therapist.client.post(seen, data={**form_fields(page), "flag": flag}).status_code == 302
 
     page = therapist.client.get(f"/en/chat/{appointment}").get_data(as_text=True)
     assert 'id="safety"' not in page and "self-harm-sometimes" not in page

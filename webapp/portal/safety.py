@@ -11,7 +11,7 @@ import datetime
 from typing import Any
 
 from babel.dates import format_date
-from flask import abort, redirect, render_template, url_for
+from flask import abort, redirect, render_template, request, url_for
 from werkzeug.wrappers import Response
 
 from stillroom.webapp.chat import ChatAppointment
@@ -39,13 +39,14 @@ def safety_context(appointment: ChatAppointment) -> dict[str, Any]:
     return {"safety_flags": [(flag, written(flag.day)) for flag in flags]}
 
 
-@bp.post("/chat/<appointment_id>/safety/<int:flag_id>/seen")
+@bp.post("/chat/<appointment_id>/safety/seen")
 @login_required
-def safety_seen(appointment_id: str, flag_id: int) -> Response:
+def safety_seen(appointment_id: str) -> Response:
     """Record the day the therapist saw a flag; it then leaves the chat page."""
     appointment = own(appointment_id)
-    if not safety.mark_seen(
-        db(), appointment.therapist_id, appointment.participant_id, flag_id, today()
+    flag = request.form.get("flag", "")
+    if not flag.isdigit() or not safety.mark_seen(
+        db(), appointment.therapist_id, appointment.participant_id, int(flag), today()
     ):
         abort(404)
     return redirect(url_for("portal.chat", appointment_id=appointment_id, _anchor="safety"))
