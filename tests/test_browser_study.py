@@ -41,6 +41,7 @@ STUDY = load_study(EXAMPLE)
 ELIGIBLE = {"age": "yes", "recent-use": "yes", "wants-chat": "yes"}
 #: Enough participants that both arms appear: blocks of at most 6 hold both arms 1:1.
 MOST_PARTICIPANTS = 12
+CRISIS_LINE = "Listening line 0800 111 0 111"
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +70,9 @@ def study_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServe
         )
     finally:
         db.close()
-    server = start_server(data_dir, {"STILLROOM_STUDY": str(folder)})
+    server = start_server(
+        data_dir, {"STILLROOM_STUDY": str(folder), "STILLROOM_CRISIS_LINES_EN": CRISIS_LINE}
+    )
     yield server
     stop_server(server)
 
@@ -102,15 +105,27 @@ def new_participant(browser: Marionette, server: LiveServer, lang: str) -> str:
 
 
 def through_intake(
-    browser: Marionette, server: LiveServer, lang: str, screening: dict[str, str] = ELIGIBLE
+    browser: Marionette,
+    server: LiveServer,
+    lang: str,
+    screening: dict[str, str] = ELIGIBLE,
+    baseline: dict[str, str] | None = None,
 ) -> str:
     """Walk a new account through intake; return the path it ends on."""
     new_participant(browser, server, lang)
-    return answer_intake(browser, lang, screening)
+    return answer_intake(browser, lang, screening, baseline)
 
 
-def answer_intake(browser: Marionette, lang: str, screening: dict[str, str] = ELIGIBLE) -> str:
-    """Go through intake from the information page on; return the path it ends on."""
+def answer_intake(
+    browser: Marionette,
+    lang: str,
+    screening: dict[str, str] = ELIGIBLE,
+    baseline: dict[str, str] | None = None,
+) -> str:
+    """Go through intake from the information page on; return the path it ends on.
+
+    The baseline's answers are each item's first option unless given: no safety rule fires.
+    """
     assert browser.find_element(By.CSS_SELECTOR, "header a.help")  # crisis help, on every step
     press(browser, browser.find_element(By.ID, "study-next"))
     assert path_of(browser) == f"/{lang}/study/consent"
@@ -124,9 +139,10 @@ def answer_intake(browser: Marionette, lang: str, screening: dict[str, str] = EL
     press(browser, browser.find_element(By.ID, "form-next"))
     if path_of(browser) != f"/{lang}/study/questions":
         return path_of(browser)
-    baseline = STUDY.instruments[STUDY.schedule[0].instrument]
-    assert len(browser.find_elements(By.CSS_SELECTOR, "main fieldset")) == len(baseline.items)
-    choose(browser, {item.id: baseline.choices(item.id)[-1] for item in baseline.items})
+    instrument = STUDY.instruments[STUDY.schedule[0].instrument]
+    assert len(browser.find_elements(By.CSS_SELECTOR, "main fieldset")) == len(instrument.items)
+    first = {item.id: instrument.choices(item.id)[0] for item in instrument.items}
+    choose(browser, {**first, **(baseline or {})})
     press(browser, browser.find_element(By.ID, "form-next"))
     return path_of(browser)
 
@@ -162,6 +178,30 @@ def test_someone_not_eligible_gets_help_and_no_booking(firefox, study_server):
     assert path_of(firefox) == "/de/study/not-eligible"  # booking leads back here
     visit(firefox, f"{study_server.url}/de/help")
     assert path_of(firefox) == "/de/help"
+
+
+def test_a_baseline_that_fires_a_safety_rule_shows_crisis_help_at_once(firefox, study_server):
+    ended = through_intake(firefox, study_server, "en", baseline={"self-harm": "often"})
+    assert ended == "/en/study/questions"  # the answer to the form itself: nothing in between
+    assert firefox.find_element(By.ID, "safety-help")
+    main = str(firefox.find_element(By.TAG_NAME, "main").text)
+    assert CRISIS_LINE in main and "112" in main
+    assert firefox.find_elements(By.CSS_SELECTOR, "main a[href='/en/help']")
+    words = STUDY.instruments["wellbeing"].texts["en"]
+    assert words.items["self-harm"] not in main  # their answers are not repeated
+    assert words.options["frequency"]["often"] not in main
+    press(firefox, firefox.find_element(By.ID, "study-next"))
+    assert path_of(firefox) == "/en/study/arm"  # the way on, to where the baseline leads
+    db = connect(study_server.data_dir / "stillroom.db")
+    try:
+        entry = study_log.entries(db, "safety-rule")[-1]
+        [(step,)] = db.execute(
+            "SELECT step FROM study_participants WHERE pseudonym = ?", [entry.pseudonym]
+        ).fetchall()
+    finally:
+        db.close()
+    assert entry.detail == {"rule": "self-harm-sometimes", "timepoint": "baseline"}
+    assert step == intake.DONE
 
 
 @pytest.mark.parametrize("level", ["stop-sessions", "stop-questionnaires", "erase"])

@@ -97,6 +97,17 @@ instrument = "wellbeing"
 week = 2
 opens_days = -2
 closes_days = 7
+
+[[safety]]
+id = "urge-often"
+instrument = "wellbeing"
+item = "urge"
+at_least = 3
+[[safety]]
+id = "total-high"
+instrument = "wellbeing"
+score = "total"
+at_least = 5
 """
 
 INFORMATION = '''\
@@ -219,6 +230,10 @@ def test_a_sound_study_loads(folder):
     assert study.course.sessions_max == 6
     assert [rule.item for rule in study.eligibility_rules] == ["age", "recent-use"]
     assert [point.id for point in study.schedule] == ["baseline", "week-2"]
+    assert [(rule.id, rule.item, rule.score, rule.at_least) for rule in study.safety] == [
+        ("urge-often", "urge", None, 3),
+        ("total-high", None, "total", 5),
+    ]
     assert sorted(study.instruments) == ["screening", "wellbeing"]
     assert study.information["de"][0] == "About the study (de)"
     current = study.consent()
@@ -395,6 +410,54 @@ MISTAKES = {
         "week = 1",
         [("study.toml", "week = 1", "schedule[0].week")],
     ),
+    "a safety rule on an unknown instrument": (
+        "study.toml",
+        'id = "urge-often"\ninstrument = "wellbeing"',
+        'id = "urge-often"\ninstrument = "mood"',
+        [("study.toml", 'instrument = "mood"', "safety[0].instrument")],
+    ),
+    "a safety rule on an instrument no timepoint uses": (
+        "study.toml",
+        'instrument = "wellbeing"\nitem = "urge"\nat_least = 3',
+        'instrument = "screening"\nitem = "age"\nat_least = 1',
+        [("study.toml", '|instrument = "screening"\nitem', "safety[0].instrument")],
+    ),
+    "a safety rule on an unknown item": (
+        "study.toml",
+        'item = "urge"\nat_least',
+        'item = "surge"\nat_least',
+        [("study.toml", 'item = "surge"', "safety[0].item")],
+    ),
+    "a safety rule on an unknown score": (
+        "study.toml",
+        'score = "total"',
+        'score = "sum"',
+        [("study.toml", 'score = "sum"', "safety[1].score")],
+    ),
+    "a safety rule on a score and an item": (
+        "study.toml",
+        'score = "total"',
+        'score = "total"\nitem = "calm"',
+        [("study.toml", 'item = "calm"', "safety[1].item")],
+    ),
+    "a safety rule on neither a score nor an item": (
+        "study.toml",
+        'score = "total"\n',
+        "",
+        [("study.toml", '|[[safety]]\nid = "total-high"', "safety[1]")],
+    ),
+    "a safety rule that can never fire": (
+        "study.toml",
+        "at_least = 3",
+        "at_least = 4",
+        [("study.toml", "at_least = 4", "safety[0].at_least")],
+    ),
+    "two safety rules with one id": (
+        "study.toml",
+        'id = "total-high"',
+        'id = "urge-often"',
+        [("study.toml", '|id = "urge-often"\ninstrument = "wellbeing"\nscore', "safety[1].id")],
+    ),
     "not TOML": (
         "study.toml",
         "\nweeks = 4",
@@ -553,6 +616,12 @@ def test_each_mistake_names_its_file_line_and_key(tmp_path, name):
     with pytest.raises(StudyDefinitionError) as refused:
         load_study(folder)
     assert refused.value.problems == problems
+
+
+def test_a_study_without_safety_rules_loads(tmp_path):
+    files = study_files()
+    files["study.toml"] = files["study.toml"].split("[[safety]]")[0]
+    assert load_study(write_study(tmp_path / "study", files)).safety == ()
 
 
 def test_a_problem_reads_file_line_key_and_message():

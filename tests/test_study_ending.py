@@ -35,7 +35,10 @@ EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "study"
 LAST_DAY = load_study(EXAMPLE).ends
 ERASE_DAY = LAST_DAY + timedelta(days=load_study(EXAMPLE).retention_days_after_end)
 ELIGIBLE = {"age": "yes", "recent-use": "yes", "wants-chat": "yes"}
-BASELINE = {item.id: "sometimes" for item in load_study(EXAMPLE).instruments["wellbeing"].items}
+BASELINE = {
+    **{item.id: "sometimes" for item in load_study(EXAMPLE).instruments["wellbeing"].items},
+    **{"urge": "never", "self-harm": "never"},  # no safety rule fires
+}
 RESEARCH = (
     "study_answers",
     "study_consents",

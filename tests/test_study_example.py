@@ -186,4 +186,6 @@ def test_the_example_passes_the_study_check():
     study = load_study(EXAMPLE)
     assert list(study.languages) == ["en", "de", "cs", "pt", "es"]
     assert {arm.gets for arm in study.arms} == {"chat", "waitlist"}
+    # Thoughts of self-harm "sometimes" or more often, and urges "often", fire a rule.
+    assert [(rule.item, rule.at_least) for rule in study.safety] == [("self-harm", 2), ("urge", 3)]
     assert check_study(EXAMPLE) == []

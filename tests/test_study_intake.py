@@ -39,7 +39,10 @@ from support import (
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "study"
 DAY = date(2027, 3, 1)
 ELIGIBLE = {"age": "yes", "recent-use": "yes", "wants-chat": "yes"}
-BASELINE = {item.id: "sometimes" for item in load_study(EXAMPLE).instruments["wellbeing"].items}
+BASELINE = {
+    **{item.id: "sometimes" for item in load_study(EXAMPLE).instruments["wellbeing"].items},
+    **{"urge": "never", "self-harm": "never"},  # no safety rule fires
+}
 
 
 def baseline_answers(study) -> dict[str, str]:

@@ -35,6 +35,7 @@ ENVELOPE_OVERHEAD = 1 + 24 + 16
 #: A study's research data, erased for good on its erasure day (written out again here
 #: rather than taken from the purge, as every rule of this report).
 RESEARCH_TABLES = (
+    "safety_flags",
     "study_answers",
     "study_consents",
     "study_participants",

@@ -595,14 +595,15 @@ def say_enrolment(settings: Settings, language: str, enrolment: therapists.Enrol
 
 @therapist.command(name="list")
 def therapist_list() -> None:
-    """List therapists: name, login name, languages, time zone, state and site ("-": none)."""
+    """List therapists: name, login name, languages, time zone, state and site ("-": none;
+    "(lead)" after a site's lead)."""
     with open_database(load_settings()) as database:
         click.echo("name\tlogin name\tlanguages\ttime zone\tstate\tsite")
         for item in therapists.list_therapists(database):
             state = "disabled" if item.disabled else "active" if item.enrolled else "not enrolled"
             click.echo(
                 f"{item.name}\t{item.login_name}\t{','.join(item.languages)}"
-                f"\t{item.time_zone}\t{state}\t{item.site or '-'}"
+                f"\t{item.time_zone}\t{state}\t{item.site or '-'}{' (lead)' * item.lead}"
             )
 
 
@@ -623,6 +624,26 @@ def therapist_site(name: str, site: str | None, clear: bool) -> None:
             fail(RuntimeError(f"no therapist named {name!r}"))
     where = f"site {moved.site}" if moved.site else "no site"
     click.echo(f"{moved.name} now belongs to {where}; appointments already booked stay.")
+
+
+@therapist.command(name="lead")
+@click.argument("name")
+@click.option("--clear", is_flag=True, help="No longer a lead.")
+def therapist_lead(name: str, clear: bool) -> None:
+    """Make the therapist NAME a lead of their site (or no longer, with --clear).
+
+    A lead sees, on the portal's "Safety list", the site's study participants whose
+    safety flag has no therapist to see it yet. Moving a lead to another site ends it.
+    """
+    with open_database(load_settings()) as database:
+        try:
+            changed = therapists.set_lead(database, name, not clear)
+        except therapists.UnknownTherapistError:
+            fail(RuntimeError(f"no therapist named {name!r}"))
+        except therapists.NoSiteError:
+            fail(RuntimeError(f"{name} belongs to no site: run 'stillroom therapist site' first"))
+    state = f"leads site {changed.site}" if changed.lead else "leads no site"
+    click.echo(f"{changed.name} now {state}.")
 
 
 @therapist.command(name="disable")

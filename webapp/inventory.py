@@ -371,6 +371,13 @@ INVENTORY: tuple[Table, ...] = (
                     " study's counts and safety list (and never appears to participants)."
                 ),
             ),
+            Column(
+                "site_lead",
+                _l(
+                    "Whether the operator made the therapist a lead of their centre, who sees"
+                    " the study's safety flags of participants there who have no therapist yet."
+                ),
+            ),
         ),
         about_participants=False,
     ),
@@ -617,6 +624,32 @@ INVENTORY: tuple[Table, ...] = (
                     " data's key in the key file"
                 ),
             ),
+        ),
+    ),
+    Table(
+        name="safety_flags",
+        purpose=_l(
+            "Only in a research study: when your answers to a questionnaire meet one of the"
+            " study's published safety rules, a note that this rule applied, so that your"
+            " therapist (or, until you have one, the lead of your centre) can take care. It"
+            " never holds your answers or scores."
+        ),
+        readers=_l(
+            "Your therapist, or the lead of your centre while you have no therapist; the server."
+        ),
+        retention=_l(
+            "Until you withdraw and erase, or delete your account, and at the latest until"
+            " the day the study's published rules set for erasing its research data."
+        ),
+        columns=(
+            Column("id", _l("Row number.")),
+            Column("participant_id", _l("Your account, so that your therapist sees it.")),
+            Column("pseudonym", _l("Your random study name.")),
+            Column("rule", _l("Which of the study's safety rules applied (its name, not why).")),
+            Column("timepoint", _l("Which of the study's questionnaire times it was.")),
+            Column("day", _l("The day (not the time) you sent the questionnaire.")),
+            Column("site", _l("Your centre, whose lead sees it while you have no therapist.")),
+            Column("seen_day", _l("The day your therapist marked it seen; empty until then.")),
         ),
     ),
     Table(

@@ -102,6 +102,7 @@ def running_study(settings: Settings) -> Study | None:
 
 #: The research data of a study, in the order its foreign keys allow deleting it.
 RESEARCH_TABLES = (
+    "safety_flags",
     "study_answers",
     "study_consents",
     "study_participants",
@@ -114,8 +115,8 @@ RESEARCH_TABLES = (
 def erase_study(db: Database, today: str) -> int:
     """On or after the study's erasure day: erase its research data; return how many rows went.
 
-    The answers, consents, pseudonyms, allocations, allocation lists and the study log
-    go, with the notes about its participants; the research slots and the lists' slots
+    The safety flags, answers, consents, pseudonyms, allocations, allocation lists and
+    the study log go, with the notes about its participants; the research slots and the lists' slots
     are overwritten, so no copy of them opens. Only the ``study`` row stays, marked with
     the day, so that the audit and the apps know the study ran and is gone. The
     triggers that keep the log and the allocations append-only are dropped for the

@@ -711,3 +711,30 @@ def add_sides_wrote(db: Database) -> None:
 def add_portal_roles(db: Database) -> None:
     """A portal account's role: a therapist, or a researcher who sees only the study's flow."""
     db.execute("ALTER TABLE therapists ADD COLUMN role TEXT NOT NULL DEFAULT 'therapist'")
+
+
+@migrations()
+def create_safety_flags(db: Database) -> None:
+    """A safety rule that fired at a submission, for the participant's therapist or the
+    site's lead: which rule, on which day, never the answers. It goes with the account."""
+    db.execute(
+        """
+        CREATE TABLE safety_flags (
+            id INTEGER PRIMARY KEY,
+            participant_id TEXT NOT NULL REFERENCES participants(id) ON DELETE CASCADE,
+            pseudonym TEXT NOT NULL,
+            rule TEXT NOT NULL,
+            timepoint TEXT NOT NULL,
+            day TEXT NOT NULL,
+            site TEXT NOT NULL,
+            seen_day TEXT
+        ) STRICT
+        """
+    )
+    db.execute("CREATE INDEX safety_flags_participant ON safety_flags(participant_id)")
+
+
+@migrations()
+def add_site_leads(db: Database) -> None:
+    """A therapist may lead their site: they see its flags that have no therapist yet."""
+    db.execute("ALTER TABLE therapists ADD COLUMN site_lead INTEGER NOT NULL DEFAULT 0")

@@ -106,6 +106,10 @@ class UnknownTherapistError(TherapistError):
     """No therapist has this name."""
 
 
+class NoSiteError(TherapistError):
+    """Only a therapist who belongs to a site can lead it."""
+
+
 class SiteNameError(TherapistError):
     """A site's name must be 2 to 30 of a-z, 0-9 and "-"."""
 
@@ -155,6 +159,8 @@ class Therapist:
     site: str | None = None
     #: :data:`THERAPIST` or :data:`RESEARCHER`.
     role: str = THERAPIST
+    #: Leads their site: sees its safety flags of participants without a therapist.
+    lead: bool = False
 
 
 @dataclass(frozen=True)
@@ -253,7 +259,8 @@ def _issue_enrolment(db: Database, therapist_id: str, now: int, link_seconds: in
 
 
 def _therapist(row: Any) -> Therapist:
-    therapist_id, name, login_name, languages, time_zone, slot, disabled, renew, site, role = row
+    (therapist_id, name, login_name, languages, time_zone, slot, disabled, renew, site) = row[:9]
+    role, lead = row[9:]
     return Therapist(
         id=str(therapist_id),
         name=str(name),
@@ -265,11 +272,13 @@ def _therapist(row: Any) -> Therapist:
         renew=bool(renew),
         site=None if site is None else str(site),
         role=str(role),
+        lead=bool(lead) and site is not None,
     )
 
 
 _COLUMNS = (
-    "id, name, login_name, languages, time_zone, slot, disabled, renew_passphrase, site, role"
+    "id, name, login_name, languages, time_zone, slot, disabled, renew_passphrase, site, role,"
+    " site_lead"
 )
 
 
@@ -315,7 +324,8 @@ def set_site(db: Database, name: str, site: str | None) -> Therapist:
     """Move the therapist called ``name`` to ``site`` (``None``: to no site); return them.
 
     Appointments already booked stay as they are; only where they can be booked next
-    follows the new site.
+    follows the new site. A lead of the old site leads no site after a move: leading
+    another one is the operator's decision (:func:`set_lead`).
 
     :raises UnknownTherapistError: when no therapist has this name.
     :raises SiteNameError: for a site name that is not valid.
@@ -324,7 +334,27 @@ def set_site(db: Database, name: str, site: str | None) -> Therapist:
         check_site(site)
     therapist = find_by_name(db, name)
     with transaction(db):
-        db.execute("UPDATE therapists SET site = ? WHERE id = ?", [site, therapist.id])
+        db.execute(
+            "UPDATE therapists SET site_lead = site_lead AND site IS ?, site = ? WHERE id = ?",
+            [site, site, therapist.id],
+        )
+    return get_therapist(db, therapist.id)
+
+
+def set_lead(db: Database, name: str, lead: bool) -> Therapist:
+    """Make the therapist called ``name`` a lead of their site, or no longer; return them.
+
+    A site may have several leads. A lead sees the site's safety flags of study
+    participants who have no therapist yet.
+
+    :raises UnknownTherapistError: when no therapist has this name.
+    :raises NoSiteError: when making a lead of a therapist who belongs to no site.
+    """
+    therapist = find_by_name(db, name)
+    if lead and therapist.site is None:
+        raise NoSiteError(name)
+    with transaction(db):
+        db.execute("UPDATE therapists SET site_lead = ? WHERE id = ?", [int(lead), therapist.id])
     return get_therapist(db, therapist.id)
 
 

@@ -346,7 +346,9 @@ def submit(running: Study, form: intake.Form, answers: dict[str, str]) -> Respon
             if not eligible:
                 return redirect(url_for("participant.study_ineligible"))
             return redirect(url_for("participant.study_form"))
-        intake.submit_baseline(db(), running, own_id(), answers, today())
+        _, fired = intake.submit_baseline(db(), running, own_id(), answers, today())
+        if fired:  # crisis help at once, before the way on to the arm's page
+            return make_response(safety_page(url_for("participant.study_step")))
     except intake.WrongStepError:
         pass  # sent twice: the first one did it
     except ListExhaustedError:
@@ -354,6 +356,18 @@ def submit(running: Study, form: intake.Form, answers: dict[str, str]) -> Respon
         # the participant stays at this step with their draft, and nothing was logged.
         return make_response(render_template("participant/study/full.html"), 503)
     return redirect(url_for("participant.study_step"))
+
+
+def safety_page(onward: str) -> str:
+    """Return the page shown when a safety rule fired: crisis help, then the way on.
+
+    It never repeats the answers, nor says which rule fired: only that help is there.
+    """
+    return render_template(
+        "participant/study/safety.html",
+        lines=settings().crisis_lines(current_language()),
+        onward=onward,
+    )
 
 
 @bp.route("/study/not-eligible", methods=["GET", "POST"])

@@ -17,6 +17,7 @@ from stillroom.webapp.portal import (
     notes,
     pages,
     research,
+    safety,
     schedule,
 )
 from stillroom.webapp.portal.blueprint import bp
@@ -42,5 +43,6 @@ __all__ = [
     "notes",
     "pages",
     "research",
+    "safety",
     "schedule",
 ]

@@ -23,6 +23,7 @@ from stillroom.webapp.portal.appointments import own, pseudonym_of
 from stillroom.webapp.portal.blueprint import bp, current_therapist, gate, login_required
 from stillroom.webapp.portal.course import course_context
 from stillroom.webapp.portal.pages import notice
+from stillroom.webapp.portal.safety import safety_context
 from stillroom.webapp.times import format_when
 
 
@@ -54,6 +55,7 @@ def chat(appointment_id: str) -> str:
         extension=EXTENSION_MINUTES,
         notice=notice(),
         **course_context(appointment),
+        **safety_context(appointment),
     )
 
 

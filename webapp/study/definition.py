@@ -117,6 +117,18 @@ class Timepoint:
 
 
 @dataclass(frozen=True)
+class SafetyRule:
+    """A safety rule: it fires when a score of an instrument, or one item's option value,
+    is at least ``at_least`` (exactly one of ``score`` and ``item`` is set)."""
+
+    id: str
+    instrument: str
+    score: str | None
+    item: str | None
+    at_least: int
+
+
+@dataclass(frozen=True)
 class Study:
     """A checked study definition."""
 
@@ -140,6 +152,7 @@ class Study:
     information: dict[str, tuple[str, str]]
     folder: Path
     sha256: str
+    safety: tuple[SafetyRule, ...] = ()
 
     def strata(self) -> list[str]:
         """Return the strata, one per language: ``<language>-<site>``."""
@@ -171,7 +184,8 @@ class Study:
             f"{self.id}: {len(self.arms)} arms: {arms}; "
             f"{len(self.languages)} strata: {', '.join(self.strata())}; "
             f"{len(self.instruments)} instruments: {', '.join(sorted(self.instruments))}; "
-            f"{len(self.schedule)} timepoints; consent {self.consent_current}"
+            f"{len(self.schedule)} timepoints; {len(self.safety)} safety rules;"
+            f" consent {self.consent_current}"
         )
 
 
@@ -425,7 +439,22 @@ STUDY = Table(
                 }
             )
         ),
-    }
+        "safety": Tables(
+            Table(
+                {
+                    "id": NAME_ID,
+                    "instrument": NAME_ID,
+                    "score": NAME_ID,
+                    "item": NAME_ID,
+                    # Wide enough for any sum of 60 items' values.
+                    "at_least": Whole(-100_000, 100_000),
+                },
+                optional=frozenset({"score", "item"}),
+            )
+        ),
+    },
+    # A study without safety rules leaves the table out.
+    optional=frozenset({"safety"}),
 )
 
 INFORMATION = Table({"title": WORDS, "body": WORDS})
@@ -675,7 +704,8 @@ def read_study_toml(
         return {}, sound, report
     for name, node in STUDY.fields.items():
         if name not in data:
-            report.missing(name, "")
+            if name not in STUDY.optional:
+                report.missing(name, "")
         elif node.check(data[name], name, report):
             sound.add(name)
     for name in data:
@@ -702,6 +732,8 @@ def read_study_toml(
         check_consent_versions(data["consent"], report)
     if "schedule" in sound:
         check_schedule(data["schedule"], report)
+    if "safety" in sound:
+        check_safety(data["safety"], report)
     return data, sound, report
 
 
@@ -758,6 +790,18 @@ def check_schedule(schedule: list[dict[str, Any]], report: Report) -> None:
         report.at("schedule[0].week", "the first timepoint is the baseline: its week must be 0")
 
 
+def check_safety(rules: list[dict[str, Any]], report: Report) -> None:
+    """Check safety rule ids, and that each names exactly one of a score and an item."""
+    for i, rule in enumerate(rules):
+        key = f"safety[{i}]"
+        if rule["id"] in [earlier["id"] for earlier in rules[:i]]:
+            report.at(f"{key}.id", f"{rule['id']!r} is the id of an earlier rule")
+        if "score" in rule and "item" in rule:
+            report.at(f"{key}.item", "give either score or item, not both")
+        elif "score" not in rule and "item" not in rule:
+            report.at(key, "needs either score or item: what the rule looks at")
+
+
 def check_references(
     data: dict[str, Any],
     sound: set[str],
@@ -769,6 +813,8 @@ def check_references(
         for i, point in enumerate(data["schedule"]):
             if point["instrument"] not in instruments:
                 report.at(f"schedule[{i}].instrument", unknown_instrument(point["instrument"]))
+    if "safety" in sound:
+        check_safety_references(data, sound, instruments, report)
     if "eligibility" not in sound:
         return
     eligibility = data["eligibility"]
@@ -790,6 +836,49 @@ def check_references(
                 f"eligibility.rules[{i}].equals",
                 f"item {rule['item']!r} has no option {rule['equals']!r}",
             )
+
+
+def check_safety_references(
+    data: dict[str, Any],
+    sound: set[str],
+    instruments: dict[str, Instrument | None],
+    report: Report,
+) -> None:
+    """Check that each safety rule names an instrument of the schedule, and a score or
+    item of it that can reach ``at_least``: a rule that can never fire protects nobody."""
+    scheduled = {point["instrument"] for point in data["schedule"]} if "schedule" in sound else None
+    for i, rule in enumerate(data["safety"]):
+        key = f"safety[{i}]"
+        name = rule["instrument"]
+        if name not in instruments:
+            report.at(f"{key}.instrument", unknown_instrument(name))
+            continue
+        if scheduled is not None and name not in scheduled:
+            report.at(
+                f"{key}.instrument",
+                f"no timepoint of the schedule uses {name!r}, so the rule would never be checked",
+            )
+        instrument = instruments[name]
+        if instrument is None or ("score" in rule) == ("item" in rule):
+            continue  # its own problems are reported already
+        if "score" in rule:
+            if rule["score"] not in instrument.scores:
+                report.at(f"{key}.score", f"{name} has no score {rule['score']!r}")
+                continue
+            item_ids = list(instrument.scores[rule["score"]])
+        else:
+            try:
+                instrument.item(rule["item"])
+            except KeyError:
+                report.at(f"{key}.item", f"{name} has no item {rule['item']!r}")
+                continue
+            item_ids = [rule["item"]]
+        highest = sum(
+            max(instrument.option_sets[instrument.item(item_id).options].values)
+            for item_id in item_ids
+        )
+        if rule["at_least"] > highest:
+            report.at(f"{key}.at_least", f"can never fire: the highest possible value is {highest}")
 
 
 def unknown_instrument(name: str) -> str:
@@ -959,6 +1048,16 @@ def build_study(
         information=information,
         folder=folder,
         sha256=definition_sha256(folder),
+        safety=tuple(
+            SafetyRule(
+                id=rule["id"],
+                instrument=rule["instrument"],
+                score=rule.get("score"),
+                item=rule.get("item"),
+                at_least=rule["at_least"],
+            )
+            for rule in data.get("safety", [])
+        ),
     )
 
 

@@ -31,7 +31,7 @@ from stillroom.webapp.keyslots import (
     unlock,
 )
 from stillroom.webapp.store import checkpoint, transaction
-from stillroom.webapp.study import log
+from stillroom.webapp.study import log, safety
 from stillroom.webapp.study.allocation import allocate
 from stillroom.webapp.study.definition import CONSENT_ITEMS, Study
 from stillroom.webapp.study.questionnaires import (
@@ -527,28 +527,31 @@ def submit_screening(
 
 def submit_baseline(
     db: Database, study: Study, participant_id: str, answers: dict[str, str], day: datetime.date
-) -> str:
-    """Store the sealed baseline answers and allocate the participant, once; return the arm.
+) -> tuple[str, list[str]]:
+    """Store the sealed baseline answers and allocate the participant, once.
 
     Both happen in one transaction that first moves the step from baseline to done, so
     a form sent twice finds the step moved and allocates nobody a second time (and the
-    ``allocations`` table's key refuses it as well).
+    ``allocations`` table's key refuses it as well). The safety rules are checked in
+    memory before the answers are sealed, and what fired is recorded in the same
+    transaction.
 
+    :returns: the arm, and the ids of the safety rules that fired (the participant is
+        shown crisis help at once when there are any).
     :raises WrongStepError: when the participant is not at the baseline step.
     """
     first = study.schedule[0]
     form = Form(study.instruments[first.instrument], first.id)
-    # Scores needed at once are computed here in memory; part 2's safety rules hook in
-    # at this point, on these scores, before the answers are sealed.
-    score(form.instrument, answers)
+    hits = safety.fired(study, form.instrument, answers)  # also refuses unknown answers
     with transaction(db):
         found = enrolment(db, participant_id)
         if found is None:
             raise WrongStepError(BASELINE)
         _set_step(db, participant_id, BASELINE, DONE)
+        safety.record(db, study, participant_id, found.pseudonym, form.timepoint, hits, day)
         _store_answers(db, found, form, answers, day)
         arm = allocate(db, found.pseudonym, found.stratum, day)
-    return arm
+    return arm, [rule.id for rule in hits]
 
 
 #: Below this share of its list left, ``stillroom study verify`` names a stratum.
@@ -628,6 +631,7 @@ def withdraw(db: Database, participant_id: str, level: str, day: datetime.date, 
                 [participant_id],
             )
         if level == ERASE:
+            safety.erase_flags(db, participant_id)
             db.execute("DELETE FROM study_answers WHERE pseudonym = ?", [found.pseudonym])
             db.execute("DELETE FROM study_consents WHERE pseudonym = ?", [found.pseudonym])
             # The consents and answers named the old pseudonym: they are gone before it is.
