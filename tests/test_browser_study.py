@@ -31,6 +31,7 @@ from stillroom.webapp.store import connect
 from stillroom.webapp.study import amendment, intake
 from stillroom.webapp.study import log as study_log
 from stillroom.webapp.study.definition import load_study
+from stillroom.webapp.study.questionnaires import pages
 
 from support import LiveServer, start_server, stop_server
 
@@ -125,9 +126,11 @@ def answer_intake(browser: Marionette, lang: str, screening: dict[str, str] = EL
     if path_of(browser) != f"/{lang}/study/questions":
         return path_of(browser)
     baseline = STUDY.instruments[STUDY.schedule[0].instrument]
-    assert len(browser.find_elements(By.CSS_SELECTOR, "main fieldset")) == len(baseline.items)
-    choose(browser, {item.id: baseline.choices(item.id)[-1] for item in baseline.items})
-    press(browser, browser.find_element(By.ID, "form-next"))
+    for page in pages(baseline):  # one page of the form per POST
+        assert path_of(browser) == f"/{lang}/study/questions"
+        assert len(browser.find_elements(By.CSS_SELECTOR, "main fieldset")) == len(page)
+        choose(browser, {item.id: baseline.choices(item.id)[-1] for item in page})
+        press(browser, browser.find_element(By.ID, "form-next"))
     return path_of(browser)
 
 
