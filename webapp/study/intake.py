@@ -35,7 +35,6 @@ from stillroom.webapp.study import log
 from stillroom.webapp.study.allocation import allocate
 from stillroom.webapp.study.definition import CONSENT_ITEMS, Study
 from stillroom.webapp.study.questionnaires import (
-    MAX_PER_PAGE,
     SEALED_BLOCK_BYTES,
     Instrument,
     Item,
@@ -395,7 +394,7 @@ def draft_answers(db: Database, found: Enrolment, form: Form, secret_key: bytes)
     return answers
 
 
-def page_number(form: Form, answers: dict[str, str], per_page: int = MAX_PER_PAGE) -> int:
+def page_number(form: Form, answers: dict[str, str], per_page: int | None = None) -> int:
     """Return the first page (0-based) with an unanswered item; the last page if none."""
     split = pages(form.instrument, per_page)
     for number, items in enumerate(split):
@@ -404,7 +403,7 @@ def page_number(form: Form, answers: dict[str, str], per_page: int = MAX_PER_PAG
     return len(split) - 1
 
 
-def form_page(form: Form, number: int, per_page: int = MAX_PER_PAGE) -> list[Item]:
+def form_page(form: Form, number: int, per_page: int | None = None) -> list[Item]:
     """Return the items of page ``number`` of the form."""
     return pages(form.instrument, per_page)[number]
 
@@ -417,7 +416,7 @@ def save_page(
     form: Form,
     number: int,
     chosen: dict[str, str],
-    per_page: int = MAX_PER_PAGE,
+    per_page: int | None = None,
 ) -> dict[str, str]:
     """Add the answers of page ``number`` to the draft; return every answer so far.
 
@@ -496,6 +495,11 @@ def _store_answers(
     )
 
 
+def completion(form: Form) -> log.Detail:
+    """Return the study log's detail of a completed timepoint."""
+    return {"timepoint": form.timepoint, "instrument": form.instrument.id}
+
+
 def submit_screening(
     db: Database, study: Study, participant_id: str, answers: dict[str, str], day: datetime.date
 ) -> bool:
@@ -540,6 +544,7 @@ def submit_baseline(
             raise WrongStepError(BASELINE)
         _set_step(db, participant_id, BASELINE, DONE)
         _store_answers(db, found, form, answers, day)
+        log.append(db, "assessment-completed", day, found.pseudonym, completion(form))
         arm = allocate(db, found.pseudonym, found.stratum, day)
     return arm
 
