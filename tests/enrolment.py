@@ -94,5 +94,5 @@ def randomise(
     """Take a new participant through the whole intake; return the enrolment and the arm."""
     found = consent(db, study, day, language, transcripts)
     assert intake.submit_screening(db, study, found.participant_id, ELIGIBLE, day)
-    arm = intake.submit_baseline(db, study, found.participant_id, baseline, day)
+    arm, _ = intake.submit_baseline(db, study, found.participant_id, baseline, day)
     return found, arm

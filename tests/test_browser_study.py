@@ -6,12 +6,15 @@ from __future__ import annotations
 import hashlib
 import shutil
 from collections.abc import Iterator
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 
 import pytest
+from babel.dates import format_date
 from marionette_driver.by import By
 from marionette_driver.marionette import Marionette
+from test_browser_course import DAY, MovedServer
+from test_browser_course import moved as moved  # the server whose clock a test moves
 from test_browser_nojs import (
     PREFS,
     create_account,
@@ -31,6 +34,8 @@ from stillroom.webapp.store import connect
 from stillroom.webapp.study import amendment, intake
 from stillroom.webapp.study import log as study_log
 from stillroom.webapp.study.definition import load_study
+from stillroom.webapp.study.questionnaires import pages
+from stillroom.webapp.times import DATE_LOCALES
 
 from support import LiveServer, start_server, stop_server
 
@@ -140,10 +145,13 @@ def answer_intake(
     if path_of(browser) != f"/{lang}/study/questions":
         return path_of(browser)
     instrument = STUDY.instruments[STUDY.schedule[0].instrument]
-    assert len(browser.find_elements(By.CSS_SELECTOR, "main fieldset")) == len(instrument.items)
-    first = {item.id: instrument.choices(item.id)[0] for item in instrument.items}
-    choose(browser, {**first, **(baseline or {})})
-    press(browser, browser.find_element(By.ID, "form-next"))
+    chosen = {item.id: instrument.choices(item.id)[0] for item in instrument.items}
+    chosen.update(baseline or {})
+    for page in pages(instrument):  # one page of the form per POST
+        assert path_of(browser) == f"/{lang}/study/questions"
+        assert len(browser.find_elements(By.CSS_SELECTOR, "main fieldset")) == len(page)
+        choose(browser, {item.id: chosen[item.id] for item in page})
+        press(browser, browser.find_element(By.ID, "form-next"))
     return path_of(browser)
 
 
@@ -303,3 +311,56 @@ def test_a_major_consent_version_is_asked_for_again_at_the_next_login(firefox, t
     assert [entry.detail for entry in changes if entry.pseudonym] == [
         {"from": "1.1", "to": "2.0", "kind": "major"}
     ]
+
+
+def test_a_due_questionnaire_is_answered_in_two_sittings(firefox, moved: MovedServer):
+    server = moved.server
+    passphrase = new_participant(firefox, server, "en")
+    assert answer_intake(firefox, "en") == "/en/study/arm"
+    randomised = moved.today()
+    visit(firefox, f"{server.url}/en/account")
+    assert not firefox.find_elements(By.ID, "assessment-due")  # nothing is due yet
+    log_out(firefox)
+
+    moved.move_to(13 * DAY)  # week 2: its window runs from day 12 to day 21
+    log_in(firefox, f"{server.url}/en", passphrase)
+    visit(firefox, f"{server.url}/en/account")
+    due = str(firefox.find_element(By.ID, "assessment-due").text)
+    last_day = format_date(randomised + timedelta(days=21), "full", locale=DATE_LOCALES["en"])
+    assert last_day in due and "about 5 minutes" in due
+    press(firefox, firefox.find_element(By.ID, "assessment-start"))
+    assert path_of(firefox) == "/en/study/questions"
+    wellbeing = STUDY.instruments["wellbeing"]
+    first, second = pages(wellbeing)
+    assert len(firefox.find_elements(By.CSS_SELECTOR, "main fieldset")) == len(first)
+    choose(firefox, {item.id: "often" for item in first})
+    press(firefox, firefox.find_element(By.ID, "form-next"))
+    assert "Page 2 of 2" in str(firefox.find_element(By.ID, "form-page").text)
+    log_out(firefox)
+
+    log_in(firefox, f"{server.url}/en", passphrase)  # a second sitting
+    visit(firefox, f"{server.url}/en/account")
+    link = firefox.find_element(By.ID, "assessment-start")
+    assert "Continue" in str(link.text)
+    press(firefox, link)
+    assert "Page 2 of 2" in str(firefox.find_element(By.ID, "form-page").text)  # page 1 kept
+    shown = [
+        str(el.get_attribute("name"))
+        for el in firefox.find_elements(By.CSS_SELECTOR, "main input[type=radio]")
+    ]
+    assert set(shown) == {item.id for item in second}
+    choose(firefox, {item.id: "rarely" for item in second})
+    press(firefox, firefox.find_element(By.ID, "form-next"))
+    assert firefox.find_element(By.ID, "assessment-thanks")
+    press(firefox, firefox.find_element(By.ID, "back-to-account"))
+    assert path_of(firefox) == "/en/account"
+    assert not firefox.find_elements(By.ID, "assessment-due")
+    completed = moved.db_rows(
+        "SELECT json_extract(detail, '$.timepoint'), day FROM study_log"
+        " WHERE event = 'assessment-completed' ORDER BY seq"
+    )
+    assert completed == [
+        ("baseline", randomised.isoformat()),
+        ("week-2", moved.today().isoformat()),
+    ]
+    assert moved.db_rows("SELECT draft FROM study_participants") == [(None,)]

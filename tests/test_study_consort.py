@@ -33,7 +33,7 @@ STUDY = load_study(EXAMPLE)
 START = datetime.date(2027, 3, 1)
 ELIGIBLE = {"age": "yes", "recent-use": "yes", "wants-chat": "yes"}
 NOT_ELIGIBLE = {**ELIGIBLE, "age": "no"}
-BASELINE = {item.id: "sometimes" for item in STUDY.instruments["wellbeing"].items}
+BASELINE = {item.id: "rarely" for item in STUDY.instruments["wellbeing"].items}  # fires no rule
 LATER = ("week-2", "week-4", "week-6", "week-8")
 EVERY = ("baseline", *LATER)
 
@@ -160,7 +160,7 @@ def follow(db, app, plan: Plan, day: datetime.date) -> None:
     if plan.screening is not None:
         intake.submit_screening(db, STUDY, pid, plan.screening, day)
     if plan.randomised:
-        plan.arm = intake.submit_baseline(db, STUDY, pid, BASELINE, day)
+        plan.arm, _ = intake.submit_baseline(db, STUDY, pid, BASELINE, day)
     for number in range(plan.sessions):
         append(db, "session-attended", day, found.pseudonym, {"minutes": 50, "session": number + 1})
     for timepoint in plan.completed:

@@ -458,6 +458,30 @@ MISTAKES = {
         'id = "urge-often"',
         [("study.toml", '|id = "urge-often"\ninstrument = "wellbeing"\nscore', "safety[1].id")],
     ),
+    "a timepoint with neither a week nor a session": (
+        "study.toml",
+        'instrument = "wellbeing"\nweek = 2\n',
+        'instrument = "wellbeing"\n',
+        [("study.toml", None, "schedule[1].week")],
+    ),
+    "a timepoint after a session the course never has": (
+        "study.toml",
+        "week = 2",
+        "after_session = 7",
+        [("study.toml", "after_session = 7", "schedule[1].after_session")],
+    ),
+    "a baseline tied to a session": (
+        "study.toml",
+        "week = 0",
+        "after_session = 1",
+        [("study.toml", "after_session = 1", "schedule[0].after_session")],
+    ),
+    "pages longer than ten items": (
+        "instruments/wellbeing.toml",
+        "minutes = ",
+        "per_page = 11\nminutes = ",
+        [("instruments/wellbeing.toml", "per_page = 11", "per_page")],
+    ),
     "not TOML": (
         "study.toml",
         "\nweeks = 4",
@@ -622,6 +646,24 @@ def test_a_study_without_safety_rules_loads(tmp_path):
     files = study_files()
     files["study.toml"] = files["study.toml"].split("[[safety]]")[0]
     assert load_study(write_study(tmp_path / "study", files)).safety == ()
+
+
+def test_a_timepoint_may_follow_a_session_and_a_form_may_have_shorter_pages(tmp_path):
+    files = dict(study_files())
+    files["study.toml"] += (
+        '[[schedule]]\nid = "after-2"\ninstrument = "wellbeing"\nafter_session = 2\n'
+        "opens_days = 0\ncloses_days = 7\n"
+    )
+    files["instruments/wellbeing.toml"] = files["instruments/wellbeing.toml"].replace(
+        "minutes = 5", "minutes = 5\nper_page = 1"
+    )
+    study = load_study(write_study(tmp_path / "study", files))
+    tied = study.schedule[-1]
+    assert (tied.id, tied.after_session, tied.week) == ("after-2", 2, 0)
+    assert study.schedule[1].after_session is None
+    wellbeing = study.instruments["wellbeing"]
+    assert [len(page) for page in pages(wellbeing)] == [1, 1]
+    assert [len(page) for page in pages(study.instruments["screening"])] == [2]
 
 
 def test_a_problem_reads_file_line_key_and_message():

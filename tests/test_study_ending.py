@@ -138,6 +138,7 @@ def allocate(client) -> str:
     """A new account goes through the whole intake, to an allocation; return its passphrase."""
     passphrase = consent(client)
     post_page(client, "/en/study/questions", ELIGIBLE)
+    post_page(client, "/en/study/questions", BASELINE)  # the baseline's two pages
     post_page(client, "/en/study/questions", BASELINE)
     return passphrase
 

@@ -144,13 +144,20 @@ def through_consent(client, lang: str = "en") -> None:
     assert re.search(r'id="receipt">[A-Z2-7]{4}-[A-Z2-7]{4}<', consented.get_data(as_text=True))
 
 
+def send_baseline(client, lang: str = "en"):
+    """Answer the baseline's first page, then send its second (last) one; return that answer."""
+    first = post_page(client, f"/{lang}/study/questions", BASELINE)
+    assert follow(client, first).endswith("/study/questions")
+    return post_page(client, f"/{lang}/study/questions", BASELINE)
+
+
 def through_intake(client, lang: str = "en", screening=ELIGIBLE) -> str:
     """Walk a new account through intake; return where the last step led."""
     through_consent(client, lang)
     done = post_page(client, f"/{lang}/study/questions", screening)
     if not follow(client, done).endswith("/study/questions"):
         return follow(client, done)
-    return follow(client, post_page(client, f"/{lang}/study/questions", BASELINE))
+    return follow(client, send_baseline(client, lang))
 
 
 def only_participant(db) -> intake.Enrolment:
@@ -179,11 +186,13 @@ def test_intake_ends_in_one_allocation_and_the_arm_page(client, db, study_key):
     assert f'data-arm="{arm}"' in arm_page
     assert found.step == intake.DONE and found.stratum == "en-berlin"
     events = [entry.event for entry in study_log.entries(db) if entry.pseudonym == found.pseudonym]
-    assert events == ["consent", "eligibility", "allocation"]
+    assert events == ["consent", "eligibility", "assessment-completed", "allocation"]
     assert study_log.entries(db, "eligibility")[0].detail == {
         "eligible": True,
         "stratum": "en-berlin",
     }
+    completed = study_log.entries(db, "assessment-completed")[0]
+    assert completed.detail == {"timepoint": "baseline", "instrument": "wellbeing"}
     consent = study_log.entries(db, "consent")[0].detail
     assert consent["participate"] is True and consent["transcripts"] is False
     # What the server keeps of the answers opens only with the study team's key.
@@ -200,8 +209,9 @@ def test_intake_ends_in_one_allocation_and_the_arm_page(client, db, study_key):
 def test_sending_the_last_step_twice_allocates_once(client, db):
     through_consent(client)
     follow(client, post_page(client, "/en/study/questions", ELIGIBLE))
+    follow(client, post_page(client, "/en/study/questions", BASELINE))  # its first page
     html = client.get("/en/study/questions").get_data(as_text=True)
-    data = {**form_fields(html), "form": "baseline", "page": "0", **BASELINE}
+    data = {**form_fields(html), "form": "baseline", "page": "1", **BASELINE}
     first = client.post("/en/study/questions", data=data)
     second = client.post("/en/study/questions", data=data)
     assert first.status_code == second.status_code == 302
@@ -229,7 +239,7 @@ def test_a_used_up_list_closes_enrolment_calmly_and_keeps_the_participant_where_
     through_consent(client)
     follow(client, post_page(client, "/en/study/questions", ELIGIBLE))
     use_up_list(db, "en-berlin")
-    closed = post_page(client, "/en/study/questions", BASELINE)
+    closed = send_baseline(client)
     assert closed.status_code == 503
     page = closed.get_data(as_text=True)
     assert 'id="enrolment-closed"' in page and 'href="/en/help"' in page
@@ -274,7 +284,7 @@ def test_booking_waits_until_intake_is_complete(client, db, study_env):
     assert isinstance(may_book(db, found.participant_id, 0, study_env[0]), IntakeIncompleteError)
     assert follow(client, client.get("/en/book")).endswith("/account")
     follow(client, post_page(client, "/en/study/questions", ELIGIBLE))
-    follow(client, post_page(client, "/en/study/questions", BASELINE))
+    follow(client, send_baseline(client))
     refusal = may_book(db, found.participant_id, 0, study_env[0], load_study(study_env[1]))
     assert refusal is None or isinstance(refusal, WaitlistError)  # as the arm drawn says
 
@@ -506,7 +516,7 @@ def test_withdraw_and_erase_destroys_the_research_key(client, db, study_env, stu
     with pytest.raises(SlotGoneError):
         unlock(db, before.slot, sealed)
     events = [entry.event for entry in study_log.entries(db) if entry.pseudonym == before.pseudonym]
-    assert events == ["consent", "eligibility", "allocation", "withdrawal"]
+    assert events == ["consent", "eligibility", "assessment-completed", "allocation", "withdrawal"]
     study_log.verify(db)
     assert client.get("/en/account").status_code == 200
     assert isinstance(may_book(db, after.participant_id, 0, study_env[0]), SessionsStoppedError)

@@ -8,7 +8,8 @@ that have come and those days' messages, conversations nobody needs, slots that 
 ended, appointments past their retention, therapists' notes unchanged for
 ``NOTE_RETENTION_DAYS`` and proposed next times that have begun or were taken. The
 same pass counts the course sessions that are over and, in a study, logs the
-crossovers of waitlists that have ended. On a study's erasure day (its last day plus
+crossovers of waitlists that have ended and the assessments whose windows closed
+unanswered. On a study's erasure day (its last day plus
 ``retention_days_after_end``), the study's research data goes for good, and with it
 the notes about its participants. Every deleted key slot is overwritten in
 place; each run ends with a write-ahead-log checkpoint so deleted rows leave the
@@ -39,6 +40,7 @@ from stillroom.webapp.store import StoreUnwritableError, checkpoint, connect, tr
 from stillroom.webapp.study.amendment import StudyChangedError, check_unchanged
 from stillroom.webapp.study.course import count_sessions, cross_over_due, purge_proposals
 from stillroom.webapp.study.definition import Study, load_study
+from stillroom.webapp.study.schedule import record_missed
 from stillroom.webapp.therapists import forget_old_failures
 
 log = logging.getLogger(__name__)
@@ -81,6 +83,7 @@ def _delete_expired(db: Database, now: int, settings: Settings, orphans: bool) -
         count_sessions(db, now, study)
         if study is not None:
             cross_over_due(db, now, study)
+            record_missed(db, study, datetime.date.fromisoformat(today))
     removed += purge_chats(db, now, settings.chat_opens_minutes_before)
     removed += purge_bookings(db, now, settings.appointment_retention_days * 24 * 3600)
     removed += purge_notes(db, now, settings.note_retention_days)

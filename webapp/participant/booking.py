@@ -29,12 +29,12 @@ from stillroom.webapp.booking import (
     open_cancel_note,
     participant_appointments,
     set_time_zone,
-    time_zone_of,
     upcoming_appointments,
 )
 from stillroom.webapp.gate import current_session, db, now, settings
 from stillroom.webapp.i18n import current_language
-from stillroom.webapp.participant.blueprint import bp, login_required
+from stillroom.webapp.participant.blueprint import bp, login_required, zone
+from stillroom.webapp.participant.study import assessment_due
 from stillroom.webapp.study import course
 from stillroom.webapp.study.course import may_book
 from stillroom.webapp.study.definition import Study
@@ -94,13 +94,6 @@ def participant_id() -> str:
     session = current_session()
     assert session is not None
     return session.owner_id
-
-
-def zone() -> str:
-    """Return the participant's time zone band."""
-    session = current_session()
-    assert session is not None
-    return time_zone_of(db(), session.owner_id, session.secret_key)
 
 
 def describe(appointment: Appointment) -> dict[str, Any]:
@@ -315,8 +308,8 @@ def course_summary() -> dict[str, Any]:
         "proposed_by": None if proposal is None else proposal.therapist_name,
         "next": next_appointment(who),
         "error": refusal_text_for(request.args.get("course", "")),
-        # Part 2's assessments show here what is due next; nothing is due yet.
-        "due": None,
+        # In a study: the questionnaire due now (windows closed meanwhile are logged first).
+        "due": assessment_due(record=True),
     }
 
 

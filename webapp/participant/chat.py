@@ -20,6 +20,7 @@ from stillroom.webapp.gate import current_session, db, settings
 from stillroom.webapp.i18n import current_language
 from stillroom.webapp.instance import with_reserve
 from stillroom.webapp.participant.blueprint import bp, gate, login_required
+from stillroom.webapp.participant.study import assessment_due
 from stillroom.webapp.times import format_when
 
 
@@ -65,6 +66,7 @@ def chat(appointment_id: str) -> str:
         has_conversation=conversation_id is not None,
         deleting=deleting,
         changed=request.args.get("done") == "ending",
+        due=assessment_due(),
     )
 
 

@@ -10,6 +10,7 @@ import contextlib
 import datetime
 from typing import Any
 
+from babel import Locale
 from babel.dates import format_date
 from flask import abort, current_app, make_response, redirect, render_template, request, url_for
 from flask_babel import lazy_gettext as _l
@@ -19,9 +20,8 @@ from stillroom.webapp.accounts import delete_account
 from stillroom.webapp.gate import current_session, db, now, settings
 from stillroom.webapp.i18n import current_language
 from stillroom.webapp.instance import with_reserve
-from stillroom.webapp.participant.blueprint import bp, gate, login_required
-from stillroom.webapp.participant.booking import zone
-from stillroom.webapp.study import intake
+from stillroom.webapp.participant.blueprint import bp, gate, login_required, zone
+from stillroom.webapp.study import intake, schedule
 from stillroom.webapp.study.allocation import ListExhaustedError
 from stillroom.webapp.study.definition import CONSENT_ITEMS, Study
 from stillroom.webapp.study.questionnaires import AnswersError, pages
@@ -140,10 +140,56 @@ def study_values() -> dict[str, Any]:
 def waitlist_day(running: Study, arm_id: str, allocated: datetime.date) -> str | None:
     """Return the day the participant's wait ends, written out, with their time-zone band."""
     ends = intake.waitlist_ends(running, arm_id, allocated)
-    if ends is None:
+    return None if ends is None else written_day(ends)
+
+
+def written_day(day: datetime.date) -> str:
+    """Return a study day written out in the participant's language, with their zone band."""
+    words = format_date(day, "full", locale=DATE_LOCALES[current_language()])
+    return f"{words} ({PARTICIPANT_ZONES[zone()]})"
+
+
+#: English ordinal endings by CLDR's ordinal categories (1st, 2nd, 3rd, 4th, 11th, 21st).
+ENGLISH_ORDINALS = {"one": "st", "two": "nd", "few": "rd"}
+
+
+def ordinal(number: int) -> str:
+    """Return ``number`` as the ordinal in "after your 2nd session".
+
+    English takes an ending; the other four languages write an ordinal as the number and
+    a full stop (2.), which their translations build on.
+    """
+    if current_language() != "en":
+        return f"{number}."
+    return f"{number}{ENGLISH_ORDINALS.get(Locale('en').ordinal_form(number), 'th')}"
+
+
+def assessment_due(record: bool = False) -> dict[str, Any] | None:
+    """Return what the account and chat pages say of the questionnaire due now, if one is.
+
+    :param record: first log this participant's windows that closed unanswered (the
+        account page does, so that the log is current even between maintenance passes).
+    """
+    running = study()
+    if running is None or current_session() is None or not intake.running(db()):
         return None
-    day = format_date(ends, "full", locale=DATE_LOCALES[current_language()])
-    return f"{day} ({PARTICIPANT_ZONES[zone()]})"
+    found = intake.enrolment(db(), own_id())
+    if found is None or found.erased:
+        return None
+    if record and found.step == intake.DONE:
+        schedule.record_missed(db(), running, today(), found.pseudonym)
+        found = intake.enrolment(db(), own_id())  # a closed form's draft may have gone
+        assert found is not None
+    assessment = intake.assessment_form(db(), running, found, today())
+    if assessment is None:
+        return None
+    _, due = assessment
+    return {
+        "day": written_day(due.last_day),
+        "minutes": due.minutes,
+        "session": None if due.after_session is None else ordinal(due.after_session),
+        "begun": found.draft is not None and found.draft_form == due.timepoint,
+    }
 
 
 STEP_ENDPOINTS = {
@@ -287,14 +333,22 @@ def study_consent_read() -> Response:
 @login_required
 def study_form() -> Any:
     """The questionnaire of this step, one page at a time; answers so far stay sealed."""
-    found = at_step(intake.SCREENING, intake.BASELINE)
+    found = at_step(intake.SCREENING, intake.BASELINE, intake.DONE)
     if not isinstance(found, intake.Enrolment):
         return found
     running = study()
     session = current_session()
     assert running is not None and session is not None
-    form = intake.current_form(running, found)
-    assert form is not None
+    due = None
+    if found.step == intake.DONE:  # after intake: the assessment due now, if any
+        assessment = intake.assessment_form(db(), running, found, today())
+        if assessment is None:
+            return redirect(url_for("participant.account"))
+        form, due = assessment
+    else:
+        current = intake.current_form(running, found)
+        assert current is not None
+        form = current
     answers = intake.draft_answers(db(), found, form, session.secret_key)
     number = intake.page_number(form, answers)
     error = None
@@ -315,6 +369,8 @@ def study_form() -> Any:
             return redirect(url_for("participant.study_step"))
         else:
             if intake.complete(form, answers):
+                if due is not None:
+                    return submit_assessment(running, form, answers)
                 return submit(running, form, answers)
             return redirect(url_for("participant.study_form"))
     split = pages(form.instrument)
@@ -328,6 +384,7 @@ def study_form() -> Any:
         count=len(split),
         answers=answers,
         option_ids=lambda item: form.instrument.option_sets[item.options].options,
+        due_day=None if due is None else written_day(due.last_day),
         error=error,
     ), (400 if error else 200)
 
@@ -368,6 +425,19 @@ def safety_page(onward: str) -> str:
         lines=settings().crisis_lines(current_language()),
         onward=onward,
     )
+
+
+def submit_assessment(running: Study, form: intake.Form, answers: dict[str, str]) -> Any:
+    """Send a complete assessment: a short thank-you, or a calm word if its time ran out."""
+    try:
+        fired = intake.submit_assessment(db(), running, own_id(), form.timepoint, answers, today())
+    except intake.WindowClosedError:
+        return render_template("participant/study/thanks.html", closed=True)
+    except intake.WrongStepError:
+        return redirect(url_for("participant.account"))  # sent twice: the first one did it
+    if fired:  # crisis help at once, before the way back to the account
+        return safety_page(url_for("participant.account"))
+    return render_template("participant/study/thanks.html", closed=False)
 
 
 @bp.route("/study/not-eligible", methods=["GET", "POST"])

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from stillroom.webapp.settings import LANGUAGES
-from stillroom.webapp.study.questionnaires import Instrument, parse_instrument
+from stillroom.webapp.study.questionnaires import MAX_PER_PAGE, Instrument, parse_instrument
 
 #: The consent items every version declares, and whether each must be ticked to take part.
 CONSENT_ITEMS = {"participate": True, "questionnaires": True, "transcripts": False}
@@ -107,13 +107,18 @@ class ConsentVersion:
 
 @dataclass(frozen=True)
 class Timepoint:
-    """An assessment due ``week`` weeks after randomisation, open for a window of days."""
+    """An assessment due ``week`` weeks after randomisation, open for a window of days.
+
+    With ``after_session`` it is due ``week`` weeks (often 0) after the day of the
+    participant's session of that number instead, and not at all before it.
+    """
 
     id: str
     instrument: str
     week: int
     opens_days: int
     closes_days: int
+    after_session: int | None = None
 
 
 @dataclass(frozen=True)
@@ -434,9 +439,12 @@ STUDY = Table(
                     "id": NAME_ID,
                     "instrument": NAME_ID,
                     "week": Whole(0, 520),
+                    "after_session": Whole(1, 50),
                     "opens_days": Whole(-366, 366),
                     "closes_days": Whole(-366, 366),
-                }
+                },
+                # week may be left out only beside after_session (check_schedule).
+                optional=frozenset({"week", "after_session"}),
             )
         ),
         "safety": Tables(
@@ -471,6 +479,8 @@ INSTRUMENT = Table(
     {
         "id": NAME_ID,
         "minutes": Whole(1, 120),
+        # Shorter pages let a long form be answered over several sittings.
+        "per_page": Whole(1, MAX_PER_PAGE),
         "option_sets": Mapping(
             Table(
                 {
@@ -495,7 +505,7 @@ INSTRUMENT = Table(
             pattern=r"[a-z]{2}",
         ),
     },
-    optional=frozenset({"scores"}),
+    optional=frozenset({"scores", "per_page"}),
 )
 
 
@@ -731,7 +741,8 @@ def read_study_toml(
     if "consent" in sound:
         check_consent_versions(data["consent"], report)
     if "schedule" in sound:
-        check_schedule(data["schedule"], report)
+        sessions = data["course"]["sessions_max"] if "course" in sound else None
+        check_schedule(data["schedule"], sessions, report)
     if "safety" in sound:
         check_safety(data["safety"], report)
     return data, sound, report
@@ -779,14 +790,29 @@ def check_consent_versions(consent: dict[str, Any], report: Report) -> None:
         report.at("consent.current", f"{consent['current']} is not one of consent.versions")
 
 
-def check_schedule(schedule: list[dict[str, Any]], report: Report) -> None:
-    """Check timepoint ids and windows, and that the first timepoint is the baseline."""
+def check_schedule(
+    schedule: list[dict[str, Any]], sessions_max: int | None, report: Report
+) -> None:
+    """Check timepoint ids, windows and anchors, and that the first one is the baseline.
+
+    :param sessions_max: the course's most sessions (``None`` when the course table has
+        problems of its own), which a session-tied timepoint must not go beyond.
+    """
     for i, point in enumerate(schedule):
+        key = f"schedule[{i}]"
         if point["id"] in [earlier["id"] for earlier in schedule[:i]]:
-            report.at(f"schedule[{i}].id", f"{point['id']!r} is the id of an earlier timepoint")
+            report.at(f"{key}.id", f"{point['id']!r} is the id of an earlier timepoint")
         if point["closes_days"] < point["opens_days"]:
-            report.at(f"schedule[{i}].closes_days", "the window closes before it opens")
-    if schedule[0]["week"] != 0:
+            report.at(f"{key}.closes_days", "the window closes before it opens")
+        session = point.get("after_session")
+        if session is None and "week" not in point:
+            report.missing(f"{key}.week", key)
+        if i == 0 and session is not None:
+            report.at(f"{key}.after_session", "the first timepoint is the baseline, at week 0")
+        elif session is not None and sessions_max is not None and session > sessions_max:
+            most = f"must not be more than course.sessions_max ({sessions_max})"
+            report.at(f"{key}.after_session", most)
+    if schedule[0].get("week", 0) != 0:
         report.at("schedule[0].week", "the first timepoint is the baseline: its week must be 0")
 
 
@@ -1043,7 +1069,17 @@ def build_study(
             ConsentVersion(item["version"], item["kind"], item["folder"], consent[item["version"]])
             for item in data["consent"]["versions"]
         ),
-        schedule=tuple(Timepoint(**point) for point in data["schedule"]),
+        schedule=tuple(
+            Timepoint(
+                point["id"],
+                point["instrument"],
+                point.get("week", 0),
+                point["opens_days"],
+                point["closes_days"],
+                point.get("after_session"),
+            )
+            for point in data["schedule"]
+        ),
         instruments={name: found for name, found in instruments.items() if found is not None},
         information=information,
         folder=folder,

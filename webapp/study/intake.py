@@ -31,11 +31,10 @@ from stillroom.webapp.keyslots import (
     unlock,
 )
 from stillroom.webapp.store import checkpoint, transaction
-from stillroom.webapp.study import log, safety
+from stillroom.webapp.study import log, safety, schedule
 from stillroom.webapp.study.allocation import allocate
 from stillroom.webapp.study.definition import CONSENT_ITEMS, Study
 from stillroom.webapp.study.questionnaires import (
-    MAX_PER_PAGE,
     SEALED_BLOCK_BYTES,
     Instrument,
     Item,
@@ -92,6 +91,10 @@ class AnswersMissingError(IntakeError):
 
 class ErasedError(IntakeError):
     """The participant withdrew and erased their research data; nothing more is stored."""
+
+
+class WindowClosedError(IntakeError):
+    """The assessment's window closed before the form was sent: it is recorded as missed."""
 
 
 @dataclass(frozen=True)
@@ -379,6 +382,18 @@ def current_form(study: Study, found: Enrolment) -> Form | None:
     return None
 
 
+def assessment_form(
+    db: Database, study: Study, found: Enrolment, day: datetime.date
+) -> tuple[Form, schedule.Due] | None:
+    """After intake: return the form of the assessment due on ``day``, and what is due."""
+    if found.step != DONE or found.erased or found.questionnaires_stopped:
+        return None
+    due = schedule.due(db, study, found.participant_id, day)
+    if due is None:
+        return None
+    return Form(study.instruments[due.instrument], due.timepoint), due
+
+
 def draft_answers(db: Database, found: Enrolment, form: Form, secret_key: bytes) -> dict[str, str]:
     """Return the answers of the unfinished form so far (none if the draft is another form's).
 
@@ -395,7 +410,7 @@ def draft_answers(db: Database, found: Enrolment, form: Form, secret_key: bytes)
     return answers
 
 
-def page_number(form: Form, answers: dict[str, str], per_page: int = MAX_PER_PAGE) -> int:
+def page_number(form: Form, answers: dict[str, str], per_page: int | None = None) -> int:
     """Return the first page (0-based) with an unanswered item; the last page if none."""
     split = pages(form.instrument, per_page)
     for number, items in enumerate(split):
@@ -404,7 +419,7 @@ def page_number(form: Form, answers: dict[str, str], per_page: int = MAX_PER_PAG
     return len(split) - 1
 
 
-def form_page(form: Form, number: int, per_page: int = MAX_PER_PAGE) -> list[Item]:
+def form_page(form: Form, number: int, per_page: int | None = None) -> list[Item]:
     """Return the items of page ``number`` of the form."""
     return pages(form.instrument, per_page)[number]
 
@@ -417,7 +432,7 @@ def save_page(
     form: Form,
     number: int,
     chosen: dict[str, str],
-    per_page: int = MAX_PER_PAGE,
+    per_page: int | None = None,
 ) -> dict[str, str]:
     """Add the answers of page ``number`` to the draft; return every answer so far.
 
@@ -432,7 +447,7 @@ def save_page(
         raise AnswersMissingError(missing)
     with transaction(db):
         found = enrolment(db, participant_id)
-        if found is None or found.slot is None or current_form_id(found) != form.timepoint:
+        if found is None or found.slot is None or not _may_answer(db, found, form.timepoint):
             raise WrongStepError(form.timepoint)
         answers = {**draft_answers(db, found, form, secret_key), **on_page}
         sealed = seal(padded(answers), public_key)
@@ -457,6 +472,29 @@ def padded(answers: dict[str, str]) -> bytes:
 def current_form_id(found: Enrolment) -> str | None:
     """Return the timepoint id of the form at the participant's step (screening, baseline)."""
     return found.step if found.step in (SCREENING, BASELINE) else None
+
+
+def _may_answer(db: Database, found: Enrolment, timepoint: str) -> bool:
+    """Return whether the participant may still answer the form of ``timepoint``.
+
+    During intake, only their step's form; after it, an assessment not answered yet,
+    while questionnaires go on (whether its window is open is checked at submission).
+    """
+    if found.step != DONE:
+        return current_form_id(found) == timepoint
+    return not found.questionnaires_stopped and not _completed(db, found.pseudonym, timepoint)
+
+
+def _completed(db: Database, pseudonym: str, timepoint: str) -> bool:
+    """Return whether the log holds an answer to ``timepoint`` from this participant."""
+    return (
+        db.execute(
+            "SELECT 1 FROM study_log WHERE event = 'assessment-completed' AND pseudonym = ?"
+            " AND json_extract(detail, '$.timepoint') = ?",
+            [pseudonym, timepoint],
+        ).fetchone()
+        is not None
+    )
 
 
 def complete(form: Form, answers: dict[str, str]) -> bool:
@@ -494,6 +532,11 @@ def _store_answers(
         "UPDATE study_participants SET draft_form = NULL, draft = NULL WHERE participant_id = ?",
         [found.participant_id],
     )
+
+
+def completion(form: Form) -> log.Detail:
+    """Return the study log's detail of a completed timepoint."""
+    return {"timepoint": form.timepoint, "instrument": form.instrument.id}
 
 
 def submit_screening(
@@ -550,8 +593,49 @@ def submit_baseline(
         _set_step(db, participant_id, BASELINE, DONE)
         safety.record(db, study, participant_id, found.pseudonym, form.timepoint, hits, day)
         _store_answers(db, found, form, answers, day)
+        log.append(db, "assessment-completed", day, found.pseudonym, completion(form))
         arm = allocate(db, found.pseudonym, found.stratum, day)
     return arm, [rule.id for rule in hits]
+
+
+def submit_assessment(
+    db: Database,
+    study: Study,
+    participant_id: str,
+    timepoint: str,
+    answers: dict[str, str],
+    day: datetime.date,
+) -> list[str]:
+    """Store the sealed answers to an assessment after intake and log them as completed.
+
+    :returns: the ids of the safety rules the answers fired (the page shows crisis help
+        when there are any).
+    :raises WrongStepError: when it was answered already, questionnaires stopped, or the
+        timepoint is not open to this participant yet.
+    :raises WindowClosedError: when its window closed before it was sent.
+    """
+    point = next((item for item in study.schedule[1:] if item.id == timepoint), None)
+    if point is None:
+        raise WrongStepError(timepoint)
+    form = Form(study.instruments[point.instrument], point.id)
+    # Safety rules are decided here, in memory, before the answers are sealed.
+    hits = safety.fired(study, form.instrument, answers)  # also refuses unknown answers
+    with transaction(db):
+        found = enrolment(db, participant_id)
+        if found is None or found.step != DONE or not _may_answer(db, found, point.id):
+            raise WrongStepError(point.id)
+        state = {
+            window.timepoint.id: window.state
+            for window in schedule.windows(db, study, found.pseudonym, day)
+        }.get(point.id)
+        if state in (schedule.MISSED, schedule.WITHDRAWN):
+            raise WindowClosedError(point.id)
+        if state != schedule.OPEN:
+            raise WrongStepError(point.id)
+        _store_answers(db, found, form, answers, day)
+        log.append(db, "assessment-completed", day, found.pseudonym, completion(form))
+        safety.record(db, study, participant_id, found.pseudonym, point.id, hits, day)
+    return [rule.id for rule in hits]
 
 
 #: Below this share of its list left, ``stillroom study verify`` names a stratum.

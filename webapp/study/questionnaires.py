@@ -68,6 +68,8 @@ class Instrument:
     items: tuple[Item, ...]
     scores: dict[str, tuple[str, ...]]
     texts: dict[str, InstrumentText]
+    #: The most items a page of its form shows.
+    per_page: int = MAX_PER_PAGE
 
     def item(self, item_id: str) -> Item:
         """Return the item called ``item_id``.
@@ -106,6 +108,7 @@ def parse_instrument(data: dict[str, Any]) -> Instrument:
         items=tuple(Item(item["id"], item["options"]) for item in data["items"]),
         scores={name: tuple(table["items"]) for name, table in data.get("scores", {}).items()},
         texts=texts,
+        per_page=data.get("per_page", MAX_PER_PAGE),
     )
 
 
@@ -142,14 +145,17 @@ def score(instrument: Instrument, answers: dict[str, str]) -> dict[str, int]:
     return totals
 
 
-def pages(instrument: Instrument, per_page: int = MAX_PER_PAGE) -> list[list[Item]]:
+def pages(instrument: Instrument, per_page: int | None = None) -> list[list[Item]]:
     """Split the items, in order, into pages of at most ``per_page`` items.
+
+    ``per_page`` defaults to the instrument's own (its file's ``per_page``, else 10).
 
     The pages are as even as they can be (11 items make pages of 6 and 5), so that no
     form ends on a lone question.
 
     :raises ValueError: when ``per_page`` is not between 1 and :data:`MAX_PER_PAGE`.
     """
+    per_page = instrument.per_page if per_page is None else per_page
     if not 1 <= per_page <= MAX_PER_PAGE:
         raise ValueError(f"per_page must be between 1 and {MAX_PER_PAGE}")
     items = list(instrument.items)
