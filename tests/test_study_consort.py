@@ -35,7 +35,7 @@ ELIGIBLE = {"age": "yes", "recent-use": "yes", "wants-chat": "yes"}
 NOT_ELIGIBLE = {**ELIGIBLE, "age": "no"}
 BASELINE = {item.id: "rarely" for item in STUDY.instruments["wellbeing"].items}  # fires no rule
 LATER = ("week-2", "week-4", "week-6", "week-8")
-EVERY = ("baseline", *LATER)
+EVERY = tuple(point.id for point in STUDY.schedule)  # after-session-2 is never reached here
 
 
 @dataclass
@@ -164,6 +164,8 @@ def follow(db, app, plan: Plan, day: datetime.date) -> None:
     for number in range(plan.sessions):
         append(db, "session-attended", day, found.pseudonym, {"minutes": 50, "session": number + 1})
     for timepoint in plan.completed:
+        if timepoint == STUDY.schedule[0].id:
+            continue  # the baseline's submission logged it
         detail = {"timepoint": timepoint, "instrument": "wellbeing"}
         append(db, "assessment-completed", day, found.pseudonym, detail)
     for level in plan.withdraw:

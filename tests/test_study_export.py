@@ -237,6 +237,7 @@ def test_every_file_holds_what_was_entered_under_the_recipients_pseudonyms(trial
     assert mine == [
         "consent",
         "eligibility",
+        "assessment-completed",
         "allocation",
         "session-attended",
         "session-missed",

@@ -73,7 +73,10 @@ def baseline_response(settings, clock, lang: str = "en", **chosen: str):
     assert follow(client, post_page(client, f"/{lang}/study/questions", ELIGIBLE)).endswith(
         "/study/questions"
     )
-    return client, post_page(client, f"/{lang}/study/questions", {**CALM, **chosen})
+    answers = {**CALM, **chosen}
+    first = post_page(client, f"/{lang}/study/questions", answers)  # the form has two pages
+    assert follow(client, first).endswith("/study/questions")
+    return client, post_page(client, f"/{lang}/study/questions", answers)
 
 
 def participant_of(db, pseudonym: str) -> str:

@@ -70,7 +70,7 @@ def join(db: Database, study: Study, day: datetime.date) -> tuple[str, str, str]
     shown = (study.consent_current, text.sha256)
     intake.give_consent(db, study, pid, "en", {"participate", "questionnaires"}, day, shown)
     assert intake.submit_screening(db, study, pid, ELIGIBLE, day)
-    arm = intake.submit_baseline(db, study, pid, WELLBEING, day)
+    arm, _ = intake.submit_baseline(db, study, pid, WELLBEING, day)
     return pid, found.pseudonym, arm
 
 

@@ -18,8 +18,8 @@ The boxes (``docs/research.md`` says the same for the study team):
 - each timepoint completed: an ``assessment-completed`` row for it (baseline included);
 - withdrawn, each participant once, at the furthest level they chose (stop-sessions,
   then stop-questionnaires, then erase);
-- lost to follow-up: allocated, never withdrawn, and the schedule's last timepoint
-  logged ``assessment-missed`` with the reason ``missed``;
+- lost to follow-up: allocated, never withdrawn, and the last timepoint on the calendar
+  (the latest week not tied to a session) logged ``assessment-missed`` as ``missed``;
 - analysed: randomised and not erased (intention to treat).
 """
 
@@ -137,7 +137,7 @@ def new_flow(study: Study) -> Flow:
 def count(db: Database, study: Study) -> dict[str, Flow]:
     """Return the flow of all strata (key :data:`TOTAL`) and of each stratum."""
     flows = {TOTAL: new_flow(study)} | {stratum: new_flow(study) for stratum in study.strata()}
-    last = study.schedule[-1].id
+    last = final_timepoint(study)
     for person in read_people(db).values():
         if person.eligible is None and person.arm is None:
             continue  # never screened: not assessed for eligibility
@@ -147,6 +147,15 @@ def count(db: Database, study: Study) -> dict[str, Flow]:
         for flow in places:
             add_person(flow, person, study, last)
     return flows
+
+
+def final_timepoint(study: Study) -> str:
+    """Return the last timepoint on the calendar: the latest week not tied to a session.
+
+    A session-tied timepoint may never be reached, so it cannot tell who was lost.
+    """
+    calendar = [point for point in study.schedule if point.after_session is None]
+    return max(calendar, key=lambda point: point.week).id
 
 
 def add_person(flow: Flow, person: Person, study: Study, last: str) -> None:
