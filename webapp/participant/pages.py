@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import abort, render_template, request
+from flask import abort, current_app, render_template, request
 from flask_babel import force_locale, gettext
 from flask_babel import lazy_gettext as _l
 
@@ -70,6 +70,7 @@ def privacy() -> str:
         tables=participant_tables(),
         retention=retention_values(settings()),
         details_endpoint="participant.privacy_table",
+        study_runs=current_app.config.get("STUDY") is not None,
     )
 
 
