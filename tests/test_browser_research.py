@@ -102,7 +102,7 @@ def test_a_researcher_reads_the_flow_the_diagram_the_safety_list_and_completion(
         env=stillroom_env(live.data_dir, 0),
         check=True,
     )
-    login_name = re.search(r"Login name: (\S+)", added.stdout).group(1)  # type: ignore[union-attr]
+    login_name = re.search(r"Login name[^:]*: (\S+)", added.stdout).group(1)  # type: ignore[union-attr]
     link = added.stdout.strip().rsplit("\n", 1)[1]
     portal = f"{live.portal_url}/en"
     visit(firefox, f"{portal}/enrol/{link.rsplit('/', 1)[1]}")

@@ -52,7 +52,7 @@ def add_researcher(settings: Settings, name: str) -> tuple[str, str]:
     """Add a researcher with ``stillroom researcher add``; return (login name, token)."""
     result = stillroom(settings, "researcher", "add", "--name", name)
     assert result.returncode == 0, result.stderr
-    login = re.search(r"Login name: (\S+)", result.stdout)
+    login = re.search(r"Login name[^:]*: (\S+)", result.stdout)
     token = result.stdout.strip().rsplit("/", 1)[1]
     return login.group(1), token  # type: ignore[union-attr]
 

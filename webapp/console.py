@@ -1,6 +1,7 @@
 """What every ``stillroom`` command shares: the settings, the database, a calm failure.
 
-:mod:`stillroom.webapp.cli` and :mod:`stillroom.webapp.study_cli` both build on it.
+:mod:`stillroom.webapp.cli`, :mod:`stillroom.webapp.staff_cli` and
+:mod:`stillroom.webapp.study_cli` build on it.
 """
 
 from __future__ import annotations

@@ -1,6 +1,5 @@
-"""The ``stillroom study`` commands (check, start, verify, amend, reveal, simulate, consort,
-export, open-export, unblind) and the ``stillroom researcher`` commands for the study
-team's portal accounts.
+"""The ``stillroom study`` commands: check, start, verify, amend, reveal, simulate, consort,
+export, open-export and unblind.
 
 They call the same functions as the pages (:mod:`stillroom.webapp.study`); the shared
 command-line helpers come from :mod:`stillroom.webapp.console`.
@@ -12,17 +11,14 @@ import base64
 import datetime
 import json
 import sys
-import time
 from pathlib import Path
 
 import click
 from sqlite_utils import Database
 
-from stillroom.webapp import therapists
 from stillroom.webapp.backup import BackupError, decode_key
 from stillroom.webapp.console import SETTINGS_EPILOG, fail, load_settings, open_database
 from stillroom.webapp.instance import running_serve
-from stillroom.webapp.settings import LANGUAGES
 from stillroom.webapp.study import allocation, amendment, consort, diagram, export, intake
 from stillroom.webapp.study import log as study_log
 from stillroom.webapp.study.definition import Study, read_study
@@ -402,68 +398,3 @@ def study_consort(folder: Path, as_json: bool, svg_file: Path | None, exact: boo
         click.echo(json.dumps(consort.as_dict(values, flows, exact)))
         return
     click.echo(consort.format_table(consort.table(values, flows, exact)))
-
-
-@click.group()
-def researcher() -> None:
-    """Add the study team's portal accounts: they see the CONSORT flow, the safety list and
-    the schedule's completion, and nothing else."""
-
-
-@researcher.command(name="add")
-@click.option("--name", required=True, help="The researcher's name (a pseudonym is fine).")
-@click.option(
-    "--language",
-    type=click.Choice(LANGUAGES),
-    default="en",
-    show_default=True,
-    help="The language of the portal's pages and of the passphrase's words.",
-)
-def researcher_add(name: str, language: str) -> None:
-    """Add a researcher and print their one-time enrolment link (ENROLMENT_LINK_HOURS).
-
-    They enrol as therapists do: a generated passphrase, shown once, and a TOTP app.
-    """
-    settings = load_settings()
-    with open_database(settings) as database:
-        try:
-            enrolment = therapists.add_therapist(
-                database,
-                name,
-                (language,),
-                "UTC",  # their pages show days only
-                int(time.time()),
-                settings.enrolment_link_hours * 3600,
-                role=therapists.RESEARCHER,
-            )
-        except therapists.TherapistNameError as problem:
-            reason = "taken or too like another account's" if problem.reason != "invalid" else ""
-            fail(RuntimeError(f"the name {name!r} cannot be used{': ' if reason else ''}{reason}"))
-    click.echo(
-        "Give both to the researcher by a safe channel. The link works once, for"
-        f" {settings.enrolment_link_hours} hours."
-    )
-    click.echo(f"Login name: {enrolment.login_name}")
-    click.echo(f"{settings.portal_base_url}/{language}/enrol/{enrolment.token}")
-
-
-@researcher.command(name="list")
-def researcher_list() -> None:
-    """List researchers: name, login name and state."""
-    with open_database(load_settings()) as database:
-        click.echo("name\tlogin name\tstate")
-        for item in therapists.list_therapists(database, therapists.RESEARCHER):
-            state = "disabled" if item.disabled else "active" if item.enrolled else "not enrolled"
-            click.echo(f"{item.name}\t{item.login_name}\t{state}")
-
-
-@researcher.command(name="disable")
-@click.argument("name")
-def researcher_disable(name: str) -> None:
-    """Lock a researcher out at once."""
-    with open_database(load_settings()) as database:
-        try:
-            therapists.disable_therapist(database, name, int(time.time()), therapists.RESEARCHER)
-        except therapists.UnknownTherapistError:
-            fail(RuntimeError(f"no researcher named {name!r}"))
-    click.echo(f"{name} is disabled; their sessions ended.")
