@@ -52,6 +52,16 @@ def labels() -> dict[str, str]:
         "lost": _("Lost to follow-up (n=%(n)s)"),
         "withdrawn": _("Withdrew: %(level)s (n=%(n)s)"),
         "analysed": _("Analysed (n=%(n)s)"),
+        **{f"level:{code}": name for code, name in level_names().items()},
+    }
+
+
+def level_names() -> dict[str, str]:
+    """Return the withdrawal levels' names in the page's language."""
+    return {
+        "stop-sessions": _("stopped sessions"),
+        "stop-questionnaires": _("stopped questionnaires"),
+        "erase": _("withdrew and erased their data"),
     }
 
 
@@ -66,6 +76,7 @@ def research_flow() -> Any:
         study=found,
         flows=consort.as_dict(found, flows),
         levels=consort.LEVELS,
+        level_names=level_names(),
         notice=notice(),
     )
 

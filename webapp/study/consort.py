@@ -357,7 +357,8 @@ def rows_of(study: Study, values: dict[str, Any], labels: dict[str, str]) -> dic
             ),
             labels["lost"] % {"n": counts.get("lost_to_follow_up", 0)},
             *(
-                labels["withdrawn"] % {"level": level, "n": withdrawn.get(level, 0)}
+                labels["withdrawn"]
+                % {"level": labels.get(f"level:{level}", level), "n": withdrawn.get(level, 0)}
                 for level in LEVELS
             ),
         ]
