@@ -163,6 +163,20 @@ def test_after_stopping_questionnaires_later_windows_are_logged_as_withdrawn(db)
     ]
 
 
+def test_stopping_questionnaires_deletes_the_unsent_answers_at_once(db):
+    pid, _, _ = join(db, STUDY, START)
+    form = intake.assessment_form(db, STUDY, intake.enrolment(db, pid), START + days(13))
+    assert form is not None and form[1].timepoint == "week-2"
+    keys = new_recipient_keypair()
+    first_page = {item.id: "often" for item in intake.form_page(form[0], 0)}
+    intake.save_page(db, pid, *keys, form[0], 0, first_page)
+    assert intake.enrolment(db, pid).draft is not None
+    # Their answers so far are kept for nothing: no form of theirs will be sent again.
+    intake.withdraw(db, pid, intake.STOP_QUESTIONNAIRES, START + days(14), 0)
+    stopped = intake.enrolment(db, pid)
+    assert stopped.draft is None and stopped.draft_form is None
+
+
 def test_someone_who_withdrew_and_erased_gets_no_more_rows(db):
     pid, pseudonym, _ = join(db, STUDY, START)
     intake.withdraw(db, pid, intake.ERASE, START + days(5), 0)
