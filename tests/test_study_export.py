@@ -404,3 +404,18 @@ def test_a_wrong_study_secret_key_is_refused_and_leaves_no_file(trial, people, t
     assert "not the study team's secret key" in done.stderr
     assert not (tmp_path / "out.sealed").exists()
     assert os.listdir(tmp_path / "instance")  # the data directory is still there
+
+
+def test_another_recipients_export_sealed_again_to_this_one_is_refused(trial, people, tmp_path):
+    # Whoever received an export can seal its files, unchanged and still signed, to
+    # anyone's public key: the manifest names the recipient it was made for.
+    other_public, other_secret = new_recipient_keypair()
+    archive = trial.export(tmp_path / "one.sealed")
+    passed_on = reseal(archive, trial.recipient_secret, other_public, lambda files: None)
+    refused = trial.open(passed_on, tmp_path / "out", other_secret)
+    assert refused.returncode == 1 and len(refused.stderr.strip().splitlines()) == 1
+    assert "made for another recipient" in refused.stderr
+    assert not (tmp_path / "out").exists()
+    # Their own export, made for them, opens.
+    theirs = trial.export(tmp_path / "two.sealed", other_public)
+    assert trial.open(theirs, tmp_path / "fine", other_secret).returncode == 0

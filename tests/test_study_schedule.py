@@ -131,6 +131,19 @@ def test_a_closed_window_is_logged_as_missed_once_on_the_day_after_it_closed(db,
     assert state["week-2"] == schedule.MISSED
 
 
+def test_someone_randomised_before_the_baseline_was_logged_is_never_missing_it(db, settings):
+    # A study started before the baseline's answer was logged as completed: its
+    # participants' baselines are in, since allocation follows them, and must not be
+    # written to the log as missed once the schedule runs.
+    deriver = KeyDeriver(FAST_FOR_TESTS, concurrency=1, wait_seconds=5)
+    account = create_account(db, deriver, bytes(32), "seven words for an earlier one here", "")
+    pseudonym = allocate(settings, account.participant_id, "chat", START)
+    assert schedule.record_missed(db, STUDY, START + days(25)) == 1
+    assert missed_rows(db) == [(pseudonym, (START + days(22)).isoformat(), "week-2", "missed")]
+    state = {w.timepoint.id: w.state for w in schedule.windows(db, STUDY, pseudonym, START)}
+    assert state["baseline"] == schedule.COMPLETED
+
+
 def test_after_stopping_questionnaires_later_windows_are_logged_as_withdrawn(db):
     early, early_name, _ = join(db, STUDY, START)
     late, late_name, _ = join(db, STUDY, START)
@@ -148,6 +161,20 @@ def test_after_stopping_questionnaires_later_windows_are_logged_as_withdrawn(db)
         ("week-2", "missed"),
         *((point, "withdrawn") for point in timed[1:]),
     ]
+
+
+def test_stopping_questionnaires_deletes_the_unsent_answers_at_once(db):
+    pid, _, _ = join(db, STUDY, START)
+    form = intake.assessment_form(db, STUDY, intake.enrolment(db, pid), START + days(13))
+    assert form is not None and form[1].timepoint == "week-2"
+    keys = new_recipient_keypair()
+    first_page = {item.id: "often" for item in intake.form_page(form[0], 0)}
+    intake.save_page(db, pid, *keys, form[0], 0, first_page)
+    assert intake.enrolment(db, pid).draft is not None
+    # Their answers so far are kept for nothing: no form of theirs will be sent again.
+    intake.withdraw(db, pid, intake.STOP_QUESTIONNAIRES, START + days(14), 0)
+    stopped = intake.enrolment(db, pid)
+    assert stopped.draft is None and stopped.draft_form is None
 
 
 def test_someone_who_withdrew_and_erased_gets_no_more_rows(db):

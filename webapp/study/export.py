@@ -722,8 +722,9 @@ def open_export(
 
     Everything is checked in memory first: the archive opens with ``secret_key``, holds
     exactly the expected files, the manifest is signed by ``signing_key`` (the study's,
-    as ``stillroom study verify`` prints it) and every file has the hash it names.
-    Only then is ``folder`` made and written.
+    as ``stillroom study verify`` prints it), names the holder of ``secret_key`` as its
+    recipient, and every file has the hash it names. Only then is ``folder`` made and
+    written.
 
     :raises OpenExportError: naming the first thing wrong; ``folder`` is left untouched.
     """
@@ -750,6 +751,10 @@ def open_export(
     except tarfile.TarError as error:
         raise OpenExportError(f"{archive} holds something other than an export") from error
     manifest = check_manifest(contents, signing_key)
+    # Signed files can be sealed again, unchanged, to anyone's public key: only the
+    # signed recipient tells that this export was made for the holder of this key.
+    if manifest.get("recipient") != key_id(bytes(nacl.public.PrivateKey(secret_key).public_key)):
+        raise OpenExportError("the export was made for another recipient, not for this key")
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     for file_name in (*FILES, MANIFEST):
         target = os.open(folder / file_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

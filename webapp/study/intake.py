@@ -682,7 +682,7 @@ def withdraw(db: Database, participant_id: str, level: str, day: datetime.date, 
     """Withdraw at one of three levels; each is logged.
 
     ``stop-sessions``: no more booking, and upcoming appointments are cancelled.
-    ``stop-questionnaires``: no more assessments are offered.
+    ``stop-questionnaires``: no more assessments are offered, and an unsent draft goes.
     ``erase``: both, and the research data goes: the answers, consents and draft are
     deleted and the research slot destroyed, so no copy of them opens again. The study
     log keeps its pseudonymous events and the allocation stays (it is part of the list),
@@ -710,8 +710,10 @@ def withdraw(db: Database, participant_id: str, level: str, day: datetime.date, 
                 [participant_id, now],
             )
         if level in (STOP_QUESTIONNAIRES, ERASE):
+            # An unsent form's answers go too: no form of theirs will be sent any more.
             db.execute(
-                "UPDATE study_participants SET questionnaires_stopped = 1 WHERE participant_id = ?",
+                "UPDATE study_participants SET questionnaires_stopped = 1, draft = NULL,"
+                " draft_form = NULL WHERE participant_id = ?",
                 [participant_id],
             )
         if level == ERASE:

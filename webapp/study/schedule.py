@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import datetime
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from sqlite_utils import Database
 
@@ -111,6 +111,9 @@ def histories(db: Database, pseudonym: str | None = None) -> dict[str, History]:
 
 def plan(study: Study, history: History, day: datetime.date) -> list[Window]:
     """Return every timepoint's window and its state on ``day``, in the definition's order."""
+    # Only sending the baseline allocates, so whoever has a history answered it, even
+    # if they were randomised before the baseline was logged as completed.
+    history = replace(history, completed=history.completed | {study.schedule[0].id})
     windows = []
     for point in study.schedule:
         anchor: datetime.date | None = history.randomised
