@@ -243,6 +243,7 @@ def test_a_used_up_list_closes_enrolment_calmly_and_keeps_the_participant_where_
     assert closed.status_code == 503
     page = closed.get_data(as_text=True)
     assert 'id="enrolment-closed"' in page and 'href="/en/help"' in page
+    assert 'id="safety-help"' not in page  # no safety rule met
     found = only_participant(db)
     assert found.step == intake.BASELINE
     assert intake.allocation_of(db, found.pseudonym) is None
@@ -253,6 +254,21 @@ def test_a_used_up_list_closes_enrolment_calmly_and_keeps_the_participant_where_
     # The answers wait in the draft: coming back shows the form filled in.
     again = client.get("/en/study/questions").get_data(as_text=True)
     assert "value=sometimes checked" in again
+
+
+def test_a_used_up_list_still_shows_crisis_help_first_when_a_safety_rule_is_met(client, db):
+    through_consent(client)
+    follow(client, post_page(client, "/en/study/questions", ELIGIBLE))
+    use_up_list(db, "en-berlin")
+    answers = {**BASELINE, "self-harm": "often"}
+    assert follow(client, post_page(client, "/en/study/questions", answers)).endswith("/questions")
+    closed = post_page(client, "/en/study/questions", answers)
+    assert closed.status_code == 503
+    page = closed.get_data(as_text=True)
+    assert 'id="safety-help"' in page and 'id="enrolment-closed"' in page
+    # Nothing was submitted, so no flag or log row claims a therapist will see it.
+    assert db.execute("SELECT count(*) FROM safety_flags").fetchone() == (0,)
+    assert study_log.entries(db, "safety-rule") == []
 
 
 def test_study_verify_names_a_stratum_whose_list_runs_low(study_env, db):

@@ -21,7 +21,7 @@ from stillroom.webapp.gate import current_session, db, now, settings
 from stillroom.webapp.i18n import current_language
 from stillroom.webapp.instance import with_reserve
 from stillroom.webapp.participant.blueprint import bp, gate, login_required, zone
-from stillroom.webapp.study import intake, schedule
+from stillroom.webapp.study import intake, safety, schedule
 from stillroom.webapp.study.allocation import ListExhaustedError
 from stillroom.webapp.study.definition import CONSENT_ITEMS, Study
 from stillroom.webapp.study.questionnaires import AnswersError, pages
@@ -411,7 +411,14 @@ def submit(running: Study, form: intake.Form, answers: dict[str, str]) -> Respon
     except ListExhaustedError:
         # The stratum's list is used up. The baseline's transaction was rolled back, so
         # the participant stays at this step with their draft, and nothing was logged.
-        return make_response(render_template("participant/study/full.html"), 503)
+        # Crisis help still comes first when their answers met a safety rule.
+        hard = bool(safety.fired(running, form.instrument, answers))
+        page = render_template(
+            "participant/study/full.html",
+            hard=hard,
+            lines=settings().crisis_lines(current_language()),
+        )
+        return make_response(page, 503)
     return redirect(url_for("participant.study_step"))
 
 

@@ -452,8 +452,8 @@ def count_sessions(db: Database, now: int, study: Study | None) -> int:
                 " WHERE id = ? AND course_counted = 0",
                 [appointment_id],
             ).rowcount
-            if not done or cancelled:
-                continue
+            if not done or cancelled or _erased(db, participant_id):
+                continue  # an erased participant's course is gone, and stays gone
             if not written:
                 _log_missed(db, participant_id, starts, study)
                 continue
@@ -473,6 +473,14 @@ def count_sessions(db: Database, now: int, study: Study | None) -> int:
                     {"minutes": (closes - starts) // 60, "session": attended(db, participant_id)},
                 )
     return counted
+
+
+def _erased(db: Database, participant_id: str) -> bool:
+    """Return whether the participant withdrew from a study and erased their research data."""
+    row = db.execute(
+        "SELECT erased FROM study_participants WHERE participant_id = ?", [participant_id]
+    ).fetchone()
+    return row is not None and bool(row[0])
 
 
 def _log_missed(db: Database, participant_id: str, starts: int, study: Study | None) -> None:
