@@ -34,7 +34,7 @@ from stillroom.webapp.accounts import Unlocked, create_account
 from stillroom.webapp.booking import publish_slots
 from stillroom.webapp.retention import purge
 from stillroom.webapp.store import connect
-from stillroom.webapp.study import consort, course, export, intake
+from stillroom.webapp.study import consort, course, export, intake, safety
 from stillroom.webapp.study import log as study_log
 from stillroom.webapp.study.definition import load_study
 from stillroom.webapp.study.questionnaires import pages
@@ -765,6 +765,20 @@ def test_the_export_holds_exactly_what_each_participant_entered(trial):
     text = "".join((folder / file_name).read_text() for file_name in export.FILES)
     assert HELLO not in text
     assert not any(plan.pseudonym in text for plan in trial.plans)
+
+
+def test_the_safety_rule_at_week_2_flags_that_participant_to_their_therapist_alone(trial):
+    [fired] = [plan for plan in trial.plans if plan.safety_at]
+    therapist_id = trial.places[fired.participant_id][0]
+    [flag] = safety.open_flags(trial.db)
+    assert (flag.pseudonym, flag.rule, flag.timepoint) == (
+        fired.pseudonym,
+        "self-harm-sometimes",
+        "week-2",
+    )
+    assert flag.day == fired.entered["week-2"][0] and flag.has_therapist
+    assert safety.therapist_flags(trial.db, therapist_id, fired.participant_id) == [flag]
+    assert safety.lead_list(trial.db, "berlin") == []  # they have a therapist
 
 
 def test_the_erased_are_in_no_file_and_the_manifest_counts_them(trial):
