@@ -151,7 +151,10 @@ def cross_over_if_due(db: Database, participant_id: str, now: int, study: Study 
 
 
 def cross_over_due(db: Database, now: int, study: Study) -> int:
-    """In the maintenance pass: log every crossover that is due; return how many."""
+    """In the maintenance pass: log every crossover that is due; return how many.
+
+    Someone who withdrew and erased gets none: nothing more is logged under their pseudonym.
+    """
     waiting = [arm.id for arm in study.arms if arm.gets == "waitlist"]
     if not waiting:
         return 0
@@ -159,7 +162,11 @@ def cross_over_due(db: Database, now: int, study: Study) -> int:
     rows = db.execute(
         f"SELECT pseudonym, stratum, arm, day FROM allocations WHERE arm IN ({marks})"  # noqa: S608 - marks only
         " AND pseudonym NOT IN (SELECT pseudonym FROM study_log"
-        " WHERE event = 'crossover' AND pseudonym IS NOT NULL)",
+        " WHERE event = 'crossover' AND pseudonym IS NOT NULL)"
+        # The allocation outlives "withdraw and erase", but nothing more may be logged
+        # under the pseudonym of someone who erased.
+        " AND pseudonym NOT IN (SELECT pseudonym FROM study_log WHERE event = 'withdrawal'"
+        " AND json_extract(detail, '$.level') = 'erase' AND pseudonym IS NOT NULL)",
         waiting,
     ).fetchall()
     logged = 0
