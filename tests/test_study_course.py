@@ -15,7 +15,7 @@ from stillroom.webapp.instance import prepare_instance
 from stillroom.webapp.retention import purge
 from stillroom.webapp.settings import Settings
 from stillroom.webapp.store import connect, transaction
-from stillroom.webapp.study import amendment, course
+from stillroom.webapp.study import amendment, course, intake
 from stillroom.webapp.study import log as study_log
 from stillroom.webapp.study.definition import load_study
 
@@ -338,10 +338,11 @@ def test_a_session_with_a_message_counts_once(chat, settings, clock, auth):
     assert rows(settings, "SELECT attended FROM courses") == [(1,)]
 
 
-@pytest.mark.parametrize("therapist_writes", [True, False])
+@pytest.mark.parametrize("case", ["both-wrote", "participant-alone", "erased-meanwhile"])
 def test_in_a_study_a_session_is_logged_attended_with_its_minutes_or_missed_with_its_day(
-    study_world, study_settings, clock, therapist_writes
+    study_world, study_settings, clock, case
 ):
+    therapist_writes = case != "participant-alone"
     auth, therapist = study_world
     therapist.create()
     in_berlin(study_settings)
@@ -365,13 +366,20 @@ def test_in_a_study_a_session_is_logged_attended_with_its_minutes_or_missed_with
         assert therapist.login().status_code == 302
         answered = therapist.post(f"/en/chat/{appointment}/compose", {"text": "Welcome"})
         assert answered.status_code < 400
-    clock.now = 1_800_000_000 + 4 * DAY
     db = connect(study_settings.database_path)
     try:
+        if case == "erased-meanwhile":  # withdraws and erases while the chat is on
+            intake.withdraw(db, participant, intake.ERASE, datetime.date(2027, 1, 18), clock.now)
+        clock.now = 1_800_000_000 + 4 * DAY
         purge(db, int(clock()), study_settings)
         purge(db, int(clock()) + 60, study_settings)
     finally:
         db.close()
+    if case == "erased-meanwhile":  # their course went with the erasure, and stays gone
+        assert rows(study_settings, "SELECT * FROM courses") == []
+        assert events(study_settings, "session-attended") == []
+        assert events(study_settings, "session-missed") == []
+        return
     if not therapist_writes:
         assert events(study_settings, "session-attended") == []
         # The export's sessions.csv says "not attended" from this row, once.
