@@ -9,6 +9,8 @@ instead of yielding a shorter file. Memory stays at one chunk, whatever the file
 
 from __future__ import annotations
 
+import io
+from pathlib import Path
 from typing import BinaryIO
 
 import nacl.bindings as sodium
@@ -111,3 +113,19 @@ def open_stream(source: BinaryIO, destination: BinaryIO, secret_key: bytes) -> N
         raise StreamOpenError("the stream was changed, or this is not its key") from error
     if source.read(1):
         raise StreamOpenError("bytes follow the final chunk")
+
+
+def open_file_in_memory(path: Path, secret_key: bytes) -> io.BytesIO:
+    """Decrypt a sealed file into memory, never onto the disk; return it rewound.
+
+    Used where the plaintext must not touch the disk before it has been checked
+    (a backup being restored, an export being opened).
+
+    :raises OSError: when the file cannot be read.
+    :raises StreamOpenError: as :func:`open_stream` does.
+    """
+    plain = io.BytesIO()
+    with path.open("rb") as source:
+        open_stream(source, plain, secret_key)
+    plain.seek(0)
+    return plain

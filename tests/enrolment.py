@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import datetime
 import secrets
+import subprocess
+import sys
 from pathlib import Path
 
 from sqlite_utils import Database
@@ -96,3 +98,19 @@ def randomise(
     assert intake.submit_screening(db, study, found.participant_id, ELIGIBLE, day)
     arm, _ = intake.submit_baseline(db, study, found.participant_id, baseline, day)
     return found, arm
+
+
+#: The installed ``stillroom`` command, beside the test's Python.
+STILLROOM = str(Path(sys.executable).with_name("stillroom"))
+
+
+def run_study(env: dict[str, str], *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    """Run a ``stillroom study`` command as the study team does; its output is returned."""
+    return subprocess.run(
+        [STILLROOM, "study", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )

@@ -7,7 +7,6 @@ import datetime
 import json
 import re
 import subprocess
-import sys
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ from stillroom.webapp.study import amendment, consort, intake
 from stillroom.webapp.study import log as study_log
 from stillroom.webapp.study.definition import load_study
 
+from enrolment import run_study
 from support import FAST_ARGON2, NO_INTAKE_LIMITS, stillroom_env
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "study"
@@ -240,14 +240,10 @@ def expected(known: list[Plan]) -> dict[str, Any]:
 
 def run_consort(settings: Settings, *options: str) -> subprocess.CompletedProcess[str]:
     """Run ``stillroom study consort`` as the study team does."""
-    return subprocess.run(
-        [str(Path(sys.executable).with_name("stillroom")), "study", "consort", *options],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**stillroom_env(settings.data_dir, 0), "STILLROOM_STUDY": str(EXAMPLE)},
-        check=True,
-    )
+    env = {**stillroom_env(settings.data_dir, 0), "STILLROOM_STUDY": str(EXAMPLE)}
+    result = run_study(env, "consort", *options)
+    assert result.returncode == 0, result.stderr
+    return result
 
 
 def masked(value: Any) -> Any:

@@ -14,7 +14,6 @@ import io
 import json
 import os
 import subprocess
-import sys
 import tarfile
 from pathlib import Path
 
@@ -27,11 +26,10 @@ from stillroom.webapp.study import export, intake
 from stillroom.webapp.study import log as study_log
 from stillroom.webapp.study.definition import load_study
 
-from enrolment import consent, randomise, start, study_settings
+from enrolment import consent, randomise, run_study, start, study_settings
 from support import stillroom_env
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "study"
-STILLROOM = str(Path(sys.executable).with_name("stillroom"))
 DAY = datetime.date(2027, 3, 1)
 ITEMS = [item.id for item in load_study(EXAMPLE).instruments["wellbeing"].items]
 #: Each item answered differently, so that a column swapped with another shows.
@@ -65,14 +63,7 @@ class Trial:
         self.env = stillroom_env(self.settings.data_dir, 0, {"STILLROOM_STUDY": str(EXAMPLE)})
 
     def run(self, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [STILLROOM, "study", *args],
-            input=stdin,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            env=self.env,
-        )
+        return run_study(self.env, *args, stdin=stdin)
 
     def export(self, out: Path, recipient_public: bytes | None = None) -> Path:
         key = write_key(self.tmp / f"{out.name}.pub", recipient_public or self.recipient_public)

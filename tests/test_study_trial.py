@@ -18,7 +18,6 @@ import itertools
 import json
 import random
 import subprocess
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,11 +38,10 @@ from stillroom.webapp.study import log as study_log
 from stillroom.webapp.study.definition import load_study
 from stillroom.webapp.study.questionnaires import pages
 
-from enrolment import DERIVER, ELIGIBLE, LOOKUP_KEY, start, study_settings
+from enrolment import DERIVER, ELIGIBLE, LOOKUP_KEY, run_study, start, study_settings
 from support import stillroom_env
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "study"
-STILLROOM = str(Path(sys.executable).with_name("stillroom"))
 STUDY = load_study(EXAMPLE)
 START = datetime.date(2027, 3, 1)
 #: Participants begin intake over this many days.
@@ -551,14 +549,7 @@ class Trial:
 
     def command(self, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
         """Run a ``stillroom study`` command as the study team does."""
-        return subprocess.run(
-            [STILLROOM, "study", *args],
-            input=stdin,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            env=self.env,
-        )
+        return run_study(self.env, *args, stdin=stdin)
 
     def export(self, name: str, recipient_public: bytes) -> Path:
         """Export to a recipient with the real command; return the archive."""

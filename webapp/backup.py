@@ -23,7 +23,7 @@ import tarfile
 import time
 from pathlib import Path
 
-from stillroom.crypto.stream import SealingWriter, StreamOpenError, open_stream
+from stillroom.crypto.stream import SealingWriter, StreamOpenError, open_file_in_memory
 from stillroom.webapp.instance import LOCK_FILE, RESERVE_FILE, prepare_instance
 from stillroom.webapp.keyslots import SLOT_FILE
 from stillroom.webapp.retention import purge
@@ -128,15 +128,12 @@ def restore_backup(settings: Settings, backup: Path, secret_key: bytes) -> int:
             f"{settings.data_dir} already holds a database; restore into an empty data"
             " directory (STILLROOM_DATA_DIR) and move it in place when the service is stopped"
         )
-    plain = io.BytesIO()
     try:
-        with backup.open("rb") as sealed:
-            open_stream(sealed, plain, secret_key)
+        plain = open_file_in_memory(backup, secret_key)
     except OSError as error:
         raise BackupError(f"cannot read {backup}: {error.strerror}") from error
     except StreamOpenError as error:
         raise BackupError(f"{backup} does not open with this key: {error}") from error
-    plain.seek(0)
     with tarfile.open(fileobj=plain) as tar:
         members = tar.getmembers()
         names = [member.name for member in members]

@@ -49,7 +49,7 @@ from sqlite_utils import Database
 
 from stillroom.crypto.box import UnsealError, open_sealed
 from stillroom.crypto.keys import UnwrapError
-from stillroom.crypto.stream import SealingWriter, StreamOpenError, open_stream
+from stillroom.crypto.stream import SealingWriter, StreamOpenError, open_file_in_memory
 from stillroom.webapp.keyslots import SlotGoneError, unlock
 from stillroom.webapp.store import transaction
 from stillroom.webapp.study import log
@@ -730,15 +730,12 @@ def open_export(
     """
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
         raise OpenExportError(f"{folder} is not an empty folder")
-    plain = io.BytesIO()
     try:
-        with archive.open("rb") as source:
-            open_stream(source, plain, secret_key)
+        plain = open_file_in_memory(archive, secret_key)
     except OSError as error:
         raise OpenExportError(f"cannot read {archive}: {error.strerror}") from error
     except StreamOpenError as error:
         raise OpenExportError(f"{archive} does not open with this key: {error}") from error
-    plain.seek(0)
     contents = {}
     try:
         with tarfile.open(fileobj=plain) as tar:
