@@ -227,3 +227,18 @@ def test_researcher_list_and_disable(world):
     response = actions.client.get("/en/research")
     assert response.status_code == 302 and "/login" in response.location
     assert actions.login("Rosa").status_code == 401
+
+
+def test_a_researcher_who_lost_their_phone_is_reset_and_enrols_again(world):
+    settings, _app, actions, _pseudonym = world
+    enrol_researcher(settings, actions)
+    # 'therapist reset' does not reach a researcher; 'researcher reset' does.
+    assert stillroom(settings, "therapist", "reset", "Rosa").returncode == 1
+    reset = stillroom(settings, "researcher", "reset", "Rosa")
+    assert reset.returncode == 0, reset.stderr
+    assert actions.login("Rosa").status_code == 401  # the old passphrase and TOTP are gone
+    token = reset.stdout.strip().rsplit("/", 1)[1]
+    actions.expect("Rosa", actions.login_names["Rosa"], token)
+    assert actions.enrol(token).status_code == 302
+    assert actions.client.get("/en/research").status_code == 200
+    assert stillroom(settings, "researcher", "reset", "Nobody").returncode == 1

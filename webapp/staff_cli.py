@@ -258,3 +258,24 @@ def researcher_disable(name: str) -> None:
         except therapists.UnknownTherapistError:
             fail(RuntimeError(f"no researcher named {name!r}"))
     click.echo(f"{name} is disabled; their sessions ended.")
+
+
+@researcher.command(name="reset")
+@click.argument("name")
+def researcher_reset(name: str) -> None:
+    """Clear a researcher's passphrase and TOTP (a lost phone) and print a new enrolment link."""
+    settings = load_settings()
+    with open_database(settings) as database:
+        try:
+            found = therapists.find_by_name(database, name, therapists.RESEARCHER)
+            enrolment = therapists.reset_therapist(
+                database,
+                name,
+                int(time.time()),
+                settings.enrolment_link_hours * 3600,
+                therapists.RESEARCHER,
+            )
+        except therapists.UnknownTherapistError:
+            fail(RuntimeError(f"no researcher named {name!r}"))
+    click.echo("Passphrase and authenticator cleared, sessions ended, account enabled.")
+    say_enrolment(settings, found.languages[0], enrolment, "researcher")

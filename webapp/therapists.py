@@ -790,7 +790,11 @@ def forget_old_failures(db: Database, now: int) -> int:
 
 
 def reset_therapist(
-    db: Database, name: str, now: int, link_seconds: int = ENROLMENT_SECONDS
+    db: Database,
+    name: str,
+    now: int,
+    link_seconds: int = ENROLMENT_SECONDS,
+    role: str = THERAPIST,
 ) -> Enrolment:
     """Clear passphrase and TOTP and issue a new enrolment link (which also re-enables).
 
@@ -803,9 +807,9 @@ def reset_therapist(
     again starts a new conversation under both current keys.
 
     :returns: the login name and the new enrolment token.
-    :raises UnknownTherapistError: when no therapist has this name.
+    :raises UnknownTherapistError: when no therapist (of ``role``) has this name.
     """
-    therapist = find_by_name(db, name)
+    therapist = find_by_name(db, name, role)
     with transaction(db):
         (old,) = db.execute("SELECT slot FROM therapists WHERE id = ?", [therapist.id]).fetchone()
         db.execute(
