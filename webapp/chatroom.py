@@ -6,6 +6,12 @@ with a bare ``304 Not Modified`` (a few dozen bytes, one Tor cell), and the
 browser shows its cached copy, whose refresh keeps going. The compose frame
 reloads only when a message is sent, so typed text is never lost.
 
+Under ``stillroom serve``, a reload that finds nothing new is held (DESIGN §9): it
+waits on the hub, without a database connection, until the pair's chat changes or
+``STILLROOM_FEED_HOLD_SECONDS`` pass, and the frame's next reload follows a moment
+after the answer. So a message arrives at once without script, and an idle chat
+costs one small ``304`` a minute.
+
 With JavaScript, the small ``live.js`` (the only script anywhere, allowed by CSP on
 chat pages alone) opens a WebSocket that says "news" when the chat changes, and
 the feed frame reloads at once.
@@ -16,11 +22,15 @@ from __future__ import annotations
 import base64
 import datetime
 import hashlib
+import math
+import socket
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+import gevent
 from flask import (
     Blueprint,
     Flask,
@@ -35,6 +45,7 @@ from flask import (
 )
 from flask_babel import lazy_gettext as _l
 from flask_sock import Sock
+from gevent.socket import wait_read
 
 from stillroom.webapp.assets import gzip_if_accepted, serve_hashed
 from stillroom.webapp.chat import (
@@ -57,6 +68,7 @@ from stillroom.webapp.gate import current_session, db, now, settings
 from stillroom.webapp.hub import HUB
 from stillroom.webapp.i18n import current_language
 from stillroom.webapp.paths import package_dir
+from stillroom.webapp.server import CLIENT_SOCKET
 from stillroom.webapp.store import StoreUnwritableError
 from stillroom.webapp.times import format_clock, format_day, local
 
@@ -79,6 +91,9 @@ FEED_CHARACTERS = 3000
 ACTIVE_SECONDS = 5
 IDLE_SECONDS = 10
 WAITING_SECONDS = 30
+#: Seconds from a held feed's answer to its next reload: short, because a message sent
+#: in between waits for it; long enough that the browser shows each answer.
+HOLD_PAUSE_SECONDS = 1
 #: The other side counts as active for this long after their last message.
 ACTIVE_WINDOW_SECONDS = 120
 
@@ -114,14 +129,113 @@ def refresh_seconds(
     """Return how often the feed reloads: often while the other side writes, never once over."""
     moment = now()
     if appointment.is_open(moment, settings().chat_opens_minutes_before):
+        if hold_seconds():
+            return HOLD_PAUSE_SECONDS
         theirs = [m.opened.minute for m in messages if m.opened and m.opened.sender != role]
         recent = theirs and moment - theirs[-1] * 60 < ACTIVE_WINDOW_SECONDS
         return ACTIVE_SECONDS if recent else IDLE_SECONDS
     if appointment.closed or appointment.cancelled:
         return None
     if moment < appointment.opens_at(settings().chat_opens_minutes_before):
-        return WAITING_SECONDS
+        return HOLD_PAUSE_SECONDS if hold_seconds() else WAITING_SECONDS
     return None
+
+
+def hold_seconds() -> int:
+    """Return how long a feed reload may wait for news here: 0 when holding is off.
+
+    Also 0 under a server that does not hand over the client's socket (only ``stillroom
+    serve`` does): without it a client that left could not be noticed while held.
+    """
+    if CLIENT_SOCKET not in request.environ:
+        return 0
+    return settings().feed_hold_seconds
+
+
+def seconds_to_next_change(appointment: ChatAppointment) -> float:
+    """Return the seconds until the feed changes by the clock alone (the chat opens,
+    starts, closes, or its messages go), or infinity when nothing is due."""
+    moment = now()
+    due = (
+        appointment.opens_at(settings().chat_opens_minutes_before),
+        appointment.starts_at,
+        appointment.closes_at(),
+        deletion_moment(appointment),
+    )
+    return min((float(at - moment) for at in due if at > moment), default=math.inf)
+
+
+class Departure:
+    """Notices that the client of a held request closed its connection.
+
+    gevent's server reads nothing from a connection while its request is answered, so a
+    browser that left would stay unnoticed until the hold ends. A greenlet waits for the
+    socket to become readable: with nothing to read, that is the client's end closing.
+    """
+
+    def __init__(self, client: socket.socket, key: str) -> None:
+        self.gone = False
+        self._watcher = gevent.spawn(self._watch, client, key)
+
+    def _watch(self, client: socket.socket, key: str) -> None:
+        try:
+            wait_read(client.fileno())
+            left = client.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+        except BlockingIOError:
+            left = False
+        except OSError:
+            left = True
+        if left:  # else a next request came early: the hold simply runs on
+            self.gone = True
+            HUB.wake(key)
+
+    def stop(self) -> None:
+        """Stop watching (the request is being answered)."""
+        self._watcher.kill()
+
+
+def held_feed(
+    appointment: Callable[[], ChatAppointment], side: Side, logged_in: Callable[[], bool]
+) -> Response | None:
+    """Answer a feed reload; when nothing is new, hold it until news or the hold time.
+
+    Answers ``200`` as soon as the feed changed, else ``304`` at the end of the hold,
+    when the client left, or when the server stops. Returns ``None`` when the session
+    ended while the reload was held.
+
+    :param appointment: reads the appointment again (404 once it is gone), as a reload would.
+    """
+    shown = appointment()
+    key = pair_key(shown)
+    seen = HUB.version(key)  # before reading: news that comes after it ends the hold
+    answer = feed(shown, side)
+    hold = hold_seconds()
+    if answer.status_code != 304 or hold == 0:
+        return answer
+    deadline = time.monotonic() + hold
+    departure = Departure(request.environ[CLIENT_SOCKET], key)
+    HUB.held += 1
+    try:
+        while True:
+            timeout = min(deadline - time.monotonic(), seconds_to_next_change(shown))
+            close_db()  # a held reload costs a greenlet, never a database connection
+            current = HUB.wait(
+                key, seen, max(timeout, 0), stop=lambda: departure.gone or HUB.closing
+            )
+            if departure.gone or HUB.closing:
+                return answer
+            if not logged_in():
+                return None
+            if current == seen and time.monotonic() >= deadline:
+                return answer
+            seen = HUB.version(key)
+            shown = appointment()
+            answer = feed(shown, side)
+            if answer.status_code != 304:
+                return answer
+    finally:
+        HUB.held -= 1
+        departure.stop()
 
 
 def window_text(appointment: ChatAppointment, side: Side) -> str:
@@ -464,8 +578,14 @@ def add_chat_routes(
 
     @login_required
     def chat_feed(appointment_id: str) -> Response:
-        """The feed frame, which reloads itself."""
-        return feed(own(appointment_id), side())
+        """The feed frame, which reloads itself (held until news when nothing is new)."""
+        answer = held_feed(lambda: own(appointment_id), side(), logged_in)
+        if answer is not None:
+            return answer
+        # The session ended while the reload was held: answer as a reload would now.
+        g.session, g.stale_cookie = None, True
+        ended: Response = login_required(chat_feed)(appointment_id)
+        return ended
 
     @login_required
     def chat_compose(appointment_id: str) -> Any:

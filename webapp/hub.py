@@ -2,7 +2,8 @@
 
 Kept in memory only and never written anywhere: a key is a participant-therapist
 pair, a value is a counter that moves on whenever something in their chat changes.
-A WebSocket waits here and tells its browser to reload the feed.
+A WebSocket waits here and tells its browser to reload the feed; a held feed reload
+(without JavaScript) waits here and answers as soon as there is news.
 
 Each key has its own condition (all share one lock), so news for one pair wakes only
 the sockets of that pair: with one condition for all, every message woke every open
@@ -12,6 +13,11 @@ socket (``tests/bench/chat_load.py`` spent a fifth of the server's time there).
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
+
+
+def _never() -> bool:
+    return False
 
 
 class Hub:
@@ -21,6 +27,14 @@ class Hub:
         self._lock = threading.Lock()
         self._versions: dict[str, int] = {}
         self._waiting: dict[str, tuple[threading.Condition, int]] = {}
+        self._closing = False
+        #: Feed reloads waiting here now (memory only, for tests and benchmarks).
+        self.held = 0
+
+    @property
+    def closing(self) -> bool:
+        """Whether the server is shutting down (held feeds then answer at once)."""
+        return self._closing
 
     def version(self, key: str) -> int:
         """Return the current counter of ``key``."""
@@ -34,15 +48,32 @@ class Hub:
             if key in self._waiting:
                 self._waiting[key][0].notify_all()
 
-    def wait(self, key: str, seen: int, timeout: float) -> int:
-        """Wait until ``key`` moves past ``seen`` or ``timeout`` passes; return its counter."""
+    def wake(self, key: str) -> None:
+        """Wake everyone waiting for ``key`` to look again at what they wait for."""
+        with self._lock:
+            if key in self._waiting:
+                self._waiting[key][0].notify_all()
+
+    def close(self) -> None:
+        """Say the server is stopping, and wake every waiter so that held feeds answer."""
+        with self._lock:
+            self._closing = True
+            for condition, _waiters in self._waiting.values():
+                condition.notify_all()
+
+    def wait(self, key: str, seen: int, timeout: float, stop: Callable[[], bool] = _never) -> int:
+        """Wait until ``key`` moves past ``seen``, ``stop()`` is true or ``timeout``
+        passes; return its counter.
+
+        :param stop: asked each time the waiter is woken (see :meth:`wake`, :meth:`close`).
+        """
         with self._lock:
             condition, waiters = self._waiting.get(key, (None, 0))
             if condition is None:
                 condition = threading.Condition(self._lock)
             self._waiting[key] = (condition, waiters + 1)
             try:
-                condition.wait_for(lambda: self._versions.get(key, 0) != seen, timeout)
+                condition.wait_for(lambda: self._versions.get(key, 0) != seen or stop(), timeout)
                 return self._versions.get(key, 0)
             finally:
                 condition, waiters = self._waiting[key]

@@ -30,6 +30,7 @@ from gevent.pool import Pool
 from gevent.pywsgi import WSGIHandler, WSGIServer
 
 from stillroom.onion.errors import PortInUseError
+from stillroom.webapp.hub import HUB
 from stillroom.webapp.retention import start_periodic_purge
 from stillroom.webapp.settings import Settings
 
@@ -37,6 +38,10 @@ log = logging.getLogger(__name__)
 
 #: Where the server logs each request: nowhere (``stillroom audit`` checks it).
 ACCESS_LOG = None
+
+#: Where a request's environ holds its client's socket, so that a held feed reload can
+#: notice the client going away (gevent's own environ has no public handle on it).
+CLIENT_SOCKET = "stillroom.client_socket"
 
 #: A connection that sends no complete request head for this long is closed. Longer
 #: than the slowest feed refresh (30 s), so a waiting participant keeps the connection.
@@ -72,6 +77,12 @@ class QuietHandler(WSGIHandler):  # type: ignore[misc]
             return None
         finally:
             timeout.cancel()
+
+    def get_environ(self) -> dict[str, Any]:
+        """Build the request's environ, with the client's socket under :data:`CLIENT_SOCKET`."""
+        environ: dict[str, Any] = super().get_environ()
+        environ[CLIENT_SOCKET] = self.socket
+        return environ
 
     def finalize_headers(self) -> None:
         """Finish the headers without ``Date``: the server's clock stays its own.
@@ -211,6 +222,8 @@ def run_until_stopped(
 
 
 def close_servers(servers: list[WSGIServer]) -> None:
-    """Stop accepting, give open requests a moment, and close both sockets."""
+    """Answer every held feed reload, stop accepting, give open requests a moment, and
+    close both sockets."""
+    HUB.close()  # a held reload answers 304 now rather than being cut off
     for server in servers:
         server.stop(timeout=2)

@@ -146,6 +146,12 @@ class Settings:
         10, "Messages one session may send within STILLROOM_CHAT_RATE_SECONDS."
     )
     chat_rate_seconds: int = _setting(10, "The window of the chat's rate limit, in seconds.")
+    feed_hold_seconds: int = _setting(
+        55,
+        "Without JavaScript, a chat's reload that finds nothing new waits this long for a"
+        " message before answering, so messages arrive at once (0: reload every 5-30 s"
+        " instead). At most 60: below the timeouts of Tor Browser, tor and common proxies.",
+    )
     onion_address: str = _setting(
         "",
         "The .onion address when the system tor publishes the service itself"
@@ -248,6 +254,7 @@ class Settings:
             "course_weeks": (1, 52),
             "chat_rate_messages": (1, 1000),
             "chat_rate_seconds": (1, 3600),
+            "feed_hold_seconds": (0, 60),
         }
         if self.portal_url and not self.portal_url.startswith(("https://", "http://")):
             raise SettingsError("STILLROOM_PORTAL_URL must start with https:// or http://")

@@ -1,0 +1,282 @@
+"""Without JavaScript a feed reload that finds nothing new is held until news, on the real server.
+
+Each test talks HTTP to ``stillroom serve --no-tor`` with pairs booked before it started
+(``loadclients``), as a browser would: a first load of the feed, then reloads that
+bring the ETag back in ``If-None-Match``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import re
+import signal
+import socket
+import threading
+import time
+import urllib.parse
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+import pytest
+from loadclients import Chat, create_chats, form_token, log_in
+
+from stillroom.webapp.settings import Settings
+
+from support import LiveServer, start_server, stillroom_env, stop_server
+
+#: The hold of the shared server: long enough to tell a held answer from a quick one.
+HOLD = 3
+REFRESH = re.compile(rb'<meta http-equiv="refresh" content="(\d+)">')
+
+
+@dataclass
+class Answer:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+    seconds: float
+
+
+def serve(data_dir: Path, hold: int, pairs: int) -> tuple[LiveServer, list[Chat]]:
+    """Book ``pairs`` chats that are open now, start the server, and log both sides in."""
+    extra = {"STILLROOM_CHAT_OPENS_MINUTES_BEFORE": "120", "STILLROOM_FEED_HOLD_SECONDS": str(hold)}
+    chats = create_chats(pairs, Settings.load(stillroom_env(data_dir, 0, extra)))
+    server = start_server(data_dir, extra)
+    for chat in chats:
+        asyncio.run(log_in(chat, port_of(server.url), port_of(server.portal_url)))
+    return server, chats
+
+
+@pytest.fixture(scope="module")
+def held(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LiveServer, list[Chat]]]:
+    """One server holding reloads for :data:`HOLD` seconds, and chats for each test."""
+    server, chats = serve(tmp_path_factory.mktemp("held") / "instance", HOLD, pairs=6)
+    yield server, chats
+    stop_server(server)
+
+
+def port_of(url: str) -> int:
+    return int(url.rsplit(":", 1)[1])
+
+
+def get(url: str, path: str, cookie: str, etag: str = "", timeout: float = 30) -> Answer:
+    """Fetch ``path`` on a connection of its own and time the answer."""
+    connection = http.client.HTTPConnection("127.0.0.1", port_of(url), timeout=timeout)
+    headers = {"Cookie": cookie, **({"If-None-Match": etag} if etag else {})}
+    started = time.monotonic()
+    try:
+        connection.request("GET", path, headers=headers)
+        response = connection.getresponse()
+        body = response.read()
+    finally:
+        connection.close()
+    seconds = time.monotonic() - started
+    return Answer(response.status, {k.lower(): v for k, v in response.getheaders()}, body, seconds)
+
+
+def feed(server: LiveServer, chat: Chat, side: str = "participant", etag: str = "") -> Answer:
+    """Load one side's feed frame (a reload when ``etag`` is given)."""
+    url, cookie = (
+        (server.url, chat.participant_cookie)
+        if side == "participant"
+        else (server.portal_url, chat.therapist_cookie)
+    )
+    return get(url, f"/en/chat/{chat.appointment}/feed", cookie, etag)
+
+
+def write(server: LiveServer, chat: Chat, text: str, side: str = "therapist") -> None:
+    """Send a message from one side through its compose frame."""
+    url, cookie = (
+        (server.portal_url, chat.therapist_cookie)
+        if side == "therapist"
+        else (server.url, chat.participant_cookie)
+    )
+    path = f"/en/chat/{chat.appointment}/compose"
+    token = form_token(get(url, path, cookie).body)
+    connection = http.client.HTTPConnection("127.0.0.1", port_of(url), timeout=10)
+    try:
+        body = urllib.parse.urlencode({"form_token": token, "text": text})
+        headers = {
+            "Cookie": cookie,
+            "Content-Type": "application/x-www-form-urlencoded",
+            "Sec-Fetch-Site": "same-origin",
+        }
+        connection.request("POST", path, body=body, headers=headers)
+        response = connection.getresponse()
+        response.read()
+        assert response.status == 200, response.status
+    finally:
+        connection.close()
+
+
+def in_background(call) -> tuple[threading.Thread, list[Answer]]:  # type: ignore[no-untyped-def]
+    """Run ``call`` in a thread; its answer lands in the returned list."""
+    answers: list[Answer] = []
+    thread = threading.Thread(target=lambda: answers.append(call()), daemon=True)
+    thread.start()
+    return thread, answers
+
+
+def server_end(server: LiveServer, client: socket.socket) -> str | None:
+    """Return the state of the server's end of ``client``'s connection, ``None`` once closed.
+
+    A connection whose client left while the server still holds its request stays in
+    ``CLOSE_WAIT``; once the server lets go of the request, it is gone.
+    """
+    return server_end_of(server, client.getsockname())
+
+
+def server_end_of(server: LiveServer, client: tuple[str, int]) -> str | None:
+    """Return the state of the server's end of the connection from ``client``'s address."""
+    for connection in psutil.Process(server.process.pid).net_connections(kind="tcp"):
+        if connection.raddr and connection.raddr.port == client[1]:
+            return str(connection.status)
+    return None
+
+
+def test_an_idle_reload_is_held_then_answered_304(held):
+    """Nothing new: the reload waits the hold time, then says "not modified"; the next
+    reload follows a second later."""
+    server, chats = held
+    first = feed(server, chats[0])
+    assert first.status == 200
+    assert REFRESH.search(first.body).group(1) == b"1"  # type: ignore[union-attr]
+    again = feed(server, chats[0], etag=first.headers["etag"])
+    assert again.status == 304
+    assert HOLD - 0.2 <= again.seconds <= HOLD + 1.5, again.seconds
+
+
+def test_news_answers_a_held_reload_at_once(held):
+    """A message from the therapist ends the participant's held reload with the new feed."""
+    server, chats = held
+    chat = chats[1]
+    etag = feed(server, chat).headers["etag"]
+    thread, answers = in_background(lambda: feed(server, chat, etag=etag))
+    time.sleep(0.5)  # the reload is held by now
+    write(server, chat, "Good evening, I am here now.")
+    written = time.monotonic()
+    thread.join(HOLD + 2)
+    [answer] = answers
+    assert answer.status == 200
+    assert b"Good evening, I am here now." in answer.body
+    assert time.monotonic() - written < 0.5
+    assert answer.seconds < HOLD - 1, "answered on the news, not at the end of the hold"
+
+
+def test_the_portal_feed_is_held_too(held):
+    """Therapists without JavaScript get the same: the participant's message ends the hold."""
+    server, chats = held
+    chat = chats[2]
+    etag = feed(server, chat, side="therapist").headers["etag"]
+    thread, answers = in_background(lambda: feed(server, chat, side="therapist", etag=etag))
+    time.sleep(0.5)
+    write(server, chat, "Hello, it is me.", side="participant")
+    thread.join(HOLD + 2)
+    [answer] = answers
+    assert answer.status == 200 and b"Hello, it is me." in answer.body
+    assert answer.seconds < HOLD - 1
+
+
+def test_a_client_that_leaves_frees_its_held_reload(held):
+    """The server lets go of a held reload as soon as its browser closes the connection."""
+    server, chats = held
+    chat = chats[3]
+    etag = feed(server, chat).headers["etag"]
+    client = socket.create_connection(("127.0.0.1", port_of(server.url)))
+    client.sendall(
+        f"GET /en/chat/{chat.appointment}/feed HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Cookie: {chat.participant_cookie}\r\nIf-None-Match: {etag}\r\n\r\n".encode()
+    )
+    time.sleep(0.5)
+    assert server_end(server, client) == psutil.CONN_ESTABLISHED, "held"
+    client.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        client.recv(1)  # no answer yet: the reload is held
+    client_port = client.getsockname()
+    client.close()
+    left = time.monotonic()
+    while time.monotonic() - left < 1 and server_end_of(server, client_port) is not None:
+        time.sleep(0.05)
+    assert server_end_of(server, client_port) is None, "the held reload is still there"
+
+
+def test_a_session_that_ends_while_held_gets_the_ended_answer(held):
+    """A logout elsewhere during the hold: the reload then answers as any reload would."""
+    server, chats = held
+    chat = chats[4]
+    etag = feed(server, chat).headers["etag"]
+    thread, answers = in_background(lambda: feed(server, chat, etag=etag))
+    time.sleep(0.5)
+    page = get(server.url, "/en/account", chat.participant_cookie).body
+    connection = http.client.HTTPConnection("127.0.0.1", port_of(server.url), timeout=10)
+    connection.request(
+        "POST",
+        "/en/logout",
+        body=urllib.parse.urlencode({"form_token": form_token(page)}),
+        headers={
+            "Cookie": chat.participant_cookie,
+            "Content-Type": "application/x-www-form-urlencoded",
+            "Sec-Fetch-Site": "same-origin",
+        },
+    )
+    assert connection.getresponse().status in (200, 302)
+    connection.close()
+    thread.join(HOLD + 2)
+    [answer] = answers
+    after = feed(server, chat, etag=etag)  # what a reload of the ended session gets today
+    assert (answer.status, answer.headers.get("location")) == (
+        after.status,
+        after.headers.get("location"),
+    )
+    assert answer.status == 302 and "session-ended" in answer.headers["location"]
+
+
+def test_a_cut_held_reload_leaves_a_working_feed(held):
+    """A proxy or client that gives up before the hold ends: the next reload still works."""
+    server, chats = held
+    chat = chats[5]
+    etag = feed(server, chat).headers["etag"]
+    with pytest.raises(TimeoutError):
+        get(server.url, f"/en/chat/{chat.appointment}/feed", chat.participant_cookie, etag, 1)
+    thread, answers = in_background(lambda: feed(server, chat, etag=etag))
+    time.sleep(0.3)
+    write(server, chat, "Still here.")
+    thread.join(HOLD + 2)
+    [answer] = answers
+    assert answer.status == 200 and b"Still here." in answer.body
+
+
+def test_shutdown_answers_held_reloads_304(tmp_path):
+    """SIGTERM: every held reload is answered "not modified" before the process ends."""
+    server, [chat] = serve(tmp_path / "instance", 30, pairs=1)
+    try:
+        etags = [feed(server, chat, side).headers["etag"] for side in ("participant", "therapist")]
+        reloads = [
+            in_background(lambda side=side, etag=etag: feed(server, chat, side, etag))
+            for side, etag in zip(("participant", "therapist"), etags, strict=True)
+        ]
+        time.sleep(0.5)
+        server.process.send_signal(signal.SIGTERM)
+        stopping = time.monotonic()
+        for thread, _ in reloads:
+            thread.join(5)
+        assert [answers[0].status for _, answers in reloads] == [304, 304]
+        assert time.monotonic() - stopping < 2
+        assert server.process.wait(10) == 0
+    finally:
+        stop_server(server)
+
+
+def test_with_holding_off_reloads_answer_at_once(tmp_path):
+    """``STILLROOM_FEED_HOLD_SECONDS=0``: a reload is answered at once, every 10 s when idle."""
+    server, [chat] = serve(tmp_path / "instance", 0, pairs=1)
+    try:
+        first = feed(server, chat)
+        assert REFRESH.search(first.body).group(1) == b"10"  # type: ignore[union-attr]
+        again = feed(server, chat, etag=first.headers["etag"])
+        assert again.status == 304 and again.seconds < 0.5
+    finally:
+        stop_server(server)
