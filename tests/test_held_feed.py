@@ -29,7 +29,7 @@ from support import LiveServer, start_server, stillroom_env, stop_server
 
 #: The hold of the shared server: long enough to tell a held answer from a quick one.
 HOLD = 3
-REFRESH = re.compile(rb'<meta http-equiv="refresh" content="(\d+)">')
+REFRESH = re.compile(rb'<meta http-equiv="refresh" content="(\d+)(?:; url=\?seen=([\w-]+))?">')
 
 
 @dataclass
@@ -58,6 +58,11 @@ def held(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LiveServer,
     stop_server(server)
 
 
+def bare(etag: str) -> str:
+    """Return an ETag header's value without its quotes, as the refresh URL carries it."""
+    return etag.strip('"')
+
+
 def port_of(url: str) -> int:
     return int(url.rsplit(":", 1)[1])
 
@@ -78,13 +83,17 @@ def get(url: str, path: str, cookie: str, etag: str = "", timeout: float = 30) -
 
 
 def feed(server: LiveServer, chat: Chat, side: str = "participant", etag: str = "") -> Answer:
-    """Load one side's feed frame (a reload when ``etag`` is given)."""
+    """Load one side's feed frame, or reload it when ``etag`` is the feed it shows."""
     url, cookie = (
         (server.url, chat.participant_cookie)
         if side == "participant"
         else (server.portal_url, chat.therapist_cookie)
     )
-    return get(url, f"/en/chat/{chat.appointment}/feed", cookie, etag)
+    if not etag:
+        return get(url, f"/en/chat/{chat.appointment}/feed", cookie)
+    # As the frame's refresh asks; only a participant's browser keeps the feed to revalidate.
+    path = f"/en/chat/{chat.appointment}/feed?seen={bare(etag)}"
+    return get(url, path, cookie, etag if side == "participant" else "")
 
 
 def write(server: LiveServer, chat: Chat, text: str, side: str = "therapist") -> None:
@@ -143,10 +152,23 @@ def test_an_idle_reload_is_held_then_answered_304(held):
     server, chats = held
     first = feed(server, chats[0])
     assert first.status == 200
-    assert REFRESH.search(first.body).group(1) == b"1"  # type: ignore[union-attr]
+    refresh = REFRESH.search(first.body)
+    assert refresh is not None and refresh.group(1) == b"1"
+    assert refresh.group(2).decode() == bare(first.headers["etag"])
     again = feed(server, chats[0], etag=first.headers["etag"])
     assert again.status == 304
     assert HOLD - 0.2 <= again.seconds <= HOLD + 1.5, again.seconds
+
+
+def test_opening_the_chat_again_shows_the_feed_at_once(held):
+    """The page's own load of the frame (not one of its reloads) is never held, even when
+    the browser kept the feed and asks with its ETag."""
+    server, chats = held
+    etag = feed(server, chats[0]).headers["etag"]
+    again = get(
+        server.url, f"/en/chat/{chats[0].appointment}/feed", chats[0].participant_cookie, etag
+    )
+    assert again.status == 304 and again.seconds < 0.5
 
 
 def test_news_answers_a_held_reload_at_once(held):
@@ -187,7 +209,8 @@ def test_a_client_that_leaves_frees_its_held_reload(held):
     etag = feed(server, chat).headers["etag"]
     client = socket.create_connection(("127.0.0.1", port_of(server.url)))
     client.sendall(
-        f"GET /en/chat/{chat.appointment}/feed HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"GET /en/chat/{chat.appointment}/feed?seen={bare(etag)} HTTP/1.1\r\n"
+        "Host: 127.0.0.1\r\n"
         f"Cookie: {chat.participant_cookie}\r\nIf-None-Match: {etag}\r\n\r\n".encode()
     )
     time.sleep(0.5)
@@ -240,7 +263,8 @@ def test_a_cut_held_reload_leaves_a_working_feed(held):
     chat = chats[5]
     etag = feed(server, chat).headers["etag"]
     with pytest.raises(TimeoutError):
-        get(server.url, f"/en/chat/{chat.appointment}/feed", chat.participant_cookie, etag, 1)
+        path = f"/en/chat/{chat.appointment}/feed?seen={bare(etag)}"
+        get(server.url, path, chat.participant_cookie, etag, timeout=1)
     thread, answers = in_background(lambda: feed(server, chat, etag=etag))
     time.sleep(0.3)
     write(server, chat, "Still here.")
@@ -250,7 +274,8 @@ def test_a_cut_held_reload_leaves_a_working_feed(held):
 
 
 def test_shutdown_answers_held_reloads_304(tmp_path):
-    """SIGTERM: every held reload is answered "not modified" before the process ends."""
+    """SIGTERM: every held reload is answered before the process ends ("not modified" where
+    the browser kept the feed)."""
     server, [chat] = serve(tmp_path / "instance", 30, pairs=1)
     try:
         etags = [feed(server, chat, side).headers["etag"] for side in ("participant", "therapist")]
@@ -263,7 +288,8 @@ def test_shutdown_answers_held_reloads_304(tmp_path):
         stopping = time.monotonic()
         for thread, _ in reloads:
             thread.join(5)
-        assert [answers[0].status for _, answers in reloads] == [304, 304]
+        # The participant's browser kept the feed; the portal's feed is never kept.
+        assert [answers[0].status for _, answers in reloads] == [304, 200]
         assert time.monotonic() - stopping < 2
         assert server.process.wait(10) == 0
     finally:
@@ -275,7 +301,8 @@ def test_with_holding_off_reloads_answer_at_once(tmp_path):
     server, [chat] = serve(tmp_path / "instance", 0, pairs=1)
     try:
         first = feed(server, chat)
-        assert REFRESH.search(first.body).group(1) == b"10"  # type: ignore[union-attr]
+        refresh = REFRESH.search(first.body)
+        assert refresh is not None and refresh.group(1) == b"10" and refresh.group(2) is None
         again = feed(server, chat, etag=first.headers["etag"])
         assert again.status == 304 and again.seconds < 0.5
     finally:

@@ -199,9 +199,12 @@ def held_feed(
 ) -> Response | None:
     """Answer a feed reload; when nothing is new, hold it until news or the hold time.
 
-    Answers ``200`` as soon as the feed changed, else ``304`` at the end of the hold,
-    when the client left, or when the server stops. Returns ``None`` when the session
-    ended while the reload was held.
+    A reload says which feed it shows (``?seen=`` its ETag; the portal's feed is not
+    cached, so ``If-None-Match`` alone would not say). When that is still the feed, it
+    waits: on news it answers ``200`` with the new feed at once; at the end of the hold,
+    when the client left, or when the server stops, it answers as it would have at once
+    (``304`` to a browser that kept the feed). Returns ``None`` when the session ended
+    while the reload was held.
 
     :param appointment: reads the appointment again (404 once it is gone), as a reload would.
     """
@@ -210,7 +213,7 @@ def held_feed(
     seen = HUB.version(key)  # before reading: news that comes after it ends the hold
     answer = feed(shown, side)
     hold = hold_seconds()
-    if answer.status_code != 304 or hold == 0:
+    if hold == 0 or request.args.get("seen") != answer.get_etag()[0]:
         return answer
     deadline = time.monotonic() + hold
     departure = Departure(request.environ[CLIENT_SOCKET], key)
@@ -230,9 +233,9 @@ def held_feed(
                 return answer
             seen = HUB.version(key)
             shown = appointment()
-            answer = feed(shown, side)
-            if answer.status_code != 304:
-                return answer
+            changed = feed(shown, side)
+            if changed.get_etag()[0] != answer.get_etag()[0]:
+                return changed
     finally:
         HUB.held -= 1
         departure.stop()
@@ -354,6 +357,9 @@ def feed(appointment: ChatAppointment, side: Side) -> Response:
             status=status,
             empty=empty,
             other=other_label(side),
+            # Only the frame's own reloads say what they show, and only they are held:
+            # opening the page again must show the messages at once.
+            reload=f"?seen={etag}" if hold_seconds() else "",
         )
     )
     response.set_etag(etag)
