@@ -86,7 +86,9 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
     # ahead (the earliest allowed) and chat at once.
     server = start_server(
         tmp_path_factory.mktemp("live") / "instance",
-        {"STILLROOM_CHAT_OPENS_MINUTES_BEFORE": "120"},
+        # Reloads are not held here: these tests watch the plain reload and the socket;
+        # the held feed has servers of its own (test_held_feed.py, test_browser_held.py).
+        {"STILLROOM_CHAT_OPENS_MINUTES_BEFORE": "120", "STILLROOM_FEED_HOLD_SECONDS": "0"},
     )
     yield server
     stop_server(server)
