@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import os
 import queue
@@ -15,9 +16,14 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import stem
+from loadclients import create_chats, log_in
+from test_held_feed import write
+
+from stillroom.webapp.settings import Settings
 
 import tornet
 from support import (
@@ -345,3 +351,49 @@ def test_restricted_discovery_admits_only_key_holders(tor_network, join_config, 
     finally:
         client.msg(f"ONION_CLIENT_AUTH_REMOVE {service_id}")
         assert restricted.stop() == 0
+
+
+def test_a_message_reaches_a_held_feed_through_the_onion(tor_network, join_config, tmp_path):
+    """Without JavaScript, a participant's held feed reload answers with the therapist's
+    message within 2 s of its sending, through the .onion."""
+    data_dir, port = tmp_path / "data", free_port()
+    env = {
+        "STILLROOM_TOR_EXTRA_CONFIG": str(join_config),
+        "STILLROOM_CHAT_OPENS_MINUTES_BEFORE": "120",
+    }
+    server_env = stillroom_env(data_dir, port, env)
+    [chat] = create_chats(1, Settings.load(server_env))
+    serve = start_serve(
+        data_dir, port, {**env, "STILLROOM_PORTAL_PORT": server_env["STILLROOM_PORTAL_PORT"]}
+    )
+    try:
+        address = serve.wait_for(PUBLISHED, 120).group(1)
+        portal_port = int(server_env["STILLROOM_PORTAL_PORT"])
+        asyncio.run(log_in(chat, port, portal_port))
+        feed = f"http://{address}/en/chat/{chat.appointment}/feed"
+        status, headers, _ = tor_network.fetch(feed, headers={"Cookie": chat.participant_cookie})
+        assert status == 200
+        etag = headers["etag"]
+        answers: list[tuple[int, bytes, float]] = []
+
+        def reload() -> None:
+            status, _, body = tor_network.fetch(
+                f"{feed}?seen={etag.strip(chr(34))}",
+                headers={"Cookie": chat.participant_cookie, "If-None-Match": etag},
+                timeout=70,
+            )
+            answers.append((status, body, time.monotonic()))
+
+        reloading = threading.Thread(target=reload, daemon=True)
+        reloading.start()
+        time.sleep(5)  # the reload has crossed the network and is held
+        assert not answers, "held, not answered"
+        sent = time.monotonic()
+        write(SimpleNamespace(portal_url=f"http://127.0.0.1:{portal_port}"), chat, "Through Tor.")
+        reloading.join(30)
+        [(status, body, arrived)] = answers
+        assert status == 200 and b"Through Tor." in body
+        print(f"\n[onion] held feed: message arrived {arrived - sent:.2f} s after sending")
+        assert arrived - sent < 2
+    finally:
+        assert serve.stop() == 0
