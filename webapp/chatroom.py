@@ -53,6 +53,7 @@ from stillroom.webapp.chat import (
     send_message,
 )
 from stillroom.webapp.db import close_db
+from stillroom.webapp.feedcache import FEEDS, LONGEST_SECONDS, Shown
 from stillroom.webapp.gate import current_session, db, now, settings
 from stillroom.webapp.hub import HUB
 from stillroom.webapp.i18n import current_language
@@ -208,6 +209,7 @@ def newest_that_fit(messages: list[ShownMessage]) -> list[ShownMessage]:
 
 def feed(appointment: ChatAppointment, side: Side) -> Response:
     """Answer a reload of the feed frame: the newest messages, or 304 if nothing changed."""
+    version = HUB.version(pair_key(appointment))  # before reading: later news moves it on
     conversation_id = conversation_id_of(db(), appointment.participant_id, appointment.therapist_id)
     messages: list[ShownMessage] = []
     locked = False
@@ -229,8 +231,10 @@ def feed(appointment: ChatAppointment, side: Side) -> Response:
     )
     digest = hashlib.blake2b(state.encode(), digest_size=8).digest()
     etag = base64.urlsafe_b64encode(digest).decode().rstrip("=")  # 11 characters, not 16 in hex
+    until = next_change(appointment, messages, side.role)
+    FEEDS.remember(shown_key(appointment), Shown(etag, version, appointment, until))
     if etag in request.if_none_match:
-        return not_modified(etag, side)
+        return not_modified(etag, side.role)
     response = make_response(
         render_template(
             "chat/feed.html",
@@ -243,11 +247,50 @@ def feed(appointment: ChatAppointment, side: Side) -> Response:
         )
     )
     response.set_etag(etag)
-    response.headers["Cache-Control"] = feed_cache_control(side)
+    response.headers["Cache-Control"] = feed_cache_control(side.role)
     return gzip_if_accepted(response)
 
 
-def feed_cache_control(side: Side) -> str:
+def unchanged_feed(appointment: ChatAppointment, role: str) -> Response | None:
+    """Answer 304 at once when the browser's feed page is still current, before any decryption.
+
+    Asked before the reader's side is built: finding their time zone costs a read and
+    a decryption of its own.
+    """
+    etag = FEEDS.unchanged(
+        shown_key(appointment),
+        request.if_none_match,
+        HUB.version(pair_key(appointment)),
+        appointment,
+        now(),
+    )
+    return None if etag is None else not_modified(etag, role)
+
+
+def shown_key(appointment: ChatAppointment) -> tuple[bytes, str, str]:
+    """Return the feed cache's key: this session, this appointment, this language."""
+    session = current_session()
+    assert session is not None
+    return session.token_hash, appointment.id, current_language()
+
+
+def next_change(appointment: ChatAppointment, messages: list[ShownMessage], role: str) -> int:
+    """Return the first moment the feed could change without news: a boundary of the chat,
+    the end of the other side's active window, or :data:`~feedcache.LONGEST_SECONDS` on."""
+    moment = now()
+    s = settings()
+    theirs = [m.opened.minute * 60 for m in messages if m.opened and m.opened.sender != role]
+    moments = [
+        appointment.opens_at(s.chat_opens_minutes_before),
+        appointment.starts_at,
+        appointment.closes_at(),
+        deletion_moment(appointment),
+        theirs[-1] + ACTIVE_WINDOW_SECONDS if theirs else 0,
+    ]
+    return min([t for t in moments if t > moment] + [moment + LONGEST_SECONDS])
+
+
+def feed_cache_control(role: str) -> str:
     """Return how browsers may keep a feed: participants' in memory, therapists' not at all.
 
     Tor Browser keeps its cache in memory only, so a participant's feed may be kept
@@ -255,7 +298,7 @@ def feed_cache_control(side: Side) -> str:
     browser writes such pages to disk, so the portal's feed, with its message text
     and pseudonyms, is ``no-store`` like every other page.
     """
-    return "private, no-cache" if side.role == "participant" else "no-store"
+    return "private, no-cache" if role == "participant" else "no-store"
 
 
 def other_label(side: Side) -> Any:
@@ -275,11 +318,11 @@ def history(appointment: ChatAppointment, side: Side) -> list[dict[str, Any]] | 
     return [describe(message, side) for message in read_messages(db(), conversation_id, key)]
 
 
-def not_modified(etag: str, side: Side) -> Response:
+def not_modified(etag: str, role: str) -> Response:
     """Return a bare 304: the browser keeps the headers of the copy it has."""
     response = Response(status=304)
     response.set_etag(etag)
-    response.headers["Cache-Control"] = feed_cache_control(side)
+    response.headers["Cache-Control"] = feed_cache_control(role)
     response.headers.pop("Content-Type", None)
     return response
 
@@ -462,10 +505,13 @@ def add_chat_routes(
     :param logged_in: tells whether the session of a socket's request still stands.
     """
 
+    role = "participant" if bp.name == "participant" else "therapist"
+
     @login_required
     def chat_feed(appointment_id: str) -> Response:
         """The feed frame, which reloads itself."""
-        return feed(own(appointment_id), side())
+        appointment = own(appointment_id)  # 404 for anyone else's, before any cache
+        return unchanged_feed(appointment, role) or feed(appointment, side())
 
     @login_required
     def chat_compose(appointment_id: str) -> Any:
