@@ -83,6 +83,10 @@ WAITING_SECONDS = 30
 #: The other side counts as active for this long after their last message.
 ACTIVE_WINDOW_SECONDS = 120
 
+#: The two frames name their charset first thing (``<meta charset="utf-8">``), so their
+#: header need not: 15 bytes less on each of the chat's many answers.
+FRAME_CONTENT_TYPE = "text/html"
+
 EMPTY = _l("Please write a message first.")
 TOO_LONG = _l("A message can have at most %(count)s characters.", count=MAX_MESSAGE_CHARS)
 SLOW_DOWN = _l("You are sending messages very quickly. Please wait a few seconds.")
@@ -229,8 +233,9 @@ def feed(appointment: ChatAppointment, side: Side) -> Response:
         f"{conversation_id}:{newest}:{interval}:{locked}:"
         f"{status}:{empty}:{side.zone}:{current_language()}"
     )
-    digest = hashlib.blake2b(state.encode(), digest_size=8).digest()
-    etag = base64.urlsafe_b64encode(digest).decode().rstrip("=")  # 11 characters, not 16 in hex
+    # 48 bits: a changed page matches the copy a browser holds once in 2**48 changes.
+    digest = hashlib.blake2b(state.encode(), digest_size=6).digest()
+    etag = base64.urlsafe_b64encode(digest).decode()  # 8 characters, not 12 in hex
     until = next_change(appointment, messages, side.role)
     FEEDS.remember(shown_key(appointment), Shown(etag, version, appointment, until))
     if etag in request.if_none_match:
@@ -248,6 +253,7 @@ def feed(appointment: ChatAppointment, side: Side) -> Response:
     )
     response.set_etag(etag)
     response.headers["Cache-Control"] = feed_cache_control(side.role)
+    response.content_type = FRAME_CONTENT_TYPE
     return gzip_if_accepted(response)
 
 
@@ -351,7 +357,7 @@ def compose(appointment: ChatAppointment, side: Side) -> Any:
     status = {None: 200, SLOW_DOWN: 429, CLOSED: 409, NOT_SAVED: 503}.get(error, 400)
     moment = now()
     over = appointment.is_over(moment)
-    return render_template(
+    page = render_template(
         "chat/compose.html",
         text=text,
         sent=sent,
@@ -362,7 +368,8 @@ def compose(appointment: ChatAppointment, side: Side) -> Any:
         and not appointment.is_open(moment, settings().chat_opens_minutes_before),
         status=window_text(appointment, side),
         max_chars=MAX_MESSAGE_CHARS,
-    ), status
+    )
+    return Response(page, status, content_type=FRAME_CONTENT_TYPE)
 
 
 def send(appointment: ChatAppointment, side: Side, text: str) -> Any:
