@@ -22,7 +22,8 @@ from stillroom.webapp.chat import ChatAppointment
 
 #: At most this long between full checks of a feed, whatever it shows: what no news
 #: announces (a change of time zone, a key reset, a day's turn) shows within this time.
-LONGEST_SECONDS = 60
+#: Longer than a held reload (about a minute), so that an idle chat's reloads stay cheap.
+LONGEST_SECONDS = 300
 #: Entries beyond this many are dropped all at once (each is about 300 bytes).
 MOST_ENTRIES = 20_000
 

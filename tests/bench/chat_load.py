@@ -184,12 +184,16 @@ async def nojs_participant(
 async def participant_says(chat: Chat, port: int, figures: Figures) -> None:
     """Send a message from a no-JS participant on a connection of its own (the compose frame)."""
     started = time.monotonic()
-    status, _, _ = await Connection(port).request(
-        "POST",
-        f"/en/chat/{chat.appointment}/compose",
-        chat.participant_cookie,
-        {"form_token": chat.participant_token, "text": TEXT},
-    )
+    compose = Connection(port)  # the feed's connection may be held meanwhile
+    try:
+        status, _, _ = await compose.request(
+            "POST",
+            f"/en/chat/{chat.appointment}/compose",
+            chat.participant_cookie,
+            {"form_token": chat.participant_token, "text": TEXT},
+        )
+    finally:
+        compose.close()
     if figures.measuring():
         figures.posts.append((time.monotonic() - started) * 1000)
         figures.errors += status != 200
@@ -458,6 +462,7 @@ def main() -> int:
         try:
             plain = asyncio.run(without_hold(chats, server, args))
             rss = peak_rss_mb(server.process.pid)
+            print(f"peak RSS of the server without the hold: {rss:.0f} MB", flush=True)
         finally:
             stop_server(server)
         hold = {} if args.hold is None else {"STILLROOM_FEED_HOLD_SECONDS": f"{args.hold:g}"}
