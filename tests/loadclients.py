@@ -113,8 +113,12 @@ class Connection:
         cookie: str = "",
         form: dict[str, str] | None = None,
         etag: str = "",
+        timeout: float = REQUEST_TIMEOUT,
     ) -> tuple[int, dict[str, str], bytes]:
-        """Send one request and read the whole answer; reconnect if the server closed."""
+        """Send one request and read the whole answer; reconnect if the server closed.
+
+        ``timeout`` is longer for a feed reload the server may hold until news comes.
+        """
         body = urllib.parse.urlencode(form).encode() if form is not None else b""
         head = [f"{method} {path} HTTP/1.1", f"Host: 127.0.0.1:{self.port}"]
         head += ["Sec-Fetch-Site: same-origin", "Accept-Encoding: gzip, deflate"]
@@ -127,7 +131,7 @@ class Connection:
             head.append(f"Content-Length: {len(body)}")
         raw = ("\r\n".join(head) + "\r\n\r\n").encode() + body
         try:
-            return await asyncio.wait_for(self._exchange(raw), REQUEST_TIMEOUT)
+            return await asyncio.wait_for(self._exchange(raw), timeout)
         except BaseException:
             self.close()
             raise

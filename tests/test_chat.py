@@ -818,3 +818,60 @@ def test_a_cancelled_appointment_is_not_called_a_deleted_account(chat):
     page = chat.therapist.client.get(f"/en/chat/{chat.id}").get_data(as_text=True)
     assert "it was cancelled or moved" in page
     assert "account has been deleted" not in page
+
+
+def test_an_ended_session_never_gets_a_304_for_the_feed_it_was_shown(chat):
+    chat.at(STARTS)
+    etag = chat.feed("participant").headers["ETag"]
+    assert chat.feed("participant", **{"If-None-Match": etag}).status_code == 304
+    cookie = chat.auth.client.get_cookie("stillroom", domain="127.0.0.1").value
+    chat.auth.logout()
+    chat.auth.client.set_cookie("stillroom", cookie, domain="127.0.0.1")  # the old cookie again
+    again = chat.feed("participant", **{"If-None-Match": etag})
+    assert again.status_code == 302 and "/login" in again.headers["Location"]
+
+
+def test_another_participant_never_gets_a_304_or_the_feed_of_this_chat(chat, app):
+    chat.at(STARTS)
+    chat.say("therapist", "only for the one participant")
+    etag = chat.feed("participant").headers["ETag"]
+    stranger = AuthActions(app.test_client())
+    stranger.create()
+    other = stranger.client.get(f"/en/chat/{chat.id}/feed", headers={"If-None-Match": etag})
+    assert other.status_code == 404
+    assert "only for the one participant" not in other.get_data(as_text=True)
+
+
+def test_a_new_session_of_the_same_person_is_checked_afresh(chat):
+    chat.at(STARTS)
+    etag = chat.feed("participant").headers["ETag"]
+    chat.at(STARTS + 60)  # logs in again: a new session with the same page
+    chat.say("therapist", "while you were away")
+    fresh = chat.feed("participant", **{"If-None-Match": etag})
+    assert fresh.status_code == 200 and "while you were away" in fresh.get_data(as_text=True)
+
+
+def test_a_feed_changes_without_news_when_the_chat_is_closed_or_its_time_passes(chat, clock):
+    chat.at(STARTS)
+    chat.say("therapist", "hello")
+    etag = chat.feed("participant").headers["ETag"]
+    assert 'content="5"' in chat.feed("participant").get_data(as_text=True)
+    assert chat.feed("participant", **{"If-None-Match": etag}).status_code == 304
+    clock.advance(2 * 60 + 1)  # the therapist has been quiet: the feed reloads more slowly
+    quieter = chat.feed("participant", **{"If-None-Match": etag})
+    assert quieter.status_code == 200 and 'content="10"' in quieter.get_data(as_text=True)
+    etag = quieter.headers["ETag"]
+    chat.therapist.post(f"/en/chat/{chat.id}/close", page=f"/en/chat/{chat.id}")
+    closed = chat.feed("participant", **{"If-None-Match": etag})
+    assert closed.status_code == 200
+    assert "The therapist has ended the chat" in closed.get_data(as_text=True)
+
+
+def test_a_feed_says_the_chat_has_ended_once_its_time_is_up(chat, clock, settings):
+    [[ends_at]] = rows(settings, "SELECT ends_at FROM appointments")
+    chat.at(ends_at - 2 * 60)  # logging the therapist in may wait for a fresh TOTP step
+    etag = chat.feed("participant").headers["ETag"]
+    assert chat.feed("participant", **{"If-None-Match": etag}).status_code == 304
+    clock.now = ends_at
+    ended = chat.feed("participant", **{"If-None-Match": etag})
+    assert ended.status_code == 200 and "The chat has ended" in ended.get_data(as_text=True)

@@ -27,13 +27,15 @@ from stillroom.webapp.store import StoreUnwritableError
 
 log = logging.getLogger(__name__)
 
+#: DESIGN §6's policy, spelled without a space after each ";" (the grammar allows none,
+#: and each answer saves 6 bytes: the chat sends dozens of them).
 CONTENT_SECURITY_POLICY = (
-    "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
-    "frame-src 'self'; frame-ancestors 'self'; base-uri 'none'"
+    "default-src 'none';style-src 'self';img-src 'self';form-action 'self';"
+    "frame-src 'self';frame-ancestors 'self';base-uri 'none'"
 )
 
 #: Chat pages alone may run the live script and open its WebSocket.
-LIVE_CONTENT_SECURITY_POLICY = CONTENT_SECURITY_POLICY + "; script-src 'self'; connect-src 'self'"
+LIVE_CONTENT_SECURITY_POLICY = CONTENT_SECURITY_POLICY + ";script-src 'self';connect-src 'self'"
 
 SECURITY_HEADERS = {
     "Content-Security-Policy": CONTENT_SECURITY_POLICY,

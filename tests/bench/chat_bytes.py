@@ -10,19 +10,36 @@ The reference chat is 20 minutes with 20 messages each way, evenly spread. The
 server's clock is not moved, so it sees the other side as active throughout and
 asks for its shortest interval: the figure is the upper bound.
 
-Prints the figures and, last, ``idle_reload_bytes=N`` and ``reference_chat_bytes=N``.
+Then it plays the same chat again in real time on the held feed, as the browser
+does: each reload may be held by the server until news arrives (or its hold ends),
+and the next follows after the pause the page asks for. A server without the hold
+answers at once, so before it the held run shows plain meta-refresh reloads. Each
+of the therapist's messages is numbered, and its delivery is timed from its send to
+the participant's feed page that shows it. Last, the chat stays open with nobody
+writing for ``--idle-seconds``, counting both directions.
 
-    PYTHONSAFEPATH=1 .venv/bin/python tests/bench/chat_bytes.py
+Prints the figures and, last, ``idle_reload_bytes=N``, ``reference_chat_bytes=N`` (on
+5 s reloads), ``held_reference_chat_bytes=N``, ``delivery_p50_ms=X``,
+``delivery_p99_ms=X`` and ``held_feed_idle_bytes_per_minute=N``.
+
+    PYTHONSAFEPATH=1 .venv/bin/python tests/bench/chat_bytes.py              # 20 + 3 minutes
+    PYTHONSAFEPATH=1 .venv/bin/python tests/bench/chat_bytes.py --speed 4 --idle-seconds 60
+
+``--speed N`` plays the held chat N times faster (messages closer together; the
+server's hold and the browser's pause keep their real length), for a quick try.
 """
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import gzip
 import re
 import socket
 import sys
 import tempfile
+import threading
+import time
 import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,6 +78,8 @@ class Browser:
     cookies: dict[str, str] = field(default_factory=dict)
     sent: int = 0
     received: int = 0
+    #: Seconds to wait for an answer; a held feed reload waits up to the hold time.
+    timeout: float = 30
 
     def request(
         self, method: str, path: str, body: dict[str, str] | None = None, etag: str | None = None
@@ -87,7 +106,7 @@ class Browser:
                 f"Content-Length: {len(payload)}",
             ]
         raw = ("\r\n".join(lines) + "\r\n\r\n").encode() + payload
-        with socket.create_connection((self.host, self.port), timeout=30) as sock:
+        with socket.create_connection((self.host, self.port), timeout=self.timeout) as sock:
             sock.sendall(raw)
             data = b""
             while b"\r\n\r\n" not in data:
@@ -169,18 +188,130 @@ def set_up(participant_url: str, portal_url: str, data_dir: Path) -> tuple[Brows
 
 
 def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
+    parser.add_argument("--speed", type=float, default=1, help="play the held chat N times faster")
+    parser.add_argument("--idle-seconds", type=float, default=180, help="the idle chat's length")
+    parser.add_argument(
+        "--hold", type=float, default=None, help="the server's feed hold, s (its default if unset)"
+    )
+    args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         # The timeline runs in seconds, not minutes: lift the rate limit for this run only.
         env = {"STILLROOM_CHAT_OPENS_MINUTES_BEFORE": "120", "STILLROOM_CHAT_RATE_MESSAGES": "1000"}
+        if args.hold is not None:
+            env["STILLROOM_FEED_HOLD_SECONDS"] = f"{args.hold:g}"
         server = start_server(Path(tmp) / "instance", env)
         try:
             participant, therapist, chat = set_up(server.url, server.portal_url, server.data_dir)
             figures = run_reference_chat(participant, therapist, chat)
+            participant.sent = participant.received = 0
+            figures.update(run_held_chat(participant, therapist, chat, args))
         finally:
             stop_server(server)
     for name, value in figures.items():
         print(f"{name}={value}")
     return 0
+
+
+def refresh_of(feed: str) -> float:
+    """Return the pause a feed page asks for before its next reload."""
+    found = re.search(r'http-equiv="refresh" content="(\d+)"', feed)
+    return float(found.group(1)) if found else 0.0
+
+
+class HeldFeed(threading.Thread):
+    """The feed frame on its own: reload, maybe held, pause as the page says, reload again."""
+
+    def __init__(self, browser: Browser, path: str) -> None:
+        super().__init__(daemon=True)
+        self.browser, self.path = browser, path
+        self.etag: str | None = None
+        self.pause = 0.0
+        self.answers: list[tuple[int, int]] = []  # (status, bytes)
+        self.seen: dict[int, float] = {}  # message number -> when the feed first showed it
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        """Reload until told to stop, noting when each numbered message first shows."""
+        while not self.stopping.is_set():
+            status, headers, feed, cost = self.browser.request("GET", self.path, etag=self.etag)
+            now = time.monotonic()
+            self.answers.append((status, cost))
+            if status == 200:
+                self.etag = headers.get("etag")
+                self.pause = refresh_of(feed) or self.pause
+                for number in re.findall(r"\[(\d+)\]", feed):
+                    self.seen.setdefault(int(number), now)
+            self.stopping.wait(self.pause or 5)
+
+
+def run_held_chat(
+    participant: Browser, therapist: Browser, chat: str, args: argparse.Namespace
+) -> dict[str, int]:
+    """Play the reference chat in real time on the held feed; then leave it idle."""
+    compose_path = f"/en/chat/{chat}/compose"
+    hold_limit = (args.hold if args.hold is not None else 120) + 30
+    feed_browser = Browser(
+        participant.host, participant.port, participant.cookies, timeout=hold_limit
+    )
+    _, _, page, _ = participant.request("GET", f"/en/chat/{chat}")
+    stylesheet = re.search(r'href="(/static/[^"]+)"', page).group(1)  # type: ignore[union-attr]
+    participant.request("GET", stylesheet)  # counted once, as in the chat on reloads
+    _, _, compose, _ = participant.request("GET", compose_path)
+    _, _, t_compose, _ = therapist.request("GET", compose_path)
+    feed = HeldFeed(feed_browser, f"/en/chat/{chat}/feed")
+    feed.start()
+    step = MINUTES * 60 // MESSAGES_EACH_WAY
+    events = sorted(
+        [(step * k, "participant") for k in range(MESSAGES_EACH_WAY)]
+        + [(step * k + step // 2, "therapist") for k in range(MESSAGES_EACH_WAY)]
+    )
+    began = time.monotonic()
+    sent_at: dict[int, float] = {}
+    for number, (moment, who) in enumerate(events):
+        time.sleep(max(0.0, began + moment / args.speed - time.monotonic()))
+        if who == "participant":
+            text = SAMPLE[number % len(SAMPLE)]
+            status, _, compose, _ = participant.request(
+                "POST", compose_path, {"form_token": form_token(compose), "text": text}
+            )
+            assert status == 200, compose
+        else:
+            text = f"{SAMPLE[number % len(SAMPLE)]} [{number}]"
+            sent_at[number] = time.monotonic()
+            status, _, t_compose, _ = therapist.request(
+                "POST", compose_path, {"form_token": form_token(t_compose), "text": text}
+            )
+            assert status == 200, t_compose
+    time.sleep(step / args.speed)  # the last message's delivery
+    chat_bytes = participant.received + feed_browser.received
+    statuses = [status for status, _ in feed.answers]
+    delays = sorted((feed.seen[n] - sent) * 1000 for n, sent in sent_at.items() if n in feed.seen)
+    missing = len(sent_at) - len(delays)
+    print(
+        f"held feed: {statuses.count(200)} pages with news, {statuses.count(304)} unchanged (304);"
+        f" {len(delays)} of {len(sent_at)} of the therapist's messages seen"
+        f" ({missing} missing), chat {chat_bytes} bytes received"
+    )
+    idle_from = len(feed.answers)
+    before = feed_browser.sent + feed_browser.received
+    idle_began = time.monotonic()
+    time.sleep(args.idle_seconds)
+    feed.stopping.set()
+    idle_minutes = (time.monotonic() - idle_began) / 60
+    idle_bytes = feed_browser.sent + feed_browser.received - before
+    print(
+        f"idle: {len(feed.answers) - idle_from} feed answers in {idle_minutes:.1f} minutes,"
+        f" {idle_bytes} bytes both ways"
+    )
+    return {
+        "held_reference_chat_bytes": chat_bytes,
+        "delivery_p50_ms": round(delays[len(delays) // 2]) if delays else -1,
+        "delivery_p99_ms": round(delays[min(len(delays) - 1, int(len(delays) * 0.99))])
+        if delays
+        else -1,
+        "held_feed_idle_bytes_per_minute": round(idle_bytes / idle_minutes),
+    }
 
 
 def run_reference_chat(participant: Browser, therapist: Browser, chat: str) -> dict[str, int]:

@@ -1,11 +1,26 @@
 """How many chats one server carries on this machine, with what latency and memory.
 
-Starts ``stillroom serve --no-tor`` (the production server) on 127.0.0.1 and keeps,
-all at once:
+Starts ``stillroom serve --no-tor`` (the production server) on 127.0.0.1, twice over
+the same data directory, and runs four phases, each measured by the server process's
+own CPU time (``/proc/PID/stat``):
+
+1. *304s*, holding off (``STILLROOM_FEED_HOLD_SECONDS=0``): ``--connections-304``
+   participants reload their unchanged feed as fast as they can: CPU per ``304``, p99;
+2. *idle, plain reloads*, same server: the ``--nojs`` participants reload every
+   ``--interval`` seconds, nobody writes: CPU per idle participant-minute;
+3. *idle, held feeds* (only with ``--feed held``), the server started again with the
+   feed hold on (``--hold`` seconds, else the server's default): each reload waits for
+   news or the hold's end, then the next follows the pause the page asks for;
+4. *chatting*: the load below, CPU per chatting participant-minute.
+
+In the chatting phase it keeps, all at once:
 
 * ``--nojs`` participants without JavaScript, each on its own keep-alive connection,
-  reloading the chat feed every ``--interval`` seconds with ``If-None-Match`` (as Tor
-  Browser does with the meta refresh) and sending a message every ``--talk`` seconds;
+  on held feeds (``--feed held``: a reload may take up to the hold time, and the next
+  follows the page's meta refresh) or on plain reloads every ``--interval`` seconds
+  (``--feed reload``), always with ``If-None-Match`` as Tor Browser sends it, and
+  sending a message every ``--talk`` seconds; a delivery to them is timed from the
+  therapist's send until their feed holds the message;
 * ``--ws`` participants with JavaScript, each holding the chat's WebSocket; their
   therapists write to them every ``--ws-talk`` seconds, and a delivery is timed from
   the moment the therapist's message is sent until the participant holds the feed
@@ -18,10 +33,15 @@ argon2 costs, so that setting up thousands takes seconds; the measured minute ru
 argon2 at all. Latency is measured from this process, after a warm-up of one interval.
 
 Prints the figures and, last,
-``nojs_clients=N nojs_p99_ms=X ws_clients=N ws_p99_ms=X rss_mb=X``
-(``rss_mb`` is the server's peak resident memory, VmHWM).
+``nojs_clients=N nojs_delivery_p99_ms=X ws_clients=N ws_p99_ms=X rss_mb=X
+cpu_us_per_304=X p99_ms_304=X idle_reload_cpu_ms_per_min=X idle_held_cpu_ms_per_min=X
+chatting_cpu_ms_per_min=X errors=N`` (``rss_mb`` is the server's peak resident memory,
+VmHWM, over both servers).
 
-    PYTHONSAFEPATH=1 .venv/bin/python tests/bench/chat_load.py
+    PYTHONSAFEPATH=1 .venv/bin/python tests/bench/chat_load.py                # held feeds
+    PYTHONSAFEPATH=1 .venv/bin/python tests/bench/chat_load.py --feed reload  # 5 s reloads
+    PYTHONSAFEPATH=1 .venv/bin/python tests/bench/chat_load.py --nojs 100 --ws 50 \
+        --seconds 20 --idle-seconds 20 --seconds-304 5                        # a short try
 """
 
 from __future__ import annotations
@@ -30,6 +50,7 @@ import argparse
 import asyncio
 import os
 import random
+import re
 import resource
 import sys
 import tempfile
@@ -52,9 +73,13 @@ from websockets.asyncio.client import connect as websocket
 from stillroom.crypto.kdf import FAST_FOR_TESTS
 from stillroom.webapp.settings import Settings
 
-from support import argon2_env, start_server, stop_server
+from support import LiveServer, argon2_env, start_server, stop_server
 
 TEXT = "Thank you. I would like to talk about how the week went, if that is all right."
+#: A therapist's message to a no-JS participant carries its number, to time its delivery.
+MARKER = re.compile(rb"\[(\d+)\]")
+#: What the feed page asks for before its next reload.
+REFRESH = re.compile(rb'http-equiv="refresh" content="(\d+)"')
 
 
 @dataclass
@@ -65,6 +90,8 @@ class Figures:
     posts: list[float] = field(default_factory=list)
     delivery: list[float] = field(default_factory=list)
     news: list[float] = field(default_factory=list)
+    nojs_delivery: list[float] = field(default_factory=list)
+    sent: dict[int, float] = field(default_factory=dict)
     errors: int = 0
     sockets: int = 0
     server_cpu: float = 0.0
@@ -96,48 +123,91 @@ async def therapist_says(pool: asyncio.Queue[Connection], chat: Chat, text: str)
     return status
 
 
-async def nojs_participant(
-    chat: Chat, port: int, args: argparse.Namespace, figures: Figures
-) -> None:
-    """Reload the feed every interval with If-None-Match; now and then say something."""
-    connection = Connection(port)
+async def reload_feed(
+    connection: Connection, chat: Chat, etag: str, args: argparse.Namespace
+) -> tuple[int, dict[str, str], bytes]:
+    """Reload the feed as the meta refresh does; on a held feed it may take the hold time."""
     feed = f"/en/chat/{chat.appointment}/feed"
-    etag = ""
+    timeout = args.hold_limit + 30 if args.feed == "held" else 30
+    return await connection.request(
+        "GET", feed, chat.participant_cookie, etag=etag, timeout=timeout
+    )
+
+
+async def nojs_participant(
+    chat: Chat, port: int, args: argparse.Namespace, figures: Figures, talks: bool = True
+) -> None:
+    """Reload the feed with If-None-Match, held or every interval; now and then say something.
+
+    On held feeds the next reload follows the pause the page asks for (its meta
+    refresh); a message is written in between, as a person types while the feed waits.
+    """
+    connection = Connection(port)
+    etag, pause = "", args.interval
     await asyncio.sleep(random.uniform(0, args.interval))  # browsers do not move in step
     next_reload = time.monotonic()
     next_talk = next_reload + random.uniform(0, args.talk)
+    writing = None
     while figures.running():
-        if time.monotonic() >= next_talk:
+        if talks and time.monotonic() >= next_talk:
             next_talk += args.talk
-            started = time.monotonic()
-            status, _, _ = await connection.request(
-                "POST",
-                f"/en/chat/{chat.appointment}/compose",
-                chat.participant_cookie,
-                {"form_token": chat.participant_token, "text": TEXT},
-            )
-            if figures.measuring():
-                figures.posts.append((time.monotonic() - started) * 1000)
-                figures.errors += status != 200
+            writing = asyncio.ensure_future(participant_says(chat, port, figures))
         started = time.monotonic()
-        status, headers, _ = await connection.request(
-            "GET", feed, chat.participant_cookie, etag=etag
-        )
+        try:
+            status, headers, content = await reload_feed(connection, chat, etag, args)
+        except (TimeoutError, ConnectionError) as problem:
+            if figures.measuring():
+                figures.errors += 1
+                print(f"feed reload failed: {problem!r}", flush=True)
+            continue
+        done = time.monotonic()
         if figures.measuring():
-            figures.nojs.append((time.monotonic() - started) * 1000)
+            figures.nojs.append((done - started) * 1000)
             figures.errors += status not in (200, 304)
+        if status == 200:
+            for number in MARKER.findall(content):
+                sent = figures.sent.pop(int(number), None)
+                if sent is not None and figures.measuring():
+                    figures.nojs_delivery.append((done - sent) * 1000)
+            asked = REFRESH.search(content)
+            pause = float(asked.group(1)) if asked else args.interval
         etag = headers.get("etag", etag)
-        next_reload += args.interval
-        await asyncio.sleep(max(0.0, next_reload - time.monotonic()))
+        if args.feed == "held":
+            await asyncio.sleep(pause)
+        else:
+            next_reload += args.interval
+            await asyncio.sleep(max(0.0, next_reload - time.monotonic()))
+    if writing is not None:
+        await writing
+
+
+async def participant_says(chat: Chat, port: int, figures: Figures) -> None:
+    """Send a message from a no-JS participant on a connection of its own (the compose frame)."""
+    started = time.monotonic()
+    compose = Connection(port)  # the feed's connection may be held meanwhile
+    try:
+        status, _, _ = await compose.request(
+            "POST",
+            f"/en/chat/{chat.appointment}/compose",
+            chat.participant_cookie,
+            {"form_token": chat.participant_token, "text": TEXT},
+        )
+    finally:
+        compose.close()
+    if figures.measuring():
+        figures.posts.append((time.monotonic() - started) * 1000)
+        figures.errors += status != 200
 
 
 async def nojs_therapist(
     chat: Chat, pool: asyncio.Queue[Connection], args: argparse.Namespace, figures: Figures
 ) -> None:
-    """The other side of a no-JS chat: write back every ``--talk`` seconds."""
+    """The other side of a no-JS chat: write back every ``--talk`` seconds, numbered."""
     await asyncio.sleep(random.uniform(0, args.talk))
     while figures.running():
-        status = await therapist_says(pool, chat, TEXT)
+        number = random.randrange(1 << 40)
+        figures.sent[number] = time.monotonic()
+        status = await therapist_says(pool, chat, f"{TEXT} [{number}]")
         if figures.measuring():
             figures.errors += status != 200
         await asyncio.sleep(args.talk)
@@ -191,14 +261,69 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+async def measure_304s(
+    chats: list[Chat], server_pid: int, port: int, args: argparse.Namespace
+) -> tuple[float, list[float]]:
+    """Reload unchanged feeds as fast as the server answers, on as many connections as chats.
+
+    Return the server's CPU time per ``304`` in microseconds, and each answer's time in ms.
+    """
+    connections = [Connection(port) for _ in chats]
+    etags = []
+    for connection, chat in zip(connections, chats, strict=True):
+        _, headers, _ = await reload_feed(connection, chat, "", args)
+        etags.append(headers["etag"])
+    times: list[float] = []
+    answers = [0]
+    ends = time.monotonic() + args.seconds_304
+
+    async def reload_until_the_end(connection: Connection, chat: Chat, etag: str) -> None:
+        while time.monotonic() < ends:
+            started = time.monotonic()
+            status, _, _ = await reload_feed(connection, chat, etag, args)
+            times.append((time.monotonic() - started) * 1000)
+            assert status == 304, status
+            answers[0] += 1
+
+    before = cpu_seconds(server_pid)
+    await asyncio.gather(
+        *(
+            reload_until_the_end(c, chat, e)
+            for c, chat, e in zip(connections, chats, etags, strict=True)
+        )
+    )
+    cpu = cpu_seconds(server_pid) - before
+    for connection in connections:
+        connection.close()
+    return cpu / max(1, answers[0]) * 1e6, times
+
+
+async def measure_idle(
+    chats: list[Chat], server_pid: int, port: int, args: argparse.Namespace
+) -> tuple[float, int]:
+    """Keep ``chats`` on their feeds with nobody writing; return CPU ms per participant-minute."""
+    figures = Figures()
+    figures.started = time.monotonic() + args.interval + 1  # everyone has reloaded once
+    figures.ends = figures.started + args.idle_seconds
+    tasks = [
+        asyncio.ensure_future(nojs_participant(chat, port, args, figures, talks=False))
+        for chat in chats
+    ]
+    await asyncio.sleep(max(0.0, figures.started - time.monotonic()))
+    before = cpu_seconds(server_pid)
+    await asyncio.sleep(max(0.0, figures.ends - time.monotonic()))
+    cpu = cpu_seconds(server_pid) - before
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    failures = sum(isinstance(result, BaseException) for result in results)
+    minutes = len(chats) * args.idle_seconds / 60
+    return cpu * 1000 / minutes, figures.errors + failures
+
+
 async def run_load(
     chats: list[Chat], server_pid: int, ports: tuple[int, int], args: argparse.Namespace
 ) -> Figures:
-    """Log everyone in, open the sockets, then hold the load for a warm-up and the window."""
+    """Open the sockets, then hold the chatting load for a warm-up and the window."""
     participant_port, portal_port = ports
-    began = time.monotonic()
-    await log_in_all(chats, participant_port, portal_port)
-    print(f"logged {len(chats)} pairs in, {time.monotonic() - began:.0f} s", flush=True)
     figures = Figures()
     pool: asyncio.Queue[Connection] = asyncio.Queue()
     for _ in range(args.portal_connections):
@@ -234,16 +359,92 @@ async def run_load(
     return figures
 
 
+def ports_of(server: LiveServer) -> tuple[int, int]:
+    """Return the participant app's and the portal's ports."""
+    return (
+        urllib.parse.urlsplit(server.url).port,  # type: ignore[return-value]
+        urllib.parse.urlsplit(server.portal_url).port,
+    )
+
+
+async def without_hold(
+    chats: list[Chat], server: LiveServer, args: argparse.Namespace
+) -> dict[str, float]:
+    """Phases 1 and 2, on a server that holds no reload."""
+    participant_port, portal_port = ports_of(server)
+    pid = server.process.pid
+    began = time.monotonic()
+    await log_in_all(chats[: args.nojs], participant_port, portal_port)
+    print(f"logged {args.nojs} pairs in, {time.monotonic() - began:.0f} s", flush=True)
+    per_304, times = await measure_304s(chats[: args.connections_304], pid, participant_port, args)
+    print(
+        f"304s: {len(times)} in {args.seconds_304:.0f} s on {args.connections_304} connections,"
+        f" {per_304:.0f} µs of server CPU each, p50 {percentile(times, 0.5):.1f} ms,"
+        f" p99 {percentile(times, 0.99):.1f} ms",
+        flush=True,
+    )
+    reload_args = argparse.Namespace(**{**vars(args), "feed": "reload"})
+    idle, errors = await measure_idle(chats[: args.nojs], pid, participant_port, reload_args)
+    print(
+        f"idle, reloads every {args.interval:.0f} s: {idle:.2f} ms of server CPU per"
+        f" participant-minute ({args.nojs} participants, {args.idle_seconds:.0f} s)",
+        flush=True,
+    )
+    return {
+        "cpu_us_per_304": per_304,
+        "p99_ms_304": percentile(times, 0.99),
+        "idle_reload_cpu_ms_per_min": idle,
+        "errors": errors,
+    }
+
+
+async def with_hold(
+    chats: list[Chat], server: LiveServer, args: argparse.Namespace
+) -> tuple[dict[str, float], Figures]:
+    """Phases 3 and 4, on a server with the chosen feed mode."""
+    participant_port, portal_port = ports_of(server)
+    pid = server.process.pid
+    began = time.monotonic()
+    await log_in_all(chats, participant_port, portal_port)
+    print(f"logged {len(chats)} pairs in, {time.monotonic() - began:.0f} s", flush=True)
+    figures: dict[str, float] = {"errors": 0}
+    if args.feed == "held":
+        idle, errors = await measure_idle(chats[: args.nojs], pid, participant_port, args)
+        print(
+            f"idle, held feeds: {idle:.2f} ms of server CPU per participant-minute",
+            flush=True,
+        )
+        figures.update(idle_held_cpu_ms_per_min=idle, errors=errors)
+    load = await run_load(chats, pid, (participant_port, portal_port), args)
+    minutes = len(chats) * args.seconds / 60
+    figures["chatting_cpu_ms_per_min"] = load.server_cpu * args.seconds * 1000 / minutes
+    return figures, load
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
     parser.add_argument("--nojs", type=int, default=1000, help="no-JS participants")
     parser.add_argument("--ws", type=int, default=500, help="participants with the WebSocket")
-    parser.add_argument("--interval", type=float, default=5, help="feed reload interval, s")
+    parser.add_argument(
+        "--feed",
+        choices=("held", "reload"),
+        default="held",
+        help="no-JS feeds held until news (a server without the hold answers at once, and"
+        " the next reload follows the page's refresh) or reloaded every --interval",
+    )
+    parser.add_argument(
+        "--hold", type=float, default=None, help="the server's feed hold, s (its default if unset)"
+    )
+    parser.add_argument("--interval", type=float, default=5, help="plain reload interval, s")
     parser.add_argument("--talk", type=float, default=60, help="seconds between messages")
     parser.add_argument("--ws-talk", type=float, default=20, help="seconds between deliveries")
-    parser.add_argument("--seconds", type=float, default=60, help="length of the measured window")
+    parser.add_argument("--seconds", type=float, default=60, help="the chatting window, s")
+    parser.add_argument("--idle-seconds", type=float, default=60, help="each idle window, s")
+    parser.add_argument("--seconds-304", type=float, default=10, help="the 304 window, s")
+    parser.add_argument("--connections-304", type=int, default=20)
     parser.add_argument("--portal-connections", type=int, default=50)
     args = parser.parse_args()
+    args.hold_limit = args.hold if args.hold is not None else 120
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # the server inherits it
     with tempfile.TemporaryDirectory() as tmp:
@@ -257,20 +458,28 @@ def main() -> int:
         began = time.monotonic()
         chats = create_chats(args.nojs + args.ws, Settings.load())
         print(f"created {len(chats)} pairs, {time.monotonic() - began:.0f} s", flush=True)
-        server = start_server(data_dir, env)
+        server = start_server(data_dir, {**env, "STILLROOM_FEED_HOLD_SECONDS": "0"})
         try:
-            ports = (
-                urllib.parse.urlsplit(server.url).port,
-                urllib.parse.urlsplit(server.portal_url).port,
-            )
-            figures = asyncio.run(run_load(chats, server.process.pid, ports, args))  # type: ignore[arg-type]
+            plain = asyncio.run(without_hold(chats, server, args))
             rss = peak_rss_mb(server.process.pid)
+            print(f"peak RSS of the server without the hold: {rss:.0f} MB", flush=True)
         finally:
             stop_server(server)
+        hold = {} if args.hold is None else {"STILLROOM_FEED_HOLD_SECONDS": f"{args.hold:g}"}
+        if args.feed == "reload":
+            hold = {"STILLROOM_FEED_HOLD_SECONDS": "0"}
+        server = start_server(data_dir, {**env, **hold})
+        try:
+            held, figures = asyncio.run(with_hold(chats, server, args))
+            rss = max(rss, peak_rss_mb(server.process.pid))
+        finally:
+            stop_server(server)
+    errors = int(plain["errors"] + held["errors"]) + figures.errors
     print(
-        f"no-JS: {len(figures.nojs)} feed reloads in {args.seconds:.0f} s"
-        f" ({len(figures.nojs) / args.seconds:.0f}/s), p50 {percentile(figures.nojs, 0.5):.1f} ms,"
-        f" p99 {percentile(figures.nojs, 0.99):.1f} ms;"
+        f"no-JS ({args.feed}): {len(figures.nojs)} feed answers in {args.seconds:.0f} s,"
+        f" {len(figures.nojs_delivery)} deliveries p50"
+        f" {percentile(figures.nojs_delivery, 0.5):.1f} ms,"
+        f" p99 {percentile(figures.nojs_delivery, 0.99):.1f} ms;"
         f" {len(figures.posts)} messages sent, p99 {percentile(figures.posts, 0.99):.1f} ms"
     )
     print(
@@ -280,15 +489,20 @@ def main() -> int:
         f" p99 {percentile(figures.delivery, 0.99):.1f} ms"
     )
     print(
-        f"CPU in the window: server {figures.server_cpu:.0%} of a core,"
-        f" this load generator {figures.client_cpu:.0%}; errors: {figures.errors}"
+        f"CPU in the chatting window: server {figures.server_cpu:.0%} of a core,"
+        f" this load generator {figures.client_cpu:.0%}; errors: {errors}"
     )
     print(
-        f"nojs_clients={args.nojs} nojs_p99_ms={percentile(figures.nojs, 0.99):.1f}"
+        f"nojs_clients={args.nojs}"
+        f" nojs_delivery_p99_ms={percentile(figures.nojs_delivery, 0.99):.1f}"
         f" ws_clients={figures.sockets} ws_p99_ms={percentile(figures.delivery, 0.99):.1f}"
-        f" rss_mb={rss:.0f}"
+        f" rss_mb={rss:.0f} cpu_us_per_304={plain['cpu_us_per_304']:.0f}"
+        f" p99_ms_304={plain['p99_ms_304']:.1f}"
+        f" idle_reload_cpu_ms_per_min={plain['idle_reload_cpu_ms_per_min']:.2f}"
+        f" idle_held_cpu_ms_per_min={held.get('idle_held_cpu_ms_per_min', float('nan')):.2f}"
+        f" chatting_cpu_ms_per_min={held['chatting_cpu_ms_per_min']:.2f} errors={errors}"
     )
-    return 1 if figures.errors else 0
+    return 1 if errors else 0
 
 
 if __name__ == "__main__":
