@@ -213,10 +213,21 @@ def main() -> int:
     return 0
 
 
-def refresh_of(feed: str) -> float:
-    """Return the pause a feed page asks for before its next reload."""
-    found = re.search(r'http-equiv="refresh" content="(\d+)"', feed)
-    return float(found.group(1)) if found else 0.0
+def refresh_of(feed: str) -> tuple[float, str]:
+    """Return the pause a feed page asks for before its next reload, and the address it
+    reloads (a held feed's reload names the page it shows, ``?seen=``)."""
+    found = re.search(r'http-equiv="refresh" content="(\d+)(?:; url=([^"]*))?"', feed)
+    return (float(found.group(1)), found.group(2) or "") if found else (0.0, "")
+
+
+def plain_interval(feed: str) -> int:
+    """Return the interval of plain reloads, which the reference run replays.
+
+    With the hold on, a page asks for a short pause and names the reload to hold
+    (``?seen=``); the plain reloads it replays come at the 5 s a server without it asks.
+    """
+    pause, held = refresh_of(feed)
+    return 5 if held else int(pause)
 
 
 class HeldFeed(threading.Thread):
@@ -225,6 +236,7 @@ class HeldFeed(threading.Thread):
     def __init__(self, browser: Browser, path: str) -> None:
         super().__init__(daemon=True)
         self.browser, self.path = browser, path
+        self.query = ""
         self.etag: str | None = None
         self.pause = 0.0
         self.answers: list[tuple[int, int]] = []  # (status, bytes)
@@ -234,12 +246,15 @@ class HeldFeed(threading.Thread):
     def run(self) -> None:
         """Reload until told to stop, noting when each numbered message first shows."""
         while not self.stopping.is_set():
-            status, headers, feed, cost = self.browser.request("GET", self.path, etag=self.etag)
+            status, headers, feed, cost = self.browser.request(
+                "GET", self.path + self.query, etag=self.etag
+            )
             now = time.monotonic()
             self.answers.append((status, cost))
             if status == 200:
                 self.etag = headers.get("etag")
-                self.pause = refresh_of(feed) or self.pause
+                pause, self.query = refresh_of(feed)
+                self.pause = pause or self.pause
                 for number in re.findall(r"\[(\d+)\]", feed):
                     self.seen.setdefault(int(number), now)
             self.stopping.wait(self.pause or 5)
@@ -327,7 +342,7 @@ def run_reference_chat(participant: Browser, therapist: Browser, chat: str) -> d
     _, _, compose, compose_bytes = participant.request("GET", compose_path)
     _, headers, feed, first_feed = participant.request("GET", feed_path)
     etag = headers.get("etag")
-    interval = int(re.search(r'content="(\d+)"', feed).group(1))  # type: ignore[union-attr]
+    interval = plain_interval(feed)
     _, _, t_compose, _ = therapist.request("GET", compose_path)
 
     step = MINUTES * 60 // MESSAGES_EACH_WAY
@@ -356,7 +371,7 @@ def run_reference_chat(participant: Browser, therapist: Browser, chat: str) -> d
             else:
                 changed.append(cost)
                 etag = headers.get("etag")
-                interval = int(re.search(r'content="(\d+)"', feed).group(1))  # type: ignore[union-attr]
+                interval = plain_interval(feed)
             next_reload = clock + interval
         clock += 1
     total = participant.received

@@ -79,7 +79,9 @@ TEXT = "Thank you. I would like to talk about how the week went, if that is all 
 #: A therapist's message to a no-JS participant carries its number, to time its delivery.
 MARKER = re.compile(rb"\[(\d+)\]")
 #: What the feed page asks for before its next reload.
-REFRESH = re.compile(rb'http-equiv="refresh" content="(\d+)"')
+#: A feed page's meta refresh: its pause, and the address it reloads (a held feed's
+#: reload names the page it shows, ``?seen=``; only such reloads are held).
+REFRESH = re.compile(rb'http-equiv="refresh" content="(\d+)(?:; url=([^"]*))?"')
 
 
 @dataclass
@@ -124,10 +126,10 @@ async def therapist_says(pool: asyncio.Queue[Connection], chat: Chat, text: str)
 
 
 async def reload_feed(
-    connection: Connection, chat: Chat, etag: str, args: argparse.Namespace
+    connection: Connection, chat: Chat, etag: str, args: argparse.Namespace, query: str = ""
 ) -> tuple[int, dict[str, str], bytes]:
     """Reload the feed as the meta refresh does; on a held feed it may take the hold time."""
-    feed = f"/en/chat/{chat.appointment}/feed"
+    feed = f"/en/chat/{chat.appointment}/feed{query}"
     timeout = args.hold_limit + 30 if args.feed == "held" else 30
     return await connection.request(
         "GET", feed, chat.participant_cookie, etag=etag, timeout=timeout
@@ -143,7 +145,7 @@ async def nojs_participant(
     refresh); a message is written in between, as a person types while the feed waits.
     """
     connection = Connection(port)
-    etag, pause = "", args.interval
+    etag, pause, query = "", args.interval, ""
     await asyncio.sleep(random.uniform(0, args.interval))  # browsers do not move in step
     next_reload = time.monotonic()
     next_talk = next_reload + random.uniform(0, args.talk)
@@ -154,7 +156,7 @@ async def nojs_participant(
             writing = asyncio.ensure_future(participant_says(chat, port, figures))
         started = time.monotonic()
         try:
-            status, headers, content = await reload_feed(connection, chat, etag, args)
+            status, headers, content = await reload_feed(connection, chat, etag, args, query)
         except (TimeoutError, ConnectionError) as problem:
             if figures.measuring():
                 figures.errors += 1
@@ -171,6 +173,7 @@ async def nojs_participant(
                     figures.nojs_delivery.append((done - sent) * 1000)
             asked = REFRESH.search(content)
             pause = float(asked.group(1)) if asked else args.interval
+            query = asked.group(2).decode() if asked and asked.group(2) else ""
         etag = headers.get("etag", etag)
         if args.feed == "held":
             await asyncio.sleep(pause)
