@@ -527,9 +527,10 @@ class Chat:
         path = f"/en/chat/{self.id}/compose"
         return client.post(path, data={**form_fields(html), "text": text})
 
-    def feed(self, who: str, **headers):
+    def feed(self, who: str, query: str = "", **headers):
+        """Load one side's feed frame, or its variant ``query`` (``live=1``, ``pause=1``)."""
         client = self.auth.client if who == "participant" else self.therapist.client
-        return client.get(f"/en/chat/{self.id}/feed", headers=headers)
+        return client.get(f"/en/chat/{self.id}/feed{'?' if query else ''}{query}", headers=headers)
 
 
 def generated(examples: int) -> Any:

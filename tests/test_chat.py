@@ -875,3 +875,55 @@ def test_a_feed_says_the_chat_has_ended_once_its_time_is_up(chat, clock, setting
     clock.now = ends_at
     ended = chat.feed("participant", **{"If-None-Match": etag})
     assert ended.status_code == 200 and "The chat has ended" in ended.get_data(as_text=True)
+
+
+@pytest.mark.parametrize("who", ["participant", "therapist"])
+def test_the_live_and_paused_feeds_never_refresh_themselves(chat, who):
+    """Where the script reloads the feed on news (``?live=1``), or the reader paused it
+    (``?pause=1``), the feed has no timed refresh (WCAG 2.2.1); each is a page of its own."""
+    chat.at(STARTS)
+    chat.say("participant", "hello")
+    plain = chat.feed(who)
+    assert 'http-equiv="refresh"' in plain.get_data(as_text=True)
+    etags = {plain.headers["ETag"]}
+    for query in ("live=1", "pause=1"):
+        page = chat.feed(who, query)
+        html = page.get_data(as_text=True)
+        assert page.status_code == 200 and "hello" in html, query
+        assert "http-equiv" not in html and 'class="stale' not in html, query
+        assert ("Updates are paused." in html) == (query == "pause=1")
+        etags.add(page.headers["ETag"])
+        # A browser that kept the plain feed gets this page, not a 304 for the other one.
+        other = chat.feed(who, query, **{"If-None-Match": plain.headers["ETag"]})
+        assert other.status_code == 200, query
+    assert len(etags) == 3, "each variant has an ETag of its own"
+
+
+def test_a_paused_feed_checks_once_and_resumes(chat):
+    """The paused feed's links: check again (still paused) or go back to the plain feed."""
+    chat.at(STARTS)
+    paused = chat.feed("participant", "pause=1").get_data(as_text=True)
+    assert re.search(r'<a href="\?pause=1">Check for new messages</a>', paused)
+    assert re.search(r'<a href="feed">Resume updates</a>', paused)
+    chat.say("therapist", "are you there?")
+    again = chat.feed("participant", "pause=1").get_data(as_text=True)
+    assert "are you there?" in again and "http-equiv" not in again
+    for who, client in (("participant", chat.auth.client), ("therapist", chat.therapist.client)):
+        page = client.get(f"/en/chat/{chat.id}").get_data(as_text=True)
+        link = f'<a href="/en/chat/{chat.id}/feed?pause=1" target="feed">Pause updates</a>'
+        assert link in page, who
+        assert 'name="feed"' in page, who
+
+
+def test_the_frames_opened_on_their_own_have_a_main_landmark_and_a_heading(chat):
+    """The feed and compose documents each have ``main`` and an ``h1``; the message list
+    can take the keyboard's focus and has a name."""
+    chat.at(STARTS)
+    for who in ("participant", "therapist"):
+        feed = chat.feed(who).get_data(as_text=True)
+        assert "<main><h1>Messages</h1>" in feed and feed.rstrip().endswith("</main>")
+        assert '<ol class="messages" tabindex="0" aria-label="Messages">' in feed
+        client = chat.auth.client if who == "participant" else chat.therapist.client
+        compose = client.get(f"/en/chat/{chat.id}/compose").get_data(as_text=True)
+        assert "<main><h1>Write a message</h1>" in compose
+        assert compose.rstrip().endswith("</main>")

@@ -307,3 +307,24 @@ def test_with_holding_off_reloads_answer_at_once(tmp_path):
         assert again.status == 304 and again.seconds < 0.5
     finally:
         stop_server(server)
+
+
+@pytest.mark.parametrize("side", ["participant", "therapist"])
+def test_the_live_and_paused_feeds_are_never_held(held, side):
+    """The live script's reload and a paused feed's "Check" are answered at once, even
+    when they name the feed they show, and carry no refresh of their own."""
+    server, chats = held
+    chat = chats[0]
+    url, cookie = (
+        (server.url, chat.participant_cookie)
+        if side == "participant"
+        else (server.portal_url, chat.therapist_cookie)
+    )
+    for query in ("live=1", "pause=1"):
+        path = f"/en/chat/{chat.appointment}/feed?{query}"
+        first = get(url, path, cookie)
+        assert first.status == 200 and REFRESH.search(first.body) is None, query
+        etag = first.headers["etag"]
+        again = get(url, f"{path}&seen={bare(etag)}", cookie, etag if side == "participant" else "")
+        assert again.status == (304 if side == "participant" else 200), query
+        assert again.seconds < 0.5, f"{query} was held"

@@ -14,7 +14,10 @@ costs one small ``304`` a minute.
 
 With JavaScript, the small ``live.js`` (the only script anywhere, allowed by CSP on
 chat pages alone) opens a WebSocket that says "news" when the chat changes, and
-the feed frame reloads at once.
+the feed frame reloads at once; while the socket is open the frame shows the feed
+without a timed refresh (``?live=1``). Without script, the chat page's "Pause
+updates" link loads the feed without a refresh too (``?pause=1``), until the
+participant resumes.
 """
 
 from __future__ import annotations
@@ -345,12 +348,13 @@ def feed(appointment: ChatAppointment, side: Side) -> Response:
             )
         except ConversationLockedError:
             locked = True
-    interval = refresh_seconds(appointment, messages, side.role)
+    variant = feed_variant()
+    interval = None if variant else refresh_seconds(appointment, messages, side.role)
     newest = messages[-1].seq if messages else 0  # what this page shows, not a later count
     status = window_text(appointment, side)
     empty = "" if messages or locked else empty_text(appointment, side)
     state = (
-        f"{conversation_id}:{newest}:{interval}:{locked}:"
+        f"{variant}:{conversation_id}:{newest}:{interval}:{locked}:"
         f"{status}:{empty}:{side.zone}:{current_language()}"
     )
     # 48 bits: a changed page matches the copy a browser holds once in 2**48 changes.
@@ -369,6 +373,7 @@ def feed(appointment: ChatAppointment, side: Side) -> Response:
             status=status,
             empty=empty,
             other=other_label(side),
+            paused=variant == "pause",
             # Only the frame's own reloads say what they show, and only they are held:
             # opening the page again must show the messages at once.
             reload=f"?seen={etag}" if hold_seconds() else "",
@@ -378,6 +383,21 @@ def feed(appointment: ChatAppointment, side: Side) -> Response:
     response.headers["Cache-Control"] = feed_cache_control(side.role)
     response.content_type = FRAME_CONTENT_TYPE
     return gzip_if_accepted(response)
+
+
+def feed_variant() -> str:
+    """Return which feed the frame asked for: ``"live"`` (``?live=1``, reloaded by the
+    live script on news), ``"pause"`` (``?pause=1``, updates paused by the reader), or
+    ``""`` (the feed that reloads itself).
+
+    Neither variant carries a timed refresh (WCAG 2.2.1), and neither is held. The
+    pause lives only in the frame's address, never in a cookie.
+    """
+    if request.args.get("live") == "1":
+        return "live"
+    if request.args.get("pause") == "1":
+        return "pause"
+    return ""
 
 
 def unchanged_feed(appointment: ChatAppointment, role: str) -> Response | None:
@@ -397,10 +417,11 @@ def unchanged_feed(appointment: ChatAppointment, role: str) -> Response | None:
 
 
 def shown_key(appointment: ChatAppointment) -> tuple[bytes, str, str]:
-    """Return the feed cache's key: this session, this appointment, this language."""
+    """Return the feed cache's key: this session, this appointment, this language and
+    variant (each variant is a page of its own, with its own ETag)."""
     session = current_session()
     assert session is not None
-    return session.token_hash, appointment.id, current_language()
+    return session.token_hash, appointment.id, f"{current_language()}{feed_variant()}"
 
 
 def next_change(appointment: ChatAppointment, messages: list[ShownMessage], role: str) -> int:
@@ -639,12 +660,15 @@ def add_chat_routes(
 
     @login_required
     def chat_feed(appointment_id: str) -> Response:
-        """The feed frame, which reloads itself (held until news when nothing is new)."""
+        """The feed frame, which reloads itself (held until news when nothing is new),
+        or its live or paused variant, which does not."""
 
         def answer_now(appointment: ChatAppointment) -> Response:
             # A 304 from memory when the browser's page is current: no side, no decryption.
             return unchanged_feed(appointment, role) or feed(appointment, side())
 
+        if feed_variant():  # reloaded by the script or by the reader, never by a timer
+            return answer_now(own(appointment_id))
         answer = held_feed(lambda: own(appointment_id), answer_now, logged_in)
         if answer is not None:
             return answer
