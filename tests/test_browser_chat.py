@@ -276,3 +276,42 @@ def test_the_script_note_shows_only_where_script_runs(
         else:
             assert not note.is_displayed()
         close_other_tabs(browser, participant_tab)
+
+
+#: What the feed frame shows now, read inside it.
+FEED_STATE = (
+    "return {query: location.search, loaded: performance.timeOrigin,"
+    " refresh: Boolean(document.querySelector('meta[http-equiv=refresh]')),"
+    " text: document.body ? document.body.textContent : ''};"
+)
+#: Where focus is inside the current document, and whether it shows as keyboard focus.
+FOCUS = (
+    "const e = document.activeElement, s = e ? getComputedStyle(e) : null;"
+    " return {tag: e ? e.tagName : null, id: e ? e.id : null, label: e ? e.ariaLabel : null,"
+    " visible: e ? e.matches(':focus-visible') : false,"
+    " outline: s ? s.outlineStyle + ' ' + s.outlineWidth : '',"
+    " focused: document.hasFocus()};"
+)
+
+
+def in_frame(browser: Marionette, frame_class: str, script: str) -> dict[str, object]:
+    """Run ``script`` inside one of the chat page's frames and come back to the page."""
+    browser.switch_to_frame(browser.find_element(By.CSS_SELECTOR, f"iframe.{frame_class}"))
+    try:
+        return dict(browser.execute_script(script))
+    finally:
+        browser.switch_to_frame()
+
+
+def press_tab(browser: Marionette) -> None:
+    """Press the Tab key, as a keyboard user does."""
+    browser.actions.sequence("key", "keyboard").key_down("\ue004").key_up("\ue004").perform()
+
+
+def click_in_feed(browser: Marionette, link_text: str) -> None:
+    """Follow a link inside the feed frame."""
+    browser.switch_to_frame(browser.find_element(By.CSS_SELECTOR, "iframe.feed"))
+    try:
+        browser.find_element(By.LINK_TEXT, link_text).click()
+    finally:
+        browser.switch_to_frame()

@@ -13,9 +13,10 @@ import pytest
 from loadclients import Chat, create_chats, log_in, percentile
 from marionette_driver.by import By
 from marionette_driver.marionette import Marionette
-from test_browser_nojs import PREFS, page_ready, press, running_firefox, wait
+from test_browser_chat import FEED_STATE, FOCUS, click_in_feed, in_frame, press_tab
+from test_browser_nojs import PREFS, has, log_out, page_ready, press, running_firefox, visit, wait
 from test_browser_nojs import log_in as log_in_browser
-from test_held_feed import port_of, write
+from test_held_feed import port_of, serve, write
 
 from stillroom.webapp.settings import Settings
 
@@ -152,3 +153,123 @@ def test_messages_reach_a_held_feed_at_once(
     print(f"server connections before leaving {before}, after {after}")
     assert "CLOSE_WAIT" not in after.values(), after
     assert set(before) - set(after), "the held reload's connection was let go"
+
+
+def open_chat(browser: Marionette, server: LiveServer, chat: Chat) -> None:
+    """Log the participant in afresh and open the chat page."""
+    base = f"{server.url}/en"
+    visit(browser, f"{base}/")
+    if has(browser, "footer form"):  # logged in by an earlier test (cookies ignore ports)
+        log_out(browser)
+    log_in_browser(browser, base, chat.passphrase)
+    browser.navigate(f"{base}/chat/{chat.appointment}")
+    wait(browser, page_ready)
+
+
+def test_updates_pause_check_and_resume_without_script(
+    firefox: Marionette, holding: tuple[LiveServer, Chat]
+) -> None:
+    """ "Pause updates" stops the held feed's reloads; "Check for new messages" shows news
+    once, still paused; "Resume updates" brings them back. Only the frame's address knows."""
+    server, chat = holding
+    open_chat(firefox, server, chat)
+    page = str(firefox.get_url())
+    time.sleep(1.5)  # the frame's first reload is held by now: pausing ends it
+    firefox.find_element(By.LINK_TEXT, "Pause updates").click()
+    wait(firefox, lambda b: in_frame(b, "feed", FEED_STATE)["query"] == "?pause=1")
+    paused = in_frame(firefox, "feed", FEED_STATE)
+    assert "Updates are paused." in str(paused["text"]) and not paused["refresh"]
+    assert str(firefox.get_url()) == page, "only the frame changed"
+
+    write(server, chat, "Written while the updates were paused.")
+    time.sleep(4)  # a held feed shows news within a second
+    still = in_frame(firefox, "feed", FEED_STATE)
+    assert still["loaded"] == paused["loaded"], "the paused feed reloaded by itself"
+    assert "Written while the updates were paused." not in str(still["text"])
+
+    click_in_feed(firefox, "Check for new messages")
+    wait(firefox, lambda b: "while the updates" in str(in_frame(b, "feed", FEED_STATE)["text"]))
+    checked = in_frame(firefox, "feed", FEED_STATE)
+    assert checked["query"] == "?pause=1" and not checked["refresh"], "still paused"
+
+    click_in_feed(firefox, "Resume updates")
+    wait(firefox, lambda b: in_frame(b, "feed", FEED_STATE)["query"] == "")
+    assert in_frame(firefox, "feed", FEED_STATE)["refresh"], "the feed reloads itself again"
+    write(server, chat, "Written after resuming.")
+    wait(firefox, lambda b: "after resuming" in str(in_frame(b, "feed", FEED_STATE)["text"]), 3)
+
+
+@pytest.mark.parametrize("held", [True, False], ids=["held", "plain"])
+def test_the_message_list_takes_visible_focus_and_a_reload_moves_it(
+    firefox: Marionette, holding: tuple[LiveServer, Chat], tmp_path, held: bool
+) -> None:
+    """Tab into the feed lands on the named message list, with a visible outline. A reload
+    with news (held, or at once with holding off) replaces the frame's document: focus
+    stays on the frame, on its new document's body (no ring), and the next Tab is the list."""
+    server, chat = holding
+    other = None
+    if not held:
+        other, [chat] = serve(tmp_path / "instance", 0, pairs=1)
+        server = other
+    try:
+        open_chat(firefox, server, chat)
+        time.sleep(1.5)  # a held feed's first reload waits on the server by now
+        firefox.execute_script("document.querySelector('iframe.feed').focus();")
+        press_tab(firefox)
+        focus = in_frame(firefox, "feed", FOCUS)
+        assert focus["tag"] == "OL" and focus["label"] == "Messages", focus
+        assert focus["visible"] and str(focus["outline"]).startswith("solid"), focus
+        text = f"News while the list has focus ({'held' if held else 'plain'})."
+        write(server, chat, text)
+        wait(firefox, lambda b: text in str(in_frame(b, "feed", FEED_STATE)["text"]), 15)
+        after = in_frame(firefox, "feed", FOCUS)
+        page = dict(firefox.execute_script(FOCUS))
+        print(f"after a {'held' if held else 'plain'} reload: frame {after}, page {page}")
+        assert page["tag"] == "IFRAME", "focus stays on the frame"
+        assert after["tag"] == "BODY" and after["focused"], "on the new document's body"
+        press_tab(firefox)
+        assert in_frame(firefox, "feed", FOCUS)["tag"] == "OL", "one Tab back to the list"
+    finally:
+        if other is not None:
+            stop_server(other)
+
+
+def test_after_send_one_tab_reaches_the_box_without_script(
+    firefox: Marionette, holding: tuple[LiveServer, Chat]
+) -> None:
+    """Without script nothing can move focus after a send: the box is the first thing the
+    keyboard reaches in the new compose document."""
+    server, chat = holding
+    open_chat(firefox, server, chat)
+    firefox.switch_to_frame(firefox.find_element(By.CSS_SELECTOR, "iframe.compose"))
+    firefox.find_element(By.ID, "text").send_keys("Sent with the keyboard.")
+    press(firefox, firefox.find_element(By.CSS_SELECTOR, "form button"))
+    firefox.switch_to_frame()
+    press_tab(firefox)
+    focus = in_frame(firefox, "compose", FOCUS)
+    assert (focus["tag"], focus["id"]) == ("TEXTAREA", "text"), focus
+
+
+def test_the_page_paints_its_own_background_light_and_dark(
+    firefox: Marionette, holding: tuple[LiveServer, Chat]
+) -> None:
+    """The root says its colours (Canvas, CanvasText), so contrast checks read what is shown."""
+    server, _ = holding
+    colours = (
+        "const s = getComputedStyle(document.documentElement); return [s.backgroundColor, s.color];"
+    )
+    seen = {}
+    # Tor Browser resists fingerprinting by always looking light; the dark look is for others.
+    for scheme, override in (("light", 1), ("dark", 0)):
+        prefs = {
+            "privacy.resistFingerprinting": False,
+            "layout.css.prefers-color-scheme.content-override": override,
+        }
+        with firefox.using_prefs(prefs):
+            visit(firefox, f"{server.url}/en/help")
+            seen[scheme] = firefox.execute_script(colours)
+    print(f"the root's background and text: {seen}")
+    assert seen["light"] == ["rgb(255, 255, 255)", "rgb(0, 0, 0)"], seen
+    background, text = seen["dark"]
+    assert background not in ("rgba(0, 0, 0, 0)", "rgb(255, 255, 255)"), seen
+    assert text != "rgb(0, 0, 0)", seen
