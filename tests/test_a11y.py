@@ -104,6 +104,8 @@ class Audit:
     version: str = ""
     endpoints: set[str] = field(default_factory=set)
     violations: list[str] = field(default_factory=list)
+    #: Said after each page's address in the report, e.g. " in dark mode".
+    mode: str = ""
 
     def page(self, url: str, error_page: bool = False) -> None:
         """Load ``url`` and audit it, with every frame it holds.
@@ -153,7 +155,7 @@ class Audit:
             nodes = ", ".join(rule["nodes"][:NODES_SHOWN])
             more = len(rule["nodes"]) - NODES_SHOWN
             self.violations.append(
-                f"{where}: {rule['id']} ({rule['impact']}) at {nodes}"
+                f"{where}{self.mode}: {rule['id']} ({rule['impact']}) at {nodes}"
                 + (f" and {more} more" if more > 0 else "")
             )
 
@@ -340,6 +342,22 @@ def audit_study(audit: Audit, server: LiveServer) -> None:
     log_out(browser)
 
 
+#: Tor Browser's fingerprinting defence always reports a light scheme, so it is set aside.
+DARK = {"privacy.resistFingerprinting": False, "ui.systemUsesDarkTheme": 1}
+
+
+def audit_dark(audit: Audit, server: LiveServer) -> None:
+    """Audit a few pages again as a system in dark mode shows them (contrast above all)."""
+    audit.mode = " in dark mode"
+    with audit.browser.using_prefs(DARK):
+        for lang in AUDITED_LANGUAGES:
+            for url in [f"{server.url}/{lang}/", f"{server.url}/{lang}/help"]:
+                audit.page(url)
+                dark = "return matchMedia('(prefers-color-scheme: dark)').matches;"
+                assert audit.browser.execute_script(dark, sandbox="system"), url
+            audit.page(f"{server.portal_url}/{lang}/login")
+
+
 def test_every_page_passes_wcag_a_and_aa_in_two_languages(
     firefox: Marionette, live_server: LiveServer, study_server: LiveServer, tmp_path: Path
 ) -> None:
@@ -351,6 +369,7 @@ def test_every_page_passes_wcag_a_and_aa_in_two_languages(
     audit = Audit(firefox, axe_source(), apps)
     audit_open_mode(audit, live_server)
     audit_study(audit, study_server)
+    audit_dark(audit, live_server)
 
     print(f"axe-core {audit.version}: axe runs: {audit.runs}")
     pages = set().union(*(pages_of(app) for app in apps.values()))
