@@ -11,12 +11,12 @@ export PYTHONSAFEPATH := 1
 SERVE_DEBS := python3-venv tor
 TEST_DEBS := $(SERVE_DEBS) firefox-esr e2fsprogs mount faketime
 
-.PHONY: serve test install install-test debs debs-test catalogs lint FORCE
+.PHONY: serve test install install-test debs debs-test catalogs lint axe FORCE
 
 serve: install
 	$(BIN)/stillroom serve
 
-test: install-test
+test: install-test axe
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
@@ -66,5 +66,31 @@ $(TEST_STAMP): pyproject.toml $(PACKAGE_FILES)
 install: debs $(SERVE_STAMP)
 
 install-test: debs-test $(TEST_STAMP)
+
+# axe-core, the accessibility engine that tests/test_a11y.py puts into each page. It comes
+# from the npm registry as a pinned tarball, checked against the integrity the registry
+# publishes for that version, and is fetched once: a repeat run downloads nothing. No npm
+# is needed, only Python (the download and the check) and tar.
+AXE_VERSION := 4.14.1
+AXE_INTEGRITY := sha512-FHfa+lmNjQZfJz1q8wKqIDwC6DExcHt/pkjNQb09a3NPjCKg2rhu5qb2S4r76ASyFNNtuFooJpZe37OgudVGtQ==
+AXE_DIR := $(VENV)/axe-core
+AXE_TGZ := $(AXE_DIR)/axe-core-$(AXE_VERSION).tgz
+AXE_JS := $(AXE_DIR)/axe.min.js
+
+$(AXE_TGZ): | $(BIN)/python
+	mkdir -p $(AXE_DIR)
+	$(BIN)/python -c 'import sys, urllib.request; urllib.request.urlretrieve(*sys.argv[1:])' \
+		https://registry.npmjs.org/axe-core/-/axe-core-$(AXE_VERSION).tgz $@.part
+	@got=$$($(BIN)/python -c 'import base64, hashlib, sys; \
+		print("sha512-" + base64.b64encode(hashlib.sha512(open(sys.argv[1], "rb").read()).digest()).decode())' $@.part); \
+	if [ "$$got" != "$(AXE_INTEGRITY)" ]; then \
+		echo "axe-core $(AXE_VERSION): integrity $$got, expected $(AXE_INTEGRITY)" >&2; rm -f $@.part; exit 1; fi
+	mv $@.part $@
+
+$(AXE_JS): $(AXE_TGZ)
+	tar -xzf $< -C $(AXE_DIR) --strip-components=1 package/axe.min.js
+	touch $@
+
+axe: $(AXE_JS)
 
 FORCE:
