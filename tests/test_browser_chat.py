@@ -7,6 +7,7 @@ when a stylesheet rule does not apply, not only when markup changes.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -296,11 +297,16 @@ FOCUS = (
 
 def in_frame(browser: Marionette, frame_class: str, script: str) -> dict[str, object]:
     """Run ``script`` inside one of the chat page's frames and come back to the page."""
-    browser.switch_to_frame(browser.find_element(By.CSS_SELECTOR, f"iframe.{frame_class}"))
-    try:
-        return dict(browser.execute_script(script))
-    finally:
-        browser.switch_to_frame()
+    for _ in range(20):  # a feed that has just answered may be between two documents
+        browser.switch_to_frame(browser.find_element(By.CSS_SELECTOR, f"iframe.{frame_class}"))
+        try:
+            result = browser.execute_script(script)
+        finally:
+            browser.switch_to_frame()
+        if result is not None:
+            return dict(result)
+        time.sleep(0.05)
+    raise AssertionError(f"the {frame_class} frame never had a document to read")
 
 
 def press_tab(browser: Marionette) -> None:

@@ -53,7 +53,7 @@ def serve(data_dir: Path, hold: int, pairs: int) -> tuple[LiveServer, list[Chat]
 @pytest.fixture(scope="module")
 def held(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LiveServer, list[Chat]]]:
     """One server holding reloads for :data:`HOLD` seconds, and chats for each test."""
-    server, chats = serve(tmp_path_factory.mktemp("held") / "instance", HOLD, pairs=6)
+    server, chats = serve(tmp_path_factory.mktemp("held") / "instance", HOLD, pairs=7)
     yield server, chats
     stop_server(server)
 
@@ -103,11 +103,15 @@ def write(server: LiveServer, chat: Chat, text: str, side: str = "therapist") ->
         if side == "therapist"
         else (server.url, chat.participant_cookie)
     )
-    path = f"/en/chat/{chat.appointment}/compose"
+    post(url, f"/en/chat/{chat.appointment}/compose", cookie, {"text": text})
+
+
+def post(url: str, path: str, cookie: str, fields: dict[str, str]) -> None:
+    """Submit the form of ``path`` with ``fields``, as its page would; expect no error."""
     token = form_token(get(url, path, cookie).body)
     connection = http.client.HTTPConnection("127.0.0.1", port_of(url), timeout=10)
     try:
-        body = urllib.parse.urlencode({"form_token": token, "text": text})
+        body = urllib.parse.urlencode({"form_token": token, **fields})
         headers = {
             "Cookie": cookie,
             "Content-Type": "application/x-www-form-urlencoded",
@@ -116,7 +120,7 @@ def write(server: LiveServer, chat: Chat, text: str, side: str = "therapist") ->
         connection.request("POST", path, body=body, headers=headers)
         response = connection.getresponse()
         response.read()
-        assert response.status == 200, response.status
+        assert response.status in (200, 302), response.status
     finally:
         connection.close()
 
@@ -148,12 +152,12 @@ def server_end_of(server: LiveServer, client: tuple[str, int]) -> str | None:
 
 def test_an_idle_reload_is_held_then_answered_304(held):
     """Nothing new: the reload waits the hold time, then says "not modified"; the next
-    reload follows a second later."""
+    reload follows at once (a delay of 0, which is a redirect, not a time limit)."""
     server, chats = held
     first = feed(server, chats[0])
     assert first.status == 200
     refresh = REFRESH.search(first.body)
-    assert refresh is not None and refresh.group(1) == b"1"
+    assert refresh is not None and refresh.group(1) == b"0"
     assert refresh.group(2).decode() == bare(first.headers["etag"])
     again = feed(server, chats[0], etag=first.headers["etag"])
     assert again.status == 304
@@ -273,6 +277,50 @@ def test_a_cut_held_reload_leaves_a_working_feed(held):
     assert answer.status == 200 and b"Still here." in answer.body
 
 
+def test_one_login_holds_only_a_few_reloads_the_next_reloads_on_a_timer(tmp_path):
+    """A flood of held reloads under one login cannot take the server's connections:
+    beyond a few, a reload is answered at once with a page that reloads on a timer."""
+    server, [chat] = serve(tmp_path / "instance", 30, pairs=1)
+    try:
+        etag = feed(server, chat).headers["etag"]
+        holding = [in_background(lambda: feed(server, chat, etag=etag)) for _ in range(4)]
+        time.sleep(0.5)
+        beyond = feed(server, chat, etag=etag)
+        assert beyond.status == 200 and beyond.seconds < 1, beyond
+        refresh = REFRESH.search(beyond.body)
+        assert refresh is not None and int(refresh.group(1)) >= 5 and refresh.group(2) is None
+        assert all(thread.is_alive() for thread, _ in holding), "the first four are held"
+        # Another person's reload is still held: the cap is per login.
+        write(server, chat, "Here.")
+        assert feed(server, chat, "therapist").status == 200
+    finally:
+        stop_server(server)
+
+
+def test_a_deleted_conversation_leaves_every_held_feed_at_once(held):
+    """The participant deletes the conversation: both sides' held feeds answer at once
+    without it, and no reload is told its copy is still current."""
+    server, chats = held
+    chat = chats[6]
+    write(server, chat, "A message to delete.")
+    etags = [feed(server, chat, side).headers["etag"] for side in ("participant", "therapist")]
+    reloads = [
+        in_background(lambda side=side, etag=etag: feed(server, chat, side, etag))
+        for side, etag in zip(("participant", "therapist"), etags, strict=True)
+    ]
+    time.sleep(0.5)
+    deleted = time.monotonic()
+    post(server.url, f"/en/chat/{chat.appointment}/delete", chat.participant_cookie, {})
+    for thread, _ in reloads:
+        thread.join(HOLD + 5)
+    for _, [answer] in reloads:
+        assert answer.status == 200 and b"A message to delete." not in answer.body
+        assert answer.seconds < HOLD - 1, "answered at the deletion, not at the hold's end"
+    assert time.monotonic() - deleted < 1
+    again = feed(server, chat, etag=etags[0])
+    assert again.status == 200 and b"A message to delete." not in again.body
+
+
 def test_shutdown_answers_held_reloads_304(tmp_path):
     """SIGTERM: every held reload is answered before the process ends ("not modified" where
     the browser kept the feed)."""
@@ -290,6 +338,8 @@ def test_shutdown_answers_held_reloads_304(tmp_path):
             thread.join(5)
         # The participant's browser kept the feed; the portal's feed is never kept.
         assert [answers[0].status for _, answers in reloads] == [304, 200]
+        # The next reload, which follows at once, must reach the next server, not this one.
+        assert [answers[0].headers["connection"] for _, answers in reloads] == ["close"] * 2
         assert time.monotonic() - stopping < 2
         assert server.process.wait(10) == 0
     finally:

@@ -26,6 +26,7 @@ from stillroom.crypto.kdf import (
 from stillroom.crypto.keys import UnwrapError, keyed_hash, new_keypair
 from stillroom.webapp.booking import seal_time_zone
 from stillroom.webapp.chat import conversation_slots
+from stillroom.webapp.hub import HUB
 from stillroom.webapp.keyslots import (
     SlotGoneError,
     destroy_slots,
@@ -203,6 +204,7 @@ def delete_account(db: Database, participant_id: str) -> None:
         gone = doomed(db, _delete_accounts(db, [participant_id]))
     destroy_slots(db, gone)
     checkpoint(db)
+    HUB.publish_participant(participant_id)  # the therapist's open feed shows it is gone
 
 
 def purge_unused_accounts(db: Database, today: str, retention_days: int) -> int:
@@ -221,6 +223,8 @@ def purge_unused_accounts(db: Database, today: str, retention_days: int) -> int:
         ]
         gone = doomed(db, _delete_accounts(db, unused))
     destroy_slots(db, gone)
+    for participant_id in unused:
+        HUB.publish_participant(participant_id)
     return len(unused)
 
 

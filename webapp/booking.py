@@ -18,6 +18,7 @@ from sqlite_utils import Database
 
 from stillroom.crypto.box import UnsealError, open_sealed, seal
 from stillroom.crypto.keys import UnwrapError, readable_code
+from stillroom.webapp.hub import HUB
 from stillroom.webapp.keyslots import (
     SlotGoneError,
     day_key_slot,
@@ -414,6 +415,7 @@ def cancel_by_participant(
     with transaction(db):
         _release(db, participant_id, appointment_id, now, cutoff_seconds)
     checkpoint(db)
+    HUB.publish_participant(participant_id)  # an open chat page says it is cancelled
 
 
 def dismiss_cancelled(db: Database, participant_id: str, appointment_id: str) -> None:
@@ -451,14 +453,15 @@ def cancel_by_therapist(
     """
     with transaction(db):
         row = db.execute(
-            "SELECT appointments.slot_id, appointments.ends_at, participants.public_key"
+            "SELECT appointments.slot_id, appointments.ends_at, participants.public_key,"
+            " participants.id"
             " FROM appointments JOIN participants ON participants.id = participant_id"
             " WHERE appointments.id = ? AND therapist_id = ? AND cancelled = 0 AND ends_at > ?",
             [appointment_id, therapist_id, now],
         ).fetchone()
         if row is None:
             raise NotFoundError
-        slot_id, ends_at, public_key = row
+        slot_id, ends_at, public_key, participant_id = row
         locked = None
         if note:
             day = day_slot(db, deletion_day(ends_at, retention_days))
@@ -469,6 +472,7 @@ def cancel_by_therapist(
         )
         if slot_id is not None:
             db.execute("DELETE FROM slots WHERE id = ?", [slot_id])
+    HUB.publish_participant(participant_id)  # an open chat page says it is cancelled
 
 
 def open_cancel_note(

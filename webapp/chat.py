@@ -41,6 +41,7 @@ from stillroom.crypto.box import (
 )
 from stillroom.crypto.keys import UnwrapError
 from stillroom.webapp.booking import NotFoundError
+from stillroom.webapp.hub import HUB
 from stillroom.webapp.keyslots import (
     SlotGoneError,
     day_slot,
@@ -414,13 +415,21 @@ def conversation_slots(db: Database, column: str, value: str) -> list[int]:
 
 
 def delete_conversation(db: Database, conversation_id: str) -> None:
-    """Delete the conversation and its messages, then destroy its slot, then flush the log."""
+    """Delete the conversation and its messages, then destroy its slot, then flush the log.
+
+    Open feeds of the pair hear of it at once, so that none keeps showing what went.
+    """
+    owner = db.execute(
+        "SELECT participant_id FROM conversations WHERE id = ?", [conversation_id]
+    ).fetchone()
     with transaction(db):
         gone = doomed(db, conversation_slots(db, "id", conversation_id))
         db.execute("DELETE FROM messages WHERE conversation_id = ?", [conversation_id])
         db.execute("DELETE FROM conversations WHERE id = ?", [conversation_id])
     destroy_slots(db, gone)
     checkpoint(db)
+    if owner is not None:
+        HUB.publish_participant(owner[0])
 
 
 def set_delete_when_chat_ends(db: Database, conversation_id: str, wanted: bool) -> None:

@@ -28,6 +28,7 @@ import hashlib
 import math
 import socket
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -48,7 +49,6 @@ from flask import (
 )
 from flask_babel import lazy_gettext as _l
 from flask_sock import Sock
-from gevent.socket import wait_read
 
 from stillroom.webapp.assets import gzip_if_accepted, serve_hashed
 from stillroom.webapp.chat import (
@@ -95,9 +95,12 @@ FEED_CHARACTERS = 3000
 ACTIVE_SECONDS = 5
 IDLE_SECONDS = 10
 WAITING_SECONDS = 30
-#: Seconds from a held feed's answer to its next reload: short, because a message sent
-#: in between waits for it; long enough that the browser shows each answer.
-HOLD_PAUSE_SECONDS = 1
+#: Seconds from a held feed's answer to its next reload: none, because a message sent in
+#: between would wait for it. The server holds that reload, so the browser does not spin,
+#: and it keeps showing the answer while the reload waits.
+HOLD_PAUSE_SECONDS = 0
+#: Feed reloads one session may have held at once (see :class:`Holds`).
+HELD_PER_SESSION = 4
 #: The other side counts as active for this long after their last message.
 ACTIVE_WINDOW_SECONDS = 120
 
@@ -153,9 +156,10 @@ def hold_seconds() -> int:
     """Return how long a feed reload may wait for news here: 0 when holding is off.
 
     Also 0 under a server that does not hand over the client's socket (only ``stillroom
-    serve`` does): without it a client that left could not be noticed while held.
+    serve`` does): without it a client that left could not be noticed while held. And 0
+    for a reload refused a hold (:class:`Holds`): its page then reloads on a timer.
     """
-    if CLIENT_SOCKET not in request.environ:
+    if CLIENT_SOCKET not in request.environ or g.get("hold_refused"):
         return 0
     return settings().feed_hold_seconds
 
@@ -173,33 +177,67 @@ def seconds_to_next_change(appointment: ChatAppointment) -> float:
     return min((float(at - moment) for at in due if at > moment), default=math.inf)
 
 
+class Holds:
+    """How many feed reloads are held now, in all and by each session (memory only).
+
+    Each held reload keeps a connection and a greenlet. One session may hold only a few
+    (a participant with the chat open in two tabs, a therapist with several chats), and
+    all of them together at most half of the server's connections, so that a flood of
+    held reloads, even from many accounts, never starves the others. A reload beyond
+    either is answered at once, with a page that reloads on a timer as without the hold.
+    """
+
+    def __init__(self) -> None:
+        self._by_session: Counter[bytes] = Counter()
+
+    def have_room(self, session: bytes) -> bool:
+        """Return whether one more reload of ``session`` may be held."""
+        most = settings().server_connections // 2
+        return HUB.held < most and self._by_session[session] < HELD_PER_SESSION
+
+    def take(self, session: bytes) -> None:
+        """Count a reload of ``session`` as held (asked right after :meth:`have_room`)."""
+        self._by_session[session] += 1
+        HUB.held += 1
+
+    def give_back(self, session: bytes) -> None:
+        """Count it no more (its answer is going out)."""
+        HUB.held -= 1
+        self._by_session[session] -= 1
+        if not self._by_session[session]:
+            del self._by_session[session]
+
+
+#: One per process, like the hub.
+HOLDS = Holds()
+
+
 class Departure:
-    """Notices that the client of a held request closed its connection.
+    """Notices that the client of a held request closed its connection, or sent more.
 
     gevent's server reads nothing from a connection while its request is answered, so a
-    browser that left would stay unnoticed until the hold ends. A greenlet waits for the
-    socket to become readable: with nothing to read, that is the client's end closing.
+    browser that left would stay unnoticed until the hold ends. A watcher on the
+    client's socket fires when it becomes readable: with nothing to read, that is the
+    client's end closing; with data, the client sent its next request early (it does
+    not wait for the answer, so it has none left to wait for). Either way the hold ends.
+    A watcher on the event loop costs less memory than a greenlet per held reload.
     """
 
     def __init__(self, client: socket.socket, key: str) -> None:
         self.gone = False
-        self._watcher = gevent.spawn(self._watch, client, key)
+        self._key = key
+        self._watcher = gevent.get_hub().loop.io(client.fileno(), 1)
+        self._watcher.start(self._readable)
 
-    def _watch(self, client: socket.socket, key: str) -> None:
-        try:
-            wait_read(client.fileno())
-            left = client.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
-        except BlockingIOError:
-            left = False
-        except OSError:
-            left = True
-        if left:  # else a next request came early: the hold simply runs on
-            self.gone = True
-            HUB.wake(key)
+    def _readable(self) -> None:
+        self._watcher.stop()
+        self.gone = True
+        gevent.spawn(HUB.wake, self._key)  # not on the event loop itself: it takes a lock
 
     def stop(self) -> None:
         """Stop watching (the request is being answered)."""
-        self._watcher.kill()
+        self._watcher.stop()
+        self._watcher.close()
 
 
 def held_feed(
@@ -211,16 +249,21 @@ def held_feed(
 
     A reload says which feed it shows (``?seen=`` its ETag; the portal's feed is not
     cached, so ``If-None-Match`` alone would not say). When that is still the feed, it
-    waits: on news it answers ``200`` with the new feed at once; at the end of the hold,
-    when the client left, or when the server stops, it answers as it would have at once
-    (``304`` to a browser that kept the feed). Returns ``None`` when the session ended
-    while the reload was held.
+    waits: on news it answers ``200`` with the new feed at once. At the end of the hold
+    it looks again, as a reload would then (``304`` to a browser whose feed is current,
+    the new page if something changed without news). When the client left or the server
+    stops, it answers ``304`` at once without looking. Returns ``None`` when the session
+    ended while the reload was held.
 
     :param appointment: reads the appointment again (404 once it is gone), as a reload would.
     :param answer_now: answers a reload of the feed at once (a 304 or the page).
     """
     shown = appointment()
     key = pair_key(shown)
+    session = current_session()
+    assert session is not None
+    if not HOLDS.have_room(session.token_hash):
+        g.hold_refused = True  # its page reloads on a timer instead
     seen = HUB.version(key)  # before reading: news that comes after it ends the hold
     answer = answer_now(shown)
     hold = hold_seconds()
@@ -228,27 +271,25 @@ def held_feed(
         return answer
     deadline = time.monotonic() + hold
     departure = Departure(request.environ[CLIENT_SOCKET], key)
-    HUB.held += 1
+    HOLDS.take(session.token_hash)
     try:
         while True:
             timeout = min(deadline - time.monotonic(), seconds_to_next_change(shown))
             close_db()  # a held reload costs a greenlet, never a database connection
-            current = HUB.wait(
-                key, seen, max(timeout, 0), stop=lambda: departure.gone or HUB.closing
-            )
+            HUB.wait(key, seen, max(timeout, 0), stop=lambda: departure.gone or HUB.closing)
             if departure.gone or HUB.closing:
+                if HUB.closing:  # its next reload must find the new server, not this one
+                    answer.headers["Connection"] = "close"
                 return answer
             if not logged_in():
                 return None
-            if current == seen and time.monotonic() >= deadline:
-                return answer
             seen = HUB.version(key)
             shown = appointment()
             changed = answer_now(shown)
-            if changed.get_etag()[0] != answer.get_etag()[0]:
+            if time.monotonic() >= deadline or changed.get_etag()[0] != answer.get_etag()[0]:
                 return changed
     finally:
-        HUB.held -= 1
+        HOLDS.give_back(session.token_hash)
         departure.stop()
 
 
@@ -418,10 +459,11 @@ def unchanged_feed(appointment: ChatAppointment, role: str) -> Response | None:
 
 def shown_key(appointment: ChatAppointment) -> tuple[bytes, str, str]:
     """Return the feed cache's key: this session, this appointment, this language and
-    variant (each variant is a page of its own, with its own ETag)."""
+    variant (each variant is a page of its own, with its own ETag), held or not."""
     session = current_session()
     assert session is not None
-    return session.token_hash, appointment.id, f"{current_language()}{feed_variant()}"
+    timer = "" if hold_seconds() else "~"  # a page that reloads on a timer is another page
+    return session.token_hash, appointment.id, f"{current_language()}{feed_variant()}{timer}"
 
 
 def next_change(appointment: ChatAppointment, messages: list[ShownMessage], role: str) -> int:

@@ -48,6 +48,16 @@ class Hub:
             if key in self._waiting:
                 self._waiting[key][0].notify_all()
 
+    def publish_participant(self, participant_id: str) -> None:
+        """Move on every pair of one participant (their chats changed in a way that no
+        message announces: a deletion or a cancellation)."""
+        prefix = f"{participant_id}:"
+        with self._lock:
+            for key in [k for k in {*self._versions, *self._waiting} if k.startswith(prefix)]:
+                self._versions[key] = self._versions.get(key, 0) + 1
+                if key in self._waiting:
+                    self._waiting[key][0].notify_all()
+
     def wake(self, key: str) -> None:
         """Wake everyone waiting for ``key`` to look again at what they wait for."""
         with self._lock:

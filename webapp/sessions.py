@@ -23,8 +23,11 @@ from stillroom.crypto.keys import (
 )
 from stillroom.webapp.store import StoreUnwritableError, transaction
 
-#: Do not rewrite a session row on every request; once a minute is precise enough.
-_TOUCH_GRANULARITY = 60
+#: Do not rewrite a session row on every request: at most every 5 minutes, or a sixth of
+#: the idle timeout when that is shorter. A session may so end up to that much before its
+#: idle time, never after. An open chat reloads its feed about once a minute; a write
+#: (with its sync to disk) on each of those would cost more than the reload itself.
+_MOST_TOUCH_SECONDS = 300
 
 
 @dataclass(frozen=True)
@@ -104,7 +107,7 @@ def load_session(
         _if_possible(lambda: end_session(db, table, hashed))
         return None
     new_idle = min(now + timeouts.idle, absolute_expires_at)
-    if new_idle - idle_expires_at >= _TOUCH_GRANULARITY:
+    if new_idle - idle_expires_at >= min(_MOST_TOUCH_SECONDS, timeouts.idle // 6):
         _if_possible(lambda: _move_idle_deadline(db, table, hashed, new_idle))
     return Session(hashed, owner_id, secret_key)
 
