@@ -213,11 +213,12 @@ def main() -> int:
     return 0
 
 
-def refresh_of(feed: str) -> tuple[float, str]:
-    """Return the pause a feed page asks for before its next reload, and the address it
-    reloads (a held feed's reload names the page it shows, ``?seen=``)."""
+def refresh_of(feed: str) -> tuple[float | None, str]:
+    """Return the pause a feed page asks for before its next reload (``None`` when it does
+    not reload), and the address it reloads (a held feed's reload names the page it
+    shows, ``?seen=``)."""
     found = re.search(r'http-equiv="refresh" content="(\d+)(?:; url=([^"]*))?"', feed)
-    return (float(found.group(1)), found.group(2) or "") if found else (0.0, "")
+    return (float(found.group(1)), found.group(2) or "") if found else (None, "")
 
 
 def plain_interval(feed: str) -> int:
@@ -227,7 +228,7 @@ def plain_interval(feed: str) -> int:
     (``?seen=``); the plain reloads it replays come at the 5 s a server without it asks.
     """
     pause, held = refresh_of(feed)
-    return 5 if held else int(pause)
+    return 5 if held or pause is None else int(pause)
 
 
 class HeldFeed(threading.Thread):
@@ -238,7 +239,7 @@ class HeldFeed(threading.Thread):
         self.browser, self.path = browser, path
         self.query = ""
         self.etag: str | None = None
-        self.pause = 0.0
+        self.pause = 5.0
         self.answers: list[tuple[int, int]] = []  # (status, bytes)
         self.seen: dict[int, float] = {}  # message number -> when the feed first showed it
         self.stopping = threading.Event()
@@ -254,10 +255,10 @@ class HeldFeed(threading.Thread):
             if status == 200:
                 self.etag = headers.get("etag")
                 pause, self.query = refresh_of(feed)
-                self.pause = pause or self.pause
+                self.pause = self.pause if pause is None else pause
                 for number in re.findall(r"\[(\d+)\]", feed):
                     self.seen.setdefault(int(number), now)
-            self.stopping.wait(self.pause or 5)
+            self.stopping.wait(self.pause)
 
 
 def run_held_chat(
