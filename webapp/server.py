@@ -14,8 +14,10 @@ connections, and argon2 runs in gevent's pool of real threads
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import gc
+import io
 import logging
 import resource
 import signal
@@ -27,7 +29,7 @@ from flask import Flask
 from gevent import monkey
 from gevent.event import Event
 from gevent.pool import Pool
-from gevent.pywsgi import WSGIHandler, WSGIServer
+from gevent.pywsgi import Input, WSGIHandler, WSGIServer
 
 from stillroom.onion.errors import PortInUseError
 from stillroom.webapp.hub import HUB
@@ -46,6 +48,9 @@ CLIENT_SOCKET = "stillroom.client_socket"
 #: A connection that sends no complete request head for this long is closed. Longer
 #: than the slowest feed refresh (30 s), so a waiting participant keeps the connection.
 IDLE_SECONDS = 120
+#: Once the head is in, the whole body must follow within this many seconds. Bodies
+#: are small (``MAX_REQUEST_KIB``, 32 KiB): 20 s allow for 1.6 KB/s, a very slow circuit.
+REQUEST_SECONDS = 20
 
 
 class QuietHandler(WSGIHandler):  # type: ignore[misc]
@@ -53,8 +58,10 @@ class QuietHandler(WSGIHandler):  # type: ignore[misc]
 
     No access log (the server gets ``log=None``); a server-side error is logged by
     its type alone, never with the request's environment (which holds the user agent);
-    a connection that stays silent is dropped after :data:`IDLE_SECONDS`; no answer
-    carries the host's clock.
+    a connection that stays silent is dropped after :data:`IDLE_SECONDS`, one whose
+    body is slower than :data:`REQUEST_SECONDS` is answered 408 and closed; the app
+    only runs once the whole body is in, so that no request waits on its client while
+    it holds a database connection; no answer carries the host's clock.
     """
 
     def read_requestline(self) -> str:
@@ -77,6 +84,77 @@ class QuietHandler(WSGIHandler):  # type: ignore[misc]
             return None
         finally:
             timeout.cancel()
+
+    def handle_one_response(self) -> None:
+        """Run the app once the request's body is all in; answer a slow body 408."""
+        if self.read_body():
+            super().handle_one_response()
+
+    def read_body(self) -> bool:
+        """Read the whole body within :data:`REQUEST_SECONDS` and hand it to the app.
+
+        A body larger than the app accepts is not read: the app refuses it by its
+        ``Content-Length`` (413) and the connection closes after the answer.
+
+        :returns: whether the app should run; if not, the connection is closing.
+        """
+        chunked = self.environ.get("HTTP_TRANSFER_ENCODING", "").lower() == "chunked"
+        length = self.content_length or 0
+        if not chunked and not length:
+            return True
+        if chunked:  # the app gets it whole, with its length
+            del self.environ["HTTP_TRANSFER_ENCODING"]
+        limit = int(self.application.config["MAX_CONTENT_LENGTH"])
+        if length > limit:
+            self.close_connection = True
+            body = b""
+        else:
+            received = self.receive(limit + 1 if chunked else length)
+            if received is None or (not chunked and len(received) < length):
+                self.close_connection = True  # answered already, or the client left
+                return False
+            body = received
+            if chunked:
+                self.environ["CONTENT_LENGTH"] = str(len(body))
+                if len(body) > limit:  # the app refuses it; the rest is never read
+                    self.close_connection = True
+        self.wsgi_input = self.environ["wsgi.input"] = Input(io.BytesIO(body), len(body))
+        return True
+
+    def receive(self, wanted: int) -> bytes | None:
+        """Read up to ``wanted`` bytes of body within :data:`REQUEST_SECONDS`.
+
+        :returns: what came (less at the end of a chunked body, or when the client
+            left), or ``None`` once it was answered for being too slow or malformed.
+        """
+        parts: list[bytes] = []
+        received = 0
+        timeout = gevent.Timeout(REQUEST_SECONDS)
+        timeout.start()
+        try:
+            while received < wanted:
+                part: bytes = self.wsgi_input.read(min(wanted - received, 16384))
+                if not part:
+                    break
+                parts.append(part)
+                received += len(part)
+        except gevent.Timeout as expired:
+            if expired is not timeout:
+                raise
+            self.refuse_body(REQUEST_TIMEOUT)
+            return None
+        except OSError:  # the client left, or a chunked body that cannot be parsed
+            self.refuse_body(BAD_REQUEST)
+            return None
+        finally:
+            timeout.cancel()
+        return b"".join(parts)
+
+    def refuse_body(self, answer: bytes) -> None:
+        """Send a bare ``answer`` for a body that never arrived whole, and close."""
+        self.close_connection = True
+        with contextlib.suppress(OSError):
+            self.socket.sendall(answer)
 
     def get_environ(self) -> dict[str, Any]:
         """Build the request's environ, with the client's socket under :data:`CLIENT_SOCKET`."""
@@ -111,6 +189,8 @@ class QuietHandler(WSGIHandler):  # type: ignore[misc]
 
 #: gevent's own answer to a request it cannot parse.
 BAD_REQUEST = b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-length: 0\r\n\r\n"
+#: The answer to a body that did not arrive within :data:`REQUEST_SECONDS`.
+REQUEST_TIMEOUT = b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-length: 0\r\n\r\n"
 
 
 def quiet_hub() -> None:
