@@ -16,7 +16,7 @@ import psutil
 import pytest
 from loadclients import Chat, create_chats, log_in
 
-from stillroom.webapp.server import REQUEST_SECONDS
+from stillroom.webapp.server import FIRST_REQUEST_SECONDS, NEXT_REQUEST_SECONDS, REQUEST_SECONDS
 from stillroom.webapp.settings import Settings
 
 from support import LiveServer, start_server, stillroom_env, stop_server
@@ -169,3 +169,30 @@ def test_a_body_over_the_limit_is_refused_without_being_read(served):
         answer = answer_within(client, 5)
     assert answer.startswith(b"HTTP/1.1 413"), answer[:40]
     assert time.monotonic() - asked < 2
+
+
+def test_a_silent_connection_is_closed_sooner_than_a_kept_alive_one(served):
+    """A new connection that says nothing is closed after ``FIRST_REQUEST_SECONDS``; one
+    that was answered waits ``NEXT_REQUEST_SECONDS`` for its next request, longer than
+    the longest pause a page asks for (30 s), and is closed after it."""
+    server, _ = served
+    port = port_of(server.url)
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=5) as silent,
+        socket.create_connection(("127.0.0.1", port), timeout=5) as kept,
+    ):
+        kept.sendall(b"GET /en/ HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        head = b""
+        while b"</html>" not in head:
+            head += kept.recv(65536)
+        assert head.startswith(b"HTTP/1.1 200")
+        answered = time.monotonic()
+        silent.settimeout(FIRST_REQUEST_SECONDS + 3)
+        assert silent.recv(1) == b""
+        assert FIRST_REQUEST_SECONDS - 1 <= time.monotonic() - answered <= FIRST_REQUEST_SECONDS + 2
+        time.sleep(2)
+        assert server_end_of(server, kept.getsockname()) == psutil.CONN_ESTABLISHED
+        kept.settimeout(NEXT_REQUEST_SECONDS)
+        assert kept.recv(1) == b""
+        waited = time.monotonic() - answered
+        assert NEXT_REQUEST_SECONDS - 1 <= waited <= NEXT_REQUEST_SECONDS + 2, waited

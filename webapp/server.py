@@ -45,11 +45,16 @@ ACCESS_LOG = None
 #: notice the client going away (gevent's own environ has no public handle on it).
 CLIENT_SOCKET = "stillroom.client_socket"
 
-#: A connection that sends no complete request head for this long is closed. Longer
-#: than the slowest feed refresh (30 s), so a waiting participant keeps the connection.
-IDLE_SECONDS = 120
-#: Once the head is in, the whole body must follow within this many seconds. Bodies
-#: are small (``MAX_REQUEST_KIB``, 32 KiB): 20 s allow for 1.6 KB/s, a very slow circuit.
+#: A new connection must start its request within this many seconds: through Tor the
+#: request follows the stream's opening at once, so only an idle flood waits longer.
+FIRST_REQUEST_SECONDS = 30
+#: A kept-alive connection waits this long for its next request. Longer than the
+#: longest pause the pages ask for between requests (the feed's 30 s before a chat
+#: opens, when reloads are not held), plus a Tor round trip or two; a held reload is
+#: a request in progress, not a pause, and its next reload follows a second later.
+NEXT_REQUEST_SECONDS = 45
+#: Once the request line is in, the headers must follow within this many seconds, and
+#: then the whole body within as many again. Bodies are small (``MAX_REQUEST_KIB``).
 REQUEST_SECONDS = 20
 
 
@@ -58,22 +63,27 @@ class QuietHandler(WSGIHandler):  # type: ignore[misc]
 
     No access log (the server gets ``log=None``); a server-side error is logged by
     its type alone, never with the request's environment (which holds the user agent);
-    a connection that stays silent is dropped after :data:`IDLE_SECONDS`, one whose
-    body is slower than :data:`REQUEST_SECONDS` is answered 408 and closed; the app
-    only runs once the whole body is in, so that no request waits on its client while
-    it holds a database connection; no answer carries the host's clock.
+    a connection is dropped when it stays silent (:data:`FIRST_REQUEST_SECONDS`,
+    :data:`NEXT_REQUEST_SECONDS`) or sends its request too slowly
+    (:data:`REQUEST_SECONDS`); the app only runs once the whole body is in, so that
+    no request waits on its client while it holds a database connection; no answer
+    carries the host's clock.
     """
 
+    #: Requests answered on this connection so far.
+    answered = 0
+
     def read_requestline(self) -> str:
-        """Read the request line, giving up after :data:`IDLE_SECONDS` (ends the connection)."""
-        with gevent.Timeout(IDLE_SECONDS, False):
+        """Read the request line, giving up when the client stays silent (ends the connection)."""
+        wait = NEXT_REQUEST_SECONDS if self.answered else FIRST_REQUEST_SECONDS
+        with gevent.Timeout(wait, False):
             line: str = super().read_requestline()
             return line
         return ""
 
     def read_request(self, raw_requestline: str) -> Any:
-        """Read the headers within :data:`IDLE_SECONDS` too (a slow trickle ends the connection)."""
-        timeout = gevent.Timeout(IDLE_SECONDS)
+        """Read the headers within :data:`REQUEST_SECONDS` (a slow trickle ends the connection)."""
+        timeout = gevent.Timeout(REQUEST_SECONDS)
         timeout.start()
         try:
             return super().read_request(raw_requestline)
@@ -87,6 +97,7 @@ class QuietHandler(WSGIHandler):  # type: ignore[misc]
 
     def handle_one_response(self) -> None:
         """Run the app once the request's body is all in; answer a slow body 408."""
+        self.answered += 1
         if self.read_body():
             super().handle_one_response()
 
