@@ -10,10 +10,12 @@ import sqlite3
 
 import pytest
 
+from stillroom.webapp import db
+from stillroom.webapp.app import create_participant_app
 from stillroom.webapp.security import ERROR_TEXT, SECURITY_HEADERS
 from stillroom.webapp.settings import LANGUAGES
 
-from support import NASTY, PASSPHRASE, AuthActions, every_rule_url, form_fields
+from support import NASTY, PASSPHRASE, AuthActions, LoopbackClient, every_rule_url, form_fields
 
 PAGES = ["/", "/privacy", "/help", "/create", "/login"]
 ACCOUNT_PAGES = ["/account", "/account/passphrase", "/account/delete"]
@@ -282,6 +284,33 @@ def test_the_error_page_needs_no_file_once_the_app_has_started(client, monkeypat
         assert f'<html lang="{lang}">' in response.get_data(as_text=True)
     german = client.get("/de/nothing-here").get_data(as_text=True)
     assert "There is no page at this address." not in german
+
+
+def test_when_every_database_connection_is_lent_a_request_gets_the_busy_page(
+    settings, clock, monkeypatch
+):
+    """The connections lent at once are bounded; a request that finds none free within
+    the wait gets the small 503 page, and the next one, once one is back, its page."""
+    monkeypatch.setattr(db, "MAX_CONNECTIONS", 2)
+    monkeypatch.setattr(db, "WAIT_SECONDS", 0.1)
+    app = create_participant_app(settings, clock=clock)
+    app.test_client_class = LoopbackClient
+    client = app.test_client()
+    AuthActions(client).create()
+    lent = app.extensions["stillroom_db_lent"]
+    for _ in range(db.MAX_CONNECTIONS):  # as other requests, each holding a connection
+        lent.acquire()
+    try:
+        busy = client.get("/de/account")
+    finally:
+        for _ in range(db.MAX_CONNECTIONS):
+            lent.release()
+    assert busy.status_code == 503 and busy.headers["Retry-After"]
+    page = busy.get_data(as_text=True)
+    assert '<html lang="de">' in page and len(busy.get_data()) < 4096
+    with app.test_request_context("/de/"):
+        assert str(ERROR_TEXT[503]) in page
+    assert client.get("/de/account").status_code == 200
 
 
 def test_error_pages_and_redirects_carry_the_headers(app, client, auth: AuthActions):

@@ -32,6 +32,7 @@ from gevent.pool import Pool
 from gevent.pywsgi import Input, WSGIHandler, WSGIServer
 
 from stillroom.onion.errors import PortInUseError
+from stillroom.webapp import db
 from stillroom.webapp.hub import HUB
 from stillroom.webapp.retention import start_periodic_purge
 from stillroom.webapp.settings import Settings
@@ -241,13 +242,14 @@ def create_server(app: Flask, port: int, settings: Settings, setting: str) -> WS
 
 
 def raise_file_limit(settings: Settings) -> None:
-    """Allow a file descriptor for every connection both apps may hold, and some to spare.
+    """Allow a file descriptor for every connection both apps may hold (clients' and the
+    database's), and some to spare.
 
     Debian's default soft limit (1,024) would stop the server accepting long before
     ``SERVER_CONNECTIONS``; the hard limit stays the operator's (systemd's ``LimitNOFILE``).
     """
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    wanted = 2 * settings.server_connections + 256
+    wanted = 2 * settings.server_connections + 2 * db.most_open_files() + 256
     if soft < wanted:
         ceiling = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
         resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, ceiling), hard))
