@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import base64
+import errno
+import logging
 import re
+import sqlite3
 
 import pytest
 
-from stillroom.webapp.security import SECURITY_HEADERS
+from stillroom.webapp import db
+from stillroom.webapp.app import create_participant_app
+from stillroom.webapp.security import ERROR_TEXT, SECURITY_HEADERS
 from stillroom.webapp.settings import LANGUAGES
 
-from support import NASTY, PASSPHRASE, AuthActions, every_rule_url, form_fields
+from support import NASTY, PASSPHRASE, AuthActions, LoopbackClient, every_rule_url, form_fields
 
 PAGES = ["/", "/privacy", "/help", "/create", "/login"]
 ACCOUNT_PAGES = ["/account", "/account/passphrase", "/account/delete"]
@@ -215,6 +220,97 @@ def test_no_input_produces_a_500(client, auth: AuthActions, value):
         assert client.post(f"/en{path}", data={"form_token": value}).status_code == 400
     assert client.get(f"/en/{value}").status_code < 500
     assert not re.search("Traceback", client.get("/en/%ff").get_data(as_text=True))
+
+
+def errors_logged(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [record for record in caplog.records if record.levelno >= logging.ERROR]
+
+
+def test_an_unexpected_failure_is_logged_by_its_type_and_place_only(chat, caplog, monkeypatch):
+    """The log names what broke and where in our code: not the address, not the values."""
+
+    def broken(*_args: object) -> None:
+        raise sqlite3.DatabaseError(f"malformed near {chat.id}")
+
+    monkeypatch.setattr("stillroom.webapp.participant.chat.appointment_for", broken)
+    response = chat.auth.client.get(f"/en/chat/{chat.id}")
+    assert response.status_code == 500
+    [record] = errors_logged(caplog)
+    line = record.getMessage()
+    assert line.startswith("unhandled DatabaseError at stillroom.webapp.participant.chat:")
+    assert chat.id not in line and "/chat" not in line and "malformed" not in line
+    assert record.exc_info is None and "/" not in line
+
+
+@pytest.mark.parametrize("area", ["participant", "portal"])
+def test_flasks_own_exception_log_names_no_address(request, caplog, area):
+    """When even the error page fails, Flask's own log line is ours too: no path, no id,
+    no traceback; the visitor still gets the generic page."""
+    app = request.getfixturevalue("app" if area == "participant" else "portal_app")
+    appointment = "f0e1d2c3b4a5968778695a4b3c2d1e0f"
+
+    def failing_view(**_values: str) -> None:
+        raise KeyError(appointment)
+
+    def failing_page(_error: Exception) -> None:
+        raise OSError(errno.EMFILE, "Too many open files", f"/en/chat/{appointment}")
+
+    app.view_functions[f"{area}.chat_feed"] = failing_view
+    app.register_error_handler(Exception, failing_page)
+    response = app.test_client().get(f"/en/chat/{appointment}/feed?seen={appointment}")
+    assert response.status_code == 500
+    assert str(ERROR_TEXT[500]) in response.get_data(as_text=True)
+    records = errors_logged(caplog)
+    assert [record.getMessage().split(" ", 2)[:2] for record in records] == [
+        ["unhandled", "OSError"]
+    ]
+    for record in records:
+        assert appointment not in record.getMessage() and "/en/" not in record.getMessage()
+        assert record.exc_info is None
+
+
+def test_the_error_page_needs_no_file_once_the_app_has_started(client, monkeypatch):
+    """Out of file descriptors, a request still gets the calm error page in its language:
+    its templates and every language's translations were loaded at startup."""
+
+    def out_of_files(*_args: object, **_kwargs: object) -> None:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(client.application.jinja_env.loader, "get_source", out_of_files)
+    monkeypatch.setattr("builtins.open", out_of_files)
+    for lang in LANGUAGES:
+        response = client.get(f"/{lang}/nothing-here")
+        assert response.status_code == 404
+        assert f'<html lang="{lang}">' in response.get_data(as_text=True)
+    german = client.get("/de/nothing-here").get_data(as_text=True)
+    assert "There is no page at this address." not in german
+
+
+def test_when_every_database_connection_is_lent_a_request_gets_the_busy_page(
+    settings, clock, monkeypatch
+):
+    """The connections lent at once are bounded; a request that finds none free within
+    the wait gets the small 503 page, and the next one, once one is back, its page."""
+    monkeypatch.setattr(db, "MAX_CONNECTIONS", 2)
+    monkeypatch.setattr(db, "WAIT_SECONDS", 0.1)
+    app = create_participant_app(settings, clock=clock)
+    app.test_client_class = LoopbackClient
+    client = app.test_client()
+    AuthActions(client).create()
+    lent = app.extensions["stillroom_db_lent"]
+    for _ in range(db.MAX_CONNECTIONS):  # as other requests, each holding a connection
+        lent.acquire()
+    try:
+        busy = client.get("/de/account")
+    finally:
+        for _ in range(db.MAX_CONNECTIONS):
+            lent.release()
+    assert busy.status_code == 503 and busy.headers["Retry-After"]
+    page = busy.get_data(as_text=True)
+    assert '<html lang="de">' in page and len(busy.get_data()) < 4096
+    with app.test_request_context("/de/"):
+        assert str(ERROR_TEXT[503]) in page
+    assert client.get("/de/account").status_code == 200
 
 
 def test_error_pages_and_redirects_carry_the_headers(app, client, auth: AuthActions):

@@ -11,6 +11,7 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
+from types import TracebackType
 from urllib.parse import urlsplit
 
 from flask import Flask
@@ -36,6 +37,22 @@ PENDING_KEY_PURPOSE = {"participant": b"pending-key", "portal": b"portal-pending
 PORTAL_ARGON2_CONCURRENCY = 1
 
 
+class StillroomFlask(Flask):
+    """Flask, with its own exception log replaced by one that names no request."""
+
+    def log_exception(
+        self,
+        exc_info: tuple[type, BaseException, TracebackType] | tuple[None, None, None],
+    ) -> None:
+        """Log a failure that even the error handlers did not catch: its type and place.
+
+        Flask's own line names the request's path (``/en/chat/<appointment>/feed``)
+        and prints the traceback with its values; neither may reach a log.
+        """
+        if exc_info[1] is not None:
+            security.log_failure(exc_info[1])
+
+
 def _create_app(settings: Settings | None, clock: Callable[[], float], area: str) -> Flask:
     """Build the parts both apps share; ``area`` is the blueprint's name."""
     settings = Settings.load() if settings is None else settings
@@ -46,7 +63,7 @@ def _create_app(settings: Settings | None, clock: Callable[[], float], area: str
     concurrency = (
         settings.argon2_concurrency if area == "participant" else PORTAL_ARGON2_CONCURRENCY
     )
-    app = Flask(
+    app = StillroomFlask(
         __name__,
         instance_path=str(settings.data_dir.resolve()),
         static_folder=None,
@@ -97,6 +114,7 @@ def create_participant_app(
     app = _create_app(settings, clock, "participant")
     app.config["ONION_ADDRESS"] = app.config["SETTINGS"].onion_address or None
     participant.init_app(app)
+    security.preload_error_pages(app)
     return app
 
 
@@ -115,4 +133,5 @@ def create_portal_app(
     app.config["PUBLIC_HOST"] = public.hostname
     app.config["SECURE_COOKIES"] = public.scheme == "https"
     portal.init_app(app)
+    security.preload_error_pages(app)
     return app

@@ -3,27 +3,59 @@
 Opening a connection and setting its pragmas cost a quarter of a feed reload
 (``tests/bench/chat_load.py``), so a request borrows an open one and gives it back.
 A connection goes back only when it is clean: outside any transaction.
+
+At most :data:`MAX_CONNECTIONS` are lent at once. Each open connection holds two file
+descriptors (the database and its log), and SQLite keeps those of a closed one for
+the next while another connection of the process holds a lock on the file: without
+a bound, a flood would leave the process as many descriptors as it ever had requests
+at once, and short of them for its clients.
 """
 
 from __future__ import annotations
 
+import threading
+
 from flask import Flask, current_app, g
 from sqlite_utils import Database
+from werkzeug.exceptions import ServiceUnavailable
 
 from stillroom.webapp.store import connect
 
 #: Idle connections kept open per app; more are opened (and closed after use) under load.
 POOL_SIZE = 16
+#: Connections each app lends out at once. Requests hold one only while they run (a
+#: held feed reload and a live chat's socket give theirs back while they wait), so
+#: these are many times the requests that ever run at once on one core.
+MAX_CONNECTIONS = 64
+#: Seconds a request waits for a connection before the small "busy" page.
+WAIT_SECONDS = 5.0
+#: File descriptors one open connection holds: the database and its write-ahead log
+#: (the shared-memory file is one per process).
+FILES_PER_CONNECTION = 2
+
+
+class DatabaseBusyError(ServiceUnavailable):
+    """Every connection is lent out: the visitor gets the calm "busy, try again" page."""
 
 
 def get_db() -> Database:
-    """Return this request's connection, borrowing it on first use."""
+    """Return this request's connection, borrowing it on first use.
+
+    :raises DatabaseBusyError: when none is free within :data:`WAIT_SECONDS`.
+    """
     if "db" not in g:
+        lent: threading.BoundedSemaphore = current_app.extensions["stillroom_db_lent"]
+        if not lent.acquire(timeout=WAIT_SECONDS):
+            raise DatabaseBusyError
         idle: list[Database] = current_app.extensions["stillroom_db_pool"]
         try:  # one step: a thread between a check and a pop could find the list emptied
             g.db = idle.pop()
         except IndexError:
-            g.db = connect(current_app.config["SETTINGS"].database_path)
+            try:
+                g.db = connect(current_app.config["SETTINGS"].database_path)
+            except BaseException:
+                lent.release()
+                raise
     db: Database = g.db
     return db
 
@@ -34,13 +66,22 @@ def close_db(_error: BaseException | None = None) -> None:
     if db is None:
         return
     idle: list[Database] = current_app.extensions["stillroom_db_pool"]
-    if db.conn.in_transaction or len(idle) >= POOL_SIZE:
-        db.close()  # closing rolls back whatever a failed request left open
-    else:
-        idle.append(db)
+    try:
+        if db.conn.in_transaction or len(idle) >= POOL_SIZE:
+            db.close()  # closing rolls back whatever a failed request left open
+        else:
+            idle.append(db)
+    finally:
+        current_app.extensions["stillroom_db_lent"].release()
+
+
+def most_open_files() -> int:
+    """Return the most file descriptors one app's connections may hold at once."""
+    return (MAX_CONNECTIONS + POOL_SIZE) * FILES_PER_CONNECTION
 
 
 def init_app(app: Flask) -> None:
-    """Give the app its pool, and take connections back at the end of every request."""
+    """Give the app its pool and its bound, and take connections back after every request."""
     app.extensions["stillroom_db_pool"] = []
+    app.extensions["stillroom_db_lent"] = threading.BoundedSemaphore(MAX_CONNECTIONS)
     app.teardown_appcontext(close_db)

@@ -9,8 +9,10 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+from types import TracebackType
 
 from flask import Flask, Response, current_app, g, render_template, request
+from flask_babel import get_translations
 from flask_babel import lazy_gettext as _l
 from werkzeug.exceptions import (
     BadRequest,
@@ -23,6 +25,7 @@ from werkzeug.exceptions import (
 
 from stillroom.crypto.kdf import KdfBusyError
 from stillroom.crypto.keys import UnwrapError, open_value, seal_value
+from stillroom.webapp.settings import LANGUAGES
 from stillroom.webapp.store import StoreUnwritableError
 
 log = logging.getLogger(__name__)
@@ -162,13 +165,35 @@ def render_error(error: HTTPException) -> tuple[str, int, dict[str, str]]:
     return render_template("error.html", code=code, message=message), code, headers
 
 
+def describe_failure(error: BaseException) -> str:
+    """Say what broke and where in our code, for the log: never a value, URL or form.
+
+    The place is a module and line (``stillroom.webapp.chat:120``), the innermost of
+    our own code, with the library module that raised it when that is not ours;
+    module names, not file paths, so no path of the host reaches the log either.
+    """
+    ours = theirs = ""
+    trace: TracebackType | None = error.__traceback__
+    while trace is not None:
+        module = str(trace.tb_frame.f_globals.get("__name__", "?"))
+        if module.startswith("stillroom."):
+            ours, theirs = f"{module}:{trace.tb_lineno}", ""
+        else:
+            theirs = module
+        trace = trace.tb_next
+    where = f" at {ours}" if ours else ""
+    inside = f" inside {theirs}" if theirs else ""
+    return f"{type(error).__name__}{where}{inside}"
+
+
+def log_failure(error: BaseException) -> None:
+    """Log an unexpected failure by :func:`describe_failure`, without its traceback."""
+    log.error("unhandled %s", describe_failure(error))
+
+
 def render_unexpected(error: Exception) -> tuple[str, int, dict[str, str]]:
     """Log what broke (type and place, never values) and show the generic 500 page."""
-    trace = error.__traceback__
-    while trace is not None and trace.tb_next is not None:
-        trace = trace.tb_next
-    where = f"{trace.tb_frame.f_code.co_filename}:{trace.tb_lineno}" if trace else "?"
-    log.error("unhandled %s at %s", type(error).__name__, where)
+    log_failure(error)
     return render_error(InternalServerError())
 
 
@@ -185,6 +210,24 @@ def render_unwritable(error: StoreUnwritableError) -> tuple[str, int, dict[str, 
 def render_busy(_error: KdfBusyError) -> tuple[str, int, dict[str, str]]:
     """Show the small 'busy' page when every argon2 slot is taken."""
     return render_error(ServiceUnavailable())
+
+
+#: The templates of the error page: loaded at startup, so that it can still be shown
+#: when the process has no file descriptor left to open them.
+ERROR_TEMPLATES = ("error.html", "base.html", "_form_token.html")
+
+
+def preload_error_pages(app: Flask) -> None:
+    """Compile the error page's templates and read every language's translations now.
+
+    Both stay cached for the life of the process (templates are never reloaded outside
+    debug mode), so a flood that uses up the file descriptors still gets the calm page.
+    """
+    for name in ERROR_TEMPLATES:
+        app.jinja_env.get_template(name)
+    for language in LANGUAGES:
+        with app.test_request_context(f"/{language}/"):
+            get_translations()
 
 
 def init_app(app: Flask) -> None:

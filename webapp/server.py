@@ -14,8 +14,10 @@ connections, and argon2 runs in gevent's pool of real threads
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import gc
+import io
 import logging
 import resource
 import signal
@@ -27,9 +29,10 @@ from flask import Flask
 from gevent import monkey
 from gevent.event import Event
 from gevent.pool import Pool
-from gevent.pywsgi import WSGIHandler, WSGIServer
+from gevent.pywsgi import Input, WSGIHandler, WSGIServer
 
 from stillroom.onion.errors import PortInUseError
+from stillroom.webapp import db
 from stillroom.webapp.hub import HUB
 from stillroom.webapp.retention import start_periodic_purge
 from stillroom.webapp.settings import Settings
@@ -43,9 +46,17 @@ ACCESS_LOG = None
 #: notice the client going away (gevent's own environ has no public handle on it).
 CLIENT_SOCKET = "stillroom.client_socket"
 
-#: A connection that sends no complete request head for this long is closed. Longer
-#: than the slowest feed refresh (30 s), so a waiting participant keeps the connection.
-IDLE_SECONDS = 120
+#: A new connection must start its request within this many seconds: through Tor the
+#: request follows the stream's opening at once, so only an idle flood waits longer.
+FIRST_REQUEST_SECONDS = 30
+#: A kept-alive connection waits this long for its next request. Longer than the
+#: longest pause the pages ask for between requests (the feed's 30 s before a chat
+#: opens, when reloads are not held), plus a Tor round trip or two; a held reload is
+#: a request in progress, not a pause, and its next reload follows a second later.
+NEXT_REQUEST_SECONDS = 45
+#: Once the request line is in, the headers must follow within this many seconds, and
+#: then the whole body within as many again. Bodies are small (``MAX_REQUEST_KIB``).
+REQUEST_SECONDS = 20
 
 
 class QuietHandler(WSGIHandler):  # type: ignore[misc]
@@ -53,20 +64,27 @@ class QuietHandler(WSGIHandler):  # type: ignore[misc]
 
     No access log (the server gets ``log=None``); a server-side error is logged by
     its type alone, never with the request's environment (which holds the user agent);
-    a connection that stays silent is dropped after :data:`IDLE_SECONDS`; no answer
+    a connection is dropped when it stays silent (:data:`FIRST_REQUEST_SECONDS`,
+    :data:`NEXT_REQUEST_SECONDS`) or sends its request too slowly
+    (:data:`REQUEST_SECONDS`); the app only runs once the whole body is in, so that
+    no request waits on its client while it holds a database connection; no answer
     carries the host's clock.
     """
 
+    #: Requests answered on this connection so far.
+    answered = 0
+
     def read_requestline(self) -> str:
-        """Read the request line, giving up after :data:`IDLE_SECONDS` (ends the connection)."""
-        with gevent.Timeout(IDLE_SECONDS, False):
+        """Read the request line, giving up when the client stays silent (ends the connection)."""
+        wait = NEXT_REQUEST_SECONDS if self.answered else FIRST_REQUEST_SECONDS
+        with gevent.Timeout(wait, False):
             line: str = super().read_requestline()
             return line
         return ""
 
     def read_request(self, raw_requestline: str) -> Any:
-        """Read the headers within :data:`IDLE_SECONDS` too (a slow trickle ends the connection)."""
-        timeout = gevent.Timeout(IDLE_SECONDS)
+        """Read the headers within :data:`REQUEST_SECONDS` (a slow trickle ends the connection)."""
+        timeout = gevent.Timeout(REQUEST_SECONDS)
         timeout.start()
         try:
             return super().read_request(raw_requestline)
@@ -77,6 +95,78 @@ class QuietHandler(WSGIHandler):  # type: ignore[misc]
             return None
         finally:
             timeout.cancel()
+
+    def handle_one_response(self) -> None:
+        """Run the app once the request's body is all in; answer a slow body 408."""
+        self.answered += 1
+        if self.read_body():
+            super().handle_one_response()
+
+    def read_body(self) -> bool:
+        """Read the whole body within :data:`REQUEST_SECONDS` and hand it to the app.
+
+        A body larger than the app accepts is not read: the app refuses it by its
+        ``Content-Length`` (413) and the connection closes after the answer.
+
+        :returns: whether the app should run; if not, the connection is closing.
+        """
+        chunked = self.environ.get("HTTP_TRANSFER_ENCODING", "").lower() == "chunked"
+        length = self.content_length or 0
+        if not chunked and not length:
+            return True
+        if chunked:  # the app gets it whole, with its length
+            del self.environ["HTTP_TRANSFER_ENCODING"]
+        limit = int(self.application.config["MAX_CONTENT_LENGTH"])
+        if length > limit:
+            self.close_connection = True
+            body = b""
+        else:
+            received = self.receive(limit + 1 if chunked else length)
+            if received is None or (not chunked and len(received) < length):
+                self.close_connection = True  # answered already, or the client left
+                return False
+            body = received
+            if chunked:
+                self.environ["CONTENT_LENGTH"] = str(len(body))
+                if len(body) > limit:  # the app refuses it; the rest is never read
+                    self.close_connection = True
+        self.wsgi_input = self.environ["wsgi.input"] = Input(io.BytesIO(body), len(body))
+        return True
+
+    def receive(self, wanted: int) -> bytes | None:
+        """Read up to ``wanted`` bytes of body within :data:`REQUEST_SECONDS`.
+
+        :returns: what came (less at the end of a chunked body, or when the client
+            left), or ``None`` once it was answered for being too slow or malformed.
+        """
+        parts: list[bytes] = []
+        received = 0
+        timeout = gevent.Timeout(REQUEST_SECONDS)
+        timeout.start()
+        try:
+            while received < wanted:
+                part: bytes = self.wsgi_input.read(min(wanted - received, 16384))
+                if not part:
+                    break
+                parts.append(part)
+                received += len(part)
+        except gevent.Timeout as expired:
+            if expired is not timeout:
+                raise
+            self.refuse_body(REQUEST_TIMEOUT)
+            return None
+        except OSError:  # the client left, or a chunked body that cannot be parsed
+            self.refuse_body(BAD_REQUEST)
+            return None
+        finally:
+            timeout.cancel()
+        return b"".join(parts)
+
+    def refuse_body(self, answer: bytes) -> None:
+        """Send a bare ``answer`` for a body that never arrived whole, and close."""
+        self.close_connection = True
+        with contextlib.suppress(OSError):
+            self.socket.sendall(answer)
 
     def get_environ(self) -> dict[str, Any]:
         """Build the request's environ, with the client's socket under :data:`CLIENT_SOCKET`."""
@@ -111,6 +201,8 @@ class QuietHandler(WSGIHandler):  # type: ignore[misc]
 
 #: gevent's own answer to a request it cannot parse.
 BAD_REQUEST = b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-length: 0\r\n\r\n"
+#: The answer to a body that did not arrive within :data:`REQUEST_SECONDS`.
+REQUEST_TIMEOUT = b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-length: 0\r\n\r\n"
 
 
 def quiet_hub() -> None:
@@ -150,13 +242,14 @@ def create_server(app: Flask, port: int, settings: Settings, setting: str) -> WS
 
 
 def raise_file_limit(settings: Settings) -> None:
-    """Allow a file descriptor for every connection both apps may hold, and some to spare.
+    """Allow a file descriptor for every connection both apps may hold (clients' and the
+    database's), and some to spare.
 
     Debian's default soft limit (1,024) would stop the server accepting long before
     ``SERVER_CONNECTIONS``; the hard limit stays the operator's (systemd's ``LimitNOFILE``).
     """
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    wanted = 2 * settings.server_connections + 256
+    wanted = 2 * settings.server_connections + 2 * db.most_open_files() + 256
     if soft < wanted:
         ceiling = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
         resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, ceiling), hard))
