@@ -29,7 +29,9 @@ from support import LiveServer, start_server, stillroom_env, stop_server
 
 #: The hold of the shared server: long enough to tell a held answer from a quick one.
 HOLD = 3
-REFRESH = re.compile(rb'<meta http-equiv="refresh" content="(\d+)(?:; url=\?seen=([\w-]+))?">')
+REFRESH = re.compile(
+    rb'<meta http-equiv="refresh" content="(\d+)(?:; url=\?(?:seen|first)=([\w-]+))?">'
+)
 
 
 @dataclass
@@ -159,6 +161,7 @@ def test_an_idle_reload_is_held_then_answered_304(held):
     refresh = REFRESH.search(first.body)
     assert refresh is not None and refresh.group(1) == b"0"
     assert refresh.group(2).decode() == bare(first.headers["etag"])
+    assert b"url=?first=" in first.body  # the reload after an opening is held only briefly
     again = feed(server, chats[0], etag=first.headers["etag"])
     assert again.status == 304
     assert HOLD - 0.2 <= again.seconds <= HOLD + 1.5, again.seconds
@@ -293,6 +296,23 @@ def test_one_login_holds_only_a_few_reloads_the_next_reloads_on_a_timer(tmp_path
         # Another person's reload is still held: the cap is per login.
         write(server, chat, "Here.")
         assert feed(server, chat, "therapist").status == 200
+    finally:
+        stop_server(server)
+
+
+def test_the_reload_after_an_opening_is_held_only_briefly(tmp_path):
+    """The page that opens the chat names its reload ``first``: held a few seconds at most
+    (the browser keeps the whole page loading while a frame's reload is pending before
+    the page has loaded), then answered with the feed whose own reload is held in full."""
+    server, [chat] = serve(tmp_path / "instance", 30, pairs=1)
+    try:
+        opening = feed(server, chat)
+        refresh = REFRESH.search(opening.body)
+        assert refresh is not None and b"url=?first=" in opening.body
+        path = f"/en/chat/{chat.appointment}/feed?first={refresh.group(2).decode()}"
+        after = get(server.url, path, chat.participant_cookie)
+        assert after.status == 200 and 2.5 <= after.seconds <= 4, after.seconds
+        assert b"url=?seen=" in after.body
     finally:
         stop_server(server)
 

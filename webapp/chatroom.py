@@ -99,6 +99,11 @@ WAITING_SECONDS = 30
 #: between would wait for it. The server holds that reload, so the browser does not spin,
 #: and it keeps showing the answer while the reload waits.
 HOLD_PAUSE_SECONDS = 0
+#: The longest hold of the reload that follows the page that opens the chat (``?first=``).
+#: While a frame's reload is pending before the page around it has loaded, the browser
+#: keeps the whole page loading (its load event waits for the frame): held a minute,
+#: the tab would look busy for a minute. These few seconds let the page finish first.
+BRIEF_HOLD_SECONDS = 3
 #: Feed reloads one session may have held at once (see :class:`Holds`).
 HELD_PER_SESSION = 4
 #: The other side counts as active for this long after their last message.
@@ -249,7 +254,9 @@ def held_feed(
 
     A reload says which feed it shows (``?seen=`` its ETag; the portal's feed is not
     cached, so ``If-None-Match`` alone would not say). When that is still the feed, it
-    waits: on news it answers ``200`` with the new feed at once. At the end of the hold
+    waits. The reload that follows the page opening the chat (``?first=``) waits at most
+    :data:`BRIEF_HOLD_SECONDS` and then gets the feed as reloads see it, whose own reload
+    is held in full: on news it answers ``200`` with the new feed at once. At the end of the hold
     it looks again, as a reload would then (``304`` to a browser whose feed is current,
     the new page if something changed without news). When the client left or the server
     stops, it answers ``304`` at once without looking. Returns ``None`` when the session
@@ -267,7 +274,11 @@ def held_feed(
     seen = HUB.version(key)  # before reading: news that comes after it ends the hold
     answer = answer_now(shown)
     hold = hold_seconds()
-    if hold == 0 or request.args.get("seen") != answer.get_etag()[0]:
+    if "first" in request.args:  # the reload right after an opening: held only briefly
+        hold = min(hold, BRIEF_HOLD_SECONDS)
+    elif request.args.get("seen") != answer.get_etag()[0]:
+        return answer
+    if hold == 0:
         return answer
     deadline = time.monotonic() + hold
     departure = Departure(request.environ[CLIENT_SOCKET], key)
@@ -417,7 +428,7 @@ def feed(appointment: ChatAppointment, side: Side) -> Response:
             paused=variant == "pause",
             # Only the frame's own reloads say what they show, and only they are held:
             # opening the page again must show the messages at once.
-            reload=f"?seen={etag}" if hold_seconds() else "",
+            reload=f"?{reload_name()}={etag}" if hold_seconds() else "",
         )
     )
     response.set_etag(etag)
@@ -441,6 +452,13 @@ def feed_variant() -> str:
     return ""
 
 
+def reload_name() -> str:
+    """Return how the feed page's own reload names the page it shows: ``first`` on the
+    page that opens the chat (its reload is held only briefly, see :func:`held_feed`),
+    ``seen`` on every page that came from a reload."""
+    return "seen" if "seen" in request.args or "first" in request.args else "first"
+
+
 def unchanged_feed(appointment: ChatAppointment, role: str) -> Response | None:
     """Answer 304 at once when the browser's feed page is still current, before any decryption.
 
@@ -462,8 +480,11 @@ def shown_key(appointment: ChatAppointment) -> tuple[bytes, str, str]:
     variant (each variant is a page of its own, with its own ETag), held or not."""
     session = current_session()
     assert session is not None
-    timer = "" if hold_seconds() else "~"  # a page that reloads on a timer is another page
-    return session.token_hash, appointment.id, f"{current_language()}{feed_variant()}{timer}"
+    # A page that reloads on a timer is another page. The page that opens the chat
+    # differs from the one a reload gets only in its reload's name (same ETag: each
+    # URL has its own copy in the browser), so each has its own entry.
+    page = f"{feed_variant()}{reload_name() if hold_seconds() else '~'}"
+    return session.token_hash, appointment.id, f"{current_language()}{page}"
 
 
 def next_change(appointment: ChatAppointment, messages: list[ShownMessage], role: str) -> int:
