@@ -238,7 +238,8 @@ class HeldFeed(threading.Thread):
         super().__init__(daemon=True)
         self.browser, self.path = browser, path
         self.query = ""
-        self.etag: str | None = None
+        #: As a browser's cache: each address's copy, its ETag and what its refresh asks.
+        self.copies: dict[str, tuple[str, float, str]] = {}
         self.pause = 5.0
         self.answers: list[tuple[int, int]] = []  # (status, bytes)
         self.seen: dict[int, float] = {}  # message number -> when the feed first showed it
@@ -247,17 +248,23 @@ class HeldFeed(threading.Thread):
     def run(self) -> None:
         """Reload until told to stop, noting when each numbered message first shows."""
         while not self.stopping.is_set():
+            copy = self.copies.get(self.query)
             status, headers, feed, cost = self.browser.request(
-                "GET", self.path + self.query, etag=self.etag
+                "GET", self.path + self.query, etag=copy[0] if copy else None
             )
             now = time.monotonic()
             self.answers.append((status, cost))
             if status == 200:
-                self.etag = headers.get("etag")
-                pause, self.query = refresh_of(feed)
-                self.pause = self.pause if pause is None else pause
+                pause, query = refresh_of(feed)
+                self.copies[self.query] = (
+                    headers.get("etag", ""),
+                    self.pause if pause is None else pause,
+                    query,
+                )
                 for number in re.findall(r"\[(\d+)\]", feed):
                     self.seen.setdefault(int(number), now)
+            if self.query in self.copies:  # the page shown: the new one, or the kept copy
+                _, self.pause, self.query = self.copies[self.query]
             self.stopping.wait(self.pause)
 
 
