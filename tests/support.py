@@ -278,6 +278,21 @@ def add_therapist_by_cli(data_dir: Path, name: str, languages: str = "en,de") ->
     return login.group(1), token  # type: ignore[union-attr]
 
 
+def add_researcher_by_cli(data_dir: Path, name: str) -> tuple[str, str]:
+    """Run ``stillroom researcher add`` as the operator does; return (login name, token)."""
+    result = subprocess.run(
+        [str(Path(sys.executable).with_name("stillroom")), "researcher", "add", "--name", name],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=stillroom_env(data_dir, 0),
+        check=True,
+    )
+    login = re.search(r"Login name[^:]*: (\S+)", result.stdout)
+    token = result.stdout.strip().rsplit("/", 1)[1]
+    return login.group(1), token  # type: ignore[union-attr]
+
+
 def free_port(other_than: int = 0) -> int:
     """Return a port free now on 127.0.0.1, never ``other_than`` (the kernel may hand the
     same free port out twice in a row, and both apps on one port are refused)."""

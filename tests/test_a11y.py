@@ -65,6 +65,7 @@ from stillroom.webapp.settings import Settings
 from support import (
     FAST_ARGON2,
     LiveServer,
+    add_researcher_by_cli,
     add_therapist_by_cli,
     start_server,
     stillroom_env,
@@ -373,15 +374,7 @@ def audit_study(audit: Audit, server: LiveServer) -> None:
     log_out(browser)
 
     # The researcher enrols with a TOTP code and lands on the study's flow.
-    added = subprocess.run(
-        [str(Path(sys.executable).with_name("stillroom")), "researcher", "add", "--name", "Rosa"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=stillroom_env(server.data_dir, 0),
-        check=True,
-    )
-    token = added.stdout.strip().rsplit("/", 1)[1]
+    _, token = add_researcher_by_cli(server.data_dir, "Rosa")
     enrol(browser, f"{server.portal_url}/en/enrol/{token}")
     assert path_of(browser) == "/en/research", browser.page_source
     for lang in AUDITED_LANGUAGES:

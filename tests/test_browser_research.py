@@ -5,12 +5,8 @@ list and the completion per timepoint."""
 from __future__ import annotations
 
 import datetime
-import re
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pyotp
 import pytest
@@ -41,8 +37,8 @@ from support import (
     FAST_ARGON2,
     NO_INTAKE_LIMITS,
     LiveServer,
+    add_researcher_by_cli,
     start_server,
-    stillroom_env,
     stop_server,
 )
 
@@ -94,18 +90,9 @@ def test_a_researcher_reads_the_flow_the_diagram_the_safety_list_and_completion(
     firefox: Marionette, server: tuple[LiveServer, str]
 ) -> None:
     live, pseudonym = server
-    added = subprocess.run(
-        [str(Path(sys.executable).with_name("stillroom")), "researcher", "add", "--name", "Rosa"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=stillroom_env(live.data_dir, 0),
-        check=True,
-    )
-    login_name = re.search(r"Login name[^:]*: (\S+)", added.stdout).group(1)  # type: ignore[union-attr]
-    link = added.stdout.strip().rsplit("\n", 1)[1]
+    login_name, token = add_researcher_by_cli(live.data_dir, "Rosa")
     portal = f"{live.portal_url}/en"
-    visit(firefox, f"{portal}/enrol/{link.rsplit('/', 1)[1]}")
+    visit(firefox, f"{portal}/enrol/{token}")
     secret = str(firefox.find_element(By.ID, "totp-secret").text).replace(" ", "")
     passphrase = str(firefox.find_element(By.ID, "passphrase").text)
     type_into(firefox, "confirm", passphrase)
