@@ -72,6 +72,9 @@ class KeyDeriver:
     :param runner: calls ``runner(function, *args)`` to run argon2 itself. The default
         calls it in place; a server with an event loop passes one that hands the work to
         a real thread, so that a login never stops every other connection.
+    :param before_waiting: called before each derivation waits for its slot and runs: a
+        server lets go there of what must not be held that long (a database connection),
+        or a flood of logins would hold all of them.
     """
 
     def __init__(
@@ -80,14 +83,18 @@ class KeyDeriver:
         concurrency: int,
         wait_seconds: float,
         runner: Runner | None = None,
+        before_waiting: Callable[[], None] | None = None,
     ) -> None:
         self.params = params
+        self._before_waiting = before_waiting
         self.wait_seconds = wait_seconds
         self._run: Runner = runner or _call_in_place
         self._slots = threading.BoundedSemaphore(concurrency)
 
     @contextmanager
     def _slot(self) -> Iterator[None]:
+        if self._before_waiting is not None:
+            self._before_waiting()
         if not self._slots.acquire(timeout=self.wait_seconds):
             raise KdfBusyError("all argon2 slots are busy")
         try:

@@ -927,3 +927,20 @@ def test_the_frames_opened_on_their_own_have_a_main_landmark_and_a_heading(chat)
         compose = client.get(f"/en/chat/{chat.id}/compose").get_data(as_text=True)
         assert "<main><h1>Write a message</h1>" in compose
         assert compose.rstrip().endswith("</main>")
+
+
+def test_a_deleted_conversation_is_never_answered_from_memory(chat, monkeypatch):
+    """A deletion reaches every feed the browser may revalidate, also when nothing of the
+    pair was held or written since the server started (its news counter was not known yet):
+    no "not modified" keeps the deleted text on screen."""
+    from stillroom.webapp.hub import HUB
+
+    chat.at(STARTS)
+    chat.say("participant", "please forget this")
+    monkeypatch.setattr(HUB, "_versions", {})  # a restart: counters start from nothing
+    paused = chat.feed("participant", "pause=1")
+    assert "please forget this" in paused.get_data(as_text=True)
+    assert chat.auth.post(f"/chat/{chat.id}/delete").status_code == 302
+    again = chat.feed("participant", "pause=1", **{"If-None-Match": paused.headers["ETag"]})
+    assert again.status_code == 200, "a 304 keeps the deleted conversation on screen"
+    assert "please forget this" not in again.get_data(as_text=True)

@@ -81,7 +81,11 @@ def _create_app(settings: Settings | None, clock: Callable[[], float], area: str
         STUDY=load_study(Path(settings.study)) if settings.study else None,
         SECURE_COOKIES=False,
         KEY_DERIVER=KeyDeriver(
-            settings.argon2, concurrency, settings.argon2_wait_seconds, argon2_runner()
+            settings.argon2,
+            concurrency,
+            settings.argon2_wait_seconds,
+            argon2_runner(),
+            before_waiting=db.give_back_while_waiting,
         ),
         CHAT_RATE_LIMITER=RateLimiter(
             settings.chat_rate_messages, settings.chat_rate_seconds, clock=clock

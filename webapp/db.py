@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import threading
 
-from flask import Flask, current_app, g
+from flask import Flask, current_app, g, has_request_context
 from sqlite_utils import Database
 from werkzeug.exceptions import ServiceUnavailable
 
@@ -73,6 +73,17 @@ def close_db(_error: BaseException | None = None) -> None:
             idle.append(db)
     finally:
         current_app.extensions["stillroom_db_lent"].release()
+
+
+def give_back_while_waiting() -> None:
+    """Give this request's connection back before a long wait (an argon2 slot, a pause),
+    unless a transaction is open on it; the request borrows one again when it needs it.
+
+    A wait that held its connection would let a flood of such requests (logins, new
+    accounts) take all :data:`MAX_CONNECTIONS`, and the chats with them.
+    """
+    if has_request_context() and "db" in g and not g.db.conn.in_transaction:
+        close_db()
 
 
 def most_open_files() -> int:

@@ -37,9 +37,10 @@ class Hub:
         return self._closing
 
     def version(self, key: str) -> int:
-        """Return the current counter of ``key``."""
+        """Return the current counter of ``key`` (from now on known, so that
+        :meth:`publish_participant` moves it on too)."""
         with self._lock:
-            return self._versions.get(key, 0)
+            return self._versions.setdefault(key, 0)
 
     def publish(self, key: str) -> None:
         """Move ``key`` on and wake everyone waiting for it."""

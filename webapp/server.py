@@ -317,6 +317,8 @@ def run_until_stopped(
 def close_servers(servers: list[WSGIServer]) -> None:
     """Answer every held feed reload, stop accepting, give open requests a moment, and
     close both sockets."""
+    for server in servers:  # both stop accepting first: an answered frame's next reload,
+        server.close()  # which follows at once, must not find one of them still open
     HUB.close()  # a held reload answers 304 now rather than being cut off
     for server in servers:
         server.stop(timeout=2)

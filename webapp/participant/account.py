@@ -30,6 +30,7 @@ from stillroom.webapp.booking import (
     upcoming_appointments,
 )
 from stillroom.webapp.chat import RateLimiter
+from stillroom.webapp.db import give_back_while_waiting
 from stillroom.webapp.gate import (
     CREATION_NICE,
     argon2_runner,
@@ -94,6 +95,7 @@ def prepare_account_creation(state: BlueprintSetupState) -> None:
         s.account_argon2_concurrency,
         s.argon2_wait_seconds,
         argon2_runner(CREATION_NICE),
+        before_waiting=give_back_while_waiting,
     )
     config["CREATION_RATE"] = RateLimiter(s.accounts_per_minute, 60, clock=config["CLOCK"])
 
@@ -139,6 +141,7 @@ def create() -> Any:
                 error = UNREADABLE
             else:
                 if typed == passphrase and not creation_allowed():
+                    give_back_while_waiting()
                     gevent.sleep(BUSY_PAUSE_SECONDS)
                     return (
                         render_template(
