@@ -35,7 +35,7 @@ from zoneinfo import ZoneInfo
 import pyotp
 import pytest
 from flask import Flask
-from loadclients import Chat, create_chats
+from loadclients import Chat
 from marionette_driver.by import By
 from marionette_driver.marionette import Marionette
 from test_browser_nojs import (
@@ -57,6 +57,7 @@ from test_browser_nojs import (
 )
 from test_browser_study import answer_intake, choose, new_participant
 from test_browser_study import study_server as study_server  # the example study, running
+from test_held_feed import book_and_serve
 from test_study_consort import NOT_ELIGIBLE
 
 from stillroom.webapp.app import create_participant_app, create_portal_app
@@ -67,7 +68,6 @@ from support import (
     LiveServer,
     add_researcher_by_cli,
     add_therapist_by_cli,
-    start_server,
     stillroom_env,
     stop_server,
 )
@@ -220,9 +220,7 @@ def holding(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LiveServ
     """A server that holds the feed's reloads until news, as ``stillroom serve`` does by
     default, and one chat open on it (nobody logged in yet)."""
     data_dir = tmp_path_factory.mktemp("a11y-held") / "instance"
-    extra = {"STILLROOM_CHAT_OPENS_MINUTES_BEFORE": "120"}  # no STILLROOM_FEED_HOLD_SECONDS
-    [chat] = create_chats(1, Settings.load(stillroom_env(data_dir, 0, extra)))
-    server = start_server(data_dir, extra)
+    server, [chat] = book_and_serve(data_dir, {}, 1)  # no STILLROOM_FEED_HOLD_SECONDS
     yield server, chat
     stop_server(server)
 

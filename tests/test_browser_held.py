@@ -10,17 +10,15 @@ from collections.abc import Iterator
 
 import psutil
 import pytest
-from loadclients import Chat, create_chats, log_in, percentile
+from loadclients import Chat, log_in, percentile
 from marionette_driver.by import By
 from marionette_driver.marionette import Marionette
 from test_browser_chat import FEED_STATE, FOCUS, click_in_feed, in_frame, press_tab
 from test_browser_nojs import PREFS, has, log_out, page_ready, press, running_firefox, visit, wait
 from test_browser_nojs import log_in as log_in_browser
-from test_held_feed import port_of, serve, write
+from test_held_feed import book_and_serve, port_of, serve, write
 
-from stillroom.webapp.settings import Settings
-
-from support import LiveServer, start_server, stillroom_env, stop_server
+from support import LiveServer, stop_server
 
 pytestmark = pytest.mark.browser
 
@@ -36,13 +34,8 @@ FEED_TEXT = (
 def holding(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LiveServer, Chat]]:
     """A server with the default hold, one open chat, and the therapist logged in over HTTP."""
     data_dir = tmp_path_factory.mktemp("browser-held") / "instance"
-    extra = {
-        "STILLROOM_CHAT_OPENS_MINUTES_BEFORE": "120",
-        "STILLROOM_CHAT_RATE_MESSAGES": "1000",
-        "STILLROOM_CHAT_RATE_SECONDS": "1",
-    }
-    [chat] = create_chats(1, Settings.load(stillroom_env(data_dir, 0, extra)))
-    server = start_server(data_dir, extra)
+    extra = {"STILLROOM_CHAT_RATE_MESSAGES": "1000", "STILLROOM_CHAT_RATE_SECONDS": "1"}
+    server, [chat] = book_and_serve(data_dir, extra, 1)
     asyncio.run(log_in(chat, port_of(server.url), port_of(server.portal_url)))
     yield server, chat
     stop_server(server)

@@ -42,11 +42,19 @@ class Answer:
     seconds: float
 
 
+def book_and_serve(
+    data_dir: Path, extra: dict[str, str], pairs: int
+) -> tuple[LiveServer, list[Chat]]:
+    """Book ``pairs`` chats that are open now and start the server with ``extra`` settings;
+    nobody is logged in yet."""
+    extra = {"STILLROOM_CHAT_OPENS_MINUTES_BEFORE": "120", **extra}
+    chats = create_chats(pairs, Settings.load(stillroom_env(data_dir, 0, extra)))
+    return start_server(data_dir, extra), chats
+
+
 def serve(data_dir: Path, hold: int, pairs: int) -> tuple[LiveServer, list[Chat]]:
     """Book ``pairs`` chats that are open now, start the server, and log both sides in."""
-    extra = {"STILLROOM_CHAT_OPENS_MINUTES_BEFORE": "120", "STILLROOM_FEED_HOLD_SECONDS": str(hold)}
-    chats = create_chats(pairs, Settings.load(stillroom_env(data_dir, 0, extra)))
-    server = start_server(data_dir, extra)
+    server, chats = book_and_serve(data_dir, {"STILLROOM_FEED_HOLD_SECONDS": str(hold)}, pairs)
     for chat in chats:
         asyncio.run(log_in(chat, port_of(server.url), port_of(server.portal_url)))
     return server, chats
