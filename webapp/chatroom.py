@@ -8,9 +8,10 @@ reloads only when a message is sent, so typed text is never lost.
 
 Under ``stillroom serve``, a reload that finds nothing new is held (DESIGN §9): it
 waits on the hub, without a database connection, until the pair's chat changes or
-``STILLROOM_FEED_HOLD_SECONDS`` pass, and the frame's next reload follows a moment
-after the answer. So a message arrives at once without script, and an idle chat
-costs one small ``304`` a minute.
+``STILLROOM_FEED_HOLD_SECONDS`` pass, and the frame's next reload follows at once
+(the one right after the chat opens is held only a few seconds, so that the page
+around the frame can finish loading). So a message arrives at once without script,
+and an idle chat costs one small ``304`` a minute.
 
 With JavaScript, the small ``live.js`` (the only script anywhere, allowed by CSP on
 chat pages alone) opens a WebSocket that says "news" when the chat changes, and
