@@ -58,6 +58,8 @@ from support import (
 )
 
 STILLROOM = str(Path(sys.executable).with_name("stillroom"))
+#: Bytes of a locked blob that identify its stale copies (random ciphertext: never by chance).
+PREFIX = 48
 DAY = 24 * 3600
 
 
@@ -354,8 +356,10 @@ def test_deleted_keys_and_messages_leave_nothing_that_opens_on_the_raw_disk(
         kind: sum(raw.count(value) for value in values)
         for kind, values in needles.must_be_gone.items()
     }
+    # A blob longer than a database page is split across overflow pages, so a whole-blob
+    # search would miss its stale copies: count them by their first bytes instead.
     copies = {
-        kind: sum(raw.count(value) for value in values)
+        kind: sum(raw.count(value[:PREFIX]) for value in values)
         for kind, values in needles.locked_copies.items()
     }
     metadata = {
@@ -395,7 +399,7 @@ def test_deleted_keys_and_messages_leave_nothing_that_opens_on_the_raw_disk(
                 keys.unwrap_key(locked, candidate)
         with pytest.raises(UnsealError):  # nor is it a sealed box the therapist's key opens
             open_sealed(locked, therapist_key)
-    print(f"  stale locked keys found and tried: {len(found)}, opened: 0")
+    print(f"  stale locked keys found whole and tried: {len(found)}, opened: 0")
 
 
 def therapist_secret_key(slot: int, locked: bytes, slot_file: bytes, secret: str) -> bytes:

@@ -686,8 +686,9 @@ def withdraw(db: Database, participant_id: str, level: str, day: datetime.date, 
     ``erase``: both, and the research data goes: the answers, consents and draft are
     deleted and the research slot destroyed, so no copy of them opens again. The study
     log keeps its pseudonymous events and the allocation stays (it is part of the list),
-    but the account gets a fresh random pseudonym, so nothing links it to them any more;
-    the row keeps only the flags that keep the person out of the study.
+    but the account gets a fresh random pseudonym, so nothing in the database links it to
+    them any more (a raw disk image may: docs/auditing.md); the row keeps only the flags
+    that keep the person out of the study.
 
     :raises ValueError: for an unknown level.
     :raises WrongStepError: when the participant is not in the study or erased already.
