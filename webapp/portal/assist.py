@@ -47,7 +47,7 @@ from stillroom.webapp.gate import current_session, db, now, settings
 from stillroom.webapp.i18n import current_language
 from stillroom.webapp.notes import NoteLockedError, NoteTooLongError, read_note, save_note
 from stillroom.webapp.portal.appointments import own, pseudonym_of
-from stillroom.webapp.portal.blueprint import bp, login_required
+from stillroom.webapp.portal.blueprint import bp, gate, login_required
 from stillroom.webapp.portal.chat import side
 
 #: The participant's latest messages the panel is about.
@@ -128,21 +128,33 @@ def transcript_of(
 def chat_assist(appointment_id: str) -> Response:
     """The support frame: snippets related to the participant's latest messages, and prompts.
 
-    It reloads itself; while those messages are unchanged it is answered with a bare 304.
+    It reloads like the feed: held until the chat changes under ``stillroom serve`` (no
+    timed refresh, WCAG 2.2.1), and answered with a bare 304 while the participant's
+    latest messages are unchanged.
     """
     assist = support()
-    appointment = own(appointment_id)
+    answer = chatroom.held_feed(
+        lambda: own(appointment_id), lambda shown: panel(shown, assist), gate.session_still_live
+    )
+    if answer is None:  # the session ended while the reload was held
+        abort(403)
+    return answer
+
+
+def panel(appointment: ChatAppointment, assist: Assist) -> Response:
+    """Answer one load of the support frame: the page, or 304 when nothing changed."""
     latest = [
         (seq, text)
         for seq, speaker, text in transcript_of(appointment, newest=chatroom.FEED_MESSAGES)
         if speaker == "participant"
     ][-LATEST_MESSAGES:]
     lang = chat_language(appointment)
-    interval = None if appointment.is_over(now()) else PANEL_SECONDS
-    state = f"{assist.features}:{[seq for seq, _ in latest]}:{lang}:{current_language()}:{interval}"
-    etag = base64.urlsafe_b64encode(
-        hashlib.blake2b(state.encode(), digest_size=6).digest()
-    ).decode()
+    held = chatroom.hold_seconds()
+    interval = None if appointment.is_over(now()) else (0 if held else PANEL_SECONDS)
+    seqs = [seq for seq, _ in latest]
+    state = f"{assist.features}:{seqs}:{lang}:{current_language()}:{interval}"
+    digest = hashlib.blake2b(state.encode(), digest_size=6).digest()
+    etag = base64.urlsafe_b64encode(digest).decode()
     if etag in request.if_none_match:
         unchanged = Response(status=304)
         unchanged.set_etag(etag)
@@ -161,7 +173,8 @@ def chat_assist(appointment_id: str) -> Response:
             prompts=[PROMPTS[topic] for topic in topics],
             heard=bool(latest),
             interval=interval,
-            compose_url=url_for("portal.chat_compose", appointment_id=appointment_id),
+            reload=f"?{chatroom.reload_name()}={etag}" if held else "",
+            compose_url=url_for("portal.chat_compose", appointment_id=appointment.id),
         )
     )
     response.set_etag(etag)
