@@ -24,6 +24,7 @@ from stillroom.onion.errors import OnionKeyError, TorError, TorLostError
 from stillroom.webapp import booking, therapists
 from stillroom.webapp.app import create_participant_app, create_portal_app
 from stillroom.webapp.assist.cli import snippets
+from stillroom.webapp.assist.llama import Supervisor
 from stillroom.webapp.audit import run_audit
 from stillroom.webapp.backup import BackupError, decode_key, restore_backup, write_backup
 from stillroom.webapp.console import SETTINGS_EPILOG, fail, load_settings, open_database, say
@@ -111,6 +112,33 @@ def serve(no_tor: bool) -> None:
         fail(error)
     except (StudyDefinitionError, StudyChangedError) as error:
         fail(RuntimeError(f"STILLROOM_STUDY={settings.study}: {error}"))
+    model = start_model(settings)
+    try:
+        serve_apps(app, servers, settings, no_tor)
+    finally:
+        if model is not None:
+            model.stop()
+
+
+def start_model(settings: Settings) -> Supervisor | None:
+    """Start the summary model's own process when serve runs it (``summary``, no address).
+
+    Its failures never stop the apps: a draft then finds no model (see
+    :class:`stillroom.webapp.assist.llama.Supervisor`).
+    """
+    if "summary" not in settings.assist_features or settings.assist_model_address:
+        return None
+    try:
+        model = Supervisor(settings)
+    except SettingsError as error:
+        fail(error)
+    model.start()
+    say(f"Summary model: its own process at low priority, on {model.socket}")
+    return model
+
+
+def serve_apps(app: Flask, servers: list[WSGIServer], settings: Settings, no_tor: bool) -> None:
+    """Serve both apps, through tor unless ``no_tor``, until stopped."""
     say(
         f"Therapist portal: http://127.0.0.1:{settings.portal_port}/"
         f" (public address {settings.portal_base_url}/)"
