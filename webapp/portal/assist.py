@@ -31,6 +31,7 @@ from stillroom.webapp.assist.model import (
     ModelAbsentError,
     ModelError,
     ModelTimeoutError,
+    draft_estimate_seconds,
     stream_draft,
 )
 from stillroom.webapp.assist.risk import PROMPTS, TOPICS
@@ -62,11 +63,6 @@ DRAFT_MARK = "\x1edraft\x1e"
 FAILURE_MARK = "\x1efailure\x1e"
 #: How draft.html shows a failure (the streamed page writes it in the same form).
 ALERT = '<p class="error" role="alert">{}</p>'
-#: Speeds measured here for a 3B model on 2 cores (docs/assist.md): reading, writing.
-READ_TOKENS_PER_SECOND = 18
-WRITE_TOKENS_PER_SECOND = 4
-DRAFT_TOKENS = 400
-
 TOPIC_NAMES = {
     "self-harm": _l("suicidality or self-harm"),
     "children": _l("access to children or contact with a child"),
@@ -184,9 +180,7 @@ def panel(appointment: ChatAppointment, assist: Assist) -> Response:
 
 def estimate_minutes(transcript: Sequence[tuple[str, str]]) -> int:
     """Return roughly how many minutes a draft of ``transcript`` takes on this server."""
-    tokens = sum(len(text) for _, text in transcript) / 4
-    seconds = tokens / READ_TOKENS_PER_SECOND + DRAFT_TOKENS / WRITE_TOKENS_PER_SECOND
-    return max(1, math.ceil(seconds / 60))
+    return max(1, math.ceil(draft_estimate_seconds(settings(), transcript) / 60))
 
 
 def risk_section(transcript: Sequence[tuple[str, str]], assist: Assist) -> str:
