@@ -31,7 +31,7 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "snippets"
 STILLROOM = str(Path(sys.executable).with_name("stillroom"))
 #: A participant's message about a hard evening, touching on thoughts of suicide.
 HARD_EVENING = (
-    "Yesterday evening I felt completely hopeless again and had thoughts of ending my life."
+    "Yesterday evening I felt completely hopeless again and thought about killing myself."
 )
 
 
@@ -71,6 +71,13 @@ def panel(chat) -> str:
     return page.get_data(as_text=True)
 
 
+#: 'related' alone: the risk detector embeds its phrases at each start (9 s here), which
+#: tests that need no prompt can spare.
+RELATED_ONLY = pytest.mark.parametrize(
+    "settings", [{"assist": "related", "assist_snippets": EXAMPLES}], indirect=True
+)
+
+
 def snippet_links(page: str) -> list[str]:
     return [html.unescape(link) for link in re.findall(r'href="([^"]*\?snippet=[^"]*)"', page)]
 
@@ -105,6 +112,7 @@ def test_a_quiet_chat_gets_no_prompt_and_an_unchanged_one_a_bare_304(chat):
     assert changed.status_code == 200 and "You might ask" in changed.get_data(as_text=True)
 
 
+@RELATED_ONLY
 def test_one_click_fills_the_message_box_and_sends_nothing(chat, settings):
     chat.at(STARTS)
     chat.say("participant", HARD_EVENING)
@@ -117,6 +125,7 @@ def test_one_click_fills_the_message_box_and_sends_nothing(chat, settings):
     assert html.unescape(box.group(1)).strip()[:30] not in html.unescape(feed)
 
 
+@RELATED_ONLY
 def test_nothing_of_it_reaches_the_database_or_the_disk(chat, settings):
     chat.at(STARTS)
     chat.say("participant", HARD_EVENING)
@@ -199,6 +208,7 @@ def test_serve_refuses_a_model_address_off_this_machine_in_one_line(tmp_path):
         assist_settings(tmp_path, assist="summary", assist_model_address="unix:/tmp/model.sock")
 
 
+@RELATED_ONLY
 def test_the_audit_passes_a_private_socket_and_fails_one_others_can_write(chat, settings):
     chat.at(STARTS)
     path = settings.data_dir / "model.sock"
@@ -216,6 +226,7 @@ def test_the_audit_passes_a_private_socket_and_fails_one_others_can_write(chat, 
         listener.close()
 
 
+@RELATED_ONLY
 def test_the_audit_fails_when_the_database_keeps_vectors(chat, settings):
     chat.at(STARTS)
     from sqlite_utils import Database
