@@ -79,6 +79,8 @@ AXE = Path(sys.prefix) / "axe-core" / "axe.min.js"
 #: WCAG 2.0, 2.1 and 2.2 at levels A and AA.
 TAGS = ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa", "wcag22aa"]
 AUDITED_LANGUAGES = ("en", "de")
+#: The example snippet library, for the frame of therapist support.
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "snippets"
 #: How many nodes of each violation the report names.
 NODES_SHOWN = 3
 
@@ -220,7 +222,9 @@ def holding(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LiveServ
     """A server that holds the feed's reloads until news, as ``stillroom serve`` does by
     default, and one chat open on it (nobody logged in yet)."""
     data_dir = tmp_path_factory.mktemp("a11y-held") / "instance"
-    server, [chat] = book_and_serve(data_dir, {}, 1)  # no STILLROOM_FEED_HOLD_SECONDS
+    # No STILLROOM_FEED_HOLD_SECONDS; therapist support on, so that its frame is audited too.
+    support = {"STILLROOM_ASSIST": "related,risk", "STILLROOM_ASSIST_SNIPPETS": str(EXAMPLES)}
+    server, [chat] = book_and_serve(data_dir, support, 1)
     yield server, chat
     stop_server(server)
 
@@ -484,6 +488,8 @@ def audit_held(audit: Audit, server: LiveServer, chat: Chat) -> None:
         for path in ["", "/feed?pause=1", "/feed?live=1"]:
             audit.page(page + path, ready=frames_shown)
         audit_stalled_feed(audit, f"{page}/feed")
+    for lang in AUDITED_LANGUAGES:  # the therapist's support frame, beside the chat
+        audit.page(f"{server.portal_url}/{lang}/chat/{chat.appointment}/assist")
     with dark_mode(audit):
         for page in chats:
             audit.page(page, ready=frames_shown)

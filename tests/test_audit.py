@@ -63,6 +63,7 @@ def test_a_healthy_instance_passes_every_check(live):
         "onion",
         "access-log",
         "study-log",
+        "assist",
     }
     readable = run_audit(live)
     assert readable.returncode == 0

@@ -18,6 +18,7 @@ from flask import Flask
 
 from stillroom.crypto.kdf import PRODUCTION, KeyDeriver
 from stillroom.webapp import assets, chatroom, db, i18n, participant, portal, security
+from stillroom.webapp.assist import service
 from stillroom.webapp.chat import RateLimiter
 from stillroom.webapp.gate import argon2_runner
 from stillroom.webapp.instance import prepare_instance, subkey
@@ -137,5 +138,6 @@ def create_portal_app(
     app.config["PUBLIC_HOST"] = public.hostname
     app.config["SECURE_COOKIES"] = public.scheme == "https"
     portal.init_app(app)
+    service.init_app(app)  # only the portal loads therapist support, never the onion app
     security.preload_error_pages(app)
     return app

@@ -25,7 +25,7 @@ from stillroom.onion.errors import TorConfigError
 from stillroom.webapp import server, store
 from stillroom.webapp.inventory import declared_columns
 from stillroom.webapp.keyslots import SLOT_FILE
-from stillroom.webapp.settings import Settings
+from stillroom.webapp.settings import Settings, is_local_address
 from stillroom.webapp.study import log as study_log
 
 #: The purge runs every minute; a row may outlive its deadline by that much and a margin.
@@ -43,6 +43,8 @@ RESEARCH_TABLES = (
     "allocation_lists",
     "study_log",
 )
+#: Parts of a table's or column's name that would mean therapist support stores something.
+ASSIST_WORDS = ("assist", "embedding", "vector", "snippet", "risk_topic", "summar")
 #: The triggers that refuse changes to the study log and to allocations.
 APPEND_ONLY_TRIGGERS = {
     f"{table}_no_{change}"
@@ -328,6 +330,51 @@ def check_study_log(db: Database, settings: Settings, now: int) -> Check:
     return Check("study-log", True, f"{head.seq} rows, chain intact; head {head}")
 
 
+def check_assist(db: Database, settings: Settings, now: int) -> Check:
+    """Therapist support talks only to this machine and stores nothing in the database.
+
+    Its model address is a socket in the data directory or 127.0.0.1, and every socket in
+    the data directory belongs to the service and only the service can write to it (another
+    local user's process there could read what the portal sends the model).
+    """
+    features = settings.assist_features
+    if not features:
+        return Check("assist", True, "therapist support is off")
+    problems = []
+    address = settings.assist_model_address
+    if address and not is_local_address(address, settings.data_dir):
+        problems.append(f"the model address {address} is not on this machine")
+    owner = settings.data_dir.stat().st_uid
+    sockets = [path for path in sorted(settings.data_dir.rglob("*")) if path.is_socket()]
+    if address.startswith("unix:"):
+        named = Path(address.removeprefix("unix:"))
+        if named.exists() and not named.is_socket():
+            problems.append(f"{named.name} is not a socket")
+    for path in sockets:
+        info = path.lstat()
+        name = str(path.relative_to(settings.data_dir))
+        if info.st_uid != owner:
+            problems.append(f"the socket {name} belongs to another user")
+        if info.st_mode & (stat.S_IWOTH | stat.S_IWGRP):
+            problems.append(f"others can write to the socket {name}")
+    stored = sorted(
+        f"{table.name}.{column.name}" if column else table.name
+        for table in db.tables
+        for column in [None, *table.columns]
+        if any(word in (column.name if column else table.name).lower() for word in ASSIST_WORDS)
+    )
+    if stored:
+        problems.append(f"the database holds {', '.join(stored)}")
+    if problems:
+        return Check("assist", False, "; ".join(problems))
+    where = address or (f"{len(sockets)} socket(s) in the data directory" if sockets else "none")
+    return Check(
+        "assist",
+        True,
+        f"{', '.join(features)} on; model endpoint: {where}, local; nothing of it in the database",
+    )
+
+
 CHECKS: tuple[Callable[[Database, Settings, int], Check], ...] = (
     check_schema,
     check_retention,
@@ -339,6 +386,7 @@ CHECKS: tuple[Callable[[Database, Settings, int], Check], ...] = (
     check_onion,
     check_no_access_log,
     check_study_log,
+    check_assist,
 )
 
 

@@ -555,7 +555,7 @@ def describe(message: ShownMessage, side: Side) -> dict[str, Any]:
 def compose(appointment: ChatAppointment, side: Side) -> Any:
     """Show the compose frame; on POST, send the message and show an empty form again."""
     error = None
-    text = ""
+    text = snippet_text() if request.method == "GET" else ""
     sent = False
     if request.method == "POST":
         text = request.form.get("text", "")  # the request size limit bounds it
@@ -578,6 +578,20 @@ def compose(appointment: ChatAppointment, side: Side) -> Any:
         max_chars=MAX_MESSAGE_CHARS,
     )
     return Response(page, status, content_type=FRAME_CONTENT_TYPE)
+
+
+def snippet_text() -> str:
+    """Return the text of the snippet a therapist chose (``?snippet=KEY&lang=xx``) to prefill
+    the box; "" in the onion app, which has no snippets, or for a key the library lacks.
+
+    Only the box is filled: nothing is sent until the therapist presses Send.
+    """
+    assist = current_app.config.get("ASSIST")
+    key = request.args.get("snippet", "")
+    if assist is None or not key:
+        return ""
+    text: str = assist.snippet_text(key, request.args.get("lang", ""))
+    return text
 
 
 def send(appointment: ChatAppointment, side: Side, text: str) -> Any:

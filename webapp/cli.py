@@ -23,6 +23,7 @@ from stillroom.onion import clients, service, tor
 from stillroom.onion.errors import OnionKeyError, TorError, TorLostError
 from stillroom.webapp import booking, therapists
 from stillroom.webapp.app import create_participant_app, create_portal_app
+from stillroom.webapp.assist.cli import snippets
 from stillroom.webapp.assist.llama import Supervisor
 from stillroom.webapp.audit import run_audit
 from stillroom.webapp.backup import BackupError, decode_key, restore_backup, write_backup
@@ -551,3 +552,4 @@ def participant_unblock(therapist_name: str, pseudonym: str) -> None:
 main.add_command(therapist)
 main.add_command(researcher)
 main.add_command(study)
+main.add_command(snippets)

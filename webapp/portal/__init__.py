@@ -12,6 +12,7 @@ from werkzeug.wrappers import Response
 from stillroom.webapp.portal import (
     account,
     appointments,
+    assist,
     chat,
     course,
     notes,
@@ -37,6 +38,7 @@ def init_app(app: Flask) -> None:
 __all__ = [
     "account",
     "appointments",
+    "assist",
     "chat",
     "course",
     "init_app",

@@ -57,7 +57,21 @@ def chat(appointment_id: str) -> str:
         notice=notice(),
         **course_context(appointment),
         **safety_context(appointment),
+        **assist_context(appointment_id),
     )
+
+
+def assist_context(appointment_id: str) -> dict[str, Any]:
+    """Return where the chat page finds its support frame and draft form, when they are on."""
+    features = settings().assist_features
+    return {
+        "assist_url": url_for("portal.chat_assist", appointment_id=appointment_id)
+        if {"related", "risk"} & set(features)
+        else None,
+        "draft_url": url_for("portal.draft", appointment_id=appointment_id)
+        if "summary" in features
+        else None,
+    }
 
 
 @bp.post("/chat/<appointment_id>/extend")

@@ -1,0 +1,134 @@
+"""The portal's therapist support, loaded once when the portal starts (never in the onion app).
+
+The embedding model, the snippet library and the risk detector are loaded here, and every
+embedding is computed in a real thread at low CPU priority (as argon2 is), so that a
+query never holds up the chats served by the event loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from flask import Flask, current_app
+
+from stillroom.webapp.assist.embed import EmbedderError, load_embedder
+from stillroom.webapp.assist.risk import RiskDetector
+from stillroom.webapp.assist.snippets import Library, Snippet, SnippetError, check_library
+from stillroom.webapp.gate import argon2_runner
+from stillroom.webapp.settings import Settings, SettingsError
+
+#: Below the logins' argon2 (nice 10): a query waits rather than slowing a login or a chat.
+ASSIST_NICE = 15
+#: The participant's latest messages that the panel looks at.
+LATEST_MESSAGES = 3
+
+T = TypeVar("T")
+
+
+class AssistError(SettingsError):
+    """Therapist support cannot start: the message says what is missing and how to fix it."""
+
+
+@dataclass(frozen=True)
+class Assist:
+    """What the portal's therapist support has loaded, and how it runs its work."""
+
+    features: tuple[str, ...]
+    library: Library | None
+    detector: RiskDetector | None
+    run: Callable[..., Any]
+
+    def related(self, messages: Sequence[str], lang: str) -> list[Snippet]:
+        """Return the three snippets most related to ``messages`` (none when 'related' is off)."""
+        if self.library is None or not messages:
+            return []
+        found: list[Snippet] = self.run(self.library.related, list(messages), lang)
+        return found
+
+    def topics(self, messages: Sequence[str]) -> list[str]:
+        """Return the risk topics that ``messages`` touch (none without a detector)."""
+        if self.detector is None or not messages:
+            return []
+        found: list[str] = self.run(self.detector.topics, list(messages))
+        return found
+
+    def snippet_text(self, key: str, lang: str) -> str:
+        """Return the text of the snippet ``key`` in ``lang``, or "" when there is none."""
+        if self.library is None or not key:
+            return ""
+        snippet = self.library.get(key, lang)
+        return snippet.text if snippet else ""
+
+
+def in_place(function: Callable[..., T], *args: Any) -> T:
+    """Run ``function`` in this thread (outside ``stillroom serve``, as in tests)."""
+    return function(*args)
+
+
+def load_assist(settings: Settings) -> Assist | None:
+    """Load what the features in STILLROOM_ASSIST need; ``None`` when none is on.
+
+    :raises AssistError: when something a feature needs is missing or unusable.
+    """
+    features = settings.assist_features
+    if not features:
+        return None
+    model = settings.assist_model
+    if "summary" in features and not settings.assist_model_address and not model.is_file():
+        raise AssistError(
+            f"STILLROOM_ASSIST includes summary, but STILLROOM_ASSIST_MODEL"
+            f" ({model if str(model) != '.' else 'empty'}) is not a model file: name a GGUF"
+            " file or set STILLROOM_ASSIST_MODEL_ADDRESS"
+        )
+    library = None
+    detector = None
+    # Each feature needs the embedder: the draft lists the risk topics discussed too.
+    if "related" in features:
+        folder = settings.assist_snippets
+        if str(folder) in ("", ".") or not folder.is_dir():
+            raise AssistError(
+                f"STILLROOM_ASSIST includes related, but STILLROOM_ASSIST_SNIPPETS"
+                f" ({folder if str(folder) not in ('', '.') else 'empty'}) is not a folder:"
+                " name the snippet library (examples/snippets shows its form)"
+            )
+        problems = check_library(folder)
+        if problems:
+            raise AssistError(
+                f"STILLROOM_ASSIST_SNIPPETS={folder}: {problems[0]}"
+                f" ({len(problems)} problem(s); 'stillroom snippets check' lists them all)"
+            )
+    try:
+        embedder = load_embedder(settings.assist_embedder)
+    except EmbedderError as error:
+        raise AssistError(str(error)) from error
+    if "related" in features:
+        cache = settings.data_dir / "snippet-cache"
+        cache.mkdir(mode=0o700, exist_ok=True)
+        try:
+            library = Library.load(settings.assist_snippets, embedder, cache)
+        except SnippetError as error:
+            raise AssistError(f"STILLROOM_ASSIST_SNIPPETS: {error}") from error
+    if "risk" in features or "summary" in features:
+        phrases = settings.assist_phrases
+        extra = None if str(phrases) in ("", ".") else phrases
+        if extra is not None and not extra.is_dir():
+            raise AssistError(f"STILLROOM_ASSIST_PHRASES={phrases} is not a folder")
+        try:
+            detector = RiskDetector.load(embedder, extra)
+        except (OSError, ValueError) as error:
+            raise AssistError(f"STILLROOM_ASSIST_PHRASES: {error}") from error
+    runner = argon2_runner(ASSIST_NICE)
+    return Assist(features, library, detector, runner or in_place)
+
+
+def init_app(app: Flask) -> None:
+    """Load the portal's therapist support once, before the first request."""
+    app.config["ASSIST"] = load_assist(app.config["SETTINGS"])
+
+
+def current_assist() -> Assist | None:
+    """Return this app's therapist support, or ``None`` when it is off (or in the onion app)."""
+    assist: Assist | None = current_app.config.get("ASSIST")
+    return assist

@@ -1,0 +1,260 @@
+"""The operator's snippet library, and the snippets related to a participant's latest messages.
+
+A library is a folder with one subfolder per language (``en``, ``de``, ``cs``, ``pt``,
+``es``) and one plain-text file per snippet in each: ``<lang>/<key>.txt``. A file's first
+line is its title (shown to the therapist), then one blank line, then the text that the
+therapist may put into the compose box. Every key exists in all five languages, so a
+therapist finds the same material whatever language the participant writes in.
+
+Snippet vectors may be cached on disk (snippets are the clinical team's texts, not anyone's
+data). A participant's messages are embedded in memory for one lookup and never kept.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+import unicodedata
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy
+
+from stillroom.webapp.assist.embed import Embedder
+from stillroom.webapp.chat import MAX_MESSAGE_CHARS
+from stillroom.webapp.settings import LANGUAGES
+
+MAX_TITLE_CHARS = 80
+KEY = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
+MAX_KEY_CHARS = 40
+# Tags, entities and Markdown links would reach a participant as literal clutter.
+MARKUP = re.compile(r"<\s*/?\s*[a-zA-Z][^>]*>|&[a-zA-Z]+;|&#\d+;|\]\(")
+
+# How much each of the participant's latest messages counts, newest first: the newest
+# says what the conversation is about now; the ones before it keep a short answer ("yes,
+# every evening") tied to its subject. Chosen on tests/data/assist_related.toml.
+MESSAGE_WEIGHTS = (1.0, 0.5, 0.25)
+# A lookup reads only the end of a long message, so that its cost stays bounded.
+MAX_QUERY_CHARS = 600
+
+
+class SnippetError(ValueError):
+    """The snippet library has problems; each is a plain sentence naming its file."""
+
+
+@dataclass(frozen=True)
+class Snippet:
+    """One vetted text of the library, in one language."""
+
+    key: str
+    lang: str
+    title: str
+    text: str
+
+
+def check_library(folder: Path) -> list[str]:
+    """Return every problem of the library in ``folder``, one sentence each naming the file."""
+    problems, _ = read_library(folder)
+    return problems
+
+
+def read_library(folder: Path) -> tuple[list[str], list[Snippet]]:
+    """Read the whole library: every problem found (instead of stopping at the first) and the
+    snippets without one."""
+    if not folder.is_dir():
+        return [f"{folder} is not a folder: give the snippet library's folder."], []
+    problems: list[str] = []
+    snippets: list[Snippet] = []
+    for entry in sorted(folder.iterdir()):
+        if entry.is_dir() and entry.name not in LANGUAGES and not entry.name.startswith("."):
+            problems.append(f"{entry}: not a language folder; use only {', '.join(LANGUAGES)}.")
+    keys_by_lang: dict[str, set[str]] = {}
+    for lang in LANGUAGES:
+        lang_dir = folder / lang
+        if not lang_dir.is_dir():
+            problems.append(f"{lang_dir}: the language folder is missing; add it.")
+            continue
+        keys_by_lang[lang] = set()
+        titles: dict[str, Path] = {}
+        for path in sorted(lang_dir.iterdir()):
+            if path.name.startswith("."):
+                continue  # editors' and file managers' hidden files
+            snippet, problem = _read_snippet(path, lang)
+            if problem:
+                problems.append(f"{path}: {problem}")
+            if snippet is None:
+                continue
+            keys_by_lang[lang].add(snippet.key)
+            if snippet.title in titles:
+                problems.append(
+                    f"{path}: the title is the same as in {titles[snippet.title].name};"
+                    " give each snippet its own title."
+                )
+            titles.setdefault(snippet.title, path)
+            if not problem:
+                snippets.append(snippet)
+    all_keys = set().union(*keys_by_lang.values()) if keys_by_lang else set()
+    for lang, keys in keys_by_lang.items():
+        for key in sorted(all_keys - keys):
+            problems.append(
+                f"{folder / lang / key}.txt: missing; each snippet needs a file per language."
+            )
+    if not problems and not snippets:
+        problems.append(f"{folder}: the library has no snippets; add one or more per language.")
+    return problems, snippets
+
+
+def _read_snippet(path: Path, lang: str) -> tuple[Snippet | None, str]:
+    """Read one snippet file: the snippet (if its name is usable) and its first problem, if any."""
+    key = path.stem
+    if not path.is_file() or path.suffix != ".txt":
+        return None, "not a snippet file; name snippets like urge-surfing.txt."
+    if not KEY.fullmatch(key) or len(key) > MAX_KEY_CHARS:
+        return None, (
+            f"bad file name; use lower-case letters, digits and single hyphens,"
+            f" at most {MAX_KEY_CHARS} characters, then .txt."
+        )
+    try:
+        raw = path.read_bytes().decode("utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None, "cannot be read as UTF-8 text; save it as UTF-8."
+    # Files saved on Windows are fine as they are; a byte-order mark is invisible anyway.
+    raw = unicodedata.normalize("NFC", raw.removeprefix("\ufeff").replace("\r\n", "\n"))
+    title, blank, text = [*raw.split("\n", 2), "", ""][:3]
+    title, text = title.strip(), "\n".join(line.rstrip() for line in text.strip().split("\n"))
+    snippet = Snippet(key=key, lang=lang, title=title, text=text)
+    bad = next((char for char in raw if _forbidden(char)), None)
+    if bad is not None:
+        return snippet, f"contains the invisible or control character U+{ord(bad):04X}; remove it."
+    if MARKUP.search(raw):
+        return snippet, "contains markup (a tag, an entity or a link); write plain text only."
+    if not title:
+        return snippet, "the first line must be the title."
+    if blank.strip():
+        return snippet, "the second line must be blank, between the title and the text."
+    if len(title) > MAX_TITLE_CHARS:
+        return snippet, f"the title is longer than {MAX_TITLE_CHARS} characters; shorten it."
+    if not text:
+        return snippet, "the text is empty; write it after the title and a blank line."
+    if len(text) > MAX_MESSAGE_CHARS:
+        return snippet, (
+            f"the text has {len(text)} characters, more than a chat message may have"
+            f" ({MAX_MESSAGE_CHARS}); shorten it."
+        )
+    return snippet, ""
+
+
+def _forbidden(char: str) -> bool:
+    """Control and format characters (bidirectional overrides, zero-width ones): not text."""
+    return char not in "\n\t" and unicodedata.category(char) in ("Cc", "Cf", "Co", "Cs")
+
+
+class Library:
+    """The vetted snippets in memory, with one vector each for finding the related ones."""
+
+    def __init__(self, snippets: Sequence[Snippet], vectors: numpy.ndarray, embedder: Embedder):
+        self._snippets = list(snippets)
+        self._vectors = vectors
+        self._embedder = embedder
+        self._by_lang = {
+            lang: [i for i, snippet in enumerate(self._snippets) if snippet.lang == lang]
+            for lang in LANGUAGES
+        }
+
+    @classmethod
+    def load(cls, folder: Path, embedder: Embedder, cache_dir: Path | None = None) -> Library:
+        """Read and check the library, and embed its snippets (from ``cache_dir`` when cached).
+
+        :raises SnippetError: listing every problem, when the library has any.
+        """
+        problems, snippets = read_library(folder)
+        if problems:
+            raise SnippetError(
+                f"The snippet library {folder} has {len(problems)} problem(s); see"
+                f" 'stillroom snippets check {folder}':\n" + "\n".join(problems)
+            )
+        passages = [passage_text(snippet) for snippet in snippets]
+        vectors = embed_passages(embedder, passages, cache_dir)
+        return cls(snippets, vectors, embedder)
+
+    def related(self, messages: Sequence[str], lang: str, k: int = 3) -> list[Snippet]:
+        """Return the ``k`` snippets in ``lang`` closest to the latest of ``messages``.
+
+        ``messages`` are the participant's, oldest first. They are embedded in memory
+        for this call only.
+        """
+        latest = [text[-MAX_QUERY_CHARS:] for text in messages if text.strip()]
+        latest = latest[-len(MESSAGE_WEIGHTS) :][::-1]
+        candidates = self._by_lang.get(lang, [])
+        if not latest or not candidates or k < 1:
+            return []
+        weights = numpy.asarray(MESSAGE_WEIGHTS[: len(latest)], dtype=numpy.float32)
+        query = weights @ self._embedder.queries(latest)
+        scores = self._vectors[candidates] @ query
+        best = numpy.argsort(-scores, kind="stable")[:k]
+        return [self._snippets[candidates[i]] for i in best]
+
+    def get(self, key: str, lang: str) -> Snippet | None:
+        """Return the snippet ``key`` in ``lang``, or None when the library has none."""
+        for i in self._by_lang.get(lang, []):
+            if self._snippets[i].key == key:
+                return self._snippets[i]
+        return None
+
+
+def passage_text(snippet: Snippet) -> str:
+    """The text a snippet is found by: its title and its text."""
+    return f"{snippet.title}\n{snippet.text}"
+
+
+def embed_passages(
+    embedder: Embedder, texts: Sequence[str], cache_dir: Path | None
+) -> numpy.ndarray:
+    """Embed ``texts`` as passages, reusing and filling the cache in ``cache_dir`` if given."""
+    if cache_dir is None:
+        return embedder.passages(texts)
+    cache_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    paths = [cache_dir / f"{cache_key(embedder.name, text)}.npy" for text in texts]
+    found: dict[int, numpy.ndarray] = {}
+    for i, path in enumerate(paths):
+        vector = _read_vector(path)
+        if vector is not None:
+            found[i] = vector
+    missing = [i for i in range(len(texts)) if i not in found]
+    if missing:
+        for i, vector in zip(missing, embedder.passages([texts[i] for i in missing]), strict=True):
+            _write_vector(paths[i], vector)
+            found[i] = vector
+    return numpy.stack([found[i] for i in range(len(texts))]).astype(numpy.float32)
+
+
+def cache_key(embedder_name: str, text: str) -> str:
+    """The cache file's name for ``text``: a change of model or of text is a new entry."""
+    return hashlib.sha256(f"{embedder_name}\0{text}".encode()).hexdigest()
+
+
+def _read_vector(path: Path) -> numpy.ndarray | None:
+    """A cached vector, or None when it is absent or damaged (it is then computed again)."""
+    try:
+        vector: numpy.ndarray = numpy.load(path, allow_pickle=False)
+    except (OSError, ValueError):
+        return None
+    if vector.ndim != 1 or vector.dtype != numpy.float32 or not numpy.isfinite(vector).all():
+        return None
+    return vector
+
+
+def _write_vector(path: Path, vector: numpy.ndarray) -> None:
+    """Write one vector atomically, readable by this user only."""
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".tmp")
+    try:
+        os.fchmod(handle, 0o600)
+        with os.fdopen(handle, "wb") as file:
+            numpy.save(file, numpy.asarray(vector, dtype=numpy.float32), allow_pickle=False)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise

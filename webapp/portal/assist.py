@@ -1,0 +1,289 @@
+"""The therapist's support beside a chat: related snippets, quiet prompts, a draft summary.
+
+Everything here is shown to the therapist only, and nothing of it is stored: the panel
+is computed in memory on each reload, and a draft is kept only if the therapist saves
+it into their notes. Nothing here ever writes to the participant.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import math
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from flask import (
+    Response,
+    abort,
+    make_response,
+    redirect,
+    render_template,
+    request,
+    stream_with_context,
+    url_for,
+)
+from flask_babel import lazy_gettext as _l
+from markupsafe import escape
+
+from stillroom.webapp import chatroom
+from stillroom.webapp.assist.model import (
+    ModelAbsentError,
+    ModelError,
+    ModelTimeoutError,
+    draft_estimate_seconds,
+    stream_draft,
+)
+from stillroom.webapp.assist.risk import PROMPTS, TOPICS
+from stillroom.webapp.assist.service import Assist, current_assist
+from stillroom.webapp.chat import (
+    ChatAppointment,
+    ConversationLockedError,
+    conversation_id_of,
+    conversation_key,
+    read_messages,
+)
+from stillroom.webapp.db import close_db
+from stillroom.webapp.gate import current_session, db, now, settings
+from stillroom.webapp.i18n import current_language
+from stillroom.webapp.notes import NoteLockedError, NoteTooLongError, read_note, save_note
+from stillroom.webapp.portal.appointments import own, pseudonym_of
+from stillroom.webapp.portal.blueprint import bp, gate, login_required
+from stillroom.webapp.portal.chat import side
+
+#: The participant's latest messages the panel is about.
+LATEST_MESSAGES = 3
+#: Seconds between the panel's reloads while the chat is open.
+PANEL_SECONDS = 15
+#: Kept in the browser's cache so that an unchanged reload costs a bare 304: the panel
+#: holds no message text and no pseudonym, only the library's texts and the prompts.
+PANEL_CACHE = "private, no-cache"
+#: Where the model's draft and a failure's message go in the rendered page.
+DRAFT_MARK = "\x1edraft\x1e"
+FAILURE_MARK = "\x1efailure\x1e"
+#: How draft.html shows a failure (the streamed page writes it in the same form).
+ALERT = '<p class="error" role="alert">{}</p>'
+TOPIC_NAMES = {
+    "self-harm": _l("suicidality or self-harm"),
+    "children": _l("access to children or contact with a child"),
+    "intent": _l("escalation or intent to act"),
+    "material": _l("use of abuse material"),
+    "crisis": _l("an acute crisis"),
+}
+ABSENT = _l(
+    "The draft could not be written: the summary model is not running on this server just"
+    " now. Nothing was lost. A draft usually takes about %(minutes)s minutes; please try"
+    " again later, or write your notes yourself."
+)
+SLOW = _l(
+    "The summary model took too long, so the draft stopped here. Nothing was lost. A draft"
+    " usually takes about %(minutes)s minutes; please try again when the server is quieter."
+)
+FAILED = _l(
+    "The summary model stopped before the draft was finished. Nothing was lost: what it"
+    " wrote is above. A draft usually takes about %(minutes)s minutes; please try again later."
+)
+
+
+def support() -> Assist:
+    """Return the portal's therapist support, or answer 404 when it is off."""
+    assist = current_assist()
+    if assist is None:
+        abort(404)
+    return assist
+
+
+def chat_language(appointment: ChatAppointment) -> str:
+    """Return the language the participant booked in: the language of what they read."""
+    row = (
+        db().execute("SELECT language FROM appointments WHERE id = ?", [appointment.id]).fetchone()
+    )
+    return str(row[0]) if row and row[0] else current_language()
+
+
+def transcript_of(
+    appointment: ChatAppointment, newest: int | None = None
+) -> list[tuple[int, str, str]]:
+    """Return the chat's readable messages as (number, speaker, text), oldest first."""
+    conversation_id = conversation_id_of(db(), appointment.participant_id, appointment.therapist_id)
+    if conversation_id is None:
+        return []
+    try:
+        key = conversation_key(db(), conversation_id, "therapist", side().secret_key)
+    except ConversationLockedError:
+        return []
+    return [
+        (message.seq, message.opened.sender, message.opened.text)
+        for message in read_messages(db(), conversation_id, key, newest=newest)
+        if message.opened is not None
+    ]
+
+
+@bp.get("/chat/<appointment_id>/assist")
+@login_required
+def chat_assist(appointment_id: str) -> Response:
+    """The support frame: snippets related to the participant's latest messages, and prompts.
+
+    It reloads like the feed: held until the chat changes under ``stillroom serve`` (no
+    timed refresh, WCAG 2.2.1), and answered with a bare 304 while the participant's
+    latest messages are unchanged.
+    """
+    assist = support()
+    answer = chatroom.held_feed(
+        lambda: own(appointment_id), lambda shown: panel(shown, assist), gate.session_still_live
+    )
+    if answer is None:  # the session ended while the reload was held
+        abort(403)
+    return answer
+
+
+def panel(appointment: ChatAppointment, assist: Assist) -> Response:
+    """Answer one load of the support frame: the page, or 304 when nothing changed."""
+    latest = [
+        (seq, text)
+        for seq, speaker, text in transcript_of(appointment, newest=chatroom.FEED_MESSAGES)
+        if speaker == "participant"
+    ][-LATEST_MESSAGES:]
+    lang = chat_language(appointment)
+    held = chatroom.hold_seconds()
+    interval = None if appointment.is_over(now()) else (0 if held else PANEL_SECONDS)
+    seqs = [seq for seq, _ in latest]
+    state = f"{assist.features}:{seqs}:{lang}:{current_language()}:{interval}"
+    digest = hashlib.blake2b(state.encode(), digest_size=6).digest()
+    etag = base64.urlsafe_b64encode(digest).decode()
+    if etag in request.if_none_match:
+        unchanged = Response(status=304)
+        unchanged.set_etag(etag)
+        unchanged.headers["Cache-Control"] = PANEL_CACHE
+        return unchanged
+    texts = [text for _, text in latest]
+    snippets = assist.related(texts, lang) if "related" in assist.features else []
+    topics = assist.topics(texts) if "risk" in assist.features else []
+    response = make_response(
+        render_template(
+            "portal/assist.html",
+            related_on="related" in assist.features,
+            risk_on="risk" in assist.features,
+            snippets=snippets,
+            snippet_lang=lang,
+            prompts=[PROMPTS[topic] for topic in topics],
+            heard=bool(latest),
+            interval=interval,
+            reload=f"?{chatroom.reload_name()}={etag}" if held else "",
+            compose_url=url_for("portal.chat_compose", appointment_id=appointment.id),
+        )
+    )
+    response.set_etag(etag)
+    response.headers["Cache-Control"] = PANEL_CACHE
+    return response
+
+
+def estimate_minutes(transcript: Sequence[tuple[str, str]]) -> int:
+    """Return roughly how many minutes a draft of ``transcript`` takes on this server."""
+    return max(1, math.ceil(draft_estimate_seconds(settings(), transcript) / 60))
+
+
+def risk_section(transcript: Sequence[tuple[str, str]], assist: Assist) -> str:
+    """Return the draft's risk-topic lines, listed by code from the words used, never guessed."""
+    found = set(assist.topics([text for _, text in transcript]))
+    discussed = [str(TOPIC_NAMES[t]) for t in TOPICS if t in found]
+    missing = [str(TOPIC_NAMES[t]) for t in TOPICS if t not in found]
+    none = str(_l("none"))
+    return "\n\n" + "\n".join(
+        (
+            str(
+                _l("Risk topics (found by the service in the words of the chat, not by the model):")
+            ),
+            str(_l("Discussed: %(topics)s", topics="; ".join(discussed) or none)),
+            str(
+                _l(
+                    "Not discussed (no words about it were found): %(topics)s",
+                    topics="; ".join(missing) or none,
+                )
+            ),
+        )
+    )
+
+
+@bp.post("/chat/<appointment_id>/draft")
+@login_required
+def draft(appointment_id: str) -> Any:
+    """Write a draft summary of a closed chat, streamed into an editable field."""
+    assist = support()
+    if "summary" not in assist.features:
+        abort(404)
+    appointment = own(appointment_id)
+    if not appointment.is_over(now()):
+        return redirect(url_for("portal.chat", appointment_id=appointment_id))
+    transcript = [(speaker, text) for _, speaker, text in transcript_of(appointment)]
+    lang = chat_language(appointment)
+    minutes = estimate_minutes(transcript)
+    risks = risk_section(transcript, assist)
+    page = render_template(
+        "portal/draft.html",
+        pseudonym=pseudonym_of(appointment),
+        appointment=appointment,
+        text=DRAFT_MARK,
+        failure=FAILURE_MARK,
+        minutes=minutes,
+    )
+    head, _, rest = page.partition(DRAFT_MARK)
+    middle, _, tail = rest.partition(ALERT.format(FAILURE_MARK))
+    s = settings()
+    close_db()  # a draft takes minutes; its connection goes back now
+
+    def body() -> Iterator[str]:
+        yield head
+        failure = None
+        try:
+            for piece in stream_draft(s, transcript, lang):
+                yield str(escape(piece))  # the model's words are untrusted text
+        except ModelAbsentError:
+            failure = ABSENT
+        except ModelTimeoutError:
+            failure = SLOW
+        except ModelError:
+            failure = FAILED
+        yield str(escape(risks))
+        yield middle
+        if failure is not None:
+            yield ALERT.format(escape(str(failure) % {"minutes": minutes}))
+        yield tail
+
+    response = Response(stream_with_context(body()), content_type="text/html; charset=utf-8")
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@bp.post("/chat/<appointment_id>/draft/save")
+@login_required
+def save_draft(appointment_id: str) -> Any:
+    """Add the (edited) draft to the end of the therapist's notes on this participant."""
+    support()
+    appointment = own(appointment_id)
+    session = current_session()
+    assert session is not None
+    text = request.form.get("text", "").strip()
+    pseudonym = pseudonym_of(appointment)
+    error = None
+    try:
+        note = read_note(db(), session.owner_id, appointment.participant_id, session.secret_key)
+        joined = f"{note.text}\n\n{text}" if note and note.text else text
+        save_note(db(), session.owner_id, appointment.participant_id, joined, now())
+    except NoteTooLongError:
+        error = _l("Your notes and this draft together are too long: please shorten the draft.")
+    except NoteLockedError:
+        error = _l(
+            "Your notes were sealed to a key you no longer have, so nothing can be added to them."
+        )
+    if error is None:
+        return redirect(url_for("portal.notes", pseudonym=pseudonym, done="notes-saved"))
+    page = render_template(
+        "portal/draft.html",
+        pseudonym=pseudonym,
+        appointment=appointment,
+        text=text,
+        failure=error,
+        minutes=None,
+    )
+    return page, 400
