@@ -133,7 +133,68 @@ BREAKAGES = {
         "UTF-8",
     ),
     "unknown language": (lambda f: (f / "fr").mkdir(), "fr", "not a language folder"),
+    "empty cue section": (
+        lambda f: write(f / "en" / "grounding.txt", "Grounding\n\nBreathe slowly.\n---\n\n"),
+        "en/grounding.txt",
+        "cue section",
+    ),
+    "too many cues": (
+        lambda f: write(
+            f / "en" / "grounding.txt",
+            "Grounding\n\nBreathe slowly.\n---\n" + "".join(f"Cue {i}.\n" for i in range(11)),
+        ),
+        "en/grounding.txt",
+        "more than 10",
+    ),
+    "cue too long": (
+        lambda f: write(f / "de" / "grounding.txt", "Erden\n\nAtmen.\n---\n" + "Wort " * 41),
+        "de/grounding.txt",
+        "200",
+    ),
+    "markup in a cue": (
+        lambda f: write(f / "es" / "grounding.txt", "Calma\n\nRespira.\n---\nMe <i>agobio</i>."),
+        "es/grounding.txt",
+        "markup",
+    ),
+    "two cue sections": (
+        lambda f: write(f / "en" / "grounding.txt", "Grounding\n\nBreathe.\n---\nA.\n---\nB.\n"),
+        "en/grounding.txt",
+        "more than one ---",
+    ),
 }
+
+
+def without_cues(folder: Path) -> None:
+    """Cut the cue section off every snippet file in ``folder``."""
+    for path in folder.glob("*/*.txt"):
+        write(path, path.read_text(encoding="utf-8").split("\n---\n")[0] + "\n")
+
+
+def test_cues_are_optional_and_never_part_of_a_snippet(library_copy, cached):
+    assert all("\n---\n" in path.read_text() for path in EXAMPLES.glob("*/*.txt"))
+    without_cues(library_copy)
+    assert check_library(library_copy) == []
+    library, _ = cached
+    for lang in ("en", "cs"):
+        snippet = library.get("sleep-and-stress", lang)
+        assert snippet is not None
+        cues = (EXAMPLES / lang / "sleep-and-stress.txt").read_text().split("\n---\n")[1]
+        assert cues.strip() and "---" not in snippet.text
+        assert all(cue not in snippet.text for cue in cues.splitlines())
+
+
+def test_a_cue_brings_its_snippet_to_the_top(library_copy, cached, model, tmp_path):
+    _, cache = cached
+    own_cache = tmp_path / "cache"
+    shutil.copytree(cache, own_cache)  # the module's cache keeps its own count
+    message = "My neighbour plays loud music on Sundays"
+    without_cues(library_copy)
+    before = Library.load(library_copy, model, own_cache)
+    assert before.related([message], "en")[0].key != "next-session"
+    path = library_copy / "de" / "next-session.txt"
+    write(path, path.read_text() + "---\nMein Nachbar hört sonntags laute Musik.\n")
+    after = Library.load(library_copy, model, own_cache)
+    assert after.related([message], "en")[0].key == "next-session"
 
 
 @pytest.mark.parametrize("breakage", sorted(BREAKAGES))
@@ -199,16 +260,20 @@ def test_get_returns_a_snippet_in_its_language(cached):
     library, _ = cached
     snippet = library.get("grounding", "cs")
     assert snippet is not None
-    title, text = (EXAMPLES / "cs" / "grounding.txt").read_text().split("\n\n", 1)
+    content = (EXAMPLES / "cs" / "grounding.txt").read_text().split("\n---\n")[0]
+    title, text = content.split("\n\n", 1)
     assert (snippet.title, snippet.text) == (title, text.strip())
     assert library.get("grounding", "fr") is None
     assert library.get("no-such-key", "en") is None
 
 
-def test_the_cache_holds_only_snippet_vectors_and_related_writes_nothing(cached, model):
+def test_the_cache_holds_only_library_vectors_and_related_writes_nothing(cached, model):
     library, cache = cached
     files = sorted(cache.iterdir())
-    assert len(files) == 55  # 11 snippets in 5 languages
+    cues = sum(
+        len(path.read_text().split("\n---\n")[1].splitlines()) for path in EXAMPLES.glob("*/*.txt")
+    )
+    assert len(files) == 55 + cues  # 11 snippets in 5 languages, and their cues
     assert stat.S_IMODE(cache.stat().st_mode) == 0o700
     for path in files:
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
@@ -226,4 +291,5 @@ def test_the_cache_holds_only_snippet_vectors_and_related_writes_nothing(cached,
     counting = CountingEmbedder(model)
     again = Library.load(EXAMPLES, counting, cache)
     assert counting.passage_count == 0  # every vector came from the cache
+    assert counting.query_count == 0
     assert again.related([message], "en")[0].key == library.related([message], "en")[0].key

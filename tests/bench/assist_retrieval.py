@@ -10,7 +10,8 @@ Prints one line per language, then
 ``top1_accuracy=X top3_accuracy=X p95_ms=X`` for all cases (the lowest language's
 top-3 accuracy as ``min_top3_accuracy``).
 
-    PYTHONSAFEPATH=1 .venv/bin/python tests/bench/assist_retrieval.py [--weights 1,0.5,0.25]
+    PYTHONSAFEPATH=1 .venv/bin/python tests/bench/assist_retrieval.py \
+        [--weights 1,0.5,0.25] [--scoring max]
 """
 
 from __future__ import annotations
@@ -41,10 +42,17 @@ def main() -> None:
         help="weights of the latest messages, newest first, to compare with the default"
         f" {','.join(str(w) for w in snippets.MESSAGE_WEIGHTS)}",
     )
+    parser.add_argument(
+        "--scoring",
+        choices=("sum", "max", "cues"),
+        help=f"how texts and cues make a score, to compare with the default {snippets.SCORING}",
+    )
     parser.add_argument("--cache", type=Path, help="a folder for snippet vectors, to rerun faster")
     args = parser.parse_args()
     if args.weights:
         snippets.MESSAGE_WEIGHTS = tuple(float(part) for part in args.weights.split(","))
+    if args.scoring:
+        snippets.SCORING = args.scoring
     cases = tomllib.loads(CASES.read_text())["case"]
     started = time.perf_counter()
     library = Library.load(LIBRARY, load_embedder(args.embedder), args.cache)
