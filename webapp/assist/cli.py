@@ -24,7 +24,7 @@ def snippets_check(folder: Path) -> None:
 
     Needs no data directory and loads no model: the clinical team can run it anywhere.
     """
-    problems, found = read_library(folder)
+    problems, found, _ = read_library(folder)
     if problems:
         for problem in problems:
             click.echo(problem)
