@@ -55,9 +55,10 @@ from stillroom.webapp.portal.chat import side
 LATEST_MESSAGES = 3
 #: Seconds between the panel's reloads while the chat is open.
 PANEL_SECONDS = 15
-#: Kept in the browser's cache so that an unchanged reload costs a bare 304: the panel
-#: holds no message text and no pseudonym, only the library's texts and the prompts.
-PANEL_CACHE = "private, no-cache"
+#: Never kept on the therapist's disk: a prompt ("consider asking about thoughts of
+#: suicide") says something about the participant. Reloads are held until the chat
+#: changes, so few are made; a client that keeps a copy anyway may still get a 304.
+PANEL_CACHE = "no-store"
 #: Where the model's draft and a failure's message go in the rendered page.
 DRAFT_MARK = "\x1edraft\x1e"
 FAILURE_MARK = "\x1efailure\x1e"
