@@ -350,7 +350,9 @@ def start_server(data_dir: Path, extra_env: dict[str, str] | None = None) -> Liv
         )
     portal = f"http://127.0.0.1:{env['STILLROOM_PORTAL_PORT']}"
     server = LiveServer(f"http://127.0.0.1:{port}", portal, data_dir, process, log)
-    deadline = time.monotonic() + 30
+    # Therapist support embeds its library and phrases at start-up (no cache yet): slower.
+    wait = 180 if env.get("STILLROOM_ASSIST") else 30
+    deadline = time.monotonic() + wait
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"server exited: {server.output()}")
@@ -361,7 +363,7 @@ def start_server(data_dir: Path, extra_env: dict[str, str] | None = None) -> Liv
         except OSError:
             time.sleep(0.1)
     stop_server(server)
-    raise RuntimeError("server did not answer within 30 s")
+    raise RuntimeError(f"server did not answer within {wait} s")
 
 
 def stop_server(server: LiveServer) -> None:

@@ -15,12 +15,19 @@ from support import STARTS, AuthActions, Chat, form_fields, generated, rows
 NOT_OBJECTS = {"lang", "table_name", "token", "digest_in_url"}
 
 
+SUPPORT_ENDPOINTS = {"portal.chat_assist", "portal.draft", "portal.save_draft"}
+
+
 def object_rules(app) -> list:
     """Every route with a variable that names one person's object."""
+    # With therapist support off, its routes answer 404 to everyone, owner included.
+    off = set() if app.config.get("ASSIST") else SUPPORT_ENDPOINTS
     return [
         rule
         for rule in app.url_map.iter_rules()
-        if set(rule.arguments) - NOT_OBJECTS and not rule.endpoint.endswith("_live")
+        if set(rule.arguments) - NOT_OBJECTS
+        and not rule.endpoint.endswith("_live")
+        and rule.endpoint not in off
     ]
 
 
