@@ -36,15 +36,15 @@ class Assist:
     """What the portal's therapist support has loaded, and how it runs its work."""
 
     features: tuple[str, ...]
-    library: Library | None
+    snippets: Library | None
     detector: RiskDetector | None
     run: Callable[..., Any]
 
     def related(self, messages: Sequence[str], lang: str) -> list[Snippet]:
         """Return the three snippets most related to ``messages`` (none when 'related' is off)."""
-        if self.library is None or not messages:
+        if self.snippets is None or not messages:
             return []
-        found: list[Snippet] = self.run(self.library.related, list(messages), lang)
+        found: list[Snippet] = self.run(self.snippets.related, list(messages), lang)
         return found
 
     def topics(self, messages: Sequence[str]) -> list[str]:
@@ -56,9 +56,9 @@ class Assist:
 
     def snippet_text(self, key: str, lang: str) -> str:
         """Return the text of the snippet ``key`` in ``lang``, or "" when there is none."""
-        if self.library is None or not key:
+        if self.snippets is None or not key:
             return ""
-        snippet = self.library.get(key, lang)
+        snippet = self.snippets.get(key, lang)
         return snippet.text if snippet else ""
 
 
