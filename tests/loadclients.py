@@ -194,6 +194,15 @@ async def log_in(chat: Chat, participant_port: int, portal_port: int) -> None:
         "GET", f"/en/chat/{chat.appointment}/compose", chat.participant_cookie
     )
     chat.participant_token = form_token(page)
+    door.close()
+    await log_in_therapist(chat, portal_port)
+
+
+async def log_in_therapist(chat: Chat, portal_port: int, where: str = "/compose") -> None:
+    """Log the therapist of ``chat`` in through the portal's form (name, passphrase, TOTP).
+
+    The form token is read from the chat's page ``where`` (the chat page once it closed).
+    """
     portal = Connection(portal_port)
     _, _, page = await portal.request("GET", "/en/login")
     code = pyotp.TOTP(chat.totp_secret).at(max(time.time(), chat.enrolled_at + 30))
@@ -210,10 +219,9 @@ async def log_in(chat: Chat, participant_port: int, portal_port: int) -> None:
     assert status == 302, status
     chat.therapist_cookie = session_cookie(headers)
     _, _, page = await portal.request(
-        "GET", f"/en/chat/{chat.appointment}/compose", chat.therapist_cookie
+        "GET", f"/en/chat/{chat.appointment}{where}", chat.therapist_cookie
     )
     chat.therapist_token = form_token(page)
-    door.close()
     portal.close()
 
 

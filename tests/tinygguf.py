@@ -60,23 +60,37 @@ def vocabulary() -> tuple[list[str], list[int], list[str]]:
     return tokens, types, [f"{left} {right}" for left, right in MERGES]
 
 
-def write_tiny_model(path: Path, seed: int = 19) -> Path:
-    """Write the model to ``path`` (about half a megabyte) and return the path."""
+def write_tiny_model(
+    path: Path,
+    seed: int = 19,
+    dims: int = DIMS,
+    layers: int = LAYERS,
+    heads: int = HEADS,
+    kv_heads: int = KV_HEADS,
+    feed_forward: int = FEED_FORWARD,
+) -> Path:
+    """Write the model to ``path`` (about half a megabyte) and return the path.
+
+    Larger shapes give a model that costs what a real one of that size does to run
+    (``tests/bench/chat_load.py --assist``); their weights are stored as float16.
+    """
     tokens, types, merges = vocabulary()
     rng = numpy.random.default_rng(seed)
-    head_dims = DIMS // HEADS
+    head_dims = dims // heads
+    kind = numpy.float32 if dims == DIMS else numpy.float16
+    scale = 1.6 / dims**0.5  # 0.2 for the tiny shape; keeps larger ones' activations finite
 
     def weights(*shape: int) -> numpy.ndarray:
-        return (rng.standard_normal(shape) * 0.2).astype(numpy.float32)
+        return (rng.standard_normal(shape) * scale).astype(kind)
 
     writer = GGUFWriter(str(path), "llama")
     writer.add_name("stillroom-tiny-test")
     writer.add_context_length(CONTEXT)
-    writer.add_embedding_length(DIMS)
-    writer.add_block_count(LAYERS)
-    writer.add_feed_forward_length(FEED_FORWARD)
-    writer.add_head_count(HEADS)
-    writer.add_head_count_kv(KV_HEADS)
+    writer.add_embedding_length(dims)
+    writer.add_block_count(layers)
+    writer.add_feed_forward_length(feed_forward)
+    writer.add_head_count(heads)
+    writer.add_head_count_kv(kv_heads)
     writer.add_rope_dimension_count(head_dims)
     writer.add_layer_norm_rms_eps(1e-5)
     writer.add_vocab_size(len(tokens))
@@ -91,20 +105,20 @@ def write_tiny_model(path: Path, seed: int = 19) -> Path:
     writer.add_chat_template(CHAT_TEMPLATE)
 
     # numpy shapes are ggml's reversed: (rows, columns) = (outputs, inputs).
-    writer.add_tensor("token_embd.weight", weights(len(tokens), DIMS))
-    for layer in range(LAYERS):
+    writer.add_tensor("token_embd.weight", weights(len(tokens), dims))
+    for layer in range(layers):
         block = f"blk.{layer}"
-        writer.add_tensor(f"{block}.attn_norm.weight", numpy.ones(DIMS, dtype=numpy.float32))
-        writer.add_tensor(f"{block}.attn_q.weight", weights(HEADS * head_dims, DIMS))
-        writer.add_tensor(f"{block}.attn_k.weight", weights(KV_HEADS * head_dims, DIMS))
-        writer.add_tensor(f"{block}.attn_v.weight", weights(KV_HEADS * head_dims, DIMS))
-        writer.add_tensor(f"{block}.attn_output.weight", weights(DIMS, HEADS * head_dims))
-        writer.add_tensor(f"{block}.ffn_norm.weight", numpy.ones(DIMS, dtype=numpy.float32))
-        writer.add_tensor(f"{block}.ffn_gate.weight", weights(FEED_FORWARD, DIMS))
-        writer.add_tensor(f"{block}.ffn_up.weight", weights(FEED_FORWARD, DIMS))
-        writer.add_tensor(f"{block}.ffn_down.weight", weights(DIMS, FEED_FORWARD))
-    writer.add_tensor("output_norm.weight", numpy.ones(DIMS, dtype=numpy.float32))
-    output = weights(len(tokens), DIMS)
+        writer.add_tensor(f"{block}.attn_norm.weight", numpy.ones(dims, dtype=numpy.float32))
+        writer.add_tensor(f"{block}.attn_q.weight", weights(heads * head_dims, dims))
+        writer.add_tensor(f"{block}.attn_k.weight", weights(kv_heads * head_dims, dims))
+        writer.add_tensor(f"{block}.attn_v.weight", weights(kv_heads * head_dims, dims))
+        writer.add_tensor(f"{block}.attn_output.weight", weights(dims, heads * head_dims))
+        writer.add_tensor(f"{block}.ffn_norm.weight", numpy.ones(dims, dtype=numpy.float32))
+        writer.add_tensor(f"{block}.ffn_gate.weight", weights(feed_forward, dims))
+        writer.add_tensor(f"{block}.ffn_up.weight", weights(feed_forward, dims))
+        writer.add_tensor(f"{block}.ffn_down.weight", weights(dims, feed_forward))
+    writer.add_tensor("output_norm.weight", numpy.ones(dims, dtype=numpy.float32))
+    output = weights(len(tokens), dims)
     output[len(tokens) - len(CONTROL_TOKENS) :] = 0  # never ends by itself: drafts of full length
     writer.add_tensor("output.weight", output)
 

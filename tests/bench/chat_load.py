@@ -32,6 +32,16 @@ Accounts are made in this process before the server starts and use the test suit
 argon2 costs, so that setting up thousands takes seconds; the measured minute runs no
 argon2 at all. Latency is measured from this process, after a warm-up of one interval.
 
+With ``--assist`` both servers run the therapist support with every feature on
+(``STILLROOM_ASSIST=related,risk,summary``, the example snippets, and a random-weight model
+of about half a billion parameters written at start, or ``--assist-model``): the therapists
+of the first ``--panels`` no-JS chats hold the support panel beside their chat (held like
+the feed; each of their participant's messages is embedded and checked for risk topics),
+and one more therapist has a draft summary written, one after another, through every
+phase. It also prints ``panel_p50_ms``/``panel_p99_ms`` (from a participant's send until
+their therapist's panel answers with it), ``drafts`` (finished in the chatting window) and
+``model_rss_mb`` (the model server's peak, a process of its own).
+
 Prints the figures and, last,
 ``nojs_clients=N nojs_delivery_p99_ms=X ws_clients=N ws_p99_ms=X rss_mb=X
 cpu_us_per_304=X p99_ms_304=X idle_reload_cpu_ms_per_min=X idle_held_cpu_ms_per_min=X
@@ -42,6 +52,7 @@ VmHWM, over both servers).
     PYTHONSAFEPATH=1 .venv/bin/python tests/bench/chat_load.py --feed reload  # 5 s reloads
     PYTHONSAFEPATH=1 .venv/bin/python tests/bench/chat_load.py --nojs 100 --ws 50 \
         --seconds 20 --idle-seconds 20 --seconds-304 5                        # a short try
+    PYTHONSAFEPATH=1 .venv/bin/python tests/bench/chat_load.py --assist       # with support
 """
 
 from __future__ import annotations
@@ -65,9 +76,11 @@ from loadclients import (
     Connection,
     create_chats,
     log_in_all,
+    log_in_therapist,
     peak_rss_mb,
     percentile,
 )
+from tinygguf import write_tiny_model
 from websockets.asyncio.client import connect as websocket
 
 from stillroom.crypto.kdf import FAST_FOR_TESTS
@@ -75,6 +88,11 @@ from stillroom.webapp.settings import Settings
 
 from support import LiveServer, argon2_env, start_server, stop_server
 
+#: The example snippet library, for ``--assist``.
+SNIPPETS = Path(__file__).resolve().parents[2] / "examples" / "snippets"
+#: A random-weight model of about the shape of a half-billion-parameter one (for ``--assist``):
+#: dimensions, layers, heads, key-value heads, feed-forward size.
+MODEL_SHAPE = (896, 24, 14, 2, 4864)
 TEXT = "Thank you. I would like to talk about how the week went, if that is all right."
 #: A therapist's message to a no-JS participant carries its number, to time its delivery.
 MARKER = re.compile(rb"\[(\d+)\]")
@@ -94,6 +112,8 @@ class Figures:
     news: list[float] = field(default_factory=list)
     nojs_delivery: list[float] = field(default_factory=list)
     sent: dict[int, float] = field(default_factory=dict)
+    panel: list[float] = field(default_factory=list)
+    said: dict[str, float] = field(default_factory=dict)
     errors: int = 0
     sockets: int = 0
     server_cpu: float = 0.0
@@ -194,6 +214,7 @@ async def nojs_participant(
 async def participant_says(chat: Chat, port: int, figures: Figures) -> None:
     """Send a message from a no-JS participant on a connection of its own (the compose frame)."""
     started = time.monotonic()
+    figures.said[chat.appointment] = started  # for the therapist's support panel
     compose = Connection(port)  # the feed's connection may be held meanwhile
     try:
         status, _, _ = await compose.request(
@@ -263,6 +284,119 @@ async def ws_participant(
                 figures.delivery.append((done - started) * 1000)
                 figures.errors += status != 200 or marker.encode() not in content
             await asyncio.sleep(max(0.0, args.ws_talk - (time.monotonic() - started)))
+
+
+async def therapist_panel(
+    chat: Chat, port: int, args: argparse.Namespace, figures: Figures
+) -> None:
+    """Keep the support panel beside the chat, as the portal's frame does: held until news.
+
+    The panel is ``no-store``, so a browser keeps no copy to ask about: no ``If-None-Match``.
+    """
+    connection = Connection(port)
+    await asyncio.sleep(random.uniform(0, args.interval))
+    query = ""
+    while figures.running():
+        try:
+            status, _, content = await connection.request(
+                "GET",
+                f"/en/chat/{chat.appointment}/assist{query}",
+                chat.therapist_cookie,
+                timeout=args.hold_limit + 30,
+            )
+        except (TimeoutError, ConnectionError) as problem:
+            if figures.measuring():
+                figures.errors += 1
+                print(f"panel reload failed: {problem!r}", flush=True)
+            continue
+        done = time.monotonic()
+        said = figures.said.pop(chat.appointment, None) if status == 200 else None
+        if figures.measuring():
+            figures.errors += status not in (200, 304)
+            if said is not None:
+                figures.panel.append((done - said) * 1000)
+        asked = REFRESH.search(content) if status == 200 else None
+        if asked:
+            pause = float(asked.group(1))
+            query = asked.group(2).decode() if asked.group(2) else ""
+        await asyncio.sleep(pause if asked else args.interval)
+
+
+@dataclass
+class Drafting:
+    """One therapist having draft summaries written, one after another, and how they went."""
+
+    chat: Chat
+    port: int
+    seconds: list[float] = field(default_factory=list)
+    chars: list[int] = field(default_factory=list)
+    errors: int = 0
+    stopping: bool = False
+
+    async def prepare(self, participant_port: int) -> None:
+        """Give the chat a few messages both ways, then close it, so that a draft may be asked."""
+        for _ in range(3):
+            await participant_says(self.chat, participant_port, Figures())
+        await therapist_says_once(self.chat, self.port, "How did you handle the urges?")
+        portal = Connection(self.port)
+        await portal.request(
+            "POST",
+            f"/en/chat/{self.chat.appointment}/close",
+            self.chat.therapist_cookie,
+            {"form_token": self.chat.therapist_token},
+        )
+        portal.close()
+
+    async def run(self) -> None:
+        """Ask for drafts until stopped; time each from the request to the page's end."""
+        while not self.stopping:
+            started = time.monotonic()
+            try:
+                page = await asyncio.wait_for(self.draft_page(), 1200)
+            except (TimeoutError, ConnectionError, asyncio.IncompleteReadError):
+                self.errors += 1
+                continue
+            if b"</textarea>" not in page or b"</html>" not in page:
+                self.errors += 1
+                continue
+            self.seconds.append(time.monotonic() - started)
+            text = page.split(b'name="text" rows="20">', 1)[1].split(b"</textarea>", 1)[0]
+            self.chars.append(len(text.decode(errors="replace")))
+
+    async def draft_page(self) -> bytes:
+        """POST for a draft and read the streamed page to its end (the server closes it)."""
+        body = urllib.parse.urlencode({"form_token": self.chat.therapist_token}).encode()
+        head = (
+            f"POST /en/chat/{self.chat.appointment}/draft HTTP/1.1\r\n"
+            f"Host: 127.0.0.1:{self.port}\r\nSec-Fetch-Site: same-origin\r\n"
+            f"Cookie: {self.chat.therapist_cookie}\r\nConnection: close\r\n"
+            "Content-Type: application/x-www-form-urlencoded\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        )
+        reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+        try:
+            writer.write(head.encode() + body)
+            return await reader.read(-1)
+        finally:
+            writer.close()
+
+
+async def therapist_says_once(chat: Chat, port: int, text: str) -> None:
+    """Send ``text`` from the therapist's side on a connection of its own."""
+    pool: asyncio.Queue[Connection] = asyncio.Queue()
+    connection = Connection(port)
+    pool.put_nowait(connection)
+    await therapist_says(pool, chat, text)
+    connection.close()
+
+
+def model_server_pid(server_pid: int) -> int | None:
+    """Return the pid of the model server that ``serve`` started, if any."""
+    for task in Path(f"/proc/{server_pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            if b"assist.llama" in Path(f"/proc/{child}/cmdline").read_bytes():
+                return int(child)
+    return None
 
 
 def cpu_seconds(pid: int) -> float:
@@ -356,6 +490,8 @@ async def run_load(
     for chat in plain:
         tasks.append(asyncio.ensure_future(nojs_participant(chat, participant_port, args, figures)))
         tasks.append(asyncio.ensure_future(nojs_therapist(chat, pool, args, figures)))
+    for chat in plain[: args.panels] if args.assist else []:
+        tasks.append(asyncio.ensure_future(therapist_panel(chat, portal_port, args, figures)))
     ready.set()
     await asyncio.sleep(max(0.0, figures.started - time.monotonic()))
     server_before, client_before = cpu_seconds(server_pid), time.process_time()
@@ -370,6 +506,29 @@ async def run_load(
     return figures
 
 
+async def start_drafting(
+    chat: Chat | None, ports: tuple[int, int]
+) -> tuple[Drafting | None, asyncio.Future[None] | None]:
+    """With ``--assist``, log the drafting therapist in and start asking for drafts."""
+    if chat is None:
+        return None, None
+    participant_port, portal_port = ports
+    drafting = Drafting(chat, portal_port)
+    if chat.participant_cookie:  # the chat was written and closed on the first server
+        await log_in_therapist(chat, portal_port, where="")
+    else:
+        await log_in_all([chat], participant_port, portal_port)
+        await drafting.prepare(participant_port)
+    return drafting, asyncio.ensure_future(drafting.run())
+
+
+async def stop_drafting(task: asyncio.Future[None] | None) -> None:
+    """Stop asking for drafts (a draft under way is abandoned, as a closed tab would)."""
+    if task is not None:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
 def ports_of(server: LiveServer) -> tuple[int, int]:
     """Return the participant app's and the portal's ports."""
     return (
@@ -379,7 +538,7 @@ def ports_of(server: LiveServer) -> tuple[int, int]:
 
 
 async def without_hold(
-    chats: list[Chat], server: LiveServer, args: argparse.Namespace
+    chats: list[Chat], server: LiveServer, args: argparse.Namespace, drafter: Chat | None
 ) -> dict[str, float]:
     """Phases 1 and 2, on a server that holds no reload."""
     participant_port, portal_port = ports_of(server)
@@ -387,6 +546,7 @@ async def without_hold(
     began = time.monotonic()
     await log_in_all(chats[: args.nojs], participant_port, portal_port)
     print(f"logged {args.nojs} pairs in, {time.monotonic() - began:.0f} s", flush=True)
+    _, drafting = await start_drafting(drafter, (participant_port, portal_port))
     per_304, times = await measure_304s(chats[: args.connections_304], pid, participant_port, args)
     print(
         f"304s: {len(times)} in {args.seconds_304:.0f} s on {args.connections_304} connections,"
@@ -396,6 +556,7 @@ async def without_hold(
     )
     reload_args = argparse.Namespace(**{**vars(args), "feed": "reload"})
     idle, errors = await measure_idle(chats[: args.nojs], pid, participant_port, reload_args)
+    await stop_drafting(drafting)
     print(
         f"idle, reloads every {args.interval:.0f} s: {idle:.2f} ms of server CPU per"
         f" participant-minute ({args.nojs} participants, {args.idle_seconds:.0f} s)",
@@ -410,14 +571,15 @@ async def without_hold(
 
 
 async def with_hold(
-    chats: list[Chat], server: LiveServer, args: argparse.Namespace
-) -> tuple[dict[str, float], Figures]:
+    chats: list[Chat], server: LiveServer, args: argparse.Namespace, drafter: Chat | None
+) -> tuple[dict[str, float], Figures, Drafting | None]:
     """Phases 3 and 4, on a server with the chosen feed mode."""
     participant_port, portal_port = ports_of(server)
     pid = server.process.pid
     began = time.monotonic()
     await log_in_all(chats, participant_port, portal_port)
     print(f"logged {len(chats)} pairs in, {time.monotonic() - began:.0f} s", flush=True)
+    drafts, drafting = await start_drafting(drafter, (participant_port, portal_port))
     figures: dict[str, float] = {"errors": 0}
     if args.feed == "held":
         idle, errors = await measure_idle(chats[: args.nojs], pid, participant_port, args)
@@ -426,10 +588,31 @@ async def with_hold(
             flush=True,
         )
         figures.update(idle_held_cpu_ms_per_min=idle, errors=errors)
+    if drafts is not None:
+        drafts.seconds.clear()  # count only the drafts that finish in the chatting window
     load = await run_load(chats, pid, (participant_port, portal_port), args)
+    await stop_drafting(drafting)
     minutes = len(chats) * args.seconds / 60
     figures["chatting_cpu_ms_per_min"] = load.server_cpu * args.seconds * 1000 / minutes
-    return figures, load
+    return figures, load, drafts
+
+
+def assist_env(args: argparse.Namespace, tmp: Path) -> dict[str, str]:
+    """Return the settings that turn every support feature on, with a model to run."""
+    model = args.assist_model
+    if model is None:
+        began = time.monotonic()
+        dims, layers, heads, kv_heads, feed_forward = MODEL_SHAPE
+        model = write_tiny_model(
+            tmp / "model.gguf", 19, dims, layers, heads, kv_heads, feed_forward
+        )
+        size = model.stat().st_size / 1e6
+        print(f"wrote a random-weight model, {size:.0f} MB, {time.monotonic() - began:.0f} s")
+    return {
+        "STILLROOM_ASSIST": "related,risk,summary",
+        "STILLROOM_ASSIST_SNIPPETS": str(SNIPPETS),
+        "STILLROOM_ASSIST_MODEL": str(model),
+    }
 
 
 def main() -> int:
@@ -454,7 +637,17 @@ def main() -> int:
     parser.add_argument("--seconds-304", type=float, default=10, help="the 304 window, s")
     parser.add_argument("--connections-304", type=int, default=20)
     parser.add_argument("--portal-connections", type=int, default=50)
+    parser.add_argument(
+        "--assist", action="store_true", help="therapist support on: panels and one draft"
+    )
+    parser.add_argument(
+        "--assist-model", type=Path, default=None, help="a GGUF model (else a random-weight one)"
+    )
+    parser.add_argument(
+        "--panels", type=int, default=None, help="therapists with the panel open (all no-JS)"
+    )
     args = parser.parse_args()
+    args.panels = args.nojs if args.panels is None else args.panels
     args.hold_limit = args.hold if args.hold is not None else 120
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # the server inherits it
@@ -467,11 +660,14 @@ def main() -> int:
         }
         os.environ.update({**env, "STILLROOM_DATA_DIR": str(data_dir)})
         began = time.monotonic()
-        chats = create_chats(args.nojs + args.ws, Settings.load())
+        chats = create_chats(args.nojs + args.ws + args.assist, Settings.load())
         print(f"created {len(chats)} pairs, {time.monotonic() - began:.0f} s", flush=True)
+        drafter = chats.pop() if args.assist else None
+        if args.assist:
+            env.update(assist_env(args, Path(tmp)))
         server = start_server(data_dir, {**env, "STILLROOM_FEED_HOLD_SECONDS": "0"})
         try:
-            plain = asyncio.run(without_hold(chats, server, args))
+            plain = asyncio.run(without_hold(chats, server, args, drafter))
             rss = peak_rss_mb(server.process.pid)
             print(f"peak RSS of the server without the hold: {rss:.0f} MB", flush=True)
         finally:
@@ -481,11 +677,29 @@ def main() -> int:
             hold = {"STILLROOM_FEED_HOLD_SECONDS": "0"}
         server = start_server(data_dir, {**env, **hold})
         try:
-            held, figures = asyncio.run(with_hold(chats, server, args))
+            held, figures, drafts = asyncio.run(with_hold(chats, server, args, drafter))
             rss = max(rss, peak_rss_mb(server.process.pid))
+            model = model_server_pid(server.process.pid)
+            model_rss = peak_rss_mb(model) if model else float("nan")
         finally:
             stop_server(server)
     errors = int(plain["errors"] + held["errors"]) + figures.errors
+    support = ""
+    if drafts is not None:
+        errors += drafts.errors
+        finished = drafts.seconds
+        print(
+            f"support: {len(figures.panel)} panels answered after a participant's message,"
+            f" p50 {percentile(figures.panel, 0.5):.1f} ms,"
+            f" p99 {percentile(figures.panel, 0.99):.1f} ms; {len(finished)} drafts finished"
+            f" in the window ({', '.join(f'{t:.0f} s' for t in finished) or 'none'}),"
+            f" {drafts.errors} failed; the model server's peak RSS {model_rss:.0f} MB"
+        )
+        support = (
+            f" panel_p50_ms={percentile(figures.panel, 0.5):.1f}"
+            f" panel_p99_ms={percentile(figures.panel, 0.99):.1f}"
+            f" drafts={len(finished)} model_rss_mb={model_rss:.0f}"
+        )
     print(
         f"no-JS ({args.feed}): {len(figures.nojs)} feed answers in {args.seconds:.0f} s,"
         f" {len(figures.nojs_delivery)} deliveries p50"
@@ -512,6 +726,7 @@ def main() -> int:
         f" idle_reload_cpu_ms_per_min={plain['idle_reload_cpu_ms_per_min']:.2f}"
         f" idle_held_cpu_ms_per_min={held.get('idle_held_cpu_ms_per_min', float('nan')):.2f}"
         f" chatting_cpu_ms_per_min={held['chatting_cpu_ms_per_min']:.2f} errors={errors}"
+        f"{support}"
     )
     return 1 if errors else 0
 
