@@ -157,14 +157,14 @@ def test_every_topic_has_a_quiet_prompt_for_the_therapist() -> None:
 
 
 def test_the_operators_phrases_extend_a_topic(
-    detector: RiskDetector, model: Embedder, tmp_path: Path
+    detector: RiskDetector, model: Embedder, phrase_cache: Path, tmp_path: Path
 ) -> None:
     (tmp_path / "team.toml").write_text(
         '[intent]\nwords = ["went to the playground"]\n'
         'examples = ["I sat on the bench by the swings for an hour."]\n',
         encoding="utf-8",
     )
-    extended = RiskDetector.load(model, tmp_path)
+    extended = RiskDetector.load(model, tmp_path, phrase_cache)
     message = "Yesterday I went to the playground again."
     assert detector.topics([message]) == []
     assert extended.topics([message]) == ["intent"]
