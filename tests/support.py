@@ -5,22 +5,26 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import hypothesis
+import numpy
 import pyotp
 from flask.testing import FlaskClient
 
 from stillroom.crypto.kdf import FAST_FOR_TESTS, Argon2Params
+from stillroom.webapp.assist.embed import Embedder
 from stillroom.webapp.settings import LANGUAGES
 from stillroom.webapp.store import connect
 from stillroom.webapp.therapists import add_therapist
@@ -335,8 +339,44 @@ def stillroom_env(data_dir: Path, port: int, extra: dict[str, str] | None = None
     }
 
 
-def start_server(data_dir: Path, extra_env: dict[str, str] | None = None) -> LiveServer:
-    """Start ``stillroom serve --no-tor`` as a real process and wait until it answers."""
+class CountingEmbedder:
+    """The real model, counting the texts it is asked to embed."""
+
+    def __init__(self, real: Embedder) -> None:
+        self.name = real.name
+        self.real = real
+        self.passage_count = 0
+        self.query_count = 0
+
+    def queries(self, texts: Sequence[str]) -> numpy.ndarray:
+        self.query_count += len(texts)
+        return self.real.queries(texts)
+
+    def passages(self, texts: Sequence[str]) -> numpy.ndarray:
+        self.passage_count += len(texts)
+        return self.real.passages(texts)
+
+
+def seed_vectors(data_dir: Path, vectors: Path) -> None:
+    """Copy the run's cached vectors (the ``vector_cache`` fixture) into ``data_dir``, so
+    that a portal started on it embeds nothing of the example library or built-in phrases.
+
+    A copy, not the folder itself: a test may damage or count its own cache freely.
+    """
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for cache in vectors.iterdir():
+        shutil.copytree(cache, data_dir / cache.name, dirs_exist_ok=True)
+
+
+def start_server(
+    data_dir: Path, extra_env: dict[str, str] | None = None, vectors: Path | None = None
+) -> LiveServer:
+    """Start ``stillroom serve --no-tor`` as a real process and wait until it answers.
+
+    With ``vectors`` (the ``vector_cache`` fixture), therapist support starts from them.
+    """
+    if vectors is not None:
+        seed_vectors(data_dir, vectors)
     port = free_port()
     env = stillroom_env(data_dir, port, extra_env)
     stillroom = Path(sys.executable).with_name("stillroom")
@@ -350,7 +390,7 @@ def start_server(data_dir: Path, extra_env: dict[str, str] | None = None) -> Liv
         )
     portal = f"http://127.0.0.1:{env['STILLROOM_PORTAL_PORT']}"
     server = LiveServer(f"http://127.0.0.1:{port}", portal, data_dir, process, log)
-    # Therapist support embeds its library and phrases at start-up (no cache yet): slower.
+    # Therapist support embeds its library and phrases at start-up unless they are cached.
     wait = 180 if env.get("STILLROOM_ASSIST") else 30
     deadline = time.monotonic() + wait
     while time.monotonic() < deadline:

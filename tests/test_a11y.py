@@ -218,13 +218,15 @@ def pages_of(app: Flask) -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def holding(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LiveServer, Chat]]:
+def holding(
+    tmp_path_factory: pytest.TempPathFactory, vector_cache: Path
+) -> Iterator[tuple[LiveServer, Chat]]:
     """A server that holds the feed's reloads until news, as ``stillroom serve`` does by
     default, and one chat open on it (nobody logged in yet)."""
     data_dir = tmp_path_factory.mktemp("a11y-held") / "instance"
     # No STILLROOM_FEED_HOLD_SECONDS; therapist support on, so that its frame is audited too.
     support = {"STILLROOM_ASSIST": "related,risk", "STILLROOM_ASSIST_SNIPPETS": str(EXAMPLES)}
-    server, [chat] = book_and_serve(data_dir, support, 1)
+    server, [chat] = book_and_serve(data_dir, support, 1, vector_cache)
     yield server, chat
     stop_server(server)
 

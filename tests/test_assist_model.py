@@ -269,11 +269,14 @@ def test_the_estimate_grows_with_the_transcript_and_shrinks_with_threads(tiny_mo
     assert draft_estimate_seconds(faster, TRANSCRIPT * 200) < long
 
 
-def test_serve_runs_the_model_in_its_own_process_and_stops_it(tmp_path_factory, tiny_model) -> None:
+def test_serve_runs_the_model_in_its_own_process_and_stops_it(
+    tmp_path_factory, tiny_model, vector_cache
+) -> None:
     data_dir = tmp_path_factory.mktemp("s")
     server = start_server(
         data_dir / "i",
         {"STILLROOM_ASSIST": "summary", "STILLROOM_ASSIST_MODEL": str(tiny_model)},
+        vector_cache,
     )
     settings = model_settings(data_dir / "i", tiny_model)
     try:

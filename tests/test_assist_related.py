@@ -9,7 +9,6 @@ import stat
 import subprocess
 import sys
 import tomllib
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy
@@ -18,28 +17,12 @@ import pytest
 from stillroom.webapp.assist.embed import Embedder, load_embedder
 from stillroom.webapp.assist.snippets import Library, SnippetError, check_library
 
+from support import CountingEmbedder
+
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples" / "snippets"
 CASES = tomllib.loads((ROOT / "tests" / "data" / "assist_related.toml").read_text())["case"]
 STILLROOM = str(Path(sys.executable).with_name("stillroom"))
-
-
-class CountingEmbedder:
-    """The real model, counting the texts it is asked to embed."""
-
-    def __init__(self, real: Embedder) -> None:
-        self.name = real.name
-        self.real = real
-        self.passage_count = 0
-        self.query_count = 0
-
-    def queries(self, texts: Sequence[str]) -> numpy.ndarray:
-        self.query_count += len(texts)
-        return self.real.queries(texts)
-
-    def passages(self, texts: Sequence[str]) -> numpy.ndarray:
-        self.passage_count += len(texts)
-        return self.real.passages(texts)
 
 
 @pytest.fixture(scope="module")

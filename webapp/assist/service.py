@@ -104,10 +104,10 @@ def load_assist(settings: Settings) -> Assist | None:
     except EmbedderError as error:
         raise AssistError(str(error)) from error
     if "related" in features:
-        cache = settings.data_dir / "snippet-cache"
-        cache.mkdir(mode=0o700, exist_ok=True)
         try:
-            library = Library.load(settings.assist_snippets, embedder, cache)
+            library = Library.load(
+                settings.assist_snippets, embedder, settings.data_dir / "snippet-cache"
+            )
         except SnippetError as error:
             raise AssistError(f"STILLROOM_ASSIST_SNIPPETS: {error}") from error
     if "risk" in features or "summary" in features:
@@ -116,7 +116,7 @@ def load_assist(settings: Settings) -> Assist | None:
         if extra is not None and not extra.is_dir():
             raise AssistError(f"STILLROOM_ASSIST_PHRASES={phrases} is not a folder")
         try:
-            detector = RiskDetector.load(embedder, extra)
+            detector = RiskDetector.load(embedder, extra, settings.data_dir / "phrase-cache")
         except (OSError, ValueError) as error:
             raise AssistError(f"STILLROOM_ASSIST_PHRASES: {error}") from error
     runner = argon2_runner(ASSIST_NICE)
