@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -282,6 +283,8 @@ def test_serve_runs_the_model_in_its_own_process_and_stops_it(
     try:
         wait_for_model(settings)
         assert "".join(stream_draft(settings, TRANSCRIPT, "es"))
+        # Only the service's user may connect to the model: the audit would say otherwise.
+        assert stat.S_IMODE(socket_path(settings).stat().st_mode) & 0o077 == 0
         children = Path(f"/proc/{server.process.pid}/task/{server.process.pid}/children")
         (child,) = (int(pid) for pid in children.read_text().split())
         assert os.getpriority(os.PRIO_PROCESS, child) == 19

@@ -318,3 +318,59 @@ def test_a_draft_streams_from_the_real_model_and_cannot_change_the_page(
         page=f"/en/chat/{chat.id}",
     )
     assert saved.status_code == 302 and rows(settings, "SELECT count(*) FROM notes") == [(1,)]
+
+
+def test_panels_loaded_at_once_on_the_real_server_all_answer(tmp_path_factory, vector_cache):
+    """Eight therapists' panels at once: every load answers, none waits on another for good.
+
+    Under ``stillroom serve`` the embedding runs in real threads; a lock made for
+    greenlets once left some of them asleep for good, and every panel after them too.
+    """
+    import asyncio
+    import threading
+    import urllib.parse
+    import urllib.request
+
+    from loadclients import log_in
+    from test_held_feed import book_and_serve, port_of
+
+    from support import stop_server
+
+    data_dir = tmp_path_factory.mktemp("panels") / "instance"
+    support = {"STILLROOM_ASSIST": "related,risk", "STILLROOM_ASSIST_SNIPPETS": str(EXAMPLES)}
+    server, chats = book_and_serve(data_dir, support, 2, vector_cache)
+    answers: list[int] = []
+
+    def load_panels(chat) -> None:
+        for _ in range(15):
+            request = urllib.request.Request(
+                f"{server.portal_url}/en/chat/{chat.appointment}/assist",
+                headers={"Cookie": chat.therapist_cookie},
+            )
+            with urllib.request.urlopen(request, timeout=120) as answer:
+                page = answer.read().decode()
+                answers.append(answer.status if "suicide" in page else 0)
+
+    try:
+        for chat in chats:
+            asyncio.run(log_in(chat, port_of(server.url), port_of(server.portal_url)))
+            said = urllib.request.Request(
+                f"{server.url}/en/chat/{chat.appointment}/compose",
+                urllib.parse.urlencode(
+                    {"form_token": chat.participant_token, "text": HARD_EVENING}
+                ).encode(),
+                headers={"Cookie": chat.participant_cookie},
+            )
+            with urllib.request.urlopen(said, timeout=30) as answer:
+                assert answer.status == 200
+        threads = [
+            threading.Thread(target=load_panels, args=(chat,), daemon=True) for chat in chats * 4
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=150)
+        stuck = sum(thread.is_alive() for thread in threads)
+    finally:
+        stop_server(server)
+    assert stuck == 0 and answers == [200] * 120

