@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import secrets
 import socket
 import time
@@ -21,6 +22,14 @@ import httpx
 
 from stillroom.webapp.assist.llama import DRAFT_TOKENS, read_or_create_key, socket_path
 from stillroom.webapp.settings import Settings
+
+# httpx logs each request at INFO: a line per draft would say when drafts are asked for.
+logging.getLogger("httpx").setLevel(logging.WARNING)
+#: The most a draft may hold, in characters: far above what DRAFT_TOKENS tokens write, so
+#: that only a server that ignores its limit (or sends one endless line) meets it.
+MAX_DRAFT_CHARS = DRAFT_TOKENS * 32
+#: The longest line of the model's event stream that is read before giving up on it.
+MAX_LINE_CHARS = 64 * 1024
 
 
 class ModelError(Exception):
@@ -226,7 +235,8 @@ def read_pieces(response: httpx.Response, deadline: float) -> Iterator[str]:
         raise ModelAbsentError("the summary model is still starting")
     if response.status_code != 200:
         raise ModelFailedError(f"the summary model refused the request ({response.status_code})")
-    for line in response.iter_lines():
+    written = 0
+    for line in bounded_lines(response):
         if time.monotonic() > deadline:
             raise ModelTimeoutError("the summary model took too long")
         if not line.startswith("data:"):
@@ -241,6 +251,26 @@ def read_pieces(response: httpx.Response, deadline: float) -> Iterator[str]:
             piece = event["choices"][0]["delta"].get("content") or ""
         except (ValueError, KeyError, IndexError, TypeError, AttributeError) as error:
             raise ModelFailedError("the summary model's answer is not a draft") from error
+        written += len(piece)
+        if written > MAX_DRAFT_CHARS:
+            raise ModelFailedError("the summary model wrote more than a draft can hold")
         if piece:
             yield piece
     raise ModelFailedError("the summary model stopped mid-draft")
+
+
+def bounded_lines(response: httpx.Response) -> Iterator[str]:
+    """Yield the response's lines, refusing one longer than :data:`MAX_LINE_CHARS`.
+
+    httpx's own line reader keeps any line whole in memory, however long.
+    """
+    pending = ""
+    for text in response.iter_text():
+        pending += text
+        *lines, pending = pending.split("\n")
+        for line in lines:
+            yield line.rstrip("\r")
+        if len(pending) > MAX_LINE_CHARS:
+            raise ModelFailedError("the summary model sent a line longer than any draft")
+    if pending:
+        yield pending.rstrip("\r")

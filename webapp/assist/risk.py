@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
 
+import confusables
 import numpy
 from flask_babel import lazy_gettext as _l
 
@@ -52,7 +53,7 @@ MARGIN = 0.01
 _LEET = str.maketrans(
     {"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "@": "a", "$": "s", "!": "i"}
 )
-_SPACED = re.compile(r"(?<!\w)(?:\w[\s.\-_*]){2,}\w(?!\w)")
+_SPACED = re.compile(r"(?<!\w)(?:\w[\s.\-_*/|]){2,}\w(?!\w)")
 _SENTENCE_END = re.compile(r"(?<=[.!?…])\s+|\n+")
 
 
@@ -70,9 +71,37 @@ class _Topic:
     unlike: numpy.ndarray
 
 
+def _lookalike_table() -> dict[int, str]:
+    """Cyrillic and Greek letters that look like a Latin one ("ѕuісіdе"), mapped to it.
+
+    None of the five languages is written in these scripts, so folding them only undoes
+    a disguise; Unicode's list of confusable characters says which letter each imitates.
+    """
+    table = {}
+    for char, similar in confusables.CONFUSABLE_MAP.items():
+        if len(char) == 1 and unicodedata.name(char, "").startswith(("CYRILLIC", "GREEK")):
+            latin = sorted(c for c in similar if len(c) == 1 and "a" <= c.casefold() <= "z")
+            if latin:
+                table[ord(char)] = latin[0].casefold()
+    return table
+
+
+_LOOKALIKES = _lookalike_table()
+
+
+def _disguise_removed(char: str) -> str:
+    """Drop invisible characters; read a pictograph between letters as a space."""
+    category = unicodedata.category(char)
+    if category == "Cf":  # zero-width spaces and joiners, soft hyphens, direction marks
+        return ""
+    return " " if category == "So" else char
+
+
 def normalise(text: str) -> str:
-    """Fold ``text`` for matching: compatibility forms, case, accents and stretched letters."""
-    text = unicodedata.normalize("NFKC", text).casefold()
+    """Fold ``text`` for matching: compatibility forms, case, accents and stretched letters,
+    invisible characters, look-alike letters of other scripts and pictographs between letters."""
+    text = unicodedata.normalize("NFKC", text)
+    text = "".join(_disguise_removed(c) for c in text).translate(_LOOKALIKES).casefold()
     text = "".join(c for c in unicodedata.normalize("NFD", text) if not unicodedata.combining(c))
     # Phones type a curly apostrophe where the word lists have a straight one.
     text = text.replace("\u2019", "'")
@@ -90,7 +119,7 @@ def _unspace(text: str) -> tuple[str, list[str]]:
     runs: list[str] = []
 
     def join(match: re.Match[str]) -> str:
-        word = normalise(re.sub(r"[\s.\-_*]", "", match.group()))
+        word = normalise(re.sub(r"[\s.\-_*/|]", "", match.group()))
         runs.append(word)
         return f" {word} "
 
@@ -189,13 +218,17 @@ class RiskDetector:
             )
         return cls(embedder, topics)
 
-    def topics(self, messages: Sequence[str]) -> list[str]:
-        """Return the topics that the latest messages touch, in TOPICS order (newest last)."""
-        recent = [m for m in messages[-RECENT_MESSAGES:] if m.strip()]
+    def topics(self, messages: Sequence[str], whole: bool = False) -> list[str]:
+        """Return the topics that the latest messages touch, in TOPICS order (newest last).
+
+        With ``whole``, every message and sentence counts: a draft that lists a topic as
+        not discussed must have looked at the whole chat.
+        """
+        recent = [m for m in (messages if whole else messages[-RECENT_MESSAGES:]) if m.strip()]
         found = {topic for message in recent for topic in self._matched_words(message)}
-        sentences = [s for m in recent for s in _SENTENCE_END.split(m) if s.strip()][
-            -MAX_SENTENCES:
-        ]
+        sentences = [s for m in recent for s in _SENTENCE_END.split(m) if s.strip()]
+        if not whole:
+            sentences = sentences[-MAX_SENTENCES:]
         if sentences and len(found) < len(TOPICS):
             vectors = self._embedder.queries(sentences)
             found |= {t for t in TOPICS if t not in found and self._close(t, vectors)}

@@ -47,11 +47,12 @@ class Assist:
         found: list[Snippet] = self.run(self.snippets.related, list(messages), lang)
         return found
 
-    def topics(self, messages: Sequence[str]) -> list[str]:
-        """Return the risk topics that ``messages`` touch (none without a detector)."""
+    def topics(self, messages: Sequence[str], whole: bool = False) -> list[str]:
+        """Return the risk topics that the latest ``messages`` (or, with ``whole``, any of
+        them) touch; none without a detector."""
         if self.detector is None or not messages:
             return []
-        found: list[str] = self.run(self.detector.topics, list(messages))
+        found: list[str] = self.run(self.detector.topics, list(messages), whole)
         return found
 
     def snippet_text(self, key: str, lang: str) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import math
+import unicodedata
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -39,6 +40,7 @@ from stillroom.webapp.assist.service import Assist, current_assist
 from stillroom.webapp.chat import (
     ChatAppointment,
     ConversationLockedError,
+    ShownMessage,
     conversation_id_of,
     conversation_key,
     read_messages,
@@ -84,6 +86,14 @@ FAILED = _l(
     "The summary model stopped before the draft was finished. Nothing was lost: what it"
     " wrote is above. A draft usually takes about %(minutes)s minutes; please try again later."
 )
+NOTHING = _l(
+    "There is nothing to summarise: no message of this session can be read any more (the"
+    " participant may have deleted the conversation, or its messages have expired)."
+)
+GONE = _l(
+    "The messages of this session can no longer be read (the participant may have deleted"
+    " the conversation), so this draft cannot be saved."
+)
 
 
 def support() -> Assist:
@@ -102,10 +112,8 @@ def chat_language(appointment: ChatAppointment) -> str:
     return str(row[0]) if row and row[0] else current_language()
 
 
-def transcript_of(
-    appointment: ChatAppointment, newest: int | None = None
-) -> list[tuple[int, str, str]]:
-    """Return the chat's readable messages as (number, speaker, text), oldest first."""
+def messages_of(appointment: ChatAppointment, newest: int | None = None) -> list[ShownMessage]:
+    """Return the pair's messages, oldest first (unreadable ones with ``opened=None``)."""
     conversation_id = conversation_id_of(db(), appointment.participant_id, appointment.therapist_id)
     if conversation_id is None:
         return []
@@ -113,11 +121,35 @@ def transcript_of(
         key = conversation_key(db(), conversation_id, "therapist", side().secret_key)
     except ConversationLockedError:
         return []
+    return read_messages(db(), conversation_id, key, newest=newest)
+
+
+def transcript_of(
+    appointment: ChatAppointment, newest: int | None = None
+) -> list[tuple[int, str, str]]:
+    """Return the chat's readable messages as (number, speaker, text), oldest first."""
     return [
         (message.seq, message.opened.sender, message.opened.text)
-        for message in read_messages(db(), conversation_id, key, newest=newest)
+        for message in messages_of(appointment, newest)
         if message.opened is not None
     ]
+
+
+def session_transcript(appointment: ChatAppointment) -> tuple[list[tuple[str, str]], int]:
+    """Return this session's readable messages as (speaker, text), and how many were not.
+
+    The pair's conversation may hold earlier sessions too: a draft is of this one only,
+    the messages sent while its chat was open.
+    """
+    first = appointment.opens_at(settings().chat_opens_minutes_before) // 60
+    last = appointment.closes_at() // 60
+    readable, unreadable = [], 0
+    for message in messages_of(appointment):
+        if message.opened is None:
+            unreadable += 1
+        elif first <= message.opened.minute <= last:
+            readable.append((message.opened.sender, message.opened.text))
+    return readable, unreadable
 
 
 @bp.get("/chat/<appointment_id>/assist")
@@ -184,42 +216,59 @@ def estimate_minutes(transcript: Sequence[tuple[str, str]]) -> int:
     return max(1, math.ceil(draft_estimate_seconds(settings(), transcript) / 60))
 
 
-def risk_section(transcript: Sequence[tuple[str, str]], assist: Assist) -> str:
-    """Return the draft's risk-topic lines, listed by code from the words used, never guessed."""
-    found = set(assist.topics([text for _, text in transcript]))
+def risk_lines(transcript: Sequence[tuple[str, str]], assist: Assist) -> list[str]:
+    """Return the draft's risk-topic lines, listed by code from every message, never guessed.
+
+    Both sides' words count: a topic the therapist asked about was discussed. They are
+    shown apart from the model's text, which cannot imitate them.
+    """
+    found = set(assist.topics([text for _, text in transcript], whole=True))
     discussed = [str(TOPIC_NAMES[t]) for t in TOPICS if t in found]
     missing = [str(TOPIC_NAMES[t]) for t in TOPICS if t not in found]
     none = str(_l("none"))
-    return "\n\n" + "\n".join(
-        (
-            str(
-                _l("Risk topics (found by the service in the words of the chat, not by the model):")
-            ),
-            str(_l("Discussed: %(topics)s", topics="; ".join(discussed) or none)),
-            str(
-                _l(
-                    "Not discussed (no words about it were found): %(topics)s",
-                    topics="; ".join(missing) or none,
-                )
-            ),
-        )
+    return [
+        str(_l("Risk topics (found by the service in the words of the chat, not by the model):")),
+        str(_l("Discussed: %(topics)s", topics="; ".join(discussed) or none)),
+        str(
+            _l(
+                "Not discussed (no words about it were found): %(topics)s",
+                topics="; ".join(missing) or none,
+            )
+        ),
+    ]
+
+
+def clean_piece(piece: str) -> str:
+    """Drop the control and format characters of a model's text (line breaks and tabs stay).
+
+    A direction override could reorder a line of the draft the therapist reads.
+    """
+    return "".join(
+        c for c in piece if c in "\n\t" or unicodedata.category(c) not in ("Cc", "Cf", "Cs")
     )
+
+
+def summary_support() -> Assist:
+    """Return the portal's therapist support, or answer 404 unless the draft summary is on."""
+    assist = support()
+    if "summary" not in assist.features:
+        abort(404)
+    return assist
 
 
 @bp.post("/chat/<appointment_id>/draft")
 @login_required
 def draft(appointment_id: str) -> Any:
     """Write a draft summary of a closed chat, streamed into an editable field."""
-    assist = support()
-    if "summary" not in assist.features:
-        abort(404)
+    assist = summary_support()
     appointment = own(appointment_id)
     if not appointment.is_over(now()):
         return redirect(url_for("portal.chat", appointment_id=appointment_id))
-    transcript = [(speaker, text) for _, speaker, text in transcript_of(appointment)]
+    transcript, unreadable = session_transcript(appointment)
+    if not transcript:  # nothing to draft from: no "not discussed" list of an empty chat
+        return draft_page(appointment, failure=NOTHING)
     lang = chat_language(appointment)
     minutes = estimate_minutes(transcript)
-    risks = risk_section(transcript, assist)
     page = render_template(
         "portal/draft.html",
         pseudonym=pseudonym_of(appointment),
@@ -227,6 +276,8 @@ def draft(appointment_id: str) -> Any:
         text=DRAFT_MARK,
         failure=FAILURE_MARK,
         minutes=minutes,
+        risks=risk_lines(transcript, assist),
+        unreadable=unreadable,
     )
     head, _, rest = page.partition(DRAFT_MARK)
     middle, _, tail = rest.partition(ALERT.format(FAILURE_MARK))
@@ -238,14 +289,13 @@ def draft(appointment_id: str) -> Any:
         failure = None
         try:
             for piece in stream_draft(s, transcript, lang):
-                yield str(escape(piece))  # the model's words are untrusted text
+                yield str(escape(clean_piece(piece)))  # the model's words are untrusted text
         except ModelAbsentError:
             failure = ABSENT
         except ModelTimeoutError:
             failure = SLOW
         except ModelError:
             failure = FAILED
-        yield str(escape(risks))
         yield middle
         if failure is not None:
             yield ALERT.format(escape(str(failure) % {"minutes": minutes}))
@@ -259,17 +309,23 @@ def draft(appointment_id: str) -> Any:
 @bp.post("/chat/<appointment_id>/draft/save")
 @login_required
 def save_draft(appointment_id: str) -> Any:
-    """Add the (edited) draft to the end of the therapist's notes on this participant."""
-    support()
+    """Add the (edited) draft and its risk lines to the end of the therapist's notes."""
+    summary_support()
     appointment = own(appointment_id)
+    if not appointment.is_over(now()):
+        return redirect(url_for("portal.chat", appointment_id=appointment_id))
     session = current_session()
     assert session is not None
     text = request.form.get("text", "").strip()
+    risks = request.form.get("risks", "").strip()
     pseudonym = pseudonym_of(appointment)
+    if not session_transcript(appointment)[0]:  # deleted since: its draft goes with it
+        return draft_page(appointment, text=text, failure=GONE, status=400)
+    joined_draft = f"{text}\n\n{risks}" if risks else text
     error = None
     try:
         note = read_note(db(), session.owner_id, appointment.participant_id, session.secret_key)
-        joined = f"{note.text}\n\n{text}" if note and note.text else text
+        joined = f"{note.text}\n\n{joined_draft}" if note and note.text else joined_draft
         save_note(db(), session.owner_id, appointment.participant_id, joined, now())
     except NoteTooLongError:
         error = _l("Your notes and this draft together are too long: please shorten the draft.")
@@ -279,12 +335,26 @@ def save_draft(appointment_id: str) -> Any:
         )
     if error is None:
         return redirect(url_for("portal.notes", pseudonym=pseudonym, done="notes-saved"))
+    return draft_page(appointment, text=text, failure=error, risks=risks.splitlines(), status=400)
+
+
+def draft_page(
+    appointment: ChatAppointment,
+    text: str = "",
+    failure: Any = None,
+    risks: list[str] | None = None,
+    status: int = 200,
+) -> tuple[str, int]:
+    """Render the draft's page without the model: a calm message, and the text kept."""
     page = render_template(
         "portal/draft.html",
-        pseudonym=pseudonym,
+        pseudonym=pseudonym_of(appointment),
         appointment=appointment,
         text=text,
-        failure=error,
+        failure=failure,
         minutes=None,
+        risks=risks,
+        unreadable=0,
+        nothing=failure is NOTHING,
     )
-    return page, 400
+    return page, status
