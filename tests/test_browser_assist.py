@@ -21,7 +21,16 @@ from marionette_driver.marionette import Marionette, WebElement
 from test_assist_model import wait_for_model
 from test_assist_portal import EXAMPLES, HARD_EVENING
 from test_browser_chat import in_frame
-from test_browser_nojs import PREFS, is_gone, page_ready, press, running_firefox, type_into, wait
+from test_browser_nojs import (
+    PREFS,
+    SCREENSHOTS,
+    is_gone,
+    page_ready,
+    press,
+    running_firefox,
+    type_into,
+    wait,
+)
 from test_held_feed import book_and_serve, port_of, write
 from tinygguf import write_tiny_model
 
@@ -195,6 +204,44 @@ def test_a_snippet_link_fills_the_message_box_and_sends_nothing(
     feed = in_frame(firefox, "feed", "return {text: document.body.textContent};")
     assert text.strip()[:30] not in str(feed["text"])
     assert box_text(firefox) == text, "the box keeps it for the therapist to edit or send"
+
+
+#: The support frame at its size: whether anything runs off to the side, and whether its
+#: last snippet link comes wholly into view when the frame is scrolled to it.
+FIT = (
+    "const d = document.documentElement, links = document.querySelectorAll('a[target=compose]');"
+    " const a = links[links.length - 1]; a.scrollIntoView();"
+    " const r = a.getBoundingClientRect();"
+    " return {width: innerWidth, height: innerHeight, wide: d.scrollWidth, tall: d.scrollHeight,"
+    " reached: r.top >= 0 && r.bottom <= innerHeight && r.right <= innerWidth};"
+)
+
+
+def test_the_support_frame_stays_usable_at_200_percent_zoom(
+    firefox: Marionette, served: Served
+) -> None:
+    """Zoomed to 200 %, the frame keeps a readable width, nothing runs off to the side,
+    and its links stay within reach by scrolling the frame."""
+    write(served.server, served.chat, HARD_EVENING, side="participant")
+    open_chat(firefox, served)
+    wait(firefox, lambda b: len(panel(b)["links"]) == 3)  # type: ignore[arg-type]
+    with firefox.using_context(firefox.CONTEXT_CHROME):
+        firefox.execute_script("FullZoom.setZoom(2);")
+    try:
+        time.sleep(0.5)
+        page = firefox.execute_script("return [innerWidth, document.documentElement.scrollWidth];")
+        frame = in_frame(firefox, "assist", FIT)
+        (SCREENSHOTS / "portal-assist-zoom-200.png").write_bytes(
+            firefox.screenshot(format="binary", full=True)
+        )
+        print(f"at 200 %: page (width, scroll width) {page}, support frame {frame}")
+        assert page[1] <= page[0], "the page runs off to the side"
+        assert int(frame["width"]) >= 320, frame  # type: ignore[call-overload]
+        assert frame["wide"] <= frame["width"], "the frame runs off to the side"
+        assert frame["reached"], "a snippet link cannot be scrolled into view"
+    finally:
+        with firefox.using_context(firefox.CONTEXT_CHROME):
+            firefox.execute_script("FullZoom.setZoom(1);")
 
 
 def test_a_closed_chat_drafts_into_a_field_the_therapist_edits_and_saves(
