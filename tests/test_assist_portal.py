@@ -246,7 +246,9 @@ def absent_model_settings(tmp_path: Path) -> Settings:
     )
 
 
-def test_an_absent_model_gives_a_calm_message_with_a_time_estimate(tmp_path, clock, vector_cache):
+def summary_chat(tmp_path, clock, vector_cache, *said: str):
+    """A chat in which the participant said ``said``, now over, with the summary on and no
+    model running (the risk lines are the service's, so they need none)."""
     from support import AuthActions, Chat, TherapistActions
 
     data = tmp_path / "instance"
@@ -259,14 +261,64 @@ def test_an_absent_model_gives_a_calm_message_with_a_time_estimate(tmp_path, clo
     therapist = TherapistActions(portal.test_client(), clock, settings.database_path)
     chat = Chat(therapist, AuthActions(app.test_client()), clock, settings)
     chat.at(STARTS)
-    chat.say("participant", "I want to keep practising the plan we made.")
+    for text in said:
+        chat.say("participant", text)
     chat.at(ENDS + 60)
+    return chat, settings
+
+
+def ask_for_draft(chat) -> str:
+    answer = chat.therapist.post(f"/en/chat/{chat.id}/draft", page=f"/en/chat/{chat.id}")
+    assert answer.status_code == 200
+    return answer.get_data(as_text=True)
+
+
+def risk_section_of(page: str) -> str:
+    return html.unescape(page.split('<section id="risks"')[1].split("</section>")[0])
+
+
+def test_an_absent_model_gives_a_calm_message_with_a_time_estimate(tmp_path, clock, vector_cache):
+    chat, _ = summary_chat(
+        tmp_path, clock, vector_cache, "I want to keep practising the plan we made."
+    )
     answer = chat.therapist.post(f"/en/chat/{chat.id}/draft", page=f"/en/chat/{chat.id}")
     page = answer.get_data(as_text=True)
     assert answer.status_code == 200
     assert 'role="alert"' in page and "minutes" in page
     assert "Not discussed" in page and "Save into my notes" in page
     assert "Traceback" not in page
+
+
+def test_a_risk_raised_early_in_the_session_is_listed_as_discussed(tmp_path, clock, vector_cache):
+    """The panel looks at the latest messages; a draft's risk lines look at every one."""
+    later = [
+        "Work was busy this week.",
+        "I went for a long walk on Sunday.",
+        "The breathing exercise helped a little.",
+        "I would like to meet again next week.",
+    ]
+    chat, _ = summary_chat(tmp_path, clock, vector_cache, HARD_EVENING, *later)
+    risks = risk_section_of(ask_for_draft(chat))
+    discussed, missing = risks.split("Not discussed")
+    assert "suicidality or self-harm" in discussed and "suicidality" not in missing
+
+
+def test_a_deleted_conversation_gives_no_draft_and_no_saved_draft(tmp_path, clock, vector_cache):
+    """Nothing left to read: a calm page, no "not discussed" list, and nothing saved."""
+    chat, settings = summary_chat(tmp_path, clock, vector_cache, HARD_EVENING)
+    page = ask_for_draft(chat)
+    assert "Not discussed" in page
+    assert chat.auth.post(f"/chat/{chat.id}/delete").status_code == 302
+    saved = chat.therapist.post(
+        f"/en/chat/{chat.id}/draft/save",
+        {"text": "A draft written before the participant deleted the chat."},
+        page=f"/en/chat/{chat.id}",
+    )
+    assert saved.status_code == 400 and "cannot be saved" in saved.get_data(as_text=True)
+    assert rows(settings, "SELECT count(*) FROM notes") == [(0,)]
+    again = ask_for_draft(chat)
+    assert "nothing to summarise" in again and "Not discussed" not in again
+    assert "<textarea" not in again
 
 
 INJECTION = (
@@ -309,12 +361,16 @@ def test_a_draft_streams_from_the_real_model_and_cannot_change_the_page(
     assert page.count("<textarea") == 1 and page.count("</textarea>") == 1
     assert "<script>" not in page and 'action="/en/logout" method="post"><button>x' not in page
     draft = page.split("</textarea>")[0].split(">")[-1]
-    assert "Not discussed" in html.unescape(draft)  # the risk lines, listed by code
+    risks = page.split('<section id="risks"')[1].split("</section>")[0]
+    # The risk lines, listed by code, stand apart from the model's words.
+    assert "Not discussed" in risks and "Not discussed" not in html.unescape(draft)
     assert 'role="alert"' not in page  # the model answered in time
     assert rows(settings, "SELECT count(*) FROM notes") == [(0,)]  # kept only once saved
+    hidden = re.search(r'name="risks" value="([^"]*)"', page)
+    assert hidden is not None
     saved = chat.therapist.post(
         f"/en/chat/{chat.id}/draft/save",
-        {"text": html.unescape(draft)},
+        {"text": html.unescape(draft), "risks": html.unescape(hidden.group(1))},
         page=f"/en/chat/{chat.id}",
     )
     assert saved.status_code == 302 and rows(settings, "SELECT count(*) FROM notes") == [(1,)]

@@ -115,6 +115,12 @@ def test_the_vignette_set_reaches_its_recall_and_negatives_stay_quiet(
         ("ich war wieder im d4rkn3t", "material"),
         ("ｓｕｉｃｉｄｅ", "self-harm"),  # full-width letters
         ("I\u2019m going to do it, I can\u2019t hold back", "intent"),  # a phone's apostrophe
+        ("I think about sui\u200bcide every night", "self-harm"),  # a zero-width space
+        ("I think about sui\u00adci\u2060de every night", "self-harm"),  # soft hyphen, joiner
+        ("I think about \u0455u\u0456\u0441\u0456d\u0435 every night", "self-harm"),  # Cyrillic
+        ("s/u/i/c/i/d/e is all I think about", "self-harm"),
+        ("s\U0001f480u\U0001f480i\U0001f480c\U0001f480i\U0001f480d\U0001f480e again", "self-harm"),
+        ("Quero me matar", "self-harm"),  # the Brazilian placement, typed in Portugal too
     ],
 )
 def test_obfuscated_words_are_still_found(detector: RiskDetector, message: str, topic: str) -> None:
