@@ -162,6 +162,14 @@ def test_a_file_others_can_read_fails_the_audit(live):
     assert "stillroom.db" in detail
 
 
+def test_a_link_in_the_data_directory_fails_the_audit_with_a_line_not_a_crash(live, tmp_path):
+    (live / "elsewhere").symlink_to(tmp_path / "nothing-here")  # dangling
+    status, found = report(live)
+    assert status == 1 and failing(found) == ["permissions"]
+    [detail] = [check["detail"] for check in found["checks"] if check["name"] == "permissions"]
+    assert "links to elsewhere" in detail and "elsewhere" in detail
+
+
 def test_extra_torrc_lines_that_weaken_the_service_fail_the_audit(live, tmp_path):
     extra = tmp_path / "extra.torrc"
     extra.write_text("SafeLogging 0\n")

@@ -263,14 +263,26 @@ def check_pragmas(db: Database, settings: Settings, now: int) -> Check:
 
 
 def check_permissions(db: Database, settings: Settings, now: int) -> Check:
-    """Only the owner can read the data directory and anything in it."""
-    open_to_others = [
-        str(path.relative_to(settings.data_dir.parent))
-        for path in [settings.data_dir, *sorted(settings.data_dir.rglob("*"))]
-        if path.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO)
-    ]
+    """Only the owner can read the data directory and anything in it; nothing in it is a
+    link that could lead the service's files elsewhere."""
+    open_to_others, links = [], []
+    for path in [settings.data_dir, *sorted(settings.data_dir.rglob("*"))]:
+        try:
+            info = path.lstat()
+        except FileNotFoundError:  # gone since the listing (a running server's temporary file)
+            continue
+        name = str(path.relative_to(settings.data_dir.parent))
+        if stat.S_ISLNK(info.st_mode):
+            links.append(name)
+        elif info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+            open_to_others.append(name)
+    problems = []
     if open_to_others:
-        return Check("permissions", False, "readable by others: " + ", ".join(open_to_others))
+        problems.append("readable by others: " + ", ".join(open_to_others))
+    if links:
+        problems.append("links to elsewhere: " + ", ".join(links))
+    if problems:
+        return Check("permissions", False, "; ".join(problems))
     return Check("permissions", True, "the data directory and its files are the owner's only")
 
 
