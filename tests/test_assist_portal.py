@@ -246,7 +246,7 @@ def absent_model_settings(tmp_path: Path) -> Settings:
     )
 
 
-def summary_chat(tmp_path, clock, vector_cache, *said: str):
+def summary_chat(tmp_path, clock, vector_cache, *said: str, delete_at_end: bool = False):
     """A chat in which the participant said ``said``, now over, with the summary on and no
     model running (the risk lines are the service's, so they need none)."""
     from support import AuthActions, Chat, TherapistActions
@@ -263,6 +263,11 @@ def summary_chat(tmp_path, clock, vector_cache, *said: str):
     chat.at(STARTS)
     for text in said:
         chat.say("participant", text)
+    if delete_at_end:
+        wish = chat.auth.post(
+            f"/chat/{chat.id}/when-it-ends", {"wanted": "1"}, page=f"/chat/{chat.id}"
+        )
+        assert wish.status_code == 302
     chat.at(ENDS + 60)
     return chat, settings
 
@@ -319,6 +324,15 @@ def test_a_deleted_conversation_gives_no_draft_and_no_saved_draft(tmp_path, cloc
     again = ask_for_draft(chat)
     assert "nothing to summarise" in again and "Not discussed" not in again
     assert "<textarea" not in again
+
+
+def test_a_chat_to_delete_when_it_ends_gives_no_draft_before_the_purge(
+    tmp_path, clock, vector_cache
+):
+    """The participant asked for the chat to go when it ends: it is gone for drafts at once."""
+    chat, _ = summary_chat(tmp_path, clock, vector_cache, HARD_EVENING, delete_at_end=True)
+    page = ask_for_draft(chat)
+    assert "nothing to summarise" in page and "Not discussed" not in page
 
 
 INJECTION = (

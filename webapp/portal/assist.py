@@ -115,9 +115,20 @@ def chat_language(appointment: ChatAppointment) -> str:
 
 
 def messages_of(appointment: ChatAppointment, newest: int | None = None) -> list[ShownMessage]:
-    """Return the pair's messages, oldest first (unreadable ones with ``opened=None``)."""
+    """Return the pair's messages, oldest first (unreadable ones with ``opened=None``).
+
+    A conversation the participant asked to delete when the chat ends counts as gone once
+    it has ended, even in the minute before the purge removes it.
+    """
     conversation_id = conversation_id_of(db(), appointment.participant_id, appointment.therapist_id)
     if conversation_id is None:
+        return []
+    flagged = (
+        db()
+        .execute("SELECT delete_when_chat_ends FROM conversations WHERE id = ?", [conversation_id])
+        .fetchone()
+    )
+    if flagged and flagged[0] and appointment.is_over(now()):
         return []
     try:
         key = conversation_key(db(), conversation_id, "therapist", side().secret_key)
