@@ -458,10 +458,29 @@ async def measure_idle(
     before = cpu_seconds(server_pid)
     await asyncio.sleep(max(0.0, figures.ends - time.monotonic()))
     cpu = cpu_seconds(server_pid) - before
-    results = await asyncio.gather(*tasks, return_exceptions=True)
+    results = await finish(tasks, args.hold_limit + 60)
     failures = sum(isinstance(result, BaseException) for result in results)
     minutes = len(chats) * args.idle_seconds / 60
     return cpu * 1000 / minutes, figures.errors + failures
+
+
+async def finish(tasks: list[asyncio.Future[None]], seconds: float) -> list[object]:
+    """Wait for the clients to end their last request; cancel any still waiting after
+    ``seconds`` (a failure each) and say which kind of client they were."""
+    _, pending = await asyncio.wait(tasks, timeout=seconds)
+    if pending:
+        kinds: dict[str, int] = {}
+        for task in pending:
+            name = getattr(task, "get_coro", lambda: None)()
+            kind = getattr(name, "__qualname__", "client")
+            kinds[kind] = kinds.get(kind, 0) + 1
+            task.cancel()
+        print(f"clients still waiting after {seconds:.0f} s, cancelled: {kinds}", flush=True)
+        await asyncio.wait(pending, timeout=10)
+    return [
+        task.exception() if task.done() and not task.cancelled() else TimeoutError("waiting")
+        for task in tasks
+    ]
 
 
 async def run_load(
@@ -498,7 +517,7 @@ async def run_load(
     await asyncio.sleep(max(0.0, figures.ends - time.monotonic()))
     figures.server_cpu = (cpu_seconds(server_pid) - server_before) / args.seconds
     figures.client_cpu = (time.process_time() - client_before) / args.seconds
-    results = await asyncio.gather(*tasks, return_exceptions=True)
+    results = await finish(tasks, args.hold_limit + 60)
     failures = [result for result in results if isinstance(result, BaseException)]
     if failures:
         print(f"{len(failures)} clients failed, first: {failures[0]!r}")
