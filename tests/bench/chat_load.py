@@ -125,6 +125,12 @@ class Figures:
         """Whether now lies inside the measured window."""
         return self.started <= time.monotonic() < self.ends
 
+    def failed(self, what: str, problem: BaseException) -> None:
+        """Count a request that failed inside the window, and say what it was."""
+        if self.measuring():
+            self.errors += 1
+            print(f"{what} failed: {problem!r}", flush=True)
+
     def running(self) -> bool:
         """Whether the load goes on (a second past the window, so that it ends loaded)."""
         return time.monotonic() < self.ends + 1
@@ -181,9 +187,7 @@ async def nojs_participant(
             etag = copies[query][0] if query in copies else ""
             status, headers, content = await reload_feed(connection, chat, etag, args, query)
         except (TimeoutError, ConnectionError) as problem:
-            if figures.measuring():
-                figures.errors += 1
-                print(f"feed reload failed: {problem!r}", flush=True)
+            figures.failed("feed reload", problem)
             continue
         done = time.monotonic()
         if figures.measuring():
@@ -305,9 +309,7 @@ async def therapist_panel(
                 timeout=args.hold_limit + 30,
             )
         except (TimeoutError, ConnectionError) as problem:
-            if figures.measuring():
-                figures.errors += 1
-                print(f"panel reload failed: {problem!r}", flush=True)
+            figures.failed("panel reload", problem)
             continue
         done = time.monotonic()
         said = figures.said.pop(chat.appointment, None) if status == 200 else None
