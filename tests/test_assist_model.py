@@ -288,6 +288,7 @@ def test_serve_runs_the_model_in_its_own_process_and_stops_it(
         children = Path(f"/proc/{server.process.pid}/task/{server.process.pid}/children")
         (child,) = (int(pid) for pid in children.read_text().split())
         assert os.getpriority(os.PRIO_PROCESS, child) == 19
+        assert os.sched_getscheduler(child) == os.SCHED_IDLE  # only on a core nobody wants
     finally:
         stop_server(server)
     assert server.process.returncode == 0

@@ -74,6 +74,9 @@ def check_model_file(path: Path) -> str | None:
 def run_server(model: Path, socket: Path, key_file: Path, threads: int) -> int:
     """Serve ``model`` on ``socket`` until this process is stopped; return an exit status."""
     os.setpriority(os.PRIO_PROCESS, 0, 19)  # before loading: the load itself is heavy
+    # Nice 19 still takes a share of a busy core; an idle-class process (and the threads
+    # llama.cpp starts from it) runs only on a core nothing else wants.
+    os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     if check_model_file(model):
         return BAD_MODEL
     import xllamacpp
