@@ -23,6 +23,7 @@ from stillroom.onion import clients, service, tor
 from stillroom.onion.errors import OnionKeyError, TorError, TorLostError
 from stillroom.webapp import booking, therapists
 from stillroom.webapp.app import create_participant_app, create_portal_app
+from stillroom.webapp.assist import worker
 from stillroom.webapp.assist.cli import snippets
 from stillroom.webapp.assist.llama import Supervisor
 from stillroom.webapp.audit import run_audit
@@ -113,11 +114,18 @@ def serve(no_tor: bool) -> None:
     except (StudyDefinitionError, StudyChangedError) as error:
         fail(RuntimeError(f"STILLROOM_STUDY={settings.study}: {error}"))
     model = start_model(settings)
+    support = worker.keeper(settings)
+    if support is not None:
+        support.start()
+        say(
+            f"Therapist support: its own process at low priority, on {worker.socket_path(settings)}"
+        )
     try:
         serve_apps(app, servers, settings, no_tor)
     finally:
-        if model is not None:
-            model.stop()
+        for helper in (model, support):
+            if helper is not None:
+                helper.stop()
 
 
 def start_model(settings: Settings) -> Supervisor | None:

@@ -16,13 +16,12 @@ import argparse
 import logging
 import os
 import stat
-import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 from stillroom.crypto.keys import random_bytes
+from stillroom.webapp.assist.keeper import Keeper
 from stillroom.webapp.settings import Settings, SettingsError
 
 #: The socket serve's model process listens on, inside the data directory.
@@ -123,17 +122,12 @@ def main(argv: list[str] | None = None) -> None:
     sys.exit(run_server(args.model, args.socket, args.key_file, args.threads))
 
 
-class Supervisor:
-    """Keeps serve's model process running: starts it, restarts it with a growing pause.
+class Supervisor(Keeper):
+    """Keeps serve's model process running (see :class:`Keeper`).
 
     Its failures are logged for the operator and never reach the web server: a draft
     then finds no model and the therapist reads a calm message.
     """
-
-    #: Pauses before a restart grow from the first to the longest, doubling each time,
-    #: and start again from the first once a process has run for :data:`HEALTHY_SECONDS`.
-    LONGEST_PAUSE = 60.0
-    HEALTHY_SECONDS = 60.0
 
     def __init__(self, settings: Settings, first_pause: float = 1.0) -> None:
         """Check the settings now, so that serve refuses a model it cannot start.
@@ -156,7 +150,7 @@ class Supervisor:
             )
         self.key_file = settings.data_dir / KEY_FILE
         read_or_create_key(settings.data_dir)
-        self.command = [
+        command = [
             sys.executable,
             "-m",
             "stillroom.webapp.assist.llama",
@@ -169,59 +163,7 @@ class Supervisor:
             "--threads",
             str(settings.assist_model_threads),
         ]
-        self.first_pause = first_pause
-        self.process: subprocess.Popen[bytes] | None = None
-        self.starts = 0
-        self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._keep_running, daemon=True)
-
-    def start(self) -> None:
-        """Start the model process, and watch it from now on."""
-        self._thread.start()
-
-    def stop(self, timeout: float = 5.0) -> None:
-        """Stop the model process (SIGTERM, then SIGKILL) and the watching."""
-        self._stopping.set()
-        process = self.process
-        if process is not None and process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        self._thread.join(timeout)
-
-    def _keep_running(self) -> None:
-        pause = self.first_pause
-        while not self._stopping.is_set():
-            began = time.monotonic()
-            status = self._run_once()
-            if self._stopping.is_set():
-                return
-            if time.monotonic() - began >= self.HEALTHY_SECONDS:
-                pause = self.first_pause
-            log.warning(
-                "the summary model process ended (%s); restarting in %.0f s",
-                describe_status(status),
-                pause,
-            )
-            if self._stopping.wait(pause):
-                return
-            pause = min(pause * 2, self.LONGEST_PAUSE)
-
-    def _run_once(self) -> int:
-        env = {**os.environ, "PYTHONSAFEPATH": "1"}
-        self.process = subprocess.Popen(
-            self.command,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,  # llama.cpp's messages may quote a prompt
-            stderr=subprocess.DEVNULL,
-            env=env,
-            close_fds=True,
-        )
-        self.starts += 1
-        return self.process.wait()
+        super().__init__("summary model", command, describe_status, first_pause)
 
 
 def describe_status(status: int) -> str:

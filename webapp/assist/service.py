@@ -7,11 +7,15 @@ query never holds up the chats served by the event loop.
 
 from __future__ import annotations
 
+import json
+import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
 
 from flask import Flask, current_app
+from gevent import monkey
 
 from stillroom.webapp.assist.embed import EmbedderError, load_embedder
 from stillroom.webapp.assist.risk import RiskDetector
@@ -29,6 +33,31 @@ T = TypeVar("T")
 
 class AssistError(SettingsError):
     """Therapist support cannot start: the message says what is missing and how to fix it."""
+
+
+class SupportUnavailableError(Exception):
+    """The support process did not answer (starting, busy or stopped)."""
+
+
+class Support(Protocol):
+    """What the portal's pages use of therapist support, wherever it runs."""
+
+    @property
+    def features(self) -> tuple[str, ...]:
+        """The features turned on."""
+        ...
+
+    def related(self, messages: Sequence[str], lang: str) -> list[Snippet]:
+        """The three snippets most related to ``messages``."""
+        ...
+
+    def topics(self, messages: Sequence[str], whole: bool = False) -> list[str]:
+        """The risk topics the latest (or, with ``whole``, any of the) ``messages`` touch."""
+        ...
+
+    def snippet_text(self, key: str, lang: str) -> str:
+        """The text of one snippet, or ""."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -63,13 +92,83 @@ class Assist:
         return snippet.text if snippet else ""
 
 
+@dataclass(frozen=True)
+class RemoteSupport:
+    """Therapist support answered by its own process (``stillroom serve``), over a socket.
+
+    The portal waits for an answer without holding the interpreter's lock, so a burst
+    of panels never holds up the chats (see :mod:`stillroom.webapp.assist.worker`).
+    """
+
+    features: tuple[str, ...]
+    socket: Path
+    #: How long a panel waits; a panel without suggestions is better than a late one.
+    seconds: float = 10.0
+
+    def related(self, messages: Sequence[str], lang: str) -> list[Snippet]:
+        """Return the three snippets most related to ``messages`` (none if no answer)."""
+        if "related" not in self.features or not messages:
+            return []
+        try:
+            reply = self._ask({"op": "related", "messages": list(messages), "lang": lang})
+        except SupportUnavailableError:
+            return []
+        return [Snippet(*fields) for fields in reply.get("snippets", [])]
+
+    def topics(self, messages: Sequence[str], whole: bool = False) -> list[str]:
+        """Return the risk topics found (none if no answer, for a panel).
+
+        :raises SupportUnavailableError: with ``whole`` (a draft's risk lines), which must
+            never say "not discussed" of a check that did not run.
+        """
+        if not messages:
+            return []
+        request = {"op": "topics", "messages": list(messages), "whole": whole}
+        try:
+            reply = self._ask(request, self.seconds * 6 if whole else self.seconds)
+        except SupportUnavailableError:
+            if whole:
+                raise
+            return []
+        return [str(topic) for topic in reply.get("topics", [])]
+
+    def snippet_text(self, key: str, lang: str) -> str:
+        """Return the text of the snippet ``key`` in ``lang``, or "" (also if no answer)."""
+        if "related" not in self.features or not key:
+            return ""
+        try:
+            reply = self._ask({"op": "snippet", "key": key, "lang": lang})
+        except SupportUnavailableError:
+            return ""
+        return str(reply.get("text", ""))
+
+    def _ask(self, request: dict[str, Any], seconds: float | None = None) -> dict[str, Any]:
+        """Send one request line and read the answer line."""
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
+                connection.settimeout(seconds or self.seconds)
+                connection.connect(str(self.socket))
+                with connection.makefile("rwb") as stream:
+                    stream.write(json.dumps(request).encode() + b"\n")
+                    stream.flush()
+                    reply = json.loads(stream.readline())
+        except (OSError, ValueError) as error:
+            raise SupportUnavailableError("the support process did not answer") from error
+        if not isinstance(reply, dict) or "error" in reply:
+            raise SupportUnavailableError("the support process refused the request")
+        return reply
+
+
 def in_place(function: Callable[..., T], *args: Any) -> T:
     """Run ``function`` in this thread (outside ``stillroom serve``, as in tests)."""
     return function(*args)
 
 
-def load_assist(settings: Settings) -> Assist | None:
+def load_assist(settings: Settings, in_this_process: bool = False) -> Support | None:
     """Load what the features in STILLROOM_ASSIST need; ``None`` when none is on.
+
+    Under ``stillroom serve`` the models run in the support's own process, and the portal
+    gets a :class:`RemoteSupport` after checking the settings it can check cheaply.
 
     :raises AssistError: when something a feature needs is missing or unusable.
     """
@@ -100,6 +199,15 @@ def load_assist(settings: Settings) -> Assist | None:
                 f"STILLROOM_ASSIST_SNIPPETS={folder}: {problems[0]}"
                 f" ({len(problems)} problem(s); 'stillroom snippets check' lists them all)"
             )
+    if not in_this_process and monkey.is_module_patched("threading"):
+        if "risk" in features or "summary" in features:
+            phrases = settings.assist_phrases
+            if str(phrases) not in ("", ".") and not phrases.is_dir():
+                raise AssistError(f"STILLROOM_ASSIST_PHRASES={phrases} is not a folder")
+        # Imported here: the worker imports this module.
+        from stillroom.webapp.assist.worker import socket_path
+
+        return RemoteSupport(features, socket_path(settings))
     try:
         embedder = load_embedder(settings.assist_embedder)
     except EmbedderError as error:
@@ -129,7 +237,7 @@ def init_app(app: Flask) -> None:
     app.config["ASSIST"] = load_assist(app.config["SETTINGS"])
 
 
-def current_assist() -> Assist | None:
+def current_assist() -> Support | None:
     """Return this app's therapist support, or ``None`` when it is off (or in the onion app)."""
-    assist: Assist | None = current_app.config.get("ASSIST")
+    assist: Support | None = current_app.config.get("ASSIST")
     return assist

@@ -36,7 +36,7 @@ from stillroom.webapp.assist.model import (
     stream_draft,
 )
 from stillroom.webapp.assist.risk import PROMPTS, TOPICS
-from stillroom.webapp.assist.service import Assist, current_assist
+from stillroom.webapp.assist.service import Support, SupportUnavailableError, current_assist
 from stillroom.webapp.chat import (
     ChatAppointment,
     ConversationLockedError,
@@ -90,13 +90,17 @@ NOTHING = _l(
     "There is nothing to summarise: no message of this session can be read any more (the"
     " participant may have deleted the conversation, or its messages have expired)."
 )
+UNCHECKED = _l(
+    "Risk topics: they could not be checked just now (the service's support is starting or"
+    " busy), so this draft says nothing about which were discussed. Ask again in a minute."
+)
 GONE = _l(
     "The messages of this session can no longer be read (the participant may have deleted"
     " the conversation), so this draft cannot be saved."
 )
 
 
-def support() -> Assist:
+def support() -> Support:
     """Return the portal's therapist support, or answer 404 when it is off."""
     assist = current_assist()
     if assist is None:
@@ -181,7 +185,7 @@ def chat_assist(appointment_id: str) -> Response:
     return answer
 
 
-def panel(appointment: ChatAppointment, assist: Assist) -> Response:
+def panel(appointment: ChatAppointment, assist: Support) -> Response:
     """Answer one load of the support frame: the page, or 304 when nothing changed."""
     latest = [
         (seq, text)
@@ -227,13 +231,16 @@ def estimate_minutes(transcript: Sequence[tuple[str, str]]) -> int:
     return max(1, math.ceil(draft_estimate_seconds(settings(), transcript) / 60))
 
 
-def risk_lines(transcript: Sequence[tuple[str, str]], assist: Assist) -> list[str]:
+def risk_lines(transcript: Sequence[tuple[str, str]], assist: Support) -> list[str]:
     """Return the draft's risk-topic lines, listed by code from every message, never guessed.
 
     Both sides' words count: a topic the therapist asked about was discussed. They are
     shown apart from the model's text, which cannot imitate them.
     """
-    found = set(assist.topics([text for _, text in transcript], whole=True))
+    try:
+        found = set(assist.topics([text for _, text in transcript], whole=True))
+    except SupportUnavailableError:  # never "not discussed" of a check that did not run
+        return [str(UNCHECKED)]
     discussed = [str(TOPIC_NAMES[t]) for t in TOPICS if t in found]
     missing = [str(TOPIC_NAMES[t]) for t in TOPICS if t not in found]
     none = str(_l("none"))
@@ -259,7 +266,7 @@ def clean_piece(piece: str) -> str:
     )
 
 
-def summary_support() -> Assist:
+def summary_support() -> Support:
     """Return the portal's therapist support, or answer 404 unless the draft summary is on."""
     assist = support()
     if "summary" not in assist.features:
