@@ -399,6 +399,9 @@ def start_server(
         try:
             for url in (server.url, server.portal_url):
                 urllib.request.urlopen(f"{url}/", timeout=1).close()
+            if env.get("STILLROOM_ASSIST"):  # and support's own process listens
+                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+                    probe.connect(str(data_dir / "assist-worker.sock"))
             return server
         except OSError:
             time.sleep(0.1)

@@ -286,7 +286,11 @@ def test_serve_runs_the_model_in_its_own_process_and_stops_it(
         # Only the service's user may connect to the model: the audit would say otherwise.
         assert stat.S_IMODE(socket_path(settings).stat().st_mode) & 0o077 == 0
         children = Path(f"/proc/{server.process.pid}/task/{server.process.pid}/children")
-        (child,) = (int(pid) for pid in children.read_text().split())
+        (child,) = (
+            int(pid)
+            for pid in children.read_text().split()
+            if b"assist.llama" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        )
         assert os.getpriority(os.PRIO_PROCESS, child) == 19
         assert os.sched_getscheduler(child) == os.SCHED_IDLE  # only on a core nobody wants
     finally:
