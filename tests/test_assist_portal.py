@@ -444,3 +444,68 @@ def test_panels_loaded_at_once_on_the_real_server_all_answer(tmp_path_factory, v
     finally:
         stop_server(server)
     assert stuck == 0 and answers == [200] * 120
+
+
+def test_with_support_s_process_gone_the_panel_is_calm_and_a_draft_claims_nothing(
+    tmp_path_factory, vector_cache
+):
+    """Killed, support's process leaves an empty panel and a draft whose risk topics say
+    they were not checked (never "not discussed"); restarted, all comes back."""
+    import asyncio
+    import signal
+    import time
+    import urllib.parse
+    import urllib.request
+
+    from loadclients import log_in
+    from test_held_feed import book_and_serve, port_of
+
+    from support import stop_server
+
+    data_dir = tmp_path_factory.mktemp("gone") / "instance"
+    support = {
+        "STILLROOM_ASSIST": "related,risk,summary",
+        "STILLROOM_ASSIST_SNIPPETS": str(EXAMPLES),
+        "STILLROOM_ASSIST_MODEL_ADDRESS": f"unix:{data_dir.absolute()}/absent.sock",
+    }
+    server, [chat] = book_and_serve(data_dir, support, 1, vector_cache)
+
+    def post(base: str, path: str, cookie: str, form: dict[str, str]) -> str:
+        request = urllib.request.Request(
+            f"{base}{path}", urllib.parse.urlencode(form).encode(), headers={"Cookie": cookie}
+        )
+        with urllib.request.urlopen(request, timeout=90) as answer:
+            return answer.read().decode()
+
+    def draft() -> str:
+        form = {"form_token": chat.therapist_token}
+        return post(
+            server.portal_url, f"/en/chat/{chat.appointment}/draft", chat.therapist_cookie, form
+        )
+
+    try:
+        asyncio.run(log_in(chat, port_of(server.url), port_of(server.portal_url)))
+        said = {"form_token": chat.participant_token, "text": HARD_EVENING}
+        post(server.url, f"/en/chat/{chat.appointment}/compose", chat.participant_cookie, said)
+        closing = {"form_token": chat.therapist_token}
+        post(
+            server.portal_url, f"/en/chat/{chat.appointment}/close", chat.therapist_cookie, closing
+        )
+        assert "Not discussed" in draft()
+        children = Path(f"/proc/{server.process.pid}/task/{server.process.pid}/children")
+        (worker,) = (
+            int(pid)
+            for pid in children.read_text().split()
+            if b"assist.worker" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        )
+        os.kill(worker, signal.SIGKILL)
+        time.sleep(0.2)
+        page = draft()
+        assert "could not be checked" in page and "Not discussed" not in page
+        deadline = time.monotonic() + 90
+        while "Not discussed" not in page and time.monotonic() < deadline:
+            time.sleep(1)
+            page = draft()
+        assert "Not discussed" in page  # restarted by serve
+    finally:
+        stop_server(server)
