@@ -205,6 +205,8 @@ def panel(appointment: ChatAppointment, assist: Support) -> Response:
         unchanged.headers["Cache-Control"] = PANEL_CACHE
         return unchanged
     texts = [text for _, text in latest]
+    # Embedding takes a while and the connections are few: the chats must not wait for one.
+    close_db()
     snippets = assist.related(texts, lang) if "related" in assist.features else []
     topics = assist.topics(texts) if "risk" in assist.features else []
     response = make_response(
