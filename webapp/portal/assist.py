@@ -289,14 +289,17 @@ def draft(appointment_id: str) -> Any:
         return draft_page(appointment, failure=NOTHING)
     lang = chat_language(appointment)
     minutes = estimate_minutes(transcript)
+    pseudonym = pseudonym_of(appointment)
+    close_db()  # the risk lines read the whole session: the chats must not wait for it
+    risks = risk_lines(transcript, assist)
     page = render_template(
         "portal/draft.html",
-        pseudonym=pseudonym_of(appointment),
+        pseudonym=pseudonym,
         appointment=appointment,
         text=DRAFT_MARK,
         failure=FAILURE_MARK,
         minutes=minutes,
-        risks=risk_lines(transcript, assist),
+        risks=risks,
         unreadable=unreadable,
     )
     head, _, rest = page.partition(DRAFT_MARK)
