@@ -76,14 +76,15 @@ def running(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path):
     supervisor.stop()
 
 
-def ask(settings: Settings, **options: object):
-    """Stream a short chat straight from the model, with request ``options``."""
+def ask(settings: Settings, first: float = 10, total: float = 20, **options: object):
+    """Stream a short chat straight from the model, within ``first`` and ``total`` seconds,
+    with request ``options``."""
     return stream_chat(
         model_address(settings),
         read_or_create_key(settings.data_dir),
         [{"role": "user", "content": "Hello"}],
-        first_token_seconds=10,
-        total_seconds=20,
+        first_token_seconds=first,
+        total_seconds=total,
         options=options,
     )
 
@@ -130,29 +131,13 @@ def test_a_stalled_model_times_out_within_its_bound(running) -> None:
     try:
         began = time.monotonic()
         with pytest.raises(ModelTimeoutError):
-            list(
-                stream_chat(
-                    model_address(settings),
-                    read_or_create_key(settings.data_dir),
-                    [{"role": "user", "content": "Hello"}],
-                    first_token_seconds=1,
-                    total_seconds=5,
-                )
-            )
+            list(ask(settings, first=1, total=5))
         assert time.monotonic() - began < 2.5
     finally:
         os.kill(pid, signal.SIGCONT)
     began = time.monotonic()
     with pytest.raises(ModelTimeoutError):  # a model that keeps writing past the whole bound
-        list(
-            stream_chat(
-                model_address(settings),
-                read_or_create_key(settings.data_dir),
-                [{"role": "user", "content": "Hello"}],
-                first_token_seconds=5,
-                total_seconds=0.05,
-            )
-        )
+        list(ask(settings, first=5, total=0.05))
     assert time.monotonic() - began < 1
 
 

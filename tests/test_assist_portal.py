@@ -246,23 +246,26 @@ def absent_model_settings(tmp_path: Path) -> Settings:
     )
 
 
-def summary_chat(tmp_path, clock, vector_cache, *said: str, delete_at_end: bool = False):
-    """A chat in which the participant said ``said``, now over, with the summary on and no
-    model running (the risk lines are the service's, so they need none)."""
+def summary_chat(
+    tmp_path, clock, vector_cache, *said: str | tuple[str, str], delete_at_end=False, **values
+):
+    """A chat in which ``said`` was said (the participant's, unless a (who, text) pair), now
+    over, with the summary on; without ``values`` naming a model, none runs (the risk
+    lines are the service's, so they need none)."""
     from support import AuthActions, Chat, TherapistActions
 
     data = tmp_path / "instance"
-    settings = assist_settings(
-        tmp_path, assist="summary", assist_model_address=f"unix:{data.absolute()}/absent.sock"
-    )
+    values = values or {"assist_model_address": f"unix:{data.absolute()}/absent.sock"}
+    settings = assist_settings(tmp_path, assist="summary", **values)
     seed_vectors(settings.data_dir, vector_cache)
     app, portal = create_participant_app(settings, clock), create_portal_app(settings, clock)
     app.test_client_class = portal.test_client_class = LoopbackClient
     therapist = TherapistActions(portal.test_client(), clock, settings.database_path)
     chat = Chat(therapist, AuthActions(app.test_client()), clock, settings)
     chat.at(STARTS)
-    for text in said:
-        chat.say("participant", text)
+    for line in said:
+        who, text = line if isinstance(line, tuple) else ("participant", line)
+        chat.say(who, text)
     if delete_at_end:
         wish = chat.auth.post(
             f"/chat/{chat.id}/when-it-ends", {"wanted": "1"}, page=f"/chat/{chat.id}"
@@ -349,20 +352,16 @@ def test_a_draft_streams_from_the_real_model_and_cannot_change_the_page(
 
     from stillroom.webapp.assist.llama import Supervisor
 
-    from support import AuthActions, Chat, TherapistActions
-
     model = write_tiny_model(tmp_path_factory.mktemp("gguf") / "tiny.gguf")
     base = tmp_path_factory.mktemp("d")  # short: a socket's path has at most 107 bytes
-    settings = assist_settings(base, assist="summary", assist_model=model)
-    seed_vectors(settings.data_dir, vector_cache)
-    app, portal = create_participant_app(settings, clock), create_portal_app(settings, clock)
-    app.test_client_class = portal.test_client_class = LoopbackClient
-    therapist = TherapistActions(portal.test_client(), clock, settings.database_path)
-    chat = Chat(therapist, AuthActions(app.test_client()), clock, settings)
-    chat.at(STARTS)
-    chat.say("participant", INJECTION)
-    chat.say("therapist", "Shall we try the breathing exercise twice a day until next week?")
-    chat.at(ENDS + 60)
+    chat, settings = summary_chat(
+        base,
+        clock,
+        vector_cache,
+        INJECTION,
+        ("therapist", "Shall we try the breathing exercise twice a day until next week?"),
+        assist_model=model,
+    )
     supervisor = Supervisor(settings, first_pause=0.1)
     supervisor.start()
     try:

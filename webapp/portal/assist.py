@@ -292,14 +292,13 @@ def draft(appointment_id: str) -> Any:
     pseudonym = pseudonym_of(appointment)
     close_db()  # the risk lines read the whole session: the chats must not wait for it
     risks = risk_lines(transcript, assist)
-    page = render_template(
-        "portal/draft.html",
+    page, _ = draft_page(
+        appointment,
+        DRAFT_MARK,
+        FAILURE_MARK,
+        risks,
         pseudonym=pseudonym,
-        appointment=appointment,
-        text=DRAFT_MARK,
-        failure=FAILURE_MARK,
         minutes=minutes,
-        risks=risks,
         unreadable=unreadable,
     )
     head, _, rest = page.partition(DRAFT_MARK)
@@ -367,17 +366,21 @@ def draft_page(
     failure: Any = None,
     risks: list[str] | None = None,
     status: int = 200,
+    pseudonym: str | None = None,
+    minutes: int | None = None,
+    unreadable: int = 0,
 ) -> tuple[str, int]:
-    """Render the draft's page without the model: a calm message, and the text kept."""
+    """Render the draft's page: with ``minutes``, the one the model's text streams into;
+    without, a calm message and the text kept."""
     page = render_template(
         "portal/draft.html",
-        pseudonym=pseudonym_of(appointment),
+        pseudonym=pseudonym or pseudonym_of(appointment),
         appointment=appointment,
         text=text,
         failure=failure,
-        minutes=None,
+        minutes=minutes,
         risks=risks,
-        unreadable=0,
+        unreadable=unreadable,
         nothing=failure is NOTHING,
     )
     return page, status
