@@ -482,6 +482,14 @@ def test_with_support_s_process_gone_the_panel_is_calm_and_a_draft_claims_nothin
             server.portal_url, f"/en/chat/{chat.appointment}/draft", chat.therapist_cookie, form
         )
 
+    def frame() -> str:
+        request = urllib.request.Request(
+            f"{server.portal_url}/en/chat/{chat.appointment}/assist",
+            headers={"Cookie": chat.therapist_cookie},
+        )
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            return answer.read().decode()
+
     try:
         asyncio.run(log_in(chat, port_of(server.url), port_of(server.portal_url)))
         said = {"form_token": chat.participant_token, "text": HARD_EVENING}
@@ -497,14 +505,19 @@ def test_with_support_s_process_gone_the_panel_is_calm_and_a_draft_claims_nothin
             for pid in children.read_text().split()
             if b"assist.worker" in Path(f"/proc/{pid}/cmdline").read_bytes()
         )
+        assert "You might ask" in frame()
         os.kill(worker, signal.SIGKILL)
         time.sleep(0.2)
         page = draft()
         assert "could not be checked" in page and "Not discussed" not in page
+        panel = frame()
+        assert "could not be worked out" in panel and "You might ask" not in panel
+        assert "No material in the library" not in panel
         deadline = time.monotonic() + 90
         while "Not discussed" not in page and time.monotonic() < deadline:
             time.sleep(1)
             page = draft()
         assert "Not discussed" in page  # restarted by serve
+        assert "You might ask" in frame()
     finally:
         stop_server(server)

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from flask import Flask, current_app
 from gevent import monkey
+from gevent.lock import BoundedSemaphore
 
 from stillroom.webapp.assist.embed import EmbedderError, load_embedder
 from stillroom.webapp.assist.risk import RiskDetector
@@ -27,6 +29,9 @@ from stillroom.webapp.settings import Settings, SettingsError
 ASSIST_NICE = 15
 #: The participant's latest messages that the panel looks at.
 LATEST_MESSAGES = 3
+#: Requests to the support's process at once. It answers one at a time; more waiting in
+#: its socket's queue gains nothing, and a full queue makes a cooperative connect() spin.
+ASKS_AT_ONCE = 4
 
 T = TypeVar("T")
 
@@ -48,11 +53,14 @@ class Support(Protocol):
         ...
 
     def related(self, messages: Sequence[str], lang: str) -> list[Snippet]:
-        """The three snippets most related to ``messages``."""
+        """The three snippets most related to ``messages`` (:raises SupportUnavailableError:)."""
         ...
 
     def topics(self, messages: Sequence[str], whole: bool = False) -> list[str]:
-        """The risk topics the latest (or, with ``whole``, any of the) ``messages`` touch."""
+        """The risk topics the latest (or, with ``whole``, any of the) ``messages`` touch.
+
+        :raises SupportUnavailableError: when the check could not run.
+        """
         ...
 
     def snippet_text(self, key: str, lang: str) -> str:
@@ -97,39 +105,37 @@ class RemoteSupport:
     """Therapist support answered by its own process (``stillroom serve``), over a socket.
 
     The portal waits for an answer without holding the interpreter's lock, so a burst
-    of panels never holds up the chats (see :mod:`stillroom.webapp.assist.worker`).
+    of panels never holds up the chats (see :mod:`stillroom.webapp.assist.worker`). At
+    most :data:`ASKS_AT_ONCE` requests are on their way; the others wait their turn.
     """
 
     features: tuple[str, ...]
     socket: Path
-    #: How long a panel waits; a panel without suggestions is better than a late one.
+    #: How long a panel waits, its turn included; a panel that says it could not check
+    #: is better than a late one.
     seconds: float = 10.0
+    turns: BoundedSemaphore = field(default_factory=lambda: BoundedSemaphore(ASKS_AT_ONCE))
 
     def related(self, messages: Sequence[str], lang: str) -> list[Snippet]:
-        """Return the three snippets most related to ``messages`` (none if no answer)."""
+        """Return the three snippets most related to ``messages``.
+
+        :raises SupportUnavailableError: when the support's process did not answer in time.
+        """
         if "related" not in self.features or not messages:
             return []
-        try:
-            reply = self._ask({"op": "related", "messages": list(messages), "lang": lang})
-        except SupportUnavailableError:
-            return []
+        reply = self._ask({"op": "related", "messages": list(messages), "lang": lang})
         return [Snippet(*fields) for fields in reply.get("snippets", [])]
 
     def topics(self, messages: Sequence[str], whole: bool = False) -> list[str]:
-        """Return the risk topics found (none if no answer, for a panel).
+        """Return the risk topics found.
 
-        :raises SupportUnavailableError: with ``whole`` (a draft's risk lines), which must
-            never say "not discussed" of a check that did not run.
+        :raises SupportUnavailableError: when the support's process did not answer in time;
+            an empty list would read as "no risk topic", of a check that did not run.
         """
         if not messages:
             return []
         request = {"op": "topics", "messages": list(messages), "whole": whole}
-        try:
-            reply = self._ask(request, self.seconds * 6 if whole else self.seconds)
-        except SupportUnavailableError:
-            if whole:
-                raise
-            return []
+        reply = self._ask(request, self.seconds * 6 if whole else self.seconds)
         return [str(topic) for topic in reply.get("topics", [])]
 
     def snippet_text(self, key: str, lang: str) -> str:
@@ -143,10 +149,13 @@ class RemoteSupport:
         return str(reply.get("text", ""))
 
     def _ask(self, request: dict[str, Any], seconds: float | None = None) -> dict[str, Any]:
-        """Send one request line and read the answer line."""
+        """Wait for a turn, send one request line and read the answer line."""
+        deadline = time.monotonic() + (seconds or self.seconds)
+        if not self.turns.acquire(timeout=seconds or self.seconds):
+            raise SupportUnavailableError("the support process is busy")
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
-                connection.settimeout(seconds or self.seconds)
+                connection.settimeout(max(deadline - time.monotonic(), 0.1))
                 connection.connect(str(self.socket))
                 with connection.makefile("rwb") as stream:
                     stream.write(json.dumps(request).encode() + b"\n")
@@ -154,6 +163,8 @@ class RemoteSupport:
                     reply = json.loads(stream.readline())
         except (OSError, ValueError) as error:
             raise SupportUnavailableError("the support process did not answer") from error
+        finally:
+            self.turns.release()
         if not isinstance(reply, dict) or "error" in reply:
             raise SupportUnavailableError("the support process refused the request")
         return reply

@@ -61,6 +61,8 @@ PANEL_SECONDS = 15
 #: suicide") says something about the participant. Reloads are held until the chat
 #: changes, so few are made; a client that keeps a copy anyway may still get a 304.
 PANEL_CACHE = "no-store"
+#: Added to the panel's tag when the support did not answer in time.
+UNCHECKED_TAG = "-unchecked"
 #: Where the model's draft and a failure's message go in the rendered page.
 DRAFT_MARK = "\x1edraft\x1e"
 FAILURE_MARK = "\x1efailure\x1e"
@@ -207,8 +209,15 @@ def panel(appointment: ChatAppointment, assist: Support) -> Response:
     texts = [text for _, text in latest]
     # Embedding takes a while and the connections are few: the chats must not wait for one.
     close_db()
-    snippets = assist.related(texts, lang) if "related" in assist.features else []
-    topics = assist.topics(texts) if "risk" in assist.features else []
+    try:
+        snippets = assist.related(texts, lang) if "related" in assist.features else []
+        topics = assist.topics(texts) if "risk" in assist.features else []
+        unchecked = False
+    except SupportUnavailableError:
+        # Said on the page (no prompt must not read as "nothing to ask about"), and under
+        # another tag, so that the next reload looks again instead of being held.
+        snippets, topics, unchecked = [], [], True
+        etag += UNCHECKED_TAG
     response = make_response(
         render_template(
             "portal/assist.html",
@@ -218,6 +227,7 @@ def panel(appointment: ChatAppointment, assist: Support) -> Response:
             snippet_lang=lang,
             prompts=[PROMPTS[topic] for topic in topics],
             heard=bool(latest),
+            unchecked=unchecked,
             interval=interval,
             reload=f"?{chatroom.reload_name()}={etag}" if held else "",
             compose_url=url_for("portal.chat_compose", appointment_id=appointment.id),
