@@ -1,8 +1,9 @@
 """The portal's therapist support, loaded once when the portal starts (never in the onion app).
 
-The embedding model, the snippet library and the risk detector are loaded here, and every
-embedding is computed in a real thread at low CPU priority (as argon2 is), so that a
-query never holds up the chats served by the event loop.
+Under ``stillroom serve`` the embedding model, the snippet library and the risk detector
+live in support's own process (:mod:`stillroom.webapp.assist.worker`), and the portal asks
+it over a socket (:class:`RemoteSupport`). Elsewhere (tests, the worker itself) they are
+loaded here, and each embedding runs in a real thread at low CPU priority, as argon2 does.
 """
 
 from __future__ import annotations
@@ -104,9 +105,9 @@ class Assist:
 class RemoteSupport:
     """Therapist support answered by its own process (``stillroom serve``), over a socket.
 
-    The portal waits for an answer without holding the interpreter's lock, so a burst
-    of panels never holds up the chats (see :mod:`stillroom.webapp.assist.worker`). At
-    most :data:`ASKS_AT_ONCE` requests are on their way; the others wait their turn.
+    The portal waits for an answer on a socket, which costs its event loop nothing (see
+    :mod:`stillroom.webapp.assist.worker`). At most :data:`ASKS_AT_ONCE` requests are on
+    their way; the others wait their turn, and give up when their time is over.
     """
 
     features: tuple[str, ...]

@@ -1,11 +1,11 @@
 """Therapist support's own process: the embedding model, the snippet library and the risk
 detector, answering the portal over a unix socket in the data directory.
 
-The portal serves every chat from one event loop. Embedding a message and running the
-word lists is CPU-bound Python that holds the interpreter's lock, so done in the portal's
-threads it made the loop wait behind it: with 1,000 panels open, chat deliveries took
-33 s (``tests/bench/chat_load.py --assist``). Here it holds a lock of its own, at low
-priority, and the portal waits for the answer on a socket, which costs its loop nothing.
+The portal serves every chat from one event loop and a few database connections. Done in
+the portal's own threads, 1,000 panels (``tests/bench/chat_load.py --assist``) took its
+CPU and about 145 MB of its memory, and panels waiting for an answer held connections the
+chats needed: deliveries took 33 s at p99. Here the work runs at low priority in a process
+of its own, and the portal gives its connection back before it asks.
 
 One request per connection, one JSON line each way. A participant's messages cross the
 socket and live in this process's memory for one lookup; nothing is written or logged.
