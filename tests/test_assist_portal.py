@@ -108,6 +108,40 @@ def test_a_quiet_chat_gets_no_prompt_and_an_unchanged_one_a_bare_304(chat):
     assert changed.status_code == 200 and "You might ask" in changed.get_data(as_text=True)
 
 
+class CountingSupport:
+    """The portal's support, counting the questions asked of it."""
+
+    def __init__(self, real) -> None:
+        self.real, self.asked = real, 0
+        self.features = real.features
+
+    def related(self, messages, lang):
+        self.asked += 1
+        return self.real.related(messages, lang)
+
+    def topics(self, messages, whole=False):
+        self.asked += 1
+        return self.real.topics(messages, whole)
+
+    def snippet_text(self, key, lang):
+        return self.real.snippet_text(key, lang)
+
+
+def test_support_is_asked_again_only_when_the_participant_writes(chat):
+    chat.at(STARTS)
+    chat.say("participant", HARD_EVENING)
+    config = chat.therapist.client.application.config
+    config["ASSIST"] = counting = CountingSupport(config["ASSIST"])
+    assert "You might ask" in panel(chat)
+    assert counting.asked == 2  # related material and risk topics
+    chat.say("therapist", "Thank you for telling me. How are you right now?")
+    assert "You might ask" in panel(chat) and "You might ask" in panel(chat)
+    assert counting.asked == 2  # the therapist's words and plain reloads change nothing
+    chat.say("participant", "I am a bit calmer now, thank you.")
+    panel(chat)
+    assert counting.asked == 4
+
+
 @RELATED_ONLY
 def test_one_click_fills_the_message_box_and_sends_nothing(chat, settings):
     chat.at(STARTS)
@@ -202,6 +236,42 @@ def test_serve_refuses_a_model_address_off_this_machine_in_one_line(tmp_path):
     assert "STILLROOM_ASSIST_MODEL_ADDRESS" in error and "Traceback" not in result.stderr
     with pytest.raises(SettingsError):
         assist_settings(tmp_path, assist="summary", assist_model_address="unix:/tmp/model.sock")
+
+
+def test_serve_stops_when_support_s_process_cannot_load_its_model(tmp_path):
+    env = {
+        **os.environ,
+        "PYTHONSAFEPATH": "1",
+        "STILLROOM_DATA_DIR": str(tmp_path / "instance"),
+        "STILLROOM_ASSIST": "risk",
+        "STILLROOM_ASSIST_EMBEDDER": "nowhere.at.all:make",
+    }
+    result = subprocess.run(
+        [STILLROOM, "serve", "--no-tor"], capture_output=True, text=True, timeout=120, env=env
+    )
+    assert result.returncode != 0
+    assert "STILLROOM_ASSIST_EMBEDDER" in result.stderr and "Traceback" not in result.stderr
+    [error] = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert "therapist support did not start" in error
+
+
+def test_support_s_process_leaves_a_socket_another_process_answers_on_alone(tmp_path, vector_cache):
+    settings = assist_settings(tmp_path, assist="risk")
+    seed_vectors(settings.data_dir, vector_cache)
+    path = settings.data_dir / "assist-worker.sock"
+    with socket.socket(socket.AF_UNIX) as stranger:
+        stranger.bind(str(path))
+        stranger.listen(1)
+        env = {
+            **os.environ,
+            "PYTHONSAFEPATH": "1",
+            "STILLROOM_DATA_DIR": str(settings.data_dir),
+            "STILLROOM_ASSIST": "risk",
+        }
+        worker = [sys.executable, "-m", "stillroom.webapp.assist.worker"]
+        result = subprocess.run(worker, capture_output=True, text=True, timeout=120, env=env)
+        assert result.returncode == 3 and "another process already answers" in result.stderr
+        assert path.is_socket()  # still the stranger's: the worker did not unlink it
 
 
 @RELATED_ONLY
@@ -505,7 +575,6 @@ def test_with_support_s_process_gone_the_panel_is_calm_and_a_draft_claims_nothin
             for pid in children.read_text().split()
             if b"assist.worker" in Path(f"/proc/{pid}/cmdline").read_bytes()
         )
-        assert "You might ask" in frame()
         os.kill(worker, signal.SIGKILL)
         time.sleep(0.2)
         page = draft()

@@ -590,6 +590,7 @@ def snippet_text() -> str:
     key = request.args.get("snippet", "")
     if assist is None or not key:
         return ""
+    close_db()  # support may be slow to answer; the chats need the few connections
     text: str = assist.snippet_text(key, request.args.get("lang", ""))
     return text
 

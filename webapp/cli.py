@@ -25,6 +25,7 @@ from stillroom.webapp import booking, therapists
 from stillroom.webapp.app import create_participant_app, create_portal_app
 from stillroom.webapp.assist import worker
 from stillroom.webapp.assist.cli import snippets
+from stillroom.webapp.assist.keeper import Keeper
 from stillroom.webapp.assist.llama import Supervisor
 from stillroom.webapp.audit import run_audit
 from stillroom.webapp.backup import BackupError, decode_key, restore_backup, write_backup
@@ -114,18 +115,30 @@ def serve(no_tor: bool) -> None:
     except (StudyDefinitionError, StudyChangedError) as error:
         fail(RuntimeError(f"STILLROOM_STUDY={settings.study}: {error}"))
     model = start_model(settings)
-    support = worker.keeper(settings)
-    if support is not None:
-        support.start()
-        say(
-            f"Therapist support: its own process at low priority, on {worker.socket_path(settings)}"
-        )
+    support = start_support(settings)
     try:
         serve_apps(app, servers, settings, no_tor)
     finally:
         for helper in (model, support):
             if helper is not None:
                 helper.stop()
+
+
+def start_support(settings: Settings) -> Keeper | None:
+    """Start therapist support's own process when a feature needs it, and wait until it
+    answers: a setting it cannot load stops serve here, with the worker's own line."""
+    support = worker.keeper(settings)
+    if support is None:
+        return None
+    path = worker.socket_path(settings)
+    say(f"Therapist support: starting its own process at low priority, on {path}")
+    support.start()
+    if not worker.wait_until_listening(path, worker.START_SECONDS, support.first_is_running):
+        support.stop()
+        ended = support.process.returncode if support.process else None
+        why = worker.describe_status(ended) if ended is not None else "it did not answer in time"
+        fail(RuntimeError(f"therapist support did not start: {why}"))
+    return support
 
 
 def start_model(settings: Settings) -> Supervisor | None:

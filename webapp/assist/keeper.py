@@ -49,6 +49,11 @@ class Keeper:
         """Start the process, and watch it from now on."""
         self._thread.start()
 
+    def first_is_running(self) -> bool:
+        """Whether the first process is starting or running (not ended, not replaced)."""
+        process = self.process
+        return self.starts <= 1 and (process is None or process.poll() is None)
+
     def stop(self, timeout: float = 5.0) -> None:
         """Stop the process (SIGTERM, then SIGKILL) and the watching."""
         self._stopping.set()

@@ -16,12 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
+import gevent
 from flask import Flask, current_app
 from gevent import monkey
 from gevent.lock import BoundedSemaphore
 
 from stillroom.webapp.assist.embed import EmbedderError, load_embedder
-from stillroom.webapp.assist.risk import RiskDetector
+from stillroom.webapp.assist.risk import TOPICS, RiskDetector
 from stillroom.webapp.assist.snippets import Library, Snippet, SnippetError, check_library
 from stillroom.webapp.gate import argon2_runner
 from stillroom.webapp.settings import Settings, SettingsError
@@ -33,6 +34,10 @@ LATEST_MESSAGES = 3
 #: Requests to the support's process at once. It answers one at a time; more waiting in
 #: its socket's queue gains nothing, and a full queue makes a cooperative connect() spin.
 ASKS_AT_ONCE = 4
+#: The longest answer read from it, in bytes: three snippets are a few kilobytes.
+MAX_ANSWER = 1024 * 1024
+#: How long a therapist's click on a snippet waits for its text.
+SNIPPET_SECONDS = 2.0
 
 T = TypeVar("T")
 
@@ -85,12 +90,17 @@ class Assist:
         found: list[Snippet] = self.run(self.snippets.related, list(messages), lang)
         return found
 
-    def topics(self, messages: Sequence[str], whole: bool = False) -> list[str]:
+    def topics(
+        self, messages: Sequence[str], whole: bool = False, deadline: float | None = None
+    ) -> list[str]:
         """Return the risk topics that the latest ``messages`` (or, with ``whole``, any of
-        them) touch; none without a detector."""
+        them) touch; none without a detector.
+
+        :raises TimeoutError: when ``deadline`` (monotonic) passed before the check ended.
+        """
         if self.detector is None or not messages:
             return []
-        found: list[str] = self.run(self.detector.topics, list(messages), whole)
+        found: list[str] = self.run(self.detector.topics, list(messages), whole, deadline)
         return found
 
     def snippet_text(self, key: str, lang: str) -> str:
@@ -125,7 +135,15 @@ class RemoteSupport:
         if "related" not in self.features or not messages:
             return []
         reply = self._ask({"op": "related", "messages": list(messages), "lang": lang})
-        return [Snippet(*fields) for fields in reply.get("snippets", [])]
+        found = reply.get("snippets")
+        if not isinstance(found, list) or not all(
+            isinstance(fields, list)
+            and len(fields) == 4
+            and all(isinstance(f, str) for f in fields)
+            for fields in found
+        ):
+            raise SupportUnavailableError("the support process answered something else")
+        return [Snippet(*fields) for fields in found]
 
     def topics(self, messages: Sequence[str], whole: bool = False) -> list[str]:
         """Return the risk topics found.
@@ -137,31 +155,41 @@ class RemoteSupport:
             return []
         request = {"op": "topics", "messages": list(messages), "whole": whole}
         reply = self._ask(request, self.seconds * 6 if whole else self.seconds)
-        return [str(topic) for topic in reply.get("topics", [])]
+        found = reply.get("topics")
+        if not isinstance(found, list) or not all(topic in TOPICS for topic in found):
+            raise SupportUnavailableError("the support process answered something else")
+        return [str(topic) for topic in found]
 
     def snippet_text(self, key: str, lang: str) -> str:
         """Return the text of the snippet ``key`` in ``lang``, or "" (also if no answer)."""
         if "related" not in self.features or not key:
             return ""
         try:
-            reply = self._ask({"op": "snippet", "key": key, "lang": lang})
+            reply = self._ask({"op": "snippet", "key": key, "lang": lang}, SNIPPET_SECONDS)
         except SupportUnavailableError:
             return ""
-        return str(reply.get("text", ""))
+        text = reply.get("text")
+        return text if isinstance(text, str) else ""
 
     def _ask(self, request: dict[str, Any], seconds: float | None = None) -> dict[str, Any]:
-        """Wait for a turn, send one request line and read the answer line."""
-        deadline = time.monotonic() + (seconds or self.seconds)
-        if not self.turns.acquire(timeout=seconds or self.seconds):
+        """Wait for a turn, send one request line and read the answer line, all within
+        ``seconds`` (the worker is told, and stops a long check when they are over)."""
+        seconds = seconds or self.seconds
+        deadline = time.monotonic() + seconds
+        if not self.turns.acquire(timeout=seconds):
             raise SupportUnavailableError("the support process is busy")
+        late = SupportUnavailableError("the support process did not answer in time")
         try:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
-                connection.settimeout(max(deadline - time.monotonic(), 0.1))
+            left = max(deadline - time.monotonic(), 0.1)
+            with gevent.Timeout(left, late), socket.socket(socket.AF_UNIX) as connection:
                 connection.connect(str(self.socket))
-                with connection.makefile("rwb") as stream:
-                    stream.write(json.dumps(request).encode() + b"\n")
-                    stream.flush()
-                    reply = json.loads(stream.readline())
+                line = json.dumps({**request, "seconds": left}, ensure_ascii=False)
+                connection.sendall(line.encode() + b"\n")
+                with connection.makefile("rb") as stream:
+                    answer = stream.readline(MAX_ANSWER + 1)
+            if not answer.endswith(b"\n"):
+                raise SupportUnavailableError("the support process's answer was cut or too long")
+            reply = json.loads(answer)
         except (OSError, ValueError) as error:
             raise SupportUnavailableError("the support process did not answer") from error
         finally:
@@ -169,6 +197,11 @@ class RemoteSupport:
         if not isinstance(reply, dict) or "error" in reply:
             raise SupportUnavailableError("the support process refused the request")
         return reply
+
+
+def well_formed(fields: Any) -> bool:
+    """Whether one snippet of the support process's answer has a snippet's four texts."""
+    return isinstance(fields, list) and len(fields) == 4 and all(isinstance(f, str) for f in fields)
 
 
 def in_place(function: Callable[..., T], *args: Any) -> T:

@@ -1,8 +1,9 @@
 """The therapist's support beside a chat: related snippets, quiet prompts, a draft summary.
 
-Everything here is shown to the therapist only, and nothing of it is stored: the panel
-is computed in memory on each reload, and a draft is kept only if the therapist saves
-it into their notes. Nothing here ever writes to the participant.
+Everything here is shown to the therapist only, and nothing of it is written: the panel
+is worked out in memory at each message of the participant (and kept there, for reloads,
+until the next), and a draft is kept only if the therapist saves it into their notes.
+Nothing here ever writes to the participant.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import math
+import time
 import unicodedata
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -100,6 +102,43 @@ GONE = _l(
     "The messages of this session can no longer be read (the participant may have deleted"
     " the conversation), so this draft cannot be saved."
 )
+
+
+class LastWorkedOut:
+    """Each chat's last panel suggestions, in the portal's memory only, for a short while.
+
+    A panel is reloaded far more often than the participant writes: after each answer,
+    when the therapist writes, when a hold ends. Only a new message of the participant
+    (or another language) changes what support would say, so the rest are answered from
+    here instead of asking support again.
+    """
+
+    #: How long after its last use a chat's suggestions are kept: past a held reload.
+    SECONDS = 180.0
+
+    def __init__(self) -> None:
+        """Start with nothing kept."""
+        self._kept: dict[str, tuple[str, Any, float]] = {}
+        self._next_sweep = 0.0
+
+    def get(self, chat: str, state: str) -> Any | None:
+        """Return what was worked out for ``chat`` in ``state``, or ``None``."""
+        kept = self._kept.get(chat)
+        if kept is None or kept[0] != state or kept[2] < time.monotonic():
+            return None
+        self._kept[chat] = (state, kept[1], time.monotonic() + self.SECONDS)
+        return kept[1]
+
+    def keep(self, chat: str, state: str, worked_out: Any) -> None:
+        """Keep what was worked out for ``chat`` in ``state``, in place of the last."""
+        moment = time.monotonic()
+        self._kept[chat] = (state, worked_out, moment + self.SECONDS)
+        if moment >= self._next_sweep:  # drop the chats no panel looked at for a while
+            self._kept = {c: k for c, k in self._kept.items() if k[2] >= moment}
+            self._next_sweep = moment + self.SECONDS
+
+
+LAST_WORKED_OUT = LastWorkedOut()
 
 
 def support() -> Support:
@@ -209,15 +248,20 @@ def panel(appointment: ChatAppointment, assist: Support) -> Response:
     texts = [text for _, text in latest]
     # Embedding takes a while and the connections are few: the chats must not wait for one.
     close_db()
-    try:
-        snippets = assist.related(texts, lang) if "related" in assist.features else []
-        topics = assist.topics(texts) if "risk" in assist.features else []
-        unchecked = False
-    except SupportUnavailableError:
-        # Said on the page (no prompt must not read as "nothing to ask about"), and under
-        # another tag, so that the next reload looks again instead of being held.
-        snippets, topics, unchecked = [], [], True
-        etag += UNCHECKED_TAG
+    unchecked = False
+    known = LAST_WORKED_OUT.get(appointment.id, etag)
+    if known is not None:
+        snippets, topics = known
+    else:
+        try:
+            snippets = assist.related(texts, lang) if "related" in assist.features else []
+            topics = assist.topics(texts) if "risk" in assist.features else []
+            LAST_WORKED_OUT.keep(appointment.id, etag, (snippets, topics))
+        except SupportUnavailableError:
+            # Said on the page (no prompt must not read as "nothing to ask about"), and
+            # under another tag, so that the next reload looks again instead of being held.
+            snippets, topics, unchecked = [], [], True
+            etag += UNCHECKED_TAG
     response = make_response(
         render_template(
             "portal/assist.html",
