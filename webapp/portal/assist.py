@@ -63,8 +63,6 @@ PANEL_SECONDS = 15
 #: suicide") says something about the participant. Reloads are held until the chat
 #: changes, so few are made; a client that keeps a copy anyway may still get a 304.
 PANEL_CACHE = "no-store"
-#: Added to the panel's tag when the support did not answer in time.
-UNCHECKED_TAG = "-unchecked"
 #: Where the model's draft and a failure's message go in the rendered page.
 DRAFT_MARK = "\x1edraft\x1e"
 FAILURE_MARK = "\x1efailure\x1e"
@@ -258,10 +256,10 @@ def panel(appointment: ChatAppointment, assist: Support) -> Response:
             topics = assist.topics(texts) if "risk" in assist.features else []
             LAST_WORKED_OUT.keep(appointment.id, etag, (snippets, topics))
         except SupportUnavailableError:
-            # Said on the page (no prompt must not read as "nothing to ask about"), and
-            # under another tag, so that the next reload looks again instead of being held.
+            # Said on the page: no prompt must not read as "nothing to ask about". Not
+            # kept, so the next message (or the end of a hold) asks again; retried at
+            # once, 1,000 panels kept a busy support process busier still.
             snippets, topics, unchecked = [], [], True
-            etag += UNCHECKED_TAG
     response = make_response(
         render_template(
             "portal/assist.html",
