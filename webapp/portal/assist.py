@@ -116,21 +116,29 @@ class LastWorkedOut:
 
     def __init__(self) -> None:
         """Start with nothing kept."""
-        self._kept: dict[str, tuple[str, Any, float]] = {}
+        self._kept: dict[str, tuple[str, Any, float, bool]] = {}
         self._next_sweep = 0.0
+
+    #: How long a panel support did not answer waits before it asks again (the next
+    #: message asks at once): retried at each reload, 1,000 such panels kept a busy
+    #: support process busier still.
+    RETRY_SECONDS = 20.0
 
     def get(self, chat: str, state: str) -> Any | None:
         """Return what was worked out for ``chat`` in ``state``, or ``None``."""
         kept = self._kept.get(chat)
         if kept is None or kept[0] != state or kept[2] < time.monotonic():
             return None
-        self._kept[chat] = (state, kept[1], time.monotonic() + self.SECONDS)
+        if kept[3]:  # an answer: kept as long as the panel is looked at
+            self._kept[chat] = (state, kept[1], time.monotonic() + self.SECONDS, True)
         return kept[1]
 
-    def keep(self, chat: str, state: str, worked_out: Any) -> None:
-        """Keep what was worked out for ``chat`` in ``state``, in place of the last."""
+    def keep(self, chat: str, state: str, worked_out: Any, answered: bool = True) -> None:
+        """Keep what was worked out for ``chat`` in ``state``, in place of the last; not
+        ``answered`` (support did not answer), only for :data:`RETRY_SECONDS`."""
         moment = time.monotonic()
-        self._kept[chat] = (state, worked_out, moment + self.SECONDS)
+        until = moment + (self.SECONDS if answered else self.RETRY_SECONDS)
+        self._kept[chat] = (state, worked_out, until, answered)
         if moment >= self._next_sweep:  # drop the chats no panel looked at for a while
             self._kept = {c: k for c, k in self._kept.items() if k[2] >= moment}
             self._next_sweep = moment + self.SECONDS
@@ -246,20 +254,16 @@ def panel(appointment: ChatAppointment, assist: Support) -> Response:
     texts = [text for _, text in latest]
     # Embedding takes a while and the connections are few: the chats must not wait for one.
     close_db()
-    unchecked = False
     known = LAST_WORKED_OUT.get(appointment.id, etag)
-    if known is not None:
-        snippets, topics = known
-    else:
+    if known is None:
         try:
             snippets = assist.related(texts, lang) if "related" in assist.features else []
             topics = assist.topics(texts) if "risk" in assist.features else []
-            LAST_WORKED_OUT.keep(appointment.id, etag, (snippets, topics))
-        except SupportUnavailableError:
-            # Said on the page: no prompt must not read as "nothing to ask about". Not
-            # kept, so the next message (or the end of a hold) asks again; retried at
-            # once, 1,000 panels kept a busy support process busier still.
-            snippets, topics, unchecked = [], [], True
+            known = (snippets, topics, False)
+        except SupportUnavailableError:  # said on the page: no prompt is not "no risk"
+            known = ([], [], True)
+        LAST_WORKED_OUT.keep(appointment.id, etag, known, answered=not known[2])
+    snippets, topics, unchecked = known
     response = make_response(
         render_template(
             "portal/assist.html",
