@@ -220,39 +220,38 @@ def test_the_portal_refuses_to_start_without_what_a_feature_needs(tmp_path, valu
         create_portal_app(assist_settings(tmp_path, **values))
 
 
-def test_serve_refuses_a_model_address_off_this_machine_in_one_line(tmp_path):
+def serve_refusal(tmp_path: Path, assist: dict[str, str]) -> tuple[str, str]:
+    """Start ``stillroom serve`` with these settings, which it must refuse; return its one
+    error line and all it wrote."""
     env = {
         **os.environ,
         "PYTHONSAFEPATH": "1",
         "STILLROOM_DATA_DIR": str(tmp_path / "instance"),
-        "STILLROOM_ASSIST": "summary",
-        "STILLROOM_ASSIST_MODEL_ADDRESS": "http://192.0.2.10:8080",
+        **assist,
     }
     result = subprocess.run(
-        [STILLROOM, "serve", "--no-tor"], capture_output=True, text=True, timeout=60, env=env
+        [STILLROOM, "serve", "--no-tor"], capture_output=True, text=True, timeout=120, env=env
     )
-    assert result.returncode != 0
+    assert result.returncode != 0 and "Traceback" not in result.stderr
     [error] = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
-    assert "STILLROOM_ASSIST_MODEL_ADDRESS" in error and "Traceback" not in result.stderr
+    return error, result.stderr
+
+
+def test_serve_refuses_a_model_address_off_this_machine_in_one_line(tmp_path):
+    error, _ = serve_refusal(
+        tmp_path,
+        {"STILLROOM_ASSIST": "summary", "STILLROOM_ASSIST_MODEL_ADDRESS": "http://192.0.2.10:8080"},
+    )
+    assert "STILLROOM_ASSIST_MODEL_ADDRESS" in error
     with pytest.raises(SettingsError):
         assist_settings(tmp_path, assist="summary", assist_model_address="unix:/tmp/model.sock")
 
 
 def test_serve_stops_when_support_s_process_cannot_load_its_model(tmp_path):
-    env = {
-        **os.environ,
-        "PYTHONSAFEPATH": "1",
-        "STILLROOM_DATA_DIR": str(tmp_path / "instance"),
-        "STILLROOM_ASSIST": "risk",
-        "STILLROOM_ASSIST_EMBEDDER": "nowhere.at.all:make",
-    }
-    result = subprocess.run(
-        [STILLROOM, "serve", "--no-tor"], capture_output=True, text=True, timeout=120, env=env
+    error, said = serve_refusal(
+        tmp_path, {"STILLROOM_ASSIST": "risk", "STILLROOM_ASSIST_EMBEDDER": "nowhere.at.all:make"}
     )
-    assert result.returncode != 0
-    assert "STILLROOM_ASSIST_EMBEDDER" in result.stderr and "Traceback" not in result.stderr
-    [error] = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
-    assert "therapist support did not start" in error
+    assert "therapist support did not start" in error and "STILLROOM_ASSIST_EMBEDDER" in said
 
 
 def test_support_s_process_leaves_a_socket_another_process_answers_on_alone(tmp_path, vector_cache):
@@ -587,6 +586,10 @@ def test_with_support_s_process_gone_the_panel_is_calm_and_a_draft_claims_nothin
             time.sleep(1)
             page = draft()
         assert "Not discussed" in page  # restarted by serve
-        assert "You might ask" in frame()
+        panel = frame()
+        while "You might ask" not in panel and time.monotonic() < deadline + 30:
+            time.sleep(1)  # a panel support did not answer asks again after a while
+            panel = frame()
+        assert "You might ask" in panel
     finally:
         stop_server(server)

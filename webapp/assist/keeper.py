@@ -18,6 +18,16 @@ from collections.abc import Callable
 log = logging.getLogger(__name__)
 
 
+def describe_end(status: int, meanings: dict[int, str], killed: str = "") -> str:
+    """Say in words how a helper process ended: ``meanings`` of its own exit statuses,
+    ``killed`` added to a death by signal."""
+    if status in meanings:
+        return meanings[status]
+    if status < 0:
+        return f"killed by signal {-status}{killed}"
+    return f"exit status {status}"
+
+
 class Keeper:
     """Runs ``command`` again each time it ends, until :meth:`stop`."""
 

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from stillroom.crypto.keys import random_bytes
-from stillroom.webapp.assist.keeper import Keeper
+from stillroom.webapp.assist.keeper import Keeper, describe_end
 from stillroom.webapp.settings import Settings, SettingsError
 
 #: The socket serve's model process listens on, inside the data directory.
@@ -168,13 +168,15 @@ class Supervisor(Keeper):
 
 def describe_status(status: int) -> str:
     """Say in words how the model process ended, and what the operator can do."""
-    if status == BAD_MODEL:
-        return "STILLROOM_ASSIST_MODEL cannot be read or is not a GGUF file"
-    if status == LOAD_FAILED:
-        return "llama.cpp could not load STILLROOM_ASSIST_MODEL: check that it is a complete model"
-    if status < 0:
-        return f"killed by signal {-status}; a malformed model file can cause this"
-    return f"exit status {status}"
+    return describe_end(
+        status,
+        {
+            BAD_MODEL: "STILLROOM_ASSIST_MODEL cannot be read or is not a GGUF file",
+            LOAD_FAILED: "llama.cpp could not load STILLROOM_ASSIST_MODEL: check that it is a"
+            " complete model",
+        },
+        "; a malformed model file can cause this",
+    )
 
 
 if __name__ == "__main__":

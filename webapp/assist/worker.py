@@ -27,7 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from stillroom.webapp.assist.keeper import Keeper
+from stillroom.webapp.assist.keeper import Keeper, describe_end
 from stillroom.webapp.assist.service import Assist, AssistError, load_assist
 from stillroom.webapp.settings import Settings, SettingsError
 
@@ -160,13 +160,14 @@ def main(argv: list[str] | None = None) -> None:
 
 def describe_status(status: int) -> str:
     """Say in words how the support process ended."""
-    if status == BAD_SETTINGS:
-        return "a STILLROOM_ASSIST setting names something it cannot load: see the line above"
-    if status == SOCKET_TAKEN:
-        return "its socket was taken, removed or replaced: see the line above"
-    if status < 0:
-        return f"killed by signal {-status}"
-    return f"exit status {status}"
+    return describe_end(
+        status,
+        {
+            BAD_SETTINGS: "a STILLROOM_ASSIST setting names something it cannot load: see the"
+            " line above",
+            SOCKET_TAKEN: "its socket was taken, removed or replaced: see the line above",
+        },
+    )
 
 
 def keeper(settings: Settings) -> Keeper | None:
