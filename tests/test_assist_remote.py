@@ -33,8 +33,11 @@ PROBE = textwrap.dedent(
             connection, _ = listener.accept()
             try:
                 connection.makefile("rb").readline()
-                if answer == "huge":
-                    connection.sendall(b'{"topics": ["' + b"x" * (64 * 1024 * 1024))
+                if answer == "huge":  # sent a mebibyte at a time: only the reader may grow
+                    connection.sendall(b'{"topics": ["')
+                    chunk = b"x" * (1024 * 1024)
+                    for _ in range(64):
+                        connection.sendall(chunk)
                 elif answer == "drip":
                     for _ in range(60):
                         connection.sendall(b" ")
