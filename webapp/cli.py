@@ -27,6 +27,7 @@ from stillroom.webapp.assist import worker
 from stillroom.webapp.assist.cli import snippets
 from stillroom.webapp.assist.keeper import Keeper
 from stillroom.webapp.assist.llama import Supervisor
+from stillroom.webapp.assist.service import socket_path
 from stillroom.webapp.audit import run_audit
 from stillroom.webapp.backup import BackupError, decode_key, restore_backup, write_backup
 from stillroom.webapp.console import SETTINGS_EPILOG, fail, load_settings, open_database, say
@@ -130,7 +131,7 @@ def start_support(settings: Settings) -> Keeper | None:
     support = worker.keeper(settings)
     if support is None:
         return None
-    path = worker.socket_path(settings)
+    path = socket_path(settings)
     say(f"Therapist support: starting its own process at low priority, on {path}")
     support.start()
     if not worker.wait_until_listening(path, worker.START_SECONDS, support.first_is_running):

@@ -31,6 +31,8 @@ from stillroom.webapp.settings import Settings, SettingsError
 ASSIST_NICE = 15
 #: The participant's latest messages that the panel looks at.
 LATEST_MESSAGES = 3
+#: The socket of support's own process (:mod:`stillroom.webapp.assist.worker`).
+WORKER_SOCKET_FILE = "assist-worker.sock"
 #: Requests to the support's process at once. It answers one at a time; more waiting in
 #: its socket's queue gains nothing, and a full queue makes a cooperative connect() spin.
 ASKS_AT_ONCE = 4
@@ -204,6 +206,11 @@ def well_formed(fields: Any) -> bool:
     return isinstance(fields, list) and len(fields) == 4 and all(isinstance(f, str) for f in fields)
 
 
+def socket_path(settings: Settings) -> Path:
+    """Return where support's own process listens (0600: only the service's user connects)."""
+    return settings.data_dir / WORKER_SOCKET_FILE
+
+
 def in_place(function: Callable[..., T], *args: Any) -> T:
     """Run ``function`` in this thread (outside ``stillroom serve``, as in tests)."""
     return function(*args)
@@ -249,9 +256,6 @@ def load_assist(settings: Settings, in_this_process: bool = False) -> Support | 
             phrases = settings.assist_phrases
             if str(phrases) not in ("", ".") and not phrases.is_dir():
                 raise AssistError(f"STILLROOM_ASSIST_PHRASES={phrases} is not a folder")
-        # Imported here: the worker imports this module.
-        from stillroom.webapp.assist.worker import socket_path
-
         return RemoteSupport(features, socket_path(settings))
     try:
         embedder = load_embedder(settings.assist_embedder)

@@ -28,11 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from stillroom.webapp.assist.keeper import Keeper, describe_end
-from stillroom.webapp.assist.service import Assist, AssistError, load_assist
+from stillroom.webapp.assist.service import Assist, AssistError, load_assist, socket_path
 from stillroom.webapp.settings import Settings, SettingsError
 
-#: The worker's socket, in the data directory (0600: only the service's user connects).
-SOCKET_FILE = "assist-worker.sock"
 #: Exit status when the settings name something the support cannot load.
 BAD_SETTINGS = 2
 #: Exit status when another process answers on the socket, or it was removed or replaced.
@@ -44,11 +42,6 @@ MAX_REQUEST = 4 * 1024 * 1024
 START_SECONDS = 600.0
 #: How long the portal waits for a panel's answer when a request does not say.
 DEFAULT_SECONDS = 10.0
-
-
-def socket_path(settings: Settings) -> Path:
-    """Return where the worker listens."""
-    return settings.data_dir / SOCKET_FILE
 
 
 def answer(assist: Assist, request: dict[str, Any], deadline: float) -> dict[str, Any]:
