@@ -308,6 +308,34 @@ def test_one_login_holds_only_a_few_reloads_the_next_reloads_on_a_timer(tmp_path
         stop_server(server)
 
 
+def test_the_portal_s_held_reloads_leave_the_participants_room_to_hold(tmp_path):
+    """Each app holds reloads up to half of its own server's connections: therapists
+    holding theirs (feeds, support panels) never put a participant's feed on a timer."""
+    settings = {"STILLROOM_FEED_HOLD_SECONDS": "30", "STILLROOM_SERVER_CONNECTIONS": "10"}
+    server, [chat, other] = book_and_serve(tmp_path / "instance", settings, 2)
+    try:
+        holding = []
+        for pair, reloads in ((chat, 3), (other, 2)):  # all the portal's room: 10 // 2
+            asyncio.run(log_in(pair, port_of(server.url), port_of(server.portal_url)))
+            etag = feed(server, pair, "therapist").headers["etag"]
+            holding += [
+                in_background(lambda p=pair, e=etag: feed(server, p, "therapist", e))
+                for _ in range(reloads)
+            ]
+        time.sleep(0.5)
+        assert all(thread.is_alive() for thread, _ in holding)
+        mine = feed(server, chat).headers["etag"]
+        participant, answers = in_background(lambda: feed(server, chat, etag=mine))
+        time.sleep(1)
+        assert participant.is_alive(), answers  # held, not sent back to reload on a timer
+        write(server, chat, "Here.")
+        participant.join(5)
+        [answer] = answers
+        assert answer.status == 200 and b"Here." in answer.body and answer.seconds < 3
+    finally:
+        stop_server(server)
+
+
 def test_the_reload_after_an_opening_is_held_only_briefly(tmp_path):
     """The page that opens the chat names its reload ``first``: held a few seconds at most
     (the browser keeps the whole page loading while a frame's reload is pending before

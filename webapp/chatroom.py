@@ -184,34 +184,43 @@ def seconds_to_next_change(appointment: ChatAppointment) -> float:
 
 
 class Holds:
-    """How many feed reloads are held now, in all and by each session (memory only).
+    """How many feed reloads are held now, by each app and by each session (memory only).
 
     Each held reload keeps a connection and a greenlet. One session may hold only a few
     (a participant with the chat open in two tabs, a therapist with several chats), and
-    all of them together at most half of the server's connections, so that a flood of
-    held reloads, even from many accounts, never starves the others. A reload beyond
+    all of one app's together at most half of its server's connections, so that a flood
+    of held reloads, even from many accounts, never starves the others. A reload beyond
     either is answered at once, with a page that reloads on a timer as without the hold.
+    The two apps have servers of their own, so each counts its own: counted together,
+    1,000 therapists' support panels took the room of 1,000 participants' feeds, whose
+    messages then waited for a timed reload.
     """
 
     def __init__(self) -> None:
         self._by_session: Counter[bytes] = Counter()
+        self._by_app: Counter[str] = Counter()
 
     def have_room(self, session: bytes) -> bool:
         """Return whether one more reload of ``session`` may be held."""
         most = settings().server_connections // 2
-        return HUB.held < most and self._by_session[session] < HELD_PER_SESSION
+        return self._by_app[app_area()] < most and self._by_session[session] < HELD_PER_SESSION
 
     def take(self, session: bytes) -> None:
         """Count a reload of ``session`` as held (asked right after :meth:`have_room`)."""
         self._by_session[session] += 1
-        HUB.held += 1
+        self._by_app[app_area()] += 1
 
     def give_back(self, session: bytes) -> None:
         """Count it no more (its answer is going out)."""
-        HUB.held -= 1
+        self._by_app[app_area()] -= 1
         self._by_session[session] -= 1
         if not self._by_session[session]:
             del self._by_session[session]
+
+
+def app_area() -> str:
+    """Return which app serves this request: ``participant`` or ``portal``."""
+    return (request.blueprint or "").partition(".")[0]
 
 
 #: One per process, like the hub.

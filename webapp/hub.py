@@ -28,8 +28,6 @@ class Hub:
         self._versions: dict[str, int] = {}
         self._waiting: dict[str, tuple[threading.Condition, int]] = {}
         self._closing = False
-        #: Feed reloads waiting here now (memory only, for tests and benchmarks).
-        self.held = 0
 
     @property
     def closing(self) -> bool:
