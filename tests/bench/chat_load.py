@@ -115,6 +115,7 @@ class Figures:
     panel: list[float] = field(default_factory=list)
     said: dict[str, float] = field(default_factory=dict)
     errors: int = 0
+    timed: int = 0
     sockets: int = 0
     server_cpu: float = 0.0
     client_cpu: float = 0.0
@@ -199,6 +200,8 @@ async def nojs_participant(
                 if sent is not None and figures.measuring():
                     figures.nojs_delivery.append((done - sent) * 1000)
             asked = REFRESH.search(content)
+            if args.feed == "held" and asked and float(asked.group(1)) > 0 and figures.measuring():
+                figures.timed += 1  # a hold refused: the page reloads on a timer instead
             copies[query] = (
                 headers.get("etag", ""),
                 float(asked.group(1)) if asked else args.interval,
@@ -724,7 +727,8 @@ def main() -> int:
         f" {len(figures.nojs_delivery)} deliveries p50"
         f" {percentile(figures.nojs_delivery, 0.5):.1f} ms,"
         f" p99 {percentile(figures.nojs_delivery, 0.99):.1f} ms;"
-        f" {len(figures.posts)} messages sent, p99 {percentile(figures.posts, 0.99):.1f} ms"
+        f" {len(figures.posts)} messages sent, p99 {percentile(figures.posts, 0.99):.1f} ms;"
+        f" {figures.timed} pages told to reload on a timer (a hold refused)"
     )
     print(
         f"WebSocket: {len(figures.delivery)} deliveries, news on the socket p99"
