@@ -593,3 +593,57 @@ def test_with_support_s_process_gone_the_panel_is_calm_and_a_draft_claims_nothin
         assert "You might ask" in panel
     finally:
         stop_server(server)
+
+
+def test_a_held_panel_answers_when_the_participant_writes_or_the_chat_ends(
+    tmp_path_factory, vector_cache
+):
+    """A held reload of the panel sleeps through the therapist's own message (nothing of
+    the panel changes) and answers at once when the participant writes or the chat ends."""
+    import asyncio
+    import time
+
+    from loadclients import log_in
+    from test_held_feed import bare, book_and_serve, get, in_background, port_of, post, write
+
+    from support import stop_server
+
+    hold = 8
+    data_dir = tmp_path_factory.mktemp("held-panel") / "instance"
+    support = {
+        "STILLROOM_ASSIST": "related,risk",
+        "STILLROOM_ASSIST_SNIPPETS": str(EXAMPLES),
+        "STILLROOM_FEED_HOLD_SECONDS": str(hold),
+    }
+    server, [chat] = book_and_serve(data_dir, support, 1, vector_cache)
+    path = f"/en/chat/{chat.appointment}/assist"
+
+    def held_reload():  # type: ignore[no-untyped-def]
+        etag = get(server.portal_url, path, chat.therapist_cookie).headers["etag"]
+        reload = f"{path}?seen={bare(etag)}"
+        thread, answers = in_background(
+            lambda: get(server.portal_url, reload, chat.therapist_cookie, timeout=hold + 10)
+        )
+        time.sleep(0.5)  # held by now
+        return thread, answers
+
+    try:
+        asyncio.run(log_in(chat, port_of(server.url), port_of(server.portal_url)))
+        thread, answers = held_reload()
+        write(server, chat, "Good evening. How has your week been?")
+        thread.join(1.5)
+        assert thread.is_alive(), "the therapist's own message woke the panel"
+        write(server, chat, HARD_EVENING, side="participant")
+        thread.join(hold + 10)
+        [answer] = answers
+        assert answer.status == 200 and b"You might ask" in answer.body
+        assert answer.seconds < hold - 1, "answered when the participant wrote"
+
+        thread, answers = held_reload()
+        post(server.portal_url, f"/en/chat/{chat.appointment}/close", chat.therapist_cookie, {})
+        thread.join(hold + 10)
+        [answer] = answers
+        assert answer.status == 200 and answer.seconds < hold - 1, "answered when it ended"
+        assert b'http-equiv="refresh"' not in answer.body  # an ended chat's panel rests
+    finally:
+        stop_server(server)

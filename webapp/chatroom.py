@@ -255,10 +255,25 @@ class Departure:
         self._watcher.close()
 
 
+def pair_key(appointment: ChatAppointment) -> str:
+    """Return the notice-board key of the appointment's pair (memory only)."""
+    return f"{appointment.participant_id}:{appointment.therapist_id}"
+
+
+def panel_key(appointment: ChatAppointment) -> str:
+    """Return the notice-board key the therapist's support panel of the pair waits on.
+
+    It starts like the pair's own key, so that :meth:`~stillroom.webapp.hub.Hub.publish_participant`
+    (a deletion, a cancellation) moves both on.
+    """
+    return f"{pair_key(appointment)}:panel"
+
+
 def held_feed(
     appointment: Callable[[], ChatAppointment],
     answer_now: Callable[[ChatAppointment], Response],
     logged_in: Callable[[], bool],
+    key_of: Callable[[ChatAppointment], str] = pair_key,
 ) -> Response | None:
     """Answer a feed reload; when nothing is new, hold it until news or the hold time.
 
@@ -274,9 +289,10 @@ def held_feed(
 
     :param appointment: reads the appointment again (404 once it is gone), as a reload would.
     :param answer_now: answers a reload of the feed at once (a 304 or the page).
+    :param key_of: names the news it waits for (:func:`pair_key`, :func:`panel_key`).
     """
     shown = appointment()
-    key = pair_key(shown)
+    key = key_of(shown)
     session = current_session()
     assert session is not None
     if not HOLDS.have_room(session.token_hash):
@@ -634,13 +650,20 @@ def send(appointment: ChatAppointment, side: Side, text: str) -> Any:
     except StoreUnwritableError as problem:
         problem.report()
         return NOT_SAVED
-    HUB.publish(pair_key(appointment))
+    announce(appointment, side.role)
     return None
 
 
-def pair_key(appointment: ChatAppointment) -> str:
-    """Return the notice-board key of the appointment's pair (memory only)."""
-    return f"{appointment.participant_id}:{appointment.therapist_id}"
+def announce(appointment: ChatAppointment, sender: str | None = None) -> None:
+    """Wake whatever waits for news of the pair: held feeds, live sockets, support panels.
+
+    A message of the therapist (``sender``) leaves the support panel as it is (it is
+    about the participant's words), so it does not wake it: each such wake read and
+    decrypted the pair's latest messages for nothing, as often as the chats themselves.
+    """
+    HUB.publish(pair_key(appointment))
+    if sender != "therapist":
+        HUB.publish(panel_key(appointment))
 
 
 def page_context(appointment: ChatAppointment, area: str) -> dict[str, Any]:

@@ -14,8 +14,11 @@ at once, and short of them for its clients.
 from __future__ import annotations
 
 import threading
+from typing import Protocol
 
+import gevent.lock
 from flask import Flask, current_app, g, has_request_context
+from gevent import monkey
 from sqlite_utils import Database
 from werkzeug.exceptions import ServiceUnavailable
 
@@ -44,7 +47,7 @@ def get_db() -> Database:
     :raises DatabaseBusyError: when none is free within :data:`WAIT_SECONDS`.
     """
     if "db" not in g:
-        lent: threading.BoundedSemaphore = current_app.extensions["stillroom_db_lent"]
+        lent: Lender = current_app.extensions["stillroom_db_lent"]
         if not lent.acquire(timeout=WAIT_SECONDS):
             raise DatabaseBusyError
         idle: list[Database] = current_app.extensions["stillroom_db_pool"]
@@ -91,8 +94,32 @@ def most_open_files() -> int:
     return (MAX_CONNECTIONS + POOL_SIZE) * FILES_PER_CONNECTION
 
 
+class Lender(Protocol):
+    """What both kinds of semaphore offer."""
+
+    def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
+        """Take one, waiting at most ``timeout`` seconds."""
+
+    def release(self) -> None:
+        """Give one back."""
+
+
+def lender() -> Lender:
+    """Return the bound on connections lent: gevent's own under ``stillroom serve``.
+
+    The standard library's semaphore is built on a condition, and under gevent the
+    greenlets queue for the lock inside it, each a turn of the event loop, even while
+    connections are free: at 1,000 chats an acquire took seconds (``chat_load.py``).
+    The test servers run real threads, which gevent's semaphore would not wake.
+    """
+    if monkey.is_module_patched("threading"):
+        semaphore: Lender = gevent.lock.BoundedSemaphore(MAX_CONNECTIONS)
+        return semaphore
+    return threading.BoundedSemaphore(MAX_CONNECTIONS)
+
+
 def init_app(app: Flask) -> None:
     """Give the app its pool and its bound, and take connections back after every request."""
     app.extensions["stillroom_db_pool"] = []
-    app.extensions["stillroom_db_lent"] = threading.BoundedSemaphore(MAX_CONNECTIONS)
+    app.extensions["stillroom_db_lent"] = lender()
     app.teardown_appcontext(close_db)

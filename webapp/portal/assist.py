@@ -219,13 +219,16 @@ def session_transcript(appointment: ChatAppointment) -> tuple[list[tuple[str, st
 def chat_assist(appointment_id: str) -> Response:
     """The support frame: snippets related to the participant's latest messages, and prompts.
 
-    It reloads like the feed: held until the chat changes under ``stillroom serve`` (no
-    timed refresh, WCAG 2.2.1), and answered with a bare 304 while the participant's
-    latest messages are unchanged.
+    It reloads like the feed: held under ``stillroom serve`` until the participant writes
+    or the chat changes otherwise (no timed refresh, WCAG 2.2.1), and answered with a
+    bare 304 while the participant's latest messages are unchanged.
     """
     assist = support()
     answer = chatroom.held_feed(
-        lambda: own(appointment_id), lambda shown: panel(shown, assist), gate.session_still_live
+        lambda: own(appointment_id),
+        lambda shown: panel(shown, assist),
+        gate.session_still_live,
+        chatroom.panel_key,
     )
     if answer is None:  # the session ended while the reload was held
         abort(403)

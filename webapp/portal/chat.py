@@ -18,7 +18,6 @@ from stillroom.webapp.chat import (
     extend_chat,
 )
 from stillroom.webapp.gate import current_session, db, now, settings
-from stillroom.webapp.hub import HUB
 from stillroom.webapp.i18n import current_language
 from stillroom.webapp.portal.appointments import own, pseudonym_of
 from stillroom.webapp.portal.blueprint import bp, current_therapist, gate, login_required
@@ -82,7 +81,7 @@ def extend(appointment_id: str) -> Response:
     if not appointment.is_open(now(), settings().chat_opens_minutes_before):
         return back_unchanged(appointment)
     done = "extended" if extend_chat(db(), appointment, now()) else "not-extended"
-    HUB.publish(chatroom.pair_key(appointment))  # held feeds show the new closing time
+    chatroom.announce(appointment)  # held feeds show the new closing time
     return redirect(url_for("portal.chat", appointment_id=appointment_id, done=done))
 
 
@@ -123,7 +122,7 @@ def close(appointment_id: str) -> Any:
             "chat/close.html", appointment=appointment, pseudonym=pseudonym_of(appointment)
         )
     close_chat(db(), appointment)
-    HUB.publish(chatroom.pair_key(appointment))  # held feeds say at once that it ended
+    chatroom.announce(appointment)  # held feeds say at once that it ended
     return redirect(url_for("portal.chat", appointment_id=appointment_id, done="closed"))
 
 
