@@ -142,6 +142,30 @@ def test_support_is_asked_again_only_when_the_participant_writes(chat):
     assert counting.asked == 4
 
 
+def test_a_reloaded_panel_reads_the_chat_again_only_when_something_changed(chat, monkeypatch):
+    """Held panels that began together end together and are asked for again at once: a
+    reload with nothing new answers from memory, without reading the pair's messages,
+    but never past news from the participant or the chat's own end."""
+    from stillroom.webapp.portal import assist
+
+    reads = []
+    real = assist.transcript_of
+    monkeypatch.setattr(assist, "transcript_of", lambda *a, **k: reads.append(1) or real(*a, **k))
+    chat.at(ENDS - 120)
+    chat.say("participant", HARD_EVENING)
+    assert "You might ask" in panel(chat)
+    read = len(reads)
+    chat.say("therapist", "Thank you for telling me. How are you right now?")
+    assert panel(chat) == panel(chat)
+    assert len(reads) == read  # nothing the panel shows could have changed
+    chat.say("participant", "I am a bit calmer now, thank you.")
+    panel(chat)
+    assert len(reads) == read + 1
+    chat.clock.now = ENDS + 60  # the chat ended by the clock: no news announces it
+    assert 'http-equiv="refresh"' not in panel(chat)
+    assert len(reads) == read + 2
+
+
 @RELATED_ONLY
 def test_one_click_fills_the_message_box_and_sends_nothing(chat, settings):
     chat.at(STARTS)

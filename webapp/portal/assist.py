@@ -49,6 +49,7 @@ from stillroom.webapp.chat import (
 )
 from stillroom.webapp.db import close_db
 from stillroom.webapp.gate import current_session, db, now, settings
+from stillroom.webapp.hub import HUB
 from stillroom.webapp.i18n import current_language
 from stillroom.webapp.notes import NoteLockedError, NoteTooLongError, read_note, save_note
 from stillroom.webapp.portal.appointments import own, pseudonym_of
@@ -147,6 +148,48 @@ class LastWorkedOut:
 LAST_WORKED_OUT = LastWorkedOut()
 
 
+class PanelPages:
+    """Each open panel's last page, in the portal's memory only, while nothing on it can
+    have changed.
+
+    A held panel is asked for again as soon as its hold ends, and holds begun together
+    end together: 1,000 panels reading and decrypting their pair's latest messages at
+    once took the chats' event loop for seconds (``tests/bench/chat_load.py --assist``).
+    A page stays good while the panel's key on the notice board stands still (nothing
+    the participant wrote, no deletion, no end) and none of the chat's own moments has
+    come; it is never kept when support did not answer, so that it is asked again.
+    """
+
+    #: How long after its last use a panel's page is kept: past a held reload.
+    SECONDS = 180.0
+
+    def __init__(self) -> None:
+        """Start with nothing kept."""
+        self._kept: dict[tuple[Any, ...], tuple[int, float, str, str, float]] = {}
+        self._next_sweep = 0.0
+
+    def get(self, viewer: tuple[Any, ...], version: int, moment: int) -> tuple[str, str] | None:
+        """Return the (ETag, page) kept for ``viewer`` at board ``version``, or ``None``."""
+        kept = self._kept.get(viewer)
+        if kept is None or kept[0] != version or moment >= kept[1]:
+            return None
+        self._kept[viewer] = (*kept[:4], time.monotonic() + self.SECONDS)
+        return kept[2], kept[3]
+
+    def keep(
+        self, viewer: tuple[Any, ...], version: int, until: float, etag: str, page: str
+    ) -> None:
+        """Keep ``viewer``'s page, worked out at board ``version``, until the moment ``until``."""
+        moment = time.monotonic()
+        self._kept[viewer] = (version, until, etag, page, moment + self.SECONDS)
+        if moment >= self._next_sweep:  # drop the panels nobody looked at for a while
+            self._kept = {v: k for v, k in self._kept.items() if k[4] >= moment}
+            self._next_sweep = moment + self.SECONDS
+
+
+PANEL_PAGES = PanelPages()
+
+
 def support() -> Support:
     """Return the portal's therapist support, or answer 404 when it is off."""
     assist = current_assist()
@@ -229,6 +272,7 @@ def chat_assist(appointment_id: str) -> Response:
         lambda shown: panel(shown, assist),
         gate.session_still_live,
         chatroom.panel_key,
+        quiet_end=True,
     )
     if answer is None:  # the session ended while the reload was held
         abort(403)
@@ -237,23 +281,57 @@ def chat_assist(appointment_id: str) -> Response:
 
 def panel(appointment: ChatAppointment, assist: Support) -> Response:
     """Answer one load of the support frame: the page, or 304 when nothing changed."""
+    session = current_session()
+    assert session is not None
+    held = chatroom.hold_seconds()
+    # Each kind of page apart: its language, held or not, and what its reload is called.
+    viewer = (session.token_hash, appointment.id, current_language(), held, chatroom.reload_name())
+    version = HUB.version(chatroom.panel_key(appointment))  # before reading: news moves it on
+    kept = PANEL_PAGES.get(viewer, version, now())
+    if kept is None:
+        worked_out = work_out_panel(appointment, assist, held)
+        if isinstance(worked_out, Response):
+            return worked_out
+        etag, page, unchecked = worked_out
+        if not unchecked:
+            until = now() + chatroom.seconds_to_next_change(appointment)
+            PANEL_PAGES.keep(viewer, version, until, etag, page)
+    else:
+        etag, page = kept
+        if etag in request.if_none_match:
+            return panel_unchanged(etag)
+    response = make_response(page)
+    response.set_etag(etag)
+    response.headers["Cache-Control"] = PANEL_CACHE
+    return response
+
+
+def panel_unchanged(etag: str) -> Response:
+    """Answer a panel whose copy is current: a bare 304."""
+    unchanged = Response(status=304)
+    unchanged.set_etag(etag)
+    unchanged.headers["Cache-Control"] = PANEL_CACHE
+    return unchanged
+
+
+def work_out_panel(
+    appointment: ChatAppointment, assist: Support, held: int
+) -> tuple[str, str, bool] | Response:
+    """Return the panel's (ETag, page, whether support did not answer), or a 304 when the
+    browser's copy is current (support is then not asked)."""
     latest = [
         (seq, text)
         for seq, speaker, text in transcript_of(appointment, newest=chatroom.FEED_MESSAGES)
         if speaker == "participant"
     ][-LATEST_MESSAGES:]
     lang = chat_language(appointment)
-    held = chatroom.hold_seconds()
     interval = None if appointment.is_over(now()) else (0 if held else PANEL_SECONDS)
     seqs = [seq for seq, _ in latest]
     state = f"{assist.features}:{seqs}:{lang}:{current_language()}:{interval}"
     digest = hashlib.blake2b(state.encode(), digest_size=6).digest()
     etag = base64.urlsafe_b64encode(digest).decode()
     if etag in request.if_none_match:
-        unchanged = Response(status=304)
-        unchanged.set_etag(etag)
-        unchanged.headers["Cache-Control"] = PANEL_CACHE
-        return unchanged
+        return panel_unchanged(etag)
     texts = [text for _, text in latest]
     # Embedding takes a while and the connections are few: the chats must not wait for one.
     close_db()
@@ -267,24 +345,20 @@ def panel(appointment: ChatAppointment, assist: Support) -> Response:
             known = ([], [], True)
         LAST_WORKED_OUT.keep(appointment.id, etag, known, answered=not known[2])
     snippets, topics, unchecked = known
-    response = make_response(
-        render_template(
-            "portal/assist.html",
-            related_on="related" in assist.features,
-            risk_on="risk" in assist.features,
-            snippets=snippets,
-            snippet_lang=lang,
-            prompts=[PROMPTS[topic] for topic in topics],
-            heard=bool(latest),
-            unchecked=unchecked,
-            interval=interval,
-            reload=f"?{chatroom.reload_name()}={etag}" if held else "",
-            compose_url=url_for("portal.chat_compose", appointment_id=appointment.id),
-        )
+    page = render_template(
+        "portal/assist.html",
+        related_on="related" in assist.features,
+        risk_on="risk" in assist.features,
+        snippets=snippets,
+        snippet_lang=lang,
+        prompts=[PROMPTS[topic] for topic in topics],
+        heard=bool(latest),
+        unchecked=unchecked,
+        interval=interval,
+        reload=f"?{chatroom.reload_name()}={etag}" if held else "",
+        compose_url=url_for("portal.chat_compose", appointment_id=appointment.id),
     )
-    response.set_etag(etag)
-    response.headers["Cache-Control"] = PANEL_CACHE
-    return response
+    return etag, page, unchecked
 
 
 def estimate_minutes(transcript: Sequence[tuple[str, str]]) -> int:
