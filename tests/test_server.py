@@ -8,6 +8,7 @@ long, and everyone else is answered meanwhile.
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import time
 from collections.abc import Iterator
@@ -196,3 +197,35 @@ def test_a_silent_connection_is_closed_sooner_than_a_kept_alive_one(served):
         assert kept.recv(1) == b""
         waited = time.monotonic() - answered
         assert NEXT_REQUEST_SECONDS - 1 <= waited <= NEXT_REQUEST_SECONDS + 2, waited
+
+
+def test_a_burst_of_new_connections_waits_to_be_accepted_instead_of_being_dropped(served):
+    """1,000 browsers opening the chat at once, or coming back after a restart: while the
+    server is busy, their connections wait in its queue. With gevent's default queue (128)
+    the kernel dropped the rest, and each of those browsers waited 1 to 3 s to try again."""
+    import select
+    import signal
+
+    server, _ = served
+    burst = 400
+    clients = []
+    os.kill(server.process.pid, signal.SIGSTOP)  # busy: accepts nothing for a moment
+    try:
+        for _ in range(burst):
+            client = socket.socket()
+            client.setblocking(False)
+            client.connect_ex(("127.0.0.1", port_of(server.url)))
+            clients.append(client)
+        connected = 0
+        deadline = time.monotonic() + 0.8  # less than the 1 s before a dropped one tries again
+        waiting = list(clients)
+        while waiting and time.monotonic() < deadline:
+            _, writable, _ = select.select([], waiting, [], 0.1)
+            for client in writable:
+                waiting.remove(client)
+                connected += client.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0
+    finally:
+        os.kill(server.process.pid, signal.SIGCONT)
+        for client in clients:
+            client.close()
+    assert connected == burst

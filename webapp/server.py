@@ -227,6 +227,11 @@ def create_server(app: Flask, port: int, settings: Settings, setting: str) -> WS
     server = WSGIServer(
         ("127.0.0.1", port),
         app,
+        # gevent's default queue of connections not yet accepted holds 128: a burst of
+        # more (1,000 browsers opening the chat, or coming back after a restart) lost
+        # the rest, whose browsers tried again 1 or 3 s later. The kernel caps it at
+        # net.core.somaxconn (4,096 on Debian).
+        backlog=settings.server_connections,
         spawn=Pool(settings.server_connections),
         log=ACCESS_LOG,
         error_log=None,
