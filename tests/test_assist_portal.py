@@ -166,6 +166,52 @@ def test_a_reloaded_panel_reads_the_chat_again_only_when_something_changed(chat,
     assert len(reads) == read + 2
 
 
+class SupportDown(CountingSupport):
+    """The portal's support while its process is down: every question goes unanswered."""
+
+    def related(self, messages, lang):
+        from stillroom.webapp.assist.service import SupportUnavailableError
+
+        raise SupportUnavailableError
+
+
+def test_a_panel_support_could_not_answer_is_not_kept_once_support_is_back(chat, monkeypatch):
+    """The page that says suggestions could not be worked out is a page of its own: the
+    reload that follows it is answered with the prompt as soon as support answers again,
+    never told that its copy is current (a held one would wait a whole hold)."""
+    from stillroom.webapp.portal import assist
+
+    monkeypatch.setattr(assist.LastWorkedOut, "RETRY_SECONDS", 0.0)
+    chat.at(STARTS)
+    chat.say("participant", HARD_EVENING)
+    config = chat.therapist.client.application.config
+    real = config["ASSIST"]
+    config["ASSIST"] = SupportDown(real)
+    down = chat.therapist.client.get(f"/en/chat/{chat.id}/assist")
+    assert "could not be worked out" in down.get_data(as_text=True)
+    config["ASSIST"] = real
+    back = chat.therapist.client.get(
+        f"/en/chat/{chat.id}/assist", headers={"If-None-Match": down.headers["ETag"]}
+    )
+    assert back.status_code == 200 and "You might ask" in back.get_data(as_text=True)
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [{"assist": "related,risk", "assist_snippets": EXAMPLES, "chat_rate_messages": 100}],
+    indirect=True,
+)
+def test_the_therapist_s_words_never_push_the_participant_s_off_the_panel(chat, settings):
+    """However much the therapist writes after it, the panel is about the participant's
+    latest messages: a panel opened afresh shows what a held one kept showing."""
+    chat.at(STARTS)
+    chat.say("participant", HARD_EVENING)
+    for number in range(25):
+        said = chat.say("therapist", f"Let us look at this together, step {number}.")
+        assert said.status_code == 200
+    assert "You might ask" in panel(chat)
+
+
 @RELATED_ONLY
 def test_one_click_fills_the_message_box_and_sends_nothing(chat, settings):
     chat.at(STARTS)

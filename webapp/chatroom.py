@@ -274,7 +274,6 @@ def held_feed(
     answer_now: Callable[[ChatAppointment], Response],
     logged_in: Callable[[], bool],
     key_of: Callable[[ChatAppointment], str] = pair_key,
-    quiet_end: bool = False,
 ) -> Response | None:
     """Answer a feed reload; when nothing is new, hold it until news or the hold time.
 
@@ -291,11 +290,6 @@ def held_feed(
     :param appointment: reads the appointment again (404 once it is gone), as a reload would.
     :param answer_now: answers a reload of the feed at once (a 304 or the page).
     :param key_of: names the news it waits for (:func:`pair_key`, :func:`panel_key`).
-    :param quiet_end: at the end of a hold without news, answer what was worked out at
-        its start instead of looking again: for a page that changes only with news or at
-        the chat's own moments (the support panel, not the feed, whose pace changes when
-        the other side falls quiet). Holds that began together end together: 1,000 panels
-        looking again at once took the chats' event loop for seconds.
     """
     shown = appointment()
     key = key_of(shown)
@@ -326,8 +320,6 @@ def held_feed(
                 return answer
             if not logged_in():
                 return None
-            if quiet_end and time.monotonic() >= deadline and HUB.version(key) == seen:
-                return answer
             seen = HUB.version(key)
             shown = appointment()
             changed = answer_now(shown)

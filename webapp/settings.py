@@ -56,7 +56,8 @@ class Settings:
         " 127.0.0.1). Empty: http://127.0.0.1:PORTAL_PORT.",
     )
     server_connections: int = _setting(
-        4000, "Connections each app serves at once (a greenlet each); more wait to be accepted."
+        4000,
+        "Connections each app serves at once (a greenlet each); as many more wait to be accepted.",
     )
     disk_reserve_mib: int = _setting(
         64,

@@ -141,7 +141,7 @@ class LastWorkedOut:
         until = moment + (self.SECONDS if answered else self.RETRY_SECONDS)
         self._kept[chat] = (state, worked_out, until, answered)
         if moment >= self._next_sweep:  # drop the chats no panel looked at for a while
-            self._kept = {c: k for c, k in self._kept.items() if k[2] >= moment}
+            self._kept = {c: k for c, k in list(self._kept.items()) if k[2] >= moment}
             self._next_sweep = moment + self.SECONDS
 
 
@@ -152,9 +152,9 @@ class PanelPages:
     """Each open panel's last page, in the portal's memory only, while nothing on it can
     have changed.
 
-    A held panel is asked for again as soon as its hold ends, and holds begun together
-    end together: 1,000 panels reading and decrypting their pair's latest messages at
-    once took the chats' event loop for seconds (``tests/bench/chat_load.py --assist``).
+    A held panel looks again when its hold ends and is asked for again at once, and holds
+    begun together end together: 1,000 panels reading and decrypting their pair's latest
+    messages at once took the chats' event loop for seconds (``chat_load.py --assist``).
     A page stays good while the panel's key on the notice board stands still (nothing
     the participant wrote, no deletion, no end) and none of the chat's own moments has
     come; it is never kept when support did not answer, so that it is asked again.
@@ -183,7 +183,7 @@ class PanelPages:
         moment = time.monotonic()
         self._kept[viewer] = (version, until, etag, page, moment + self.SECONDS)
         if moment >= self._next_sweep:  # drop the panels nobody looked at for a while
-            self._kept = {v: k for v, k in self._kept.items() if k[4] >= moment}
+            self._kept = {v: k for v, k in list(self._kept.items()) if k[4] >= moment}
             self._next_sweep = moment + self.SECONDS
 
 
@@ -272,7 +272,6 @@ def chat_assist(appointment_id: str) -> Response:
         lambda shown: panel(shown, assist),
         gate.session_still_live,
         chatroom.panel_key,
-        quiet_end=True,
     )
     if answer is None:  # the session ended while the reload was held
         abort(403)
@@ -314,16 +313,27 @@ def panel_unchanged(etag: str) -> Response:
     return unchanged
 
 
+def participant_latest(appointment: ChatAppointment) -> list[tuple[int, str]]:
+    """Return the participant's latest messages the panel is about, as (number, text).
+
+    Looked for among the feed's newest messages first, and among all of them when the
+    therapist wrote so much since that fewer are there: the therapist's words must not
+    change the panel.
+    """
+    newest = transcript_of(appointment, newest=chatroom.FEED_MESSAGES)
+    theirs = [(seq, text) for seq, speaker, text in newest if speaker == "participant"]
+    if len(theirs) < LATEST_MESSAGES and len(newest) >= chatroom.FEED_MESSAGES:
+        every = transcript_of(appointment)
+        theirs = [(seq, text) for seq, speaker, text in every if speaker == "participant"]
+    return theirs[-LATEST_MESSAGES:]
+
+
 def work_out_panel(
     appointment: ChatAppointment, assist: Support, held: int
 ) -> tuple[str, str, bool] | Response:
     """Return the panel's (ETag, page, whether support did not answer), or a 304 when the
     browser's copy is current (support is then not asked)."""
-    latest = [
-        (seq, text)
-        for seq, speaker, text in transcript_of(appointment, newest=chatroom.FEED_MESSAGES)
-        if speaker == "participant"
-    ][-LATEST_MESSAGES:]
+    latest = participant_latest(appointment)
     lang = chat_language(appointment)
     interval = None if appointment.is_over(now()) else (0 if held else PANEL_SECONDS)
     seqs = [seq for seq, _ in latest]
@@ -345,6 +355,8 @@ def work_out_panel(
             known = ([], [], True)
         LAST_WORKED_OUT.keep(appointment.id, etag, known, answered=not known[2])
     snippets, topics, unchecked = known
+    if unchecked:  # another page: the reload after it is answered as soon as support is back
+        etag = f"{etag}-unchecked"
     page = render_template(
         "portal/assist.html",
         related_on="related" in assist.features,
