@@ -31,8 +31,9 @@ Every chat is its own participant-therapist pair with an appointment that is ope
 Accounts are made in this process before the server starts and use the test suite's
 argon2 costs, so that setting up thousands takes seconds; the measured minute runs no
 argon2 at all. Latency is measured from this process, once every no-JS feed and support
-panel has had its first page (``opening_s``: all chats opening within one interval, as
-after a restart, is a burst of its own) and one interval more.
+panel has had its first page and one interval more. All chats opening within one
+interval, as after a restart, is a burst of its own: its length (``opening_s``) and its
+no-JS deliveries are printed apart, and its errors count with the window's.
 
 With ``--assist`` both servers run the therapist support with every feature on
 (``STILLROOM_ASSIST=related,risk,summary``, the example snippets, and a random-weight model
@@ -122,6 +123,9 @@ class Figures:
     sockets: int = 0
     first_pages: int = 0
     opening: float = 0.0
+    opening_now: bool = False
+    opening_delivery: list[float] = field(default_factory=list)
+    opening_errors: int = 0
     server_cpu: float = 0.0
     client_cpu: float = 0.0
     started: float = float("inf")
@@ -132,10 +136,18 @@ class Figures:
         return self.started <= time.monotonic() < self.ends
 
     def failed(self, what: str, problem: BaseException) -> None:
-        """Count a request that failed inside the window, and say what it was."""
-        if self.measuring():
-            self.errors += 1
+        """Count a request that failed inside the window or the opening, and say what it was."""
+        if self.measuring() or self.opening_now:
+            self.count_error(True)
             print(f"{what} failed: {problem!r}", flush=True)
+
+    def count_error(self, bad: bool) -> None:
+        """Count a wrong answer inside the window, or in the opening (which counts too)."""
+        if self.measuring():
+            self.errors += bad
+        elif self.opening_now:
+            self.errors += bad
+            self.opening_errors += bad
 
     def running(self) -> bool:
         """Whether the load goes on (a second past the window, so that it ends loaded)."""
@@ -200,12 +212,14 @@ async def nojs_participant(
             figures.first_pages += 1
         if figures.measuring():
             figures.nojs.append((done - started) * 1000)
-            figures.errors += status not in (200, 304)
+        figures.count_error(status not in (200, 304))
         if status == 200:
             for number in MARKER.findall(content):
                 sent = figures.sent.pop(int(number), None)
                 if sent is not None and figures.measuring():
                     figures.nojs_delivery.append((done - sent) * 1000)
+                elif sent is not None and figures.opening_now:
+                    figures.opening_delivery.append((done - sent) * 1000)
             asked = REFRESH.search(content)
             if args.feed == "held" and asked and float(asked.group(1)) > 0 and figures.measuring():
                 figures.timed += 1  # a hold refused: the page reloads on a timer instead
@@ -241,7 +255,7 @@ async def participant_says(chat: Chat, port: int, figures: Figures) -> None:
         compose.close()
     if figures.measuring():
         figures.posts.append((time.monotonic() - started) * 1000)
-        figures.errors += status != 200
+    figures.count_error(status != 200)
 
 
 async def nojs_therapist(
@@ -253,8 +267,7 @@ async def nojs_therapist(
         number = random.randrange(1 << 40)
         figures.sent[number] = time.monotonic()
         status = await therapist_says(pool, chat, f"{TEXT} [{number}]")
-        if figures.measuring():
-            figures.errors += status != 200
+        figures.count_error(status != 200)
         await asyncio.sleep(args.talk)
 
 
@@ -325,10 +338,9 @@ async def therapist_panel(
         if not opened and status == 200:
             figures.first_pages, opened = figures.first_pages + 1, True
         said = figures.said.pop(chat.appointment, None) if status == 200 else None
-        if figures.measuring():
-            figures.errors += status not in (200, 304)
-            if said is not None:
-                figures.panel.append((done - said) * 1000)
+        figures.count_error(status not in (200, 304))
+        if figures.measuring() and said is not None:
+            figures.panel.append((done - said) * 1000)
         asked = REFRESH.search(content) if status == 200 else None
         if asked:
             pause = float(asked.group(1))
@@ -525,7 +537,7 @@ async def run_load(
         tasks.append(asyncio.ensure_future(therapist_panel(chat, portal_port, args, figures)))
     ready.set()
     panels = len(plain[: args.panels]) if args.assist else 0
-    figures.opening = await opening(figures, len(plain) + panels)
+    figures.opening = await opening(figures, len(plain) + panels, tasks)
     figures.started = time.monotonic() + args.interval + 1
     figures.ends = figures.started + args.seconds
     await asyncio.sleep(max(0.0, figures.started - time.monotonic()))
@@ -541,16 +553,28 @@ async def run_load(
     return figures
 
 
-async def opening(figures: Figures, pages: int) -> float:
-    """Wait until every feed and panel has had its first page (at most ``OPENING_SECONDS``);
-    return how long it took."""
+async def opening(figures: Figures, pages: int, tasks: list[asyncio.Future[None]]) -> float:
+    """Wait until every feed and panel has had its first page, at most ``OPENING_SECONDS``
+    and no longer once a client has failed; return how long it took.
+
+    Its errors count with the window's; its deliveries are printed apart.
+    """
     began = time.monotonic()
-    while figures.first_pages < pages and time.monotonic() - began < OPENING_SECONDS:
+    figures.opening_now = True
+    while (
+        figures.first_pages < pages
+        and time.monotonic() - began < OPENING_SECONDS
+        and not any(task.done() for task in tasks)
+    ):
         await asyncio.sleep(0.1)
+    figures.opening_now = False
     took = time.monotonic() - began
     print(
         f"opening: {figures.first_pages} of {pages} feeds and panels had their first page"
-        f" in {took:.1f} s",
+        f" in {took:.1f} s; during it {len(figures.opening_delivery)} no-JS deliveries,"
+        f" p50 {percentile(figures.opening_delivery, 0.5):.1f} ms,"
+        f" p99 {percentile(figures.opening_delivery, 0.99):.1f} ms;"
+        f" errors {figures.opening_errors}",
         flush=True,
     )
     return took
