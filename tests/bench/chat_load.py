@@ -137,17 +137,19 @@ class Figures:
 
     def failed(self, what: str, problem: BaseException) -> None:
         """Count a request that failed inside the window or the opening, and say what it was."""
-        if self.measuring() or self.opening_now:
+        if self.counting():
             self.count_error(True)
             print(f"{what} failed: {problem!r}", flush=True)
 
+    def counting(self) -> bool:
+        """Whether errors count now: inside the window, or in the opening before it."""
+        return self.measuring() or self.opening_now
+
     def count_error(self, bad: bool) -> None:
-        """Count a wrong answer inside the window, or in the opening (which counts too)."""
-        if self.measuring():
+        """Count a wrong answer when errors count; the opening's are also kept apart."""
+        if self.counting():
             self.errors += bad
-        elif self.opening_now:
-            self.errors += bad
-            self.opening_errors += bad
+            self.opening_errors += bad and self.opening_now
 
     def running(self) -> bool:
         """Whether the load goes on (a second past the window, so that it ends loaded)."""
