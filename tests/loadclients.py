@@ -40,6 +40,8 @@ class Chat:
     therapist_passphrase: str
     totp_secret: str
     enrolled_at: int
+    #: The TOTP step of the therapist's last login: the portal takes no code twice.
+    totp_step: int = 0
     participant_cookie: str = ""
     therapist_cookie: str = ""
     participant_token: str = ""
@@ -205,7 +207,11 @@ async def log_in_therapist(chat: Chat, portal_port: int, where: str = "/compose"
     """
     portal = Connection(portal_port)
     _, _, page = await portal.request("GET", "/en/login")
-    code = pyotp.TOTP(chat.totp_secret).at(max(time.time(), chat.enrolled_at + 30))
+    # The portal accepts the steps next to now, each once, and none up to enrolment's.
+    step = max(int(time.time()) // 30, chat.enrolled_at // 30, chat.totp_step) + 1
+    await asyncio.sleep(max(0.0, (step - 1) * 30 - time.time()))
+    chat.totp_step = step
+    code = pyotp.TOTP(chat.totp_secret).generate_otp(step)
     status, headers, _ = await portal.request(
         "POST",
         "/en/login",
