@@ -207,8 +207,9 @@ async def log_in_therapist(chat: Chat, portal_port: int, where: str = "/compose"
     """
     portal = Connection(portal_port)
     _, _, page = await portal.request("GET", "/en/login")
-    # The portal accepts the steps next to now, each once, and none up to enrolment's.
-    step = max(int(time.time()) // 30, chat.enrolled_at // 30, chat.totp_step) + 1
+    # The portal accepts the steps next to now, each once, and none up to enrolment's:
+    # now's if it is free, as a phone would show it, else the next.
+    step = max(int(time.time()) // 30, chat.enrolled_at // 30 + 1, chat.totp_step + 1)
     await asyncio.sleep(max(0.0, (step - 1) * 30 - time.time()))
     chat.totp_step = step
     code = pyotp.TOTP(chat.totp_secret).generate_otp(step)
