@@ -209,9 +209,10 @@ async def log_in_therapist(chat: Chat, portal_port: int, where: str = "/compose"
     _, _, page = await portal.request("GET", "/en/login")
     # The portal accepts the steps next to now, each once, and none up to enrolment's:
     # now's if it is free, as a phone would show it, else the next.
-    step = max(int(time.time()) // 30, chat.enrolled_at // 30 + 1, chat.totp_step + 1)
-    await asyncio.sleep(max(0.0, (step - 1) * 30 - time.time()))
+    seconds = therapists.TOTP_STEP_SECONDS
+    step = max(int(time.time()) // seconds, chat.enrolled_at // seconds + 1, chat.totp_step + 1)
     chat.totp_step = step
+    await asyncio.sleep(max(0.0, (step - 1) * seconds - time.time()))
     code = pyotp.TOTP(chat.totp_secret).generate_otp(step)
     status, headers, _ = await portal.request(
         "POST",
