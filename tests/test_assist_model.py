@@ -30,6 +30,7 @@ from stillroom.webapp.assist.model import (
     stream_chat,
     stream_draft,
 )
+from stillroom.webapp.assist.pause import CALM_SECONDS
 from stillroom.webapp.settings import Settings
 
 from support import start_server, stop_server
@@ -54,6 +55,22 @@ def wait_for_model(settings: Settings, seconds: float = 20) -> None:
             if client.get("/health", timeout=5).status_code == 200:
                 return
     raise AssertionError("the model process did not start")
+
+
+def model_state(pid: int) -> str:
+    """Return the process's state letter from /proc (``T`` when stopped), "" when gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return ""
+
+
+def wait_until(check, seconds: float) -> bool:
+    """Return whether ``check()`` became true within ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and not check():
+        time.sleep(0.02)
+    return bool(check())
 
 
 def model_settings(data_dir: Path, model: Path, **more: object) -> Settings:
@@ -278,6 +295,14 @@ def test_serve_runs_the_model_in_its_own_process_and_stops_it(
         )
         assert os.getpriority(os.PRIO_PROCESS, child) == 19
         assert os.sched_getscheduler(child) == os.SCHED_IDLE  # only on a core nobody wants
+        # While serve's loop runs late (here: serve itself held for a moment), the model
+        # is stopped; once the loop keeps time again, it goes on.
+        assert model_state(child) != "T"
+        os.kill(server.process.pid, signal.SIGSTOP)
+        time.sleep(0.5)
+        os.kill(server.process.pid, signal.SIGCONT)
+        assert wait_until(lambda: model_state(child) == "T", 5)
+        assert wait_until(lambda: model_state(child) not in ("T", ""), CALM_SECONDS + 5)
     finally:
         stop_server(server)
     assert server.process.returncode == 0

@@ -27,6 +27,7 @@ from stillroom.webapp.assist import worker
 from stillroom.webapp.assist.cli import snippets
 from stillroom.webapp.assist.keeper import Keeper
 from stillroom.webapp.assist.llama import Supervisor
+from stillroom.webapp.assist.pause import ModelPause
 from stillroom.webapp.assist.service import socket_path
 from stillroom.webapp.audit import run_audit
 from stillroom.webapp.backup import BackupError, decode_key, restore_backup, write_backup
@@ -116,10 +117,13 @@ def serve(no_tor: bool) -> None:
     except (StudyDefinitionError, StudyChangedError) as error:
         fail(RuntimeError(f"STILLROOM_STUDY={settings.study}: {error}"))
     model = start_model(settings)
+    pause = ModelPause(model).start() if model is not None else None  # drafts yield to chats
     support = start_support(settings)
     try:
         serve_apps(app, servers, settings, no_tor)
     finally:
+        if pause is not None:
+            pause.stop()
         for helper in (model, support):
             if helper is not None:
                 helper.stop()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import subprocess
 import threading
 import time
@@ -70,6 +71,7 @@ class Keeper:
         process = self.process
         if process is not None and process.poll() is None:
             process.terminate()
+            process.send_signal(signal.SIGCONT)  # a stopped process ends only once it goes on
             try:
                 process.wait(timeout)
             except subprocess.TimeoutExpired:

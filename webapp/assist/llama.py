@@ -13,8 +13,10 @@ prompt, and a prompt is a participant's words.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import logging
 import os
+import signal
 import stat
 import sys
 import time
@@ -36,6 +38,8 @@ DRAFT_TOKENS = 1024
 BAD_MODEL = 3
 #: Exit status when llama.cpp refused to load the model.
 LOAD_FAILED = 4
+#: prctl's option that sends this process a signal when its parent ends (Linux).
+PR_SET_PDEATHSIG = 1
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +80,7 @@ def run_server(model: Path, socket: Path, key_file: Path, threads: int) -> int:
     # Nice 19 still takes a share of a busy core; an idle-class process (and the threads
     # llama.cpp starts from it) runs only on a core nothing else wants.
     os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    end_with_parent()
     if check_model_file(model):
         return BAD_MODEL
     import xllamacpp
@@ -109,6 +114,17 @@ def run_server(model: Path, socket: Path, key_file: Path, threads: int) -> int:
         time.sleep(1)
     del server
     return 0
+
+
+def end_with_parent() -> None:
+    """Have the kernel kill this process when serve ends, even while serve has it stopped.
+
+    Serve stops the model while the chats are busy (:mod:`stillroom.webapp.assist.pause`);
+    a stopped process cannot notice that serve was killed, and would be left behind.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
 
 
 def main(argv: list[str] | None = None) -> None:
