@@ -228,6 +228,8 @@ def test_the_model_process_prints_nothing_of_a_draft(tmp_path_factory, tiny_mode
             str(socket_path(settings)),
             "--key-file",
             str(key_file),
+            "--parent",
+            str(os.getpid()),
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -242,6 +244,46 @@ def test_the_model_process_prints_nothing_of_a_draft(tmp_path_factory, tiny_mode
         output, _ = process.communicate(timeout=10)
     assert b"Quietwordseventeen" not in output
     assert output == b""
+
+
+def test_a_model_stopped_by_serve_dies_with_a_killed_serve(tmp_path_factory, tiny_model) -> None:
+    """A stopped process cannot notice that serve is gone: the kernel must end it."""
+    data_dir = tmp_path_factory.mktemp("k")
+    settings = model_settings(data_dir, tiny_model)
+    serve = (  # stands in for serve: its Supervisor starts the model, then it waits
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from stillroom.webapp.assist.llama import Supervisor\n"
+        "from stillroom.webapp.settings import Settings\n"
+        "settings = Settings(data_dir=Path(sys.argv[1]), assist='summary',"
+        " assist_model=Path(sys.argv[2]))\n"
+        "supervisor = Supervisor(settings)\n"
+        "supervisor.start()\n"
+        "while supervisor.process is None:\n"
+        "    time.sleep(0.01)\n"
+        "print(supervisor.process.pid, flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-c", serve, str(data_dir), str(tiny_model)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONSAFEPATH": "1"},
+    )
+    assert process.stdout is not None
+    child = int(process.stdout.readline())
+    try:
+        wait_for_model(settings)
+        os.kill(child, signal.SIGSTOP)  # as serve's pause does while the chats are busy
+        assert wait_until(lambda: model_state(child) == "T", 5)
+        process.kill()
+        process.wait()
+        assert wait_until(lambda: model_state(child) in ("", "Z"), 10)
+    finally:
+        process.kill()
+        process.stdout.close()
+        if model_state(child) not in ("", "Z"):
+            os.kill(child, signal.SIGKILL)  # never leave a stopped model behind
 
 
 def test_the_transcript_is_quoted_data_that_cannot_close_its_quote() -> None:
@@ -297,7 +339,7 @@ def test_serve_runs_the_model_in_its_own_process_and_stops_it(
         assert os.sched_getscheduler(child) == os.SCHED_IDLE  # only on a core nobody wants
         # While serve's loop runs late (here: serve itself held for a moment), the model
         # is stopped; once the loop keeps time again, it goes on.
-        assert model_state(child) != "T"
+        assert wait_until(lambda: model_state(child) not in ("T", ""), CALM_SECONDS + 5)
         os.kill(server.process.pid, signal.SIGSTOP)
         time.sleep(0.5)
         os.kill(server.process.pid, signal.SIGCONT)

@@ -644,6 +644,7 @@ def test_with_support_s_process_gone_the_panel_is_calm_and_a_draft_claims_nothin
             for pid in children.read_text().split()
             if b"assist.worker" in Path(f"/proc/{pid}/cmdline").read_bytes()
         )
+        assert os.sched_getscheduler(worker) == os.SCHED_IDLE  # only on a core chats leave free
         os.kill(worker, signal.SIGKILL)
         time.sleep(0.2)
         page = draft()

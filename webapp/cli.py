@@ -117,7 +117,7 @@ def serve(no_tor: bool) -> None:
     except (StudyDefinitionError, StudyChangedError) as error:
         fail(RuntimeError(f"STILLROOM_STUDY={settings.study}: {error}"))
     model = start_model(settings)
-    pause = ModelPause(model).start() if model is not None else None  # drafts yield to chats
+    pause = None if model is None else ModelPause(model, settings.assist_draft_seconds).start()
     support = start_support(settings)
     try:
         serve_apps(app, servers, settings, no_tor)

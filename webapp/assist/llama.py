@@ -74,13 +74,15 @@ def check_model_file(path: Path) -> str | None:
     return None
 
 
-def run_server(model: Path, socket: Path, key_file: Path, threads: int) -> int:
-    """Serve ``model`` on ``socket`` until this process is stopped; return an exit status."""
+def run_server(model: Path, socket: Path, key_file: Path, threads: int, parent: int) -> int:
+    """Serve ``model`` on ``socket`` until process ``parent`` (serve) ends; return its status."""
     os.setpriority(os.PRIO_PROCESS, 0, 19)  # before loading: the load itself is heavy
     # Nice 19 still takes a share of a busy core; an idle-class process (and the threads
     # llama.cpp starts from it) runs only on a core nothing else wants.
     os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     end_with_parent()
+    if os.getppid() != parent:  # serve ended before the kernel could be told
+        return 0
     if check_model_file(model):
         return BAD_MODEL
     import xllamacpp
@@ -109,7 +111,6 @@ def run_server(model: Path, socket: Path, key_file: Path, threads: int) -> int:
         server = xllamacpp.Server(params)
     except RuntimeError:
         return LOAD_FAILED
-    parent = os.getppid()
     while os.getppid() == parent:  # the server lives in its own threads; end with serve
         time.sleep(1)
     del server
@@ -120,7 +121,10 @@ def end_with_parent() -> None:
     """Have the kernel kill this process when serve ends, even while serve has it stopped.
 
     Serve stops the model while the chats are busy (:mod:`stillroom.webapp.assist.pause`);
-    a stopped process cannot notice that serve was killed, and would be left behind.
+    a stopped process cannot notice that serve was killed, and would be left behind. The
+    kernel sends the signal when the *thread* that started this process ends: serve starts
+    it from its main thread (gevent's threads are greenlets there), and a :class:`Keeper`
+    run in a real thread keeps that thread for all its restarts.
     """
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
@@ -134,8 +138,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--socket", type=Path, required=True)
     parser.add_argument("--key-file", type=Path, required=True)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--parent", type=int, required=True, help="serve's process id")
     args = parser.parse_args(argv)
-    sys.exit(run_server(args.model, args.socket, args.key_file, args.threads))
+    sys.exit(run_server(args.model, args.socket, args.key_file, args.threads, args.parent))
 
 
 class Supervisor(Keeper):
@@ -178,6 +183,8 @@ class Supervisor(Keeper):
             str(self.key_file.absolute()),
             "--threads",
             str(settings.assist_model_threads),
+            "--parent",
+            str(os.getpid()),
         ]
         super().__init__("summary model", command, describe_status, first_pause)
 

@@ -527,5 +527,6 @@ def draft_page(
         risks=risks,
         unreadable=unreadable,
         nothing=failure is NOTHING,
+        paused_when_busy=not settings().assist_model_address,  # serve's own model only
     )
     return page, status
