@@ -42,8 +42,9 @@ of the first ``--panels`` no-JS chats hold the support panel beside their chat (
 the feed; each of their participant's messages is embedded and checked for risk topics),
 and one more therapist has a draft summary written, one after another, through every
 phase. It also prints ``panel_p50_ms``/``panel_p99_ms`` (from a participant's send until
-their therapist's panel answers with it), ``drafts`` (finished while the second server ran) and
-``model_rss_mb`` (the model server's peak, a process of its own).
+their therapist's panel answers with it), ``panels_unchecked`` (of those answers, how many
+said that support could not work its suggestions out in time), ``drafts`` (finished while
+the second server ran) and ``model_rss_mb`` (the model server's peak, a process of its own).
 
 Prints the figures and, last,
 ``nojs_clients=N nojs_delivery_p99_ms=X ws_clients=N ws_p99_ms=X rss_mb=X
@@ -91,6 +92,8 @@ from stillroom.webapp.settings import Settings
 
 from support import LiveServer, argon2_env, start_server, stop_server
 
+#: What a panel says when support did not answer in time (no prompts shown, none ruled out).
+UNCHECKED = b"could not be worked out"
 #: The example snippet library, for ``--assist``.
 SNIPPETS = Path(__file__).resolve().parents[2] / "examples" / "snippets"
 #: A random-weight model of about the shape of a half-billion-parameter one (for ``--assist``):
@@ -117,6 +120,7 @@ class Figures:
     nojs_delivery: list[float] = field(default_factory=list)
     sent: dict[int, float] = field(default_factory=dict)
     panel: list[float] = field(default_factory=list)
+    panel_unchecked: int = 0
     said: dict[str, float] = field(default_factory=dict)
     errors: int = 0
     timed: int = 0
@@ -343,6 +347,7 @@ async def therapist_panel(
         figures.count_error(status not in (200, 304))
         if figures.measuring() and said is not None:
             figures.panel.append((done - said) * 1000)
+            figures.panel_unchecked += UNCHECKED in content
         asked = REFRESH.search(content) if status == 200 else None
         if asked:
             pause = float(asked.group(1))
@@ -765,13 +770,16 @@ def main() -> int:
         print(
             f"support: {len(figures.panel)} panels answered after a participant's message,"
             f" p50 {percentile(figures.panel, 0.5):.1f} ms,"
-            f" p99 {percentile(figures.panel, 0.99):.1f} ms; {len(finished)} drafts finished"
+            f" p99 {percentile(figures.panel, 0.99):.1f} ms, of which {figures.panel_unchecked}"
+            " said support could not work its suggestions out;"
+            f" {len(finished)} drafts finished"
             f" while the second server ran ({', '.join(f'{t:.0f} s' for t in finished) or 'none'}),"
             f" {drafts.errors} failed; the model server's peak RSS {model_rss:.0f} MB"
         )
         support = (
             f" panel_p50_ms={percentile(figures.panel, 0.5):.1f}"
             f" panel_p99_ms={percentile(figures.panel, 0.99):.1f}"
+            f" panels_unchecked={figures.panel_unchecked}"
             f" drafts={len(finished)} model_rss_mb={model_rss:.0f}"
         )
     print(

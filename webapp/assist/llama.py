@@ -3,11 +3,11 @@
 llama.cpp runs inside the process that loads it, and a malformed model file can crash
 that process, so it never runs inside the web server: ``stillroom serve`` starts
 ``python -m stillroom.webapp.assist.llama`` and restarts it when it ends
-(:class:`Supervisor`). The process runs at nice 19, like argon2's low priority, so that
-a draft never slows the chats; it listens on a unix socket in the data directory that
-only the service's user can reach, with an API key from a file made by Stillroom, and
-it prints nothing: its output is thrown away, because a model's messages may quote a
-prompt, and a prompt is a participant's words.
+(:class:`Supervisor`). The process runs in the idle class at nice 19, and serve stops it
+while the chats are busy (:mod:`stillroom.webapp.assist.pause`); it listens on a unix
+socket in the data directory that only the service's user can reach, with an API key
+from a file made by Stillroom, and it prints nothing: its output is thrown away, because
+a model's messages may quote a prompt, and a prompt is a participant's words.
 """
 
 from __future__ import annotations

@@ -12,8 +12,9 @@ A stop lasts at most :data:`LONGEST_STOP_SECONDS` (less when drafts may take les
 three times that), then the model runs a moment: the portal's draft gives up on a model
 that writes nothing for its whole read timeout, 40 s or more by default
 (:func:`stillroom.webapp.assist.model.stream_draft`). Under a load that never eases, a
-draft so goes on slowly, and stops unfinished at its deadline; its page says that both
-may happen. Only a model that serve started can be stopped; one the operator runs at
+draft so goes on slowly, and may stop unfinished, when the model wrote nothing within
+that timeout or at the draft's deadline; its page says that both may happen. Only a
+model that serve started can be stopped; one the operator runs at
 ``STILLROOM_ASSIST_MODEL_ADDRESS`` is theirs to place.
 """
 
